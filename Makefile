@@ -8,6 +8,8 @@ PYTEST := $(VPY) -m pytest
 
 .PHONY: setup protos lint test unit demo clean
 
+-include mk/*.mk
+
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
