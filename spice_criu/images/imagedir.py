@@ -1,0 +1,59 @@
+# SPDX-License-Identifier: MIT
+"""An image directory: named access to its images with CRIU's "missing image reads as empty" rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.protobuf.message import Message
+
+from ..errors import ImageError, SpiceError
+from . import codec
+from .magic import magic_for_filename
+
+#: written first by `spice dump`, removed last: a directory holding it is not restorable.
+PARTIAL_MARKER = "spice-dump.partial"
+
+
+class ImageDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise SpiceError("images", f"{self.path}: images directory does not exist")
+        self._cache: dict[str, codec.Image] = {}
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def exists(self, name: str) -> bool:
+        return (self.path / name).exists()
+
+    def load(self, name: str) -> codec.Image:
+        img = self._cache.get(name)
+        if img is None:
+            expect = magic_for_filename(name)
+            if expect is None:
+                raise ImageError(self.path / name, "unknown image name")
+            img = self._cache[name] = codec.load(self.path / name, expect=expect)
+        return img
+
+    def entries(self, name: str, optional: bool = True) -> list[Message]:
+        """All messages of an image; a missing optional image is empty, as in CRIU."""
+        if optional and not self.exists(name):
+            return []
+        return self.load(name).messages
+
+    def one(self, name: str, optional: bool = False) -> Message | None:
+        """The single message of a one-entry image (inventory, core, mm, fs, ids...)."""
+        if optional and not self.exists(name):
+            return None
+        msgs = self.load(name).messages
+        if len(msgs) != 1:
+            raise ImageError(self.path / name, f"expected exactly one entry, found {len(msgs)}")
+        return msgs[0]
+
+    def check_restorable(self) -> None:
+        if self.exists(PARTIAL_MARKER):
+            raise SpiceError("images", f"{self.path}: incomplete dump ({PARTIAL_MARKER} present)")
+        if not self.exists("inventory.img"):
+            raise ImageError(self.path / "inventory.img", "no such image file (not a CRIU image directory?)")
