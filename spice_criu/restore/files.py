@@ -1,0 +1,283 @@
+# SPDX-License-Identifier: MIT
+"""The file table: files.img objects, and each task's fd table (fdinfo-<files_id>.img).
+
+Restore opens every file object once, in the restorer itself (so file descriptions shared between
+tasks or fds stay shared: one open file, one offset), and each restored task then pulls the objects
+it needs into its own fd table with pidfd_getfd(). Kinds live in their own modules (pipes, sockets,
+eventfds...); this module holds the common parts and regular files (incl. directories, devices,
+deleted "ghost" files and memfds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import ImageError, SpiceError
+from ..images import codec
+from ..images.imagedir import ImageDir
+
+if TYPE_CHECKING:
+    from .mm import ShmemPlan
+
+O_ACCMODE = 0o3
+O_CREAT, O_EXCL, O_NOCTTY, O_TRUNC = 0o100, 0o200, 0o400, 0o1000
+O_APPEND, O_NONBLOCK = 0o2000, 0o4000
+O_DIRECTORY, O_NOFOLLOW, O_CLOEXEC = 0o200000, 0o400000, 0o2000000
+O_LARGEFILE = 0o100000
+FD_CLOEXEC = 1
+#: open(2) flags that must not be replayed (they would create/truncate/fail)
+_NOT_REPLAYED = O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_CLOEXEC
+
+
+class OpenContext:
+    """What file objects need while being opened in the restorer: the images, options, and peers."""
+
+    def __init__(self, imgdir: ImageDir, root: str = "/", inherit: dict[str, int] | None = None) -> None:
+        self.imgdir = imgdir
+        self.root = root
+        self.inherit = inherit or {}
+        self.files: dict[int, FileObj] = {}
+        self.opened: dict[int, int] = {}  # file id -> fd in the restorer
+        self.cleanup: list[Callable[[], None]] = []
+
+    def path(self, name: str) -> str:
+        return name if self.root == "/" else os.path.join(self.root, name.lstrip("/"))
+
+    def fd_of(self, file_id: int) -> int:
+        """The restorer's fd for a file object, opening it on first use."""
+        fd = self.opened.get(file_id)
+        if fd is None:
+            fd = self.opened[file_id] = self.files[file_id].open(self)
+        return fd
+
+    def close_all(self) -> None:
+        for fd in self.opened.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.opened.clear()
+        for fn in reversed(self.cleanup):
+            fn()
+        self.cleanup.clear()
+
+
+@dataclass
+class FileObj:
+    """One open file description from files.img."""
+
+    id: int
+    flags: int
+    kind: ClassVar[str] = "file"
+
+    def describe(self) -> str:
+        return f"{self.kind} (file id {self.id})"
+
+    def open(self, ctx: OpenContext) -> int:
+        raise NotImplementedError
+
+    def needs_task_setup(self) -> bool:
+        """True if the object must be finished inside the task (e.g. epoll registrations)."""
+        return False
+
+
+@dataclass
+class RegFile(FileObj):
+    path: str = ""
+    pos: int = 0
+    size: int | None = None
+    mode: int | None = None
+    ghost: bytes | None = None  # contents of a deleted-but-open file
+    ghost_mode: int = 0o600
+    kind: ClassVar[str] = "regular file"
+
+    def describe(self) -> str:
+        return f"{self.path} (file id {self.id})"
+
+    def open(self, ctx: OpenContext) -> int:
+        path = ctx.path(self.path)
+        if self.path in ctx.inherit:
+            return os.dup(ctx.inherit[self.path])
+        if self.ghost is not None:
+            return self._open_ghost(path)
+        flags = (self.flags & ~_NOT_REPLAYED) | O_CLOEXEC
+        try:
+            fd = os.open(path, flags)
+        except OSError as e:
+            raise SpiceError("files", f"can't open {path} (file id {self.id}): {e.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if self.size is not None and stat.S_ISREG(st.st_mode) and st.st_size != self.size:
+                raise SpiceError(
+                    "files", f"{path} has size {st.st_size}, the image expects {self.size} (file changed?)"
+                )
+            if self.pos and not stat.S_ISCHR(st.st_mode):
+                os.lseek(fd, self.pos, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _open_ghost(self, path: str) -> int:
+        """Recreate a deleted file from ghost-file-*.img, open it, and delete it again."""
+        tmp = f"{path}.spice-ghost.{os.getpid()}"
+        try:
+            wfd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | O_CLOEXEC, self.ghost_mode & 0o7777)
+        except OSError as e:
+            raise SpiceError("files", f"can't recreate deleted file {self.path}: {e.strerror}") from None
+        try:
+            os.write(wfd, self.ghost or b"")
+            os.close(wfd)
+            fd = os.open(tmp, (self.flags & ~_NOT_REPLAYED) | O_CLOEXEC)
+            os.lseek(fd, self.pos, os.SEEK_SET)
+            return fd
+        finally:
+            os.unlink(tmp)
+
+
+@dataclass
+class MemfdFile(FileObj):
+    """An fd of a memfd; the memory object itself is shared with any mappings of it."""
+
+    pos: int = 0
+    inode: ShmemPlan | None = None
+    kind: ClassVar[str] = "memfd"
+
+    def open(self, ctx: OpenContext) -> int:
+        from .shmem import shmem_fd
+
+        assert self.inode is not None
+        fd = os.open(f"/proc/self/fd/{shmem_fd(ctx, self.inode)}", (self.flags & ~_NOT_REPLAYED) | O_CLOEXEC)
+        os.lseek(fd, self.pos, os.SEEK_SET)
+        return fd
+
+
+@dataclass
+class FdPlan:
+    fd: int
+    file_id: int
+    cloexec: bool
+    file: FileObj = field(repr=False, default=None)  # type: ignore[assignment]
+
+
+#: file_entry type name -> planner(entry, imgdir) -> FileObj; kinds register themselves here
+PLANNERS: dict[str, Callable[[Any, ImageDir, dict[str, Any]], FileObj]] = {}
+
+
+def planner(type_name: str):
+    def reg(fn):
+        PLANNERS[type_name] = fn
+        return fn
+
+    return reg
+
+
+@planner("REG")
+def _plan_reg(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
+    r = e.reg
+    f = RegFile(
+        r.id,
+        r.flags,
+        path=r.name,
+        pos=r.pos,
+        size=r.size if r.HasField("size") else None,
+        mode=r.mode if r.HasField("mode") else None,
+    )
+    remap = state["remaps"].get(r.id)
+    if remap is not None:
+        kind, remap_id = remap
+        if kind != 1:  # LINKED (0) and PROCFS (2) remaps are not produced for host tasks here
+            raise SpiceError("files", f"{r.name} (file id {r.id}): remap type {kind} not supported")
+        gpath = imgdir / f"ghost-file-{remap_id:x}.img"
+        img = codec.load(gpath, expect="GHOST_FILE")
+        head = img.entries[0].msg
+        if head.chunks:
+            size = head.size if head.HasField("size") else 0
+            data = bytearray(size)
+            for ch in img.entries[1:]:
+                end = ch.msg.off + ch.msg.len
+                if end > len(data):
+                    data.extend(b"\0" * (end - len(data)))
+                data[ch.msg.off : end] = ch.extra
+            f.ghost = bytes(data)
+        else:
+            f.ghost = img.entries[0].extra or b""
+        f.ghost_mode = head.mode
+        f.size = None
+    return f
+
+
+@planner("MEMFD")
+def _plan_memfd(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
+    from .mm import plan_shmem
+
+    m = e.memfd
+    ino = state["memfd_inodes"].get(m.inode_id)
+    if ino is None:
+        raise ImageError(imgdir / "memfd.img", f"no inode {m.inode_id} for memfd file id {m.id}")
+    sh = plan_shmem(imgdir, ino.shmid, ino.size, state["shmems"])
+    sh.memfd, sh.name, sh.seals = True, ino.name, ino.seals
+    return MemfdFile(m.id, m.flags, pos=m.pos, inode=sh)
+
+
+def _kind_modules() -> None:
+    """Import the modules that register planners for the other fd kinds."""
+    from . import pipes  # noqa: F401
+
+
+def plan_files(imgdir: ImageDir, shmems: dict[int, ShmemPlan]) -> dict[int, FileObj]:
+    """Every object of files.img, planned; unsupported kinds become errors only when an fd uses them."""
+    _kind_modules()
+    state: dict[str, Any] = {
+        "remaps": {m.orig_id: (m.remap_type, m.remap_id) for m in imgdir.entries("remap-fpath.img")},
+        "memfd_inodes": {m.inode_id: m for m in imgdir.entries("memfd.img")},
+        "shmems": shmems,
+        "pipe_data": {},
+    }
+    type_names = codec.pb("file_entry").DESCRIPTOR.fields_by_name["type"].enum_type.values_by_number
+    files: dict[int, FileObj] = {}
+    for e in imgdir.entries("files.img", optional=False):
+        tname = type_names[e.type].name if e.type in type_names else str(e.type)
+        fn = PLANNERS.get(tname)
+        files[e.id] = fn(e, imgdir, state) if fn else Unsupported(e.id, 0, type_name=tname)
+    return files
+
+
+@dataclass
+class Unsupported(FileObj):
+    type_name: str = ""
+    kind: ClassVar[str] = "unsupported file"
+
+    def describe(self) -> str:
+        return f"{self.type_name} file (id {self.id})"
+
+    def open(self, ctx: OpenContext) -> int:
+        raise SpiceError("files", f"{self.describe()}: not supported")
+
+
+def plan_fds(imgdir: ImageDir, pid: int, files_id: int, files: dict[int, FileObj]) -> list[FdPlan]:
+    out = []
+    for e in imgdir.entries(f"fdinfo-{files_id}.img"):
+        f = files.get(e.id)
+        if f is None:
+            raise ImageError(imgdir / f"fdinfo-{files_id}.img", f"fd {e.fd} refers to unknown file id {e.id}")
+        if isinstance(f, Unsupported):
+            raise SpiceError("restore", f"task {pid}: fd {e.fd} is a {f.describe()}: not supported")
+        out.append(FdPlan(e.fd, e.id, bool(e.flags & FD_CLOEXEC), f))
+    return sorted(out, key=lambda p: p.fd)
+
+
+def file_path(files: dict[int, FileObj], file_id: int, what: str) -> str:
+    f = files.get(file_id)
+    if not isinstance(f, RegFile):
+        raise SpiceError("restore", f"{what}: file id {file_id} is not a regular file/directory")
+    return f.path
+
+
+def exists_or_error(path: str, what: str) -> None:
+    if not Path(path).exists():
+        raise SpiceError("restore", f"{what}: {path} does not exist")

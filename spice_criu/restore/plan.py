@@ -1,0 +1,192 @@
+# SPDX-License-Identifier: MIT
+"""Images -> one backend-neutral restore plan, validated before any task is created.
+
+The plan names every object to re-create (tasks, threads, VMAs with the source of each page
+range, fds, signals, creds, fs, timers). Anything spice cannot restore fails here, up front, with
+the object named, so a restore never dies half-way on something it could have refused.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf.message import Message
+
+from ..errors import ImageError, SpiceError
+from ..images.imagedir import ImageDir
+from . import files as F
+from .mm import MmPlan, ShmemPlan, plan_mm
+
+TASK_ALIVE, TASK_DEAD, TASK_STOPPED, TASK_ZOMBIE = 1, 2, 3, 6
+_NS_NAMES = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")
+
+
+@dataclass
+class ThreadPlan:
+    tid: int
+    core: Message  # core_entry: thread_info (regs, fpu, tls) + thread_core
+
+
+@dataclass
+class TaskPlan:
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    threads: list[ThreadPlan]
+    ids: Message
+    mm: MmPlan
+    fds: list[F.FdPlan]
+    cwd: str
+    root: str
+    umask: int
+    children: list[TaskPlan] = field(default_factory=list)
+
+    @property
+    def leader(self) -> ThreadPlan:
+        return self.threads[0]
+
+    @property
+    def tc(self) -> Message:
+        return self.leader.core.tc
+
+    @property
+    def state(self) -> int:
+        return self.tc.task_state
+
+
+@dataclass
+class RestorePlan:
+    imgdir: ImageDir
+    inventory: Message
+    tasks: list[TaskPlan]  # pstree order: parents before children, root first
+    files: dict[int, F.FileObj]
+    shmems: dict[int, ShmemPlan]
+
+    @property
+    def root(self) -> TaskPlan:
+        return self.tasks[0]
+
+    @property
+    def pages_total(self) -> int:
+        return sum(t.mm.pages_total for t in self.tasks)
+
+    def all_ids(self) -> list[int]:
+        return [th.tid for t in self.tasks for th in t.threads]
+
+
+def _check_inventory(imgdir: ImageDir) -> Message:
+    inv = imgdir.one("inventory.img")
+    if inv.img_version not in (1, 2):
+        raise ImageError(imgdir / "inventory.img", f"unsupported img_version {inv.img_version}")
+    if not inv.fdinfo_per_id:
+        raise ImageError(imgdir / "inventory.img", "too old image (no fdinfo_per_id)")
+    if inv.HasField("plugins_entry") and inv.plugins_entry.plugins:
+        raise SpiceError("restore", f"images need CRIU plugins {list(inv.plugins_entry.plugins)}: not supported")
+    return inv
+
+
+def _check_namespaces(pid: int, ids: Message, inv: Message) -> None:
+    root = inv.root_ids
+    for ns in _NS_NAMES:
+        f = f"{ns}_ns_id"
+        if ids.HasField(f) and root.HasField(f) and getattr(ids, f) != getattr(root, f):
+            raise SpiceError("restore", f"task {pid} lives in its own {ns} namespace: not supported")
+
+
+def _check_thread(pid: int, core: Message, tid: int) -> None:
+    if core.mtype != 1:  # X86_64
+        raise SpiceError("restore", f"thread {tid}: architecture {core.mtype} is not x86_64")
+    ti = core.thread_info
+    if ti.gpregs.mode == 2:
+        raise SpiceError("restore", f"thread {tid}: 32-bit (compat) tasks are not supported")
+    x = ti.fpregs.xsave if ti.fpregs.HasField("xsave") else None
+    if x is not None and x.HasField("cet") and (x.cet.cet or x.cet.ssp):
+        raise SpiceError("restore", f"thread {tid}: CET shadow stack state is not supported")
+    tc = core.thread_core
+    if tc.HasField("seccomp_mode") and tc.seccomp_mode != 0:
+        raise SpiceError("restore", f"thread {tid} of task {pid}: seccomp filters are not supported")
+
+
+def build_plan(images_dir: str | Path, root: str = "/", inherit: dict[str, int] | None = None) -> RestorePlan:
+    """Read and validate everything needed to restore the image set at `images_dir`."""
+    imgdir = ImageDir(images_dir)
+    imgdir.check_restorable()
+    inv = _check_inventory(imgdir)
+    pstree = imgdir.entries("pstree.img", optional=False)
+    if not pstree:
+        raise ImageError(imgdir / "pstree.img", "no tasks")
+    shmems: dict[int, ShmemPlan] = {}
+    files = F.plan_files(imgdir, shmems)
+    tasks: dict[int, TaskPlan] = {}
+    order: list[TaskPlan] = []
+    for i, pe in enumerate(pstree):
+        pid = pe.pid
+        if pid in tasks or pid <= 0:
+            raise ImageError(imgdir / "pstree.img", f"bad or duplicate pid {pid}")
+        if i and pe.ppid not in tasks:
+            raise ImageError(imgdir / "pstree.img", f"task {pid}: parent {pe.ppid} is not listed before it")
+        threads_ids = list(pe.threads) or [pid]
+        if threads_ids[0] != pid:
+            threads_ids = [pid] + [t for t in threads_ids if t != pid]
+        threads = [ThreadPlan(tid, imgdir.one(f"core-{tid}.img")) for tid in threads_ids]
+        leader = threads[0].core
+        if not leader.HasField("tc"):
+            raise ImageError(imgdir / f"core-{pid}.img", "leader core has no task state (tc)")
+        state = leader.tc.task_state
+        if state in (TASK_ZOMBIE, TASK_DEAD):
+            raise SpiceError("restore", f"task {pid} is a zombie: not supported")
+        if state not in (TASK_ALIVE, TASK_STOPPED):
+            raise ImageError(imgdir / f"core-{pid}.img", f"unknown task_state {state}")
+        for th in threads:
+            _check_thread(pid, th.core, th.tid)
+        ids = imgdir.one(f"ids-{pid}.img")
+        _check_namespaces(pid, ids, inv)
+        for other in tasks.values():
+            if other.ids.files_id == ids.files_id:
+                raise SpiceError("restore", f"tasks {other.pid} and {pid} share an fd table: not supported")
+            if other.ids.vm_id == ids.vm_id:
+                raise SpiceError("restore", f"tasks {other.pid} and {pid} share memory (CLONE_VM): not supported")
+        fs = imgdir.one(f"fs-{pid}.img")
+        mm = plan_mm(imgdir, pid, files, shmems)
+        fds = F.plan_fds(imgdir, pid, ids.files_id, files)
+        t = TaskPlan(
+            pid=pid,
+            ppid=pe.ppid,
+            pgid=pe.pgid,
+            sid=pe.sid,
+            threads=threads,
+            ids=ids,
+            mm=mm,
+            fds=fds,
+            cwd=F.file_path(files, fs.cwd_id, f"task {pid} cwd"),
+            root=F.file_path(files, fs.root_id, f"task {pid} root"),
+            umask=fs.umask if fs.HasField("umask") else 0o022,
+        )
+        if i:
+            tasks[pe.ppid].children.append(t)
+        tasks[pid] = t
+        order.append(t)
+    _check_sessions(order)
+    plan = RestorePlan(imgdir, inv, order, files, shmems)
+    _check_pids_free(plan)
+    return plan
+
+
+def _check_sessions(tasks: list[TaskPlan]) -> None:
+    """Every session and process group must be creatable from the tree (as CRIU requires)."""
+    by_pid = {t.pid: t for t in tasks}
+    root = tasks[0]
+    for t in tasks:
+        if t is not root and t.sid != t.pid and t.sid not in by_pid and t.sid != root.sid:
+            raise SpiceError("restore", f"task {t.pid}: session {t.sid} is outside the dumped tree")
+        if t.pgid != t.pid and t.pgid not in by_pid and t.pgid != root.pgid:
+            raise SpiceError("restore", f"task {t.pid}: process group {t.pgid} is outside the dumped tree")
+
+
+def _check_pids_free(plan: RestorePlan) -> None:
+    for tid in plan.all_ids():
+        if os.path.exists(f"/proc/{tid}"):
+            raise SpiceError("restore", f"pid {tid} is already taken by another process (the original still running?)")
