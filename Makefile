@@ -27,7 +27,8 @@ lint: setup
 unit: setup
 	$(PYTEST) -q tests
 
-test: setup lint
+# the whole suite: unit tests, real-CRIU compat tests, then the kernel module in qemu
+test: setup lint criu
 	$(PYTEST) -q tests compat-tests
 
 clean:

@@ -1,0 +1,78 @@
+# SPDX-License-Identifier: MIT
+"""`spice check [--feature NAME]`: what this kernel offers spice, answered honestly (criu's wording)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from .errors import SpiceError
+
+
+def _proc_has(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def _config(name: str) -> bool | None:
+    """A kernel config option from /proc/config.gz or /boot, None if unknown."""
+    import gzip
+
+    lines: list[str] = []
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        try:
+            with open(f"/boot/config-{os.uname().release}") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return None
+    return f"{name}=y" in lines
+
+
+def _soft_dirty() -> bool:
+    return bool(_config("CONFIG_MEM_SOFT_DIRTY"))
+
+
+def _uffd() -> bool:
+    return _proc_has("/proc/sys/vm/unprivileged_userfaultfd") or _proc_has("/dev/userfaultfd")
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    rel = os.uname().release.split("-")[0].split(".")
+    return (int(rel[0]), int(rel[1])) >= (major, minor)
+
+
+#: feature name (criu's) -> probe
+FEATURES: dict[str, Callable[[], bool]] = {
+    "mem_dirty_track": _soft_dirty,
+    "uffd": _uffd,
+    "uffd-noncoop": _uffd,
+    "clone3_set_tid": lambda: _kernel_at_least(5, 5),
+    "pidfd_store": lambda: _kernel_at_least(5, 6),
+    "pagemap_scan": lambda: _kernel_at_least(6, 7),
+    "timens": lambda: _proc_has("/proc/self/ns/time"),
+    "get_rseq_conf": lambda: _kernel_at_least(6, 3),
+    "can_map_vdso": lambda: True,
+    "ns_pid": lambda: _kernel_at_least(4, 1),
+    "kcmp_epoll": lambda: _kernel_at_least(4, 13),
+    "openat2": lambda: _kernel_at_least(5, 6),
+    "kmod": lambda: _proc_has("/dev/spice"),
+}
+
+
+def check(o) -> int:
+    if o.feature:
+        probe = FEATURES.get(o.feature)
+        if probe is None:
+            raise SpiceError("check", f"Unknown feature {o.feature}")
+        if not probe():
+            raise SpiceError("check", f"{o.feature} is not supported")
+        print(f"{o.feature} is supported")
+        return 0
+    required = ("clone3_set_tid", "pidfd_store", "can_map_vdso")
+    missing = [f for f in required if not FEATURES[f]()]
+    if missing:
+        raise SpiceError("check", f"Does not look good: missing {', '.join(missing)}")
+    print("Looks good.")
+    return 0
