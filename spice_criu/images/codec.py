@@ -107,6 +107,11 @@ def message_class(module: str, name: str) -> type[Message]:
     return cls
 
 
+def has_entries(magic: str) -> bool:
+    """Whether images of this magic hold protobuf entries spice can decode."""
+    return magic in _ENTRY_TYPES
+
+
 def entry_class(magic: str) -> type[Message]:
     return message_class(*_ENTRY_TYPES[magic])
 
@@ -256,7 +261,8 @@ def read_magic(r: _Reader) -> str:
     value = r.u32("magic") if first in (M.IMG_COMMON, M.IMG_SERVICE) else first
     name = M.BY_VALUE.get(value)
     if name is None or name == "KDAT":
-        raise r.error(f"unknown magic 0x{value:08x}", r.pos - 4)
+        raise r.error(f"unknown magic 0x{value:08x} (not a CRIU image, or a raw one like pages-*.img)",
+                      r.pos - 4)
     if name not in _ENTRY_TYPES:
         raise r.error(f"no decoder for {name} images", r.pos - 4)
     if name == "INVENTORY" and first != value:

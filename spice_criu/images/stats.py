@@ -35,7 +35,7 @@ def write(workdir: Path, kind: str, **fields: int) -> Path:
     for k, v in fields.items():
         setattr(sub, k, int(v))
     for f in sub.DESCRIPTOR.fields:  # required fields CRIU always writes
-        if f.label == f.LABEL_REQUIRED and not sub.HasField(f.name):
+        if f.is_required and not sub.HasField(f.name):
             setattr(sub, f.name, 0)
     path = Path(workdir) / f"stats-{kind}"
     codec.dump(path, codec.make("STATS", [stats]))
