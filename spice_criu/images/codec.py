@@ -250,7 +250,8 @@ _EXTRA_READERS: dict[str, Callable[[_Reader, Message], Any]] = {
     "SK_QUEUES": lambda r, m: r.take(m.length, "socket queue packet"),
     "TCP_STREAM": lambda r, m: (r.take(m.inq_len, "tcp in-queue"), r.take(m.outq_len, "tcp out-queue")),
     "BPFMAP_DATA": lambda r, m: r.take(m.keys_bytes + m.values_bytes, "bpf map data"),
-    "IPCNS_SHM": lambda r, m: r.take(_round_up(m.size, 4), "shm contents")[: m.size],
+    # CRIU >= 3.x keeps shm contents in pagemap-shmem images (in_pagemaps); older ones inline
+    "IPCNS_SHM": lambda r, m: b"" if m.in_pagemaps else r.take(_round_up(m.size, 4), "shm contents")[: m.size],
     "IPCNS_SEM": _ipc_sem,
     "IPCNS_MSG": _ipc_msgs,
 }

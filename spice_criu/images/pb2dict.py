@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import binascii
 import os
-import socket
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -200,21 +198,30 @@ def encode_dev(value: str, odev: bool) -> int:
     return os.makedev(major, minor) if odev else major << _KERN_MINORBITS | minor
 
 
+def _swap32(w: int) -> int:
+    """ntohl/htonl on little-endian x86, where CRIU wrote these words."""
+    return int.from_bytes(w.to_bytes(4, "little"), "big")
+
+
 def _ipaddr(words) -> str:
+    from ipaddress import IPv4Address, IPv6Address
+
     if len(words) == 1:
-        return IPv4Address(socket.ntohl(words[0])).compressed
+        return IPv4Address(_swap32(words[0])).compressed
     v = 0
     for w in words[:4]:
-        v = v << 32 | socket.ntohl(w)
+        v = v << 32 | _swap32(w)
     return IPv6Address(v).compressed
 
 
 def _addr_words(text: str) -> list[int]:
+    from ipaddress import ip_address
+
     a = ip_address(text)
     if a.version == 4:
-        return [socket.htonl(int(a))]
+        return [_swap32(int(a))]
     v = int(a)
-    return [socket.htonl((v >> s) & 0xFFFFFFFF) for s in (96, 64, 32, 0)]
+    return [_swap32((v >> s) & 0xFFFFFFFF) for s in (96, 64, 32, 0)]
 
 
 def _str_value(v: str | bytes) -> str:
@@ -580,6 +587,10 @@ def _extra_from_json(magic: str, msg: Message, d: dict, path: str) -> Any:
         return inq, outq
     if magic == "IPCNS_SHM":
         data = decode_base64(x or "", p)
+        if msg.in_pagemaps:
+            if data:
+                raise JsonError(p, "must be empty: in_pagemaps says the contents are in pagemap-shmem")
+            return b""
         if len(data) < msg.size:
             raise JsonError(p, f"extra holds {len(data)} bytes but size says {msg.size}")
         return data[: msg.size]
