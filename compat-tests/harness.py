@@ -36,6 +36,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -119,6 +120,7 @@ def spec(name: str) -> WorkloadSpec:
 _PR_SET_CHILD_SUBREAPER = 36
 _subreaper = False
 _popens: dict[int, subprocess.Popen[bytes]] = {}  # pid -> Popen we started (workloads, criu)
+_restorers: dict[int, subprocess.Popen[bytes]] = {}  # restored root pid -> its criu (not detached)
 
 
 def make_subreaper() -> None:
@@ -272,6 +274,15 @@ def kill_pids(pids: Sequence[int], timeout: float = 10.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     reap(targets, timeout)
+    for pid in targets:  # a criu restore that stayed in the foreground exits with its tree
+        restorer = _restorers.pop(pid, None)
+        if restorer is not None:
+            try:
+                restorer.wait(timeout=scaled(timeout))
+            except subprocess.TimeoutExpired:
+                restorer.kill()
+                restorer.wait()
+            _popens.pop(restorer.pid, None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -306,12 +317,62 @@ def criu_version(criu: Path = CRIU_BIN) -> tuple[int, ...] | None:
     return tuple(int(x) for x in m.group(1).split(".") if x) if m else None
 
 
+# what criu needs from a modular kernel: nfnetlink (its kerndat probe exits without it), nf_tables,
+# and the sock_diag modules it collects sockets with
+CRIU_MODULES = ("nfnetlink", "nf_tables", "inet_diag", "tcp_diag", "udp_diag", "unix_diag",
+                "netlink_diag", "packet_diag")
+
+
+def _module_roots() -> list[Path]:
+    kver = os.uname().release
+    roots = [Path(os.environ["SPICE_COMPAT_MODULES_ROOT"])] if os.environ.get("SPICE_COMPAT_MODULES_ROOT") else []
+    roots.append(Path("/"))
+    # the qemu guest sees the host's extracted copy of its kernel package (kmod-ci cache)
+    roots.append(Path(os.environ.get("KMOD_CI_CACHE", "/var/cache/kmod-ci")) / kver / "root")
+    return [r for r in roots if (r / "lib/modules" / kver / "modules.dep").exists()]
+
+
+def load_criu_modules() -> list[str]:
+    """Load the kernel modules criu needs if the kernel is modular and they are not loaded (a
+    minimal guest cannot autoload them: its modprobe helper runs in the initramfs). Modules come
+    from /lib/modules, $SPICE_COMPAT_MODULES_ROOT or the kmod-ci cache. Returns what is still missing."""
+    if not Path("/proc/modules").exists():
+        return []  # monolithic kernel: everything it has is built in
+    def missing() -> list[str]:
+        return [m for m in CRIU_MODULES if not Path("/sys/module", m).exists()]
+    todo = missing()
+    modprobe = shutil.which("modprobe") or "/sbin/modprobe"
+    for root in _module_roots():
+        if not todo:
+            break
+        for mod in todo:  # one at a time: a module this kernel lacks must not stop the others
+            subprocess.run([modprobe, "-q", "-d", str(root), mod], stdin=subprocess.DEVNULL,
+                           capture_output=True)
+        todo = missing()
+    return todo
+
+
+def ensure_loopback_up() -> None:
+    """Bring lo up if it is down (a bare guest): httpd listens on 127.0.0.1."""
+    try:
+        flags = int(Path("/sys/class/net/lo/flags").read_text(), 16)
+    except (OSError, ValueError):
+        return
+    if flags & 1:  # IFF_UP
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s.fileno(), 0x8914, struct.pack("16sH22x", b"lo", flags | 1))  # SIOCSIFFLAGS
+
+
 def ensure_criu() -> Path:
-    """Real CRIU >= 4.2 at CRIU4_BINDIR/criu: runs install-criu.sh (idempotent, ~0.02 s when
-    installed; it also refreshes the kdat cache after a reboot). Raises RuntimeError if still absent."""
+    """Real CRIU >= 4.2 at CRIU4_BINDIR/criu: loads the kernel modules it needs (if modular) and
+    brings lo up, then runs install-criu.sh (idempotent, ~0.02 s when installed; it also refreshes
+    the kdat cache after a reboot). Raises RuntimeError if criu is still absent."""
     global _criu_checked
     if _criu_checked is not None:
         return _criu_checked
+    load_criu_modules()
+    ensure_loopback_up()
     proc = subprocess.run(["bash", str(INSTALL_CRIU)], stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=scaled(1200))
     version = criu_version(CRIU_BIN)
@@ -409,7 +470,9 @@ def criu_restore(images_dir: Path, detached: bool = True, pidfile: Path | None =
         if time.monotonic() > deadline:
             raise CriuError(f"{' '.join(cmd)}: no pidfile after 60 s\n{log_tail(images_dir / log_name)}")
         time.sleep(0.005)
-    return _read_pidfile(pidfile)
+    pid = _read_pidfile(pidfile)
+    _restorers[pid] = popen
+    return pid
 
 
 def _read_pidfile(pidfile: Path) -> int:
