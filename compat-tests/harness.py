@@ -32,6 +32,7 @@ import ctypes
 import dataclasses
 import fcntl
 import os
+import random
 import re
 import shutil
 import signal
@@ -499,7 +500,10 @@ def build_workload(name: str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     binary = out_dir / name
     sources = [WORKLOAD_DIR / sp.source, WORKLOAD_DIR / "common.h"]
-    gcc = shutil.which("gcc") or "gcc"
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise RuntimeError("gcc not found: the C workloads are built at test time "
+                           "(make compat-setup, or apt-get install gcc libc6-dev)")
     cmd = [gcc, *CFLAGS, "-o", str(binary) + ".tmp", str(sources[0])]
     stamp = out_dir / f"{name}.cmd"
     with open(out_dir / ".lock", "w") as lock:
@@ -520,10 +524,22 @@ def build_workload(name: str) -> Path:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port on 127.0.0.1, below the ephemeral range if possible: the port must stay
+    free between a dump and each restore, and outgoing connections take their ports from there."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rnd = random.Random()
+    candidates = [rnd.randrange(10000, low) for _ in range(50)] if low > 11000 else []
+    for port in [*candidates, 0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free TCP port on 127.0.0.1")
 
 
 @dataclasses.dataclass(frozen=True)

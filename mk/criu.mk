@@ -1,7 +1,15 @@
 # SPDX-License-Identifier: MIT
-# Real CRIU 4.2.x, the reference the compat tests run against (compat-tests/install-criu.sh).
-# Idempotent: ~0.01 s when installed. Knobs: CRIU4_PREFIX, CRIU4_BINDIR, CRIU4_CACHE, CRIU4_SUITES.
-.PHONY: criu
+# The compat-test bed: real CRIU 4.2.x (compat-tests/install-criu.sh; idempotent, ~0.01 s when
+# installed; knobs CRIU4_PREFIX, CRIU4_BINDIR, CRIU4_CACHE, CRIU4_SUITES) and gcc for the C workloads.
+.PHONY: criu compat-setup
+
+COMPAT_APT := DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=900
 
 criu:
 	@bash compat-tests/install-criu.sh
+
+compat-setup: criu
+	@if ! command -v gcc >/dev/null || ! test -e /usr/include/stdio.h; then \
+	  $(COMPAT_APT) install -y --no-install-recommends gcc libc6-dev \
+	  || { $(COMPAT_APT) update && $(COMPAT_APT) install -y --no-install-recommends gcc libc6-dev; }; \
+	fi
