@@ -223,6 +223,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(1)
+    except Exception as e:  # a bug, not bad input: still one criu-style line, the trace in the log
+        import traceback
+
+        log.debug(traceback.format_exc())
+        sys.exit(fail(SpiceError("internal", f"{type(e).__name__}: {e}")))
     finally:
         log.close()
 

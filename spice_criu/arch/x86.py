@@ -57,7 +57,7 @@ XSAVE_COMPONENTS = (
     (9, "pkru", 4),
 )
 _ELEM = {4: "I", 8: "Q"}
-FX_SW_OFFSET = 464  # struct _fpx_sw_bytes in the fxsave padding, kept from the kernel's buffer
+FX_SW_OFFSET = 464  # ptrace puts XCR0 (the enabled xfeatures) here, in the fxsave's sw_reserved bytes
 XSAVE_HDR = 512
 
 
@@ -147,7 +147,7 @@ def xsave_from_image(fpregs, template: bytes) -> bytes:
     struct.pack_into("<64I", buf, 160, *fpregs.xmm_space)
     if len(buf) <= XSAVE_HDR:
         return bytes(buf)
-    (xfeatures,) = struct.unpack_from("<Q", template, FX_SW_OFFSET + 8)
+    (xfeatures,) = struct.unpack_from("<Q", template, FX_SW_OFFSET)
     bv = XFEATURE_FP | XFEATURE_SSE
     if fpregs.HasField("xsave"):
         x = fpregs.xsave
@@ -178,7 +178,7 @@ def xsave_to_image(buf: bytes, fpregs) -> None:
     if len(buf) <= XSAVE_HDR:
         return
     (bv,) = struct.unpack_from("<Q", buf, XSAVE_HDR)
-    (xfeatures,) = struct.unpack_from("<Q", buf, FX_SW_OFFSET + 8)
+    (xfeatures,) = struct.unpack_from("<Q", buf, FX_SW_OFFSET)
     x = fpregs.xsave
     x.xstate_bv = bv
     offsets = xsave_offsets()

@@ -281,3 +281,59 @@ def file_path(files: dict[int, FileObj], file_id: int, what: str) -> str:
 def exists_or_error(path: str, what: str) -> None:
     if not Path(path).exists():
         raise SpiceError("restore", f"{what}: {path} does not exist")
+
+
+# ---------------------------------------------------------------- installing fd tables
+
+_F_SETFD = 2
+
+
+def install_fds(task, ctx: OpenContext) -> None:
+    """Give the task exactly its dumped fd table: every object is opened in the restorer (once) and
+    pulled into the task with pidfd_getfd(), then moved to its number with dup3()."""
+    from ..linux.syscalls import NR
+
+    plans = task.plan.fds
+    ours = [ctx.fd_of(p.file_id) for p in plans]
+    task.sys(NR.close_range, 0, 0xFFFFFFFF, 0, what="close inherited fds")
+    pidfd = task.sys(NR.pidfd_open, os.getpid(), 0, what="pidfd_open(restorer)")
+    wanted = {p.fd for p in plans}
+    if pidfd in wanted:
+        spare = max(wanted) + 1
+        task.sys(NR.dup3, pidfd, spare, O_CLOEXEC, what="move pidfd")
+        task.sys(NR.close, pidfd, what="close")
+        pidfd = spare
+    for p, ours_fd in zip(plans, ours, strict=True):
+        got = task.sys(NR.pidfd_getfd, pidfd, ours_fd, 0, what=f"pidfd_getfd for fd {p.fd}")
+        if got != p.fd:
+            task.sys(NR.dup3, got, p.fd, O_CLOEXEC if p.cloexec else 0, what=f"dup3 to fd {p.fd}")
+            task.sys(NR.close, got, what="close")
+        elif not p.cloexec:
+            task.sys(NR.fcntl, got, _F_SETFD, 0, what=f"fcntl(fd {p.fd})")
+    task.sys(NR.close, pidfd, what="close pidfd")
+    for p in plans:
+        if p.file.needs_task_setup():
+            p.file.setup_in_task(task, p.fd, ctx)
+
+
+def pull_fd(task, ours_fd: int) -> int:
+    """A temporary copy of one of the restorer's fds inside the task (closed by the caller)."""
+    from ..linux.syscalls import NR
+
+    pidfd = task.sys(NR.pidfd_open, os.getpid(), 0, what="pidfd_open(restorer)")
+    try:
+        return task.sys(NR.pidfd_getfd, pidfd, ours_fd, 0, what="pidfd_getfd")
+    finally:
+        task.sys(NR.close, pidfd, what="close pidfd")
+
+
+def install_fs(task) -> None:
+    """cwd, root and umask."""
+    from ..linux.syscalls import NR
+
+    t = task.plan
+    if t.root != "/":
+        task.sys(NR.chroot, task.put_str(t.root), what=f"chroot({t.root})")
+    task.sys(NR.chdir, task.put_str(t.cwd), what=f"chdir({t.cwd})")
+    task.sys(NR.umask, t.umask, what="umask")
+    task.reset_scratch()

@@ -1,0 +1,185 @@
+# SPDX-License-Identifier: MIT
+"""`spice restore`: images -> plan -> tasks built by a backend -> everything resumed together.
+
+Order per task (credentials last, registers at the very end):
+fds -> cwd/root/umask -> memory + sigactions (backend) -> threads -> per-thread kernel state,
+signals, names -> timers, rlimits and other knobs -> pending signals -> credentials -> CPU state.
+A failure anywhere kills every task created so far and reaps it: nothing half-restored survives.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from ..cli import Options
+from ..errors import SpiceError
+from ..images import stats
+from ..linux import ptrace
+from ..log import log
+from . import creds, signals, threads, timers
+from .files import OpenContext, install_fds, install_fs
+from .plan import TASK_STOPPED, RestorePlan, build_plan
+from .task import TaskCtl
+from .tree import create_tree
+
+
+def parse_inherit(specs: list[str]) -> dict[str, int]:
+    """--inherit-fd fd[N]:KEY -> {KEY: N}: the restored fds matching KEY use our fd N instead."""
+    out = {}
+    for s in specs:
+        if not s.startswith("fd[") or "]:" not in s:
+            raise SpiceError("restore", f"bad --inherit-fd {s!r} (want fd[N]:KEY)")
+        num, key = s[3:].split("]:", 1)
+        try:
+            fd = int(num)
+            os.fstat(fd)
+        except (ValueError, OSError):
+            raise SpiceError("restore", f"--inherit-fd {s}: fd {num} is not open") from None
+        out[key] = fd
+    return out
+
+
+def choose_backend(name: str):
+    from .backends import kmod
+    from .backends import ptrace as ptrace_backend
+
+    if name == "kmod" or (name == "auto" and kmod.available()):
+        if name == "kmod" and not kmod.available():
+            raise SpiceError("restore", f"--backend kmod: {kmod.unavailable_reason()}")
+        log.info("restore backend: kmod (/dev/spice)")
+        return kmod
+    log.info("restore backend: ptrace")
+    return ptrace_backend
+
+
+def restore_task(ctl: TaskCtl, ctx: OpenContext, backend) -> int:
+    t = ctl.plan
+    threads.unregister_inherited_rseq(ctl)
+    install_fds(ctl, ctx)
+    install_fs(ctl)
+    pages = backend.install_core(ctl, ctx)
+    for th in t.threads[1:]:
+        threads.create_thread(ctl, th.tid)
+    for th in t.threads:
+        threads.install_thread_kernel_state(ctl, th)
+        signals.install_thread_signals(ctl, th.tid, th.core)
+        creds.install_thread_knobs(ctl, th.tid, th.core)
+    timers.install_itimers(ctl)
+    timers.install_posix_timers(ctl)
+    creds.install_task_knobs(ctl)
+    signals.install_shared_pending(ctl)
+    for th in t.threads:
+        creds.install_creds(ctl, th.tid, th.core)
+    return pages
+
+
+def finish_task(ctl: TaskCtl, backend) -> None:
+    """CPU state of every thread; the leader's last injected syscall unmaps the trampoline."""
+    t = ctl.plan
+    for th in t.threads:
+        signals.set_blocked(th.tid, th.core)
+    for th in t.threads[1:]:
+        threads.set_cpu_state(th)
+    backend.finish_leader(ctl)
+
+
+def kill_all(ctls: list[TaskCtl]) -> None:
+    for c in ctls:
+        try:
+            os.kill(c.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for c in ctls:
+        try:
+            os.waitpid(c.pid, ptrace.WALL)
+        except ChildProcessError:
+            pass
+
+
+def resume(ctls: list[TaskCtl]) -> None:
+    for c in ctls:
+        stop = signal.SIGSTOP if c.plan.state == TASK_STOPPED else 0
+        for tid in c.threads:
+            ptrace.detach(tid, stop)
+
+
+def write_pidfile(path: str, workdir: str, pid: int) -> None:
+    full = path if os.path.isabs(path) else os.path.join(workdir, path)
+    try:
+        fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise SpiceError("restore", f"can't create pidfile {full}: {e.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(str(pid))
+
+
+def restore_plan(plan: RestorePlan, o: Options, backend) -> tuple[list[TaskCtl], int, float]:
+    """Build every task; on return all of them are fully restored and still stopped.
+
+    Returns (tasks, pages restored, seconds spent forking)."""
+    ctx = OpenContext(plan.imgdir, root=o.root or "/", inherit=parse_inherit(o.inherit_fd))
+    ctx.files = plan.files
+    created: list[TaskCtl] = []
+    try:
+        t0 = time.monotonic()
+        create_tree(plan, o.restore_sibling, created)
+        forking = time.monotonic() - t0
+        pages = 0
+        for ctl in created:
+            pages += restore_task(ctl, ctx, backend)
+        for ctl in created:
+            finish_task(ctl, backend)
+        return created, pages, forking
+    except BaseException:
+        kill_all(created)
+        raise
+    finally:
+        ctx.close_all()
+
+
+def restore(o: Options) -> int:
+    t0 = time.monotonic()
+    if o.restore_sibling and not o.restore_detached:
+        raise SpiceError("restore", "--restore-sibling only makes sense with --restore-detached")
+    plan = build_plan(o.images_dir, root=o.root or "/")
+    if o.shell_job:
+        root = plan.root
+        root.sid, root.pgid = os.getsid(0), os.getpgid(0)
+    elif plan.root.sid != plan.root.pid:
+        raise SpiceError("restore", f"task {plan.root.pid} is not a session leader: restore with --shell-job")
+    backend = choose_backend(o.backend)
+    ctls, pages, forking = restore_plan(plan, o, backend)
+    restore_time = time.monotonic() - t0
+    try:
+        if o.pidfile:
+            write_pidfile(o.pidfile, o.work_dir or o.images_dir, plan.root.pid)
+        stats.write(
+            o.work_dir or o.images_dir, "restore",
+            pages_compared=0, pages_skipped_cow=0, forking_time=int(forking * 1e6),
+            restore_time=int(restore_time * 1e6), pages_restored=pages,
+        )
+    except BaseException:
+        kill_all(ctls)
+        raise
+    resume(ctls)
+    log.info(f"Restore finished successfully. Tasks resumed. ({restore_time * 1e3:.1f} ms)")
+    if o.display_stats:
+        print(stats.display("restore", stats.read(os.path.join(o.work_dir or o.images_dir, "stats-restore"))), end="")
+    if not o.restore_detached:
+        _wait_tree(plan.root.pid)
+    return 0
+
+
+def _wait_tree(pid: int) -> None:
+    """Without -d criu stays the restored root's parent until it exits (its status is not propagated)."""
+    while True:
+        try:
+            p, _ = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+        if p == pid:
+            return

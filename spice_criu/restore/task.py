@@ -1,0 +1,143 @@
+# SPDX-License-Identifier: MIT
+"""The restorer's grip on one task under construction: its threads (all ptrace-stopped), the
+trampoline page it executes injected syscalls from, and scratch memory for syscall arguments.
+
+Every restored task starts as a stopped copy of the restorer. The trampoline (one code page
+holding `syscall; int3` plus scratch pages) is mapped where the task's dumped address space has a
+hole, so it survives while the old address space is torn down and the new one is built; it is
+the last mapping removed before the task resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from functools import cache
+
+from ..errors import SpiceError
+from ..inject import Remote, find_sites
+from ..linux.syscalls import NR
+from ..vma import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PAGE_SIZE
+from .plan import TaskPlan
+
+TRAMPOLINE_CODE = bytes.fromhex("0f05cc")  # syscall; int3
+SCRATCH_PAGES = 32
+TRAMPOLINE_SIZE = PAGE_SIZE * (1 + SCRATCH_PAGES)
+_LOW, _HIGH = 1 << 32, 1 << 46
+
+
+def parse_maps(pid: int) -> list[tuple[int, int, str]]:
+    """(start, end, name) of every mapping of a task."""
+    out = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            lo, hi = parts[0].split("-")
+            out.append((int(lo, 16), int(hi, 16), parts[5].strip() if len(parts) > 5 else ""))
+    return out
+
+
+def find_hole(avoid: list[tuple[int, int]], size: int) -> int:
+    """The highest page-aligned address below 2^46 where [addr, addr+size) overlaps none of `avoid`."""
+    spans = sorted((lo, hi) for lo, hi in avoid if hi > _LOW and lo < _HIGH)
+    top = _HIGH
+    for lo, hi in reversed(spans):
+        if hi <= top - size:
+            return top - size
+        top = min(top, lo)
+    if top - size >= _LOW:
+        return top - size
+    raise SpiceError("restore", "no room for the restorer trampoline in the task's address space")
+
+
+@cache
+def _bootstrap_site() -> int:
+    """A `syscall` instruction in the restorer's own text: every stub is a fork of the restorer, so
+    the same address works in all of them until their trampolines exist."""
+    site = find_sites(os.getpid()).plain
+    if site is None:
+        raise SpiceError("restore", "no syscall instruction found in the restorer")
+    return site
+
+
+def _remote(tid: int, site: int, scratch: tuple[int, int] | None) -> Remote:
+    return Remote(tid, site=site, scratch=scratch, scratch_size=0, restore_regs=False, rseq_fixup=False)
+
+
+class TaskCtl:
+    def __init__(self, plan: TaskPlan, pid: int) -> None:
+        self.plan = plan
+        self.pid = pid
+        self.remote = _remote(pid, _bootstrap_site(), None)  # the leader
+        self.threads: dict[int, Remote] = {pid: self.remote}
+        self.tramp = 0
+        self._scratch_used = 0
+
+    def adopt_thread(self, tid: int) -> None:
+        """A thread just created inside the task (stopped, auto-attached): inject through it too."""
+        from ..linux import ptrace
+
+        while True:
+            st = ptrace.waitpid(tid)
+            if st.gone:
+                raise SpiceError("restore", f"thread {tid} of task {self.pid} died while being created")
+            if st.stopped:
+                break
+        self.threads[tid] = _remote(tid, self.tramp, (self.scratch, SCRATCH_PAGES * PAGE_SIZE))
+
+    # ------------------------------------------------------------------ syscalls in the task
+
+    def sys(self, nr: int, *args: int, what: str = "", tid: int | None = None) -> int:
+        r = (self.threads[tid] if tid is not None else self.remote).syscall(nr, *args)
+        if -4096 < r < 0:
+            name = what or f"syscall {nr}"
+            raise SpiceError("restore", f"task {self.pid}: {name} failed: {os.strerror(-r)}")
+        return r
+
+    # ------------------------------------------------------------------ trampoline + scratch
+
+    def map_trampoline(self, targets: list[tuple[int, int]]) -> None:
+        """Map this task's trampoline in a hole of both its current and its future address space."""
+        current = [(lo, hi) for lo, hi, _ in parse_maps(self.pid)]
+        for _ in range(8):
+            addr = find_hole(current + targets, TRAMPOLINE_SIZE)
+            got = self.remote.syscall(
+                NR.mmap, addr, TRAMPOLINE_SIZE, 7, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0
+            )
+            if got == addr:
+                break
+            current.append((addr, addr + TRAMPOLINE_SIZE))
+        else:
+            raise SpiceError("restore", f"task {self.pid}: cannot map the trampoline")
+        self.remote.write(addr, TRAMPOLINE_CODE)
+        self.use_trampoline(addr)
+
+    def use_trampoline(self, addr: int) -> None:
+        self.tramp = addr
+        for tid in self.threads:
+            self.threads[tid] = _remote(tid, addr, (self.scratch, SCRATCH_PAGES * PAGE_SIZE))
+        self.remote = self.threads[self.pid]
+
+    @property
+    def scratch(self) -> int:
+        return self.tramp + PAGE_SIZE
+
+    def reset_scratch(self) -> None:
+        self._scratch_used = 0
+
+    def put(self, data: bytes) -> int:
+        """Copy bytes into the task's scratch area; returns their address there."""
+        off = self._scratch_used
+        size = (len(data) + 15) & ~15
+        if off + size > SCRATCH_PAGES * PAGE_SIZE:
+            raise SpiceError("restore", f"task {self.pid}: scratch area exhausted")
+        addr = self.scratch + off
+        self.remote.write(addr, data)
+        self._scratch_used = off + size
+        return addr
+
+    def put_str(self, s: str) -> int:
+        return self.put(os.fsencode(s) + b"\0")
+
+    def put_u64s(self, *vals: int) -> int:
+        return self.put(struct.pack(f"<{len(vals)}Q", *(v & (1 << 64) - 1 for v in vals)))

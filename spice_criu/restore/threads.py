@@ -1,0 +1,75 @@
+# SPDX-License-Identifier: MIT
+"""Threads: re-created with their original TIDs inside the restored process, then given back their
+kernel-side registrations (rseq, robust futex list, clear-tid address) and finally their CPU state."""
+
+from __future__ import annotations
+
+import struct
+
+from ..arch import x86
+from ..linux import ptrace
+from ..linux.syscalls import NR
+from .plan import ThreadPlan
+from .task import TaskCtl
+
+CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND = 0x100, 0x200, 0x400, 0x800
+CLONE_THREAD, CLONE_SYSVSEM = 0x10000, 0x40000
+THREAD_FLAGS = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM
+RSEQ_FLAG_UNREGISTER = 1
+_U64 = (1 << 64) - 1
+
+
+def clone_args(flags: int, set_tid_ptr: int, exit_signal: int = 0) -> bytes:
+    """struct clone_args (v2, 88 bytes) with one entry in set_tid."""
+    return struct.pack("<11Q", flags, 0, 0, 0, exit_signal, 0, 0, 0, set_tid_ptr, 1, 0)
+
+
+def create_thread(task: TaskCtl, tid: int) -> None:
+    """clone3() a thread with TID `tid` inside the task; it starts stopped, traced by us."""
+    tids = task.put(struct.pack("<i", tid))
+    args = task.put(clone_args(THREAD_FLAGS, tids))
+    got = task.sys(NR.clone3, args, 88, what=f"clone3 thread {tid}")
+    task.reset_scratch()
+    if got != tid:
+        raise RuntimeError(f"clone3 gave tid {got}, wanted {tid}")
+    task.adopt_thread(tid)
+
+
+def unregister_inherited_rseq(task: TaskCtl) -> None:
+    """A forked stub inherits the restorer's rseq area; the kernel would keep writing into it."""
+    conf = ptrace.get_rseq_configuration(task.pid)
+    if conf is not None and conf.rseq_abi_pointer:
+        task.sys(
+            NR.rseq, conf.rseq_abi_pointer, conf.rseq_abi_size, RSEQ_FLAG_UNREGISTER, conf.signature,
+            what="unregister inherited rseq",
+        )
+
+
+def install_thread_kernel_state(task: TaskCtl, th: ThreadPlan) -> None:
+    tcore = th.core.thread_core
+    ti = th.core.thread_info
+    tid = th.tid
+    if tcore.futex_rla:
+        task.sys(NR.set_robust_list, tcore.futex_rla, tcore.futex_rla_len, what="set_robust_list", tid=tid)
+    if ti.clear_tid_addr:
+        task.sys(NR.set_tid_address, ti.clear_tid_addr, what="set_tid_address", tid=tid)
+    if tcore.HasField("rseq_entry") and tcore.rseq_entry.rseq_abi_pointer:
+        r = tcore.rseq_entry
+        task.sys(NR.rseq, r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature, what="rseq", tid=tid)
+
+
+def final_regs(th: ThreadPlan) -> ptrace.UserRegs:
+    """The thread's dumped registers; orig_ax=-1 so the kernel applies no syscall-restart logic on
+    the way out (CRIU's dump already folded the restart decision into ax/ip)."""
+    regs = ptrace.UserRegs()
+    for name, value in zip(x86.GP_FIELDS, x86.regs_from_image(th.core.thread_info.gpregs), strict=True):
+        setattr(regs, name, value)
+    regs.orig_ax = _U64
+    return regs
+
+
+def set_cpu_state(th: ThreadPlan) -> None:
+    """FPU/xsave state, then the general registers, of a stopped thread."""
+    template = ptrace.get_xstate(th.tid)
+    ptrace.set_xstate(th.tid, x86.xsave_from_image(th.core.thread_info.fpregs, template))
+    ptrace.setregs(th.tid, final_regs(th))

@@ -1,0 +1,101 @@
+# SPDX-License-Identifier: MIT
+"""The process tree: every task re-created with its original PID, parent, session and group.
+
+The root is a clone3(set_tid) fork of the restorer that parks itself in read() until seized;
+every other task is forked (clone3 with set_tid, injected) by its own parent, so parentage comes
+out right. Session leaders setsid() before forking their children, so those inherit the session;
+process groups are joined once every task exists.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from ..errors import SpiceError
+from ..linux import clone3, ptrace
+from ..linux.syscalls import NR
+from .plan import RestorePlan, TaskPlan
+from .task import TRAMPOLINE_SIZE, TaskCtl
+from .threads import clone_args
+
+TRACE_OPTIONS = ptrace.O_TRACESYSGOOD | ptrace.O_TRACEFORK | ptrace.O_TRACECLONE | ptrace.O_EXITKILL
+
+
+def _wait_stop(pid: int) -> None:
+    while True:
+        st = ptrace.waitpid(pid)
+        if st.gone:
+            raise SpiceError("restore", f"task {pid} died while being created ({st})")
+        if st.stopped:
+            return
+
+
+def spawn_root(t: TaskPlan, sibling: bool) -> TaskCtl:
+    """fork (clone3) the root with its PID; it waits in read() until we hold it under ptrace."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = clone3.fork(set_tid=[t.pid], flags=clone3.CLONE_PARENT if sibling else 0)
+    except OSError as e:
+        os.close(r)
+        os.close(w)
+        if e.errno == 17:
+            raise SpiceError("restore", f"pid {t.pid} is already taken by another process") from None
+        raise SpiceError("restore", f"can't fork for {t.pid}: {e.strerror}") from None
+    if pid == 0:  # the stub: never returns to the restorer's code
+        try:
+            os.close(w)
+            os.read(r, 1)
+        finally:
+            os._exit(127)
+    os.close(r)
+    try:
+        ptrace.seize(pid, TRACE_OPTIONS)
+        ptrace.interrupt(pid)
+        _wait_stop(pid)
+    except BaseException:
+        os.close(w)
+        os.kill(pid, signal.SIGKILL)
+        raise
+    os.close(w)
+    return TaskCtl(t, pid)
+
+
+def spawn_child(parent: TaskCtl, t: TaskPlan) -> TaskCtl:
+    """clone3(set_tid=[pid]) inside the parent stub: the child comes up traced and stopped."""
+    tids = parent.put(clone3.pack_set_tid([t.pid]))
+    args = parent.put(clone_args(0, tids, signal.SIGCHLD))
+    got = parent.remote.syscall(NR.clone3, args, 88)
+    parent.reset_scratch()
+    if got == -17:
+        raise SpiceError("restore", f"pid {t.pid} is already taken by another process")
+    if got != t.pid:
+        raise SpiceError("restore", f"can't fork for {t.pid}: {os.strerror(-got) if got < 0 else got}")
+    _wait_stop(t.pid)
+    child = TaskCtl(t, t.pid)
+    child.use_trampoline(parent.tramp)
+    return child
+
+
+def create_tree(plan: RestorePlan, sibling: bool, created: list[TaskCtl]) -> dict[int, TaskCtl]:
+    """All tasks, stopped, with PIDs, sessions and groups. `created` collects them as they appear
+    (so a failure half-way can kill exactly what exists)."""
+    ctls: dict[int, TaskCtl] = {}
+    targets = {t.pid: [(v.start, v.end) for v in t.mm.vmas] for t in plan.tasks}
+    for t in plan.tasks:
+        if t is plan.root:
+            ctl = spawn_root(t, sibling)
+        else:
+            ctl = spawn_child(ctls[t.ppid], t)
+        created.append(ctl)
+        ctls[t.pid] = ctl
+        if not ctl.tramp or any(lo < ctl.tramp + TRAMPOLINE_SIZE and hi > ctl.tramp for lo, hi in targets[t.pid]):
+            ctl.map_trampoline(targets[t.pid])
+        if t.sid == t.pid:
+            ctl.sys(NR.setsid, what="setsid")
+        elif t.pgid == t.pid:
+            ctl.sys(NR.setpgid, 0, 0, what="setpgid")
+    for t in plan.tasks:
+        if t.pgid != t.pid and os.getpgid(t.pid) != t.pgid:
+            ctls[t.pid].sys(NR.setpgid, 0, t.pgid, what=f"setpgid({t.pgid})")
+    return ctls
