@@ -110,7 +110,7 @@ def _dump_all(base: Path, leave_running: bool, criu: Path) -> DumpSet:
             dumps.errors[name] = f"start: {e}"
     for name, wl in started.items():
         try:
-            wl.wait_ticks(3)
+            wl.wait_ticks(3, since=wl.start_offset)
             dumps[name] = harness.dump_workload(wl, wl.rundir / "images", leave_running=leave_running,
                                                 dumper=lambda pid, d, lr: harness.criu_dump(pid, d, lr, criu=criu))
         except Exception as e:  # noqa: BLE001

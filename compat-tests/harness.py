@@ -614,6 +614,7 @@ class Workload:
     log_file: Path
     port: int | None
     proc: subprocess.Popen[bytes]
+    start_offset: int = 0  # where this run's lines start in out_file
 
     @property
     def spec(self) -> WorkloadSpec:
@@ -624,8 +625,9 @@ class Workload:
         """The root process."""
         return self.proc.pid
 
-    def lines(self, start: int = 0) -> list[Line]:
-        return read_lines(self.out_file, start)[0]
+    def lines(self, start: int | None = None) -> list[Line]:
+        """Parsed lines of this run (from start_offset, or from byte offset start)."""
+        return read_lines(self.out_file, self.start_offset if start is None else start)[0]
 
     def ticks(self, role: str | None = None) -> list[Line]:
         """Parsed tick lines (of one role, default the root role)."""
@@ -657,14 +659,15 @@ class Workload:
             raise WorkloadError(f"{self.name} (pid {self.pid}) exited with {self.proc.returncode}\n"
                                 f"out:\n{tail_text(self.out_file)}\nlog:\n{tail_text(self.log_file)}")
 
-    def wait_ticks(self, n: int = 3, timeout: float = 20.0) -> None:
-        """Wait until every role has written n more ticks than it has now."""
-        base = {r: ln.tick or 0 for r, ln in self.last_ticks().items()}
+    def wait_ticks(self, n: int = 3, timeout: float = 20.0, since: int | None = None) -> None:
+        """Wait until every role has written n more lines than now (or than at offset since)."""
+        if since is None:
+            since = read_lines(self.out_file, self.start_offset)[1]
         deadline = time.monotonic() + scaled(timeout)
         while True:
             self.check()
-            last = self.last_ticks()
-            if all(r in last and (last[r].tick or 0) >= base.get(r, 0) + n for r in self.spec.roles):
+            fresh = read_lines(self.out_file, since)[0]
+            if all(sum(1 for ln in fresh if ln.role == r and not ln.failed) >= n for r in self.spec.roles):
                 return
             if time.monotonic() > deadline:
                 raise WorkloadError(f"{self.name}: fewer than {n} new ticks from every role "
@@ -702,14 +705,15 @@ def start_workload(name: str, rundir: Path, *, port: int | None = None, out_file
         port = port or free_port()
         argv.append(str(port))
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "HOME": str(rundir)}
+    start_offset = out_file.stat().st_size if out_file.exists() else 0
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(argv, cwd=rundir, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, env=env)
     _popens[proc.pid] = proc
-    wl = Workload(name, rundir, out_file, log_file, port if sp.needs_port else None, proc)
+    wl = Workload(name, rundir, out_file, log_file, port if sp.needs_port else None, proc, start_offset)
     if wait:
         try:
-            wl.wait_ticks(min_ticks)
+            wl.wait_ticks(min_ticks, since=start_offset)
         except BaseException:
             wl.kill()
             raise
@@ -791,9 +795,10 @@ def dump_workload(wl: Workload, images_dir: Path, *, leave_running: bool = False
     else:
         result = dumper(wl.pid, Path(images_dir), leave_running)
     if leave_running:
-        still = [p for p in pids if not is_running(p)]
-        if still:
-            raise WorkloadError(f"{wl.name}: pids {still} are gone after a --leave-running dump")
+        gone = [p for p in pids if not is_running(p)]
+        if gone:
+            wl.kill()
+            raise WorkloadError(f"{wl.name}: pids {gone} are gone after a --leave-running dump")
         wl.kill()
     else:
         try:
@@ -801,7 +806,7 @@ def dump_workload(wl: Workload, images_dir: Path, *, leave_running: bool = False
         except TimeoutError as e:
             wl.kill()
             raise WorkloadError(f"{wl.name}: the dump did not kill the tree ({e})") from e
-    lines, end = read_lines(wl.out_file)
+    lines, end = read_lines(wl.out_file, wl.start_offset)
     bad = [ln for ln in lines if ln.failed]
     if bad:
         raise WorkloadError(f"{wl.name} failed before or while being dumped: {bad[0].text}")
@@ -995,7 +1000,7 @@ def assert_continues(target: DumpInfo | Workload, pids: int | Sequence[int] | No
     pid_list = list(target.pids) if pids is None else ([pids] if isinstance(pids, int) else list(pids))
     if not pid_list:
         raise ValueError("no pids")
-    start = target.resume_offset if isinstance(target, DumpInfo) else 0
+    start = target.resume_offset if isinstance(target, DumpInfo) else target.start_offset
 
     def check_alive() -> None:
         for p in pid_list:

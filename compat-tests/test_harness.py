@@ -110,6 +110,17 @@ def test_fails_on_other_workloads_process(criu_dumps: dict[str, DumpInfo]) -> No
     kill_restored(counter, pid)
 
 
+def test_fails_when_httpd_answers_with_other_state(criu_dumps: dict[str, DumpInfo], workload_factory) -> None:
+    """The restored httpd ticks correctly, but the server on the port checked is another one."""
+    info = criu_dumps["httpd"]
+    impostor = workload_factory("httpd")
+    pid = criu_restore(info.images_dir)
+    with pytest.raises(AssertionError, match=r"GET answered token="):
+        assert_continues(dataclasses.replace(info, port=impostor.port), pid)
+    assert_continues(info, pid)
+    kill_restored(info, pid)
+
+
 def _restored_lines(info: DumpInfo) -> list[Line]:
     pid = criu_restore(info.images_dir)
     assert_continues(info, pid, new_ticks=4)
