@@ -81,18 +81,21 @@ def _own_runs(path: Path) -> tuple[Path, list[PageRun]]:
     return pages_file, runs
 
 
-def read_runs(path: str | Path, depth: int = 0) -> list[PageRun]:
+def read_runs(path: str | Path, depth: int = 0, _seen: frozenset[str] = frozenset()) -> list[PageRun]:
     """Every range of the pagemap at `path`, PE_PARENT ranges resolved into the parent chain."""
     path = Path(path)
     _, runs = _own_runs(path)
     if not any(r.flags & PE_PARENT for r in runs):
         return runs
     if depth >= _MAX_PARENT_DEPTH:
-        raise ImageError(path, "parent image chain too deep (a loop?)")
+        raise ImageError(path, "parent image chain too deep")
+    here = os.path.realpath(path.parent)
     parent = path.parent / "parent" / path.name
+    if os.path.realpath(parent.parent) in _seen | {here}:
+        raise ImageError(path, f"parent image chain loops back to {os.path.realpath(parent.parent)}")
     if not parent.exists():
         raise ImageError(path, f"has PE_PARENT pages but {parent} does not exist")
-    prev = read_runs(parent, depth + 1)
+    prev = read_runs(parent, depth + 1, _seen | {here})
     out: list[PageRun] = []
     for r in runs:
         out.extend(_from_parent(r, prev, path) if r.flags & PE_PARENT else [r])
