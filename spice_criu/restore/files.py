@@ -45,6 +45,11 @@ class OpenContext:
         self.files: dict[int, FileObj] = {}
         self.opened: dict[int, int] = {}  # file id -> fd in the restorer
         self.cleanup: list[Callable[[], None]] = []
+        self.state: dict[str, Any] = {}  # what planning learnt (plan_files' state)
+        self.cache: dict[str, dict] = {}  # per-kind objects made while opening (pipes, memfds...)
+
+    def kind_cache(self, name: str) -> dict:
+        return self.cache.setdefault(name, {})
 
     def path(self, name: str) -> str:
         return name if self.root == "/" else os.path.join(self.root, name.lstrip("/"))
@@ -226,11 +231,13 @@ def _plan_memfd(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
 
 def _kind_modules() -> None:
     """Import the modules that register planners for the other fd kinds."""
-    from . import pipes  # noqa: F401
+    from . import pipes, sockets  # noqa: F401
 
 
-def plan_files(imgdir: ImageDir, shmems: dict[int, ShmemPlan]) -> dict[int, FileObj]:
-    """Every object of files.img, planned; unsupported kinds become errors only when an fd uses them."""
+def plan_files(imgdir: ImageDir, shmems: dict[int, ShmemPlan]) -> tuple[dict[int, FileObj], dict[str, Any]]:
+    """Every object of files.img, planned; unsupported kinds become errors only when an fd uses them.
+
+    Also returns the planning state (per-kind tables some objects need again when opened)."""
     _kind_modules()
     state: dict[str, Any] = {
         "remaps": {m.orig_id: (m.remap_type, m.remap_id) for m in imgdir.entries("remap-fpath.img")},
@@ -244,7 +251,8 @@ def plan_files(imgdir: ImageDir, shmems: dict[int, ShmemPlan]) -> dict[int, File
         tname = type_names[e.type].name if e.type in type_names else str(e.type)
         fn = PLANNERS.get(tname)
         files[e.id] = fn(e, imgdir, state) if fn else Unsupported(e.id, 0, type_name=tname)
-    return files
+    state["files"] = files
+    return files, state
 
 
 @dataclass

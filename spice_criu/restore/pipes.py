@@ -46,7 +46,7 @@ class PipeEnd(FileObj):
 
 
 def _pipe_pair(ctx: OpenContext, pipe_id: int, pdata: PipeData) -> tuple[int, int]:
-    pairs: dict[int, tuple[int, int]] = ctx.__dict__.setdefault("pipes", {})
+    pairs: dict[int, tuple[int, int]] = ctx.kind_cache("pipes")
     if pipe_id not in pairs:
         r, w = os.pipe2(O_CLOEXEC)
         pairs[pipe_id] = (r, w)
@@ -89,7 +89,7 @@ class Fifo(FileObj):
         path = ctx.path(self.path)
         # O_RDWR first so opening either end never blocks waiting for its peer; it also keeps
         # the queued data alive until the real ends exist
-        holders: dict[int, int] = ctx.__dict__.setdefault("fifo_holders", {})
+        holders: dict[int, int] = ctx.kind_cache("fifo_holders")
         try:
             if self.pipe_id not in holders:
                 h = os.open(path, os.O_RDWR | O_CLOEXEC)

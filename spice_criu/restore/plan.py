@@ -64,6 +64,7 @@ class RestorePlan:
     tasks: list[TaskPlan]  # pstree order: parents before children, root first
     files: dict[int, F.FileObj]
     shmems: dict[int, ShmemPlan]
+    file_state: dict = field(default_factory=dict)
 
     @property
     def root(self) -> TaskPlan:
@@ -119,7 +120,7 @@ def build_plan(images_dir: str | Path, root: str = "/", inherit: dict[str, int] 
     if not pstree:
         raise ImageError(imgdir / "pstree.img", "no tasks")
     shmems: dict[int, ShmemPlan] = {}
-    files = F.plan_files(imgdir, shmems)
+    files, file_state = F.plan_files(imgdir, shmems)
     tasks: dict[int, TaskPlan] = {}
     order: list[TaskPlan] = []
     for i, pe in enumerate(pstree):
@@ -170,7 +171,7 @@ def build_plan(images_dir: str | Path, root: str = "/", inherit: dict[str, int] 
         tasks[pid] = t
         order.append(t)
     _check_sessions(order)
-    plan = RestorePlan(imgdir, inv, order, files, shmems)
+    plan = RestorePlan(imgdir, inv, order, files, shmems, file_state)
     _check_pids_free(plan)
     return plan
 

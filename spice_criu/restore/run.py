@@ -121,6 +121,7 @@ def restore_plan(plan: RestorePlan, o: Options, backend) -> tuple[list[TaskCtl],
     Returns (tasks, pages restored, seconds spent forking)."""
     ctx = OpenContext(plan.imgdir, root=o.root or "/", inherit=parse_inherit(o.inherit_fd))
     ctx.files = plan.files
+    ctx.state = plan.file_state
     created: list[TaskCtl] = []
     try:
         t0 = time.monotonic()

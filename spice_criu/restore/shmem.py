@@ -19,7 +19,7 @@ _MFD_CLOEXEC, _MFD_ALLOW_SEALING = 0x1, 0x2
 
 
 def shmem_fd(ctx: OpenContext, sh: ShmemPlan) -> int:
-    cache: dict[int, int] = ctx.__dict__.setdefault("shmem_fds", {})
+    cache: dict[int, int] = ctx.kind_cache("shmem")
     fd = cache.get(sh.shmid)
     if fd is not None:
         return fd

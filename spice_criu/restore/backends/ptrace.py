@@ -198,20 +198,33 @@ def finish_vmas(task: TaskCtl, fixups: list[VmaPlan], mm: MmPlan) -> None:
                     task.sys(NR.madvise, v.start, v.size, adv, what=f"madvise({adv}) 0x{v.start:x}")
 
 
+def _same_exe(pid: int, path: str) -> bool:
+    try:
+        a, b = os.stat(f"/proc/{pid}/exe"), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def set_mm_fields(task: TaskCtl, mm: MmPlan, ctx: OpenContext) -> None:
-    exe = task.sys(NR.openat, -100, task.put_str(ctx.path(mm.exe_path)), O_RDONLY | O_CLOEXEC, 0,
-                   what=f"open exe {mm.exe_path}")
+    """PR_SET_MM_MAP: code/data/brk/stack/arg/env boundaries, auxv, and the exe file (left alone
+    when it already is the right file: the kernel refuses to swap an exe that is still mapped)."""
+    path = ctx.path(mm.exe_path)
+    exe = -1
+    if not _same_exe(task.pid, path):
+        exe = task.sys(NR.openat, -100, task.put_str(path), O_RDONLY | O_CLOEXEC, 0, what=f"open exe {mm.exe_path}")
     try:
         auxv = struct.pack(f"<{len(mm.auxv)}Q", *mm.auxv)
         auxv_ptr = task.put(auxv)
         m = struct.pack(
             "<11QQII",
             mm.start_code, mm.end_code, mm.start_data, mm.end_data, mm.start_brk, mm.brk, mm.start_stack,
-            mm.arg_start, mm.arg_end, mm.env_start, mm.env_end, auxv_ptr, len(auxv), exe,
+            mm.arg_start, mm.arg_end, mm.env_start, mm.env_end, auxv_ptr, len(auxv), exe & 0xFFFFFFFF,
         )
         task.sys(NR.prctl, PR_SET_MM, PR_SET_MM_MAP, task.put(m), len(m), 0, what="prctl(PR_SET_MM_MAP)")
     finally:
-        task.sys(NR.close, exe, what="close")
+        if exe >= 0:
+            task.sys(NR.close, exe, what="close")
         task.reset_scratch()
 
 

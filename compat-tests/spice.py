@@ -1,0 +1,44 @@
+# SPDX-License-Identifier: MIT
+"""Running spice itself from the compat tests: the `spice` CLI of this checkout, by full path."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness import log_tail, scaled
+
+REPO = Path(__file__).resolve().parent.parent
+_counter = itertools.count()
+
+
+class SpiceFailed(AssertionError):
+    def __init__(self, args: Sequence[str], rc: int, out: str, err: str, log: Path | None) -> None:
+        tail = log_tail(log) if log and log.exists() else ""
+        super().__init__(f"spice {' '.join(args)} -> exit {rc}\nstdout: {out}\nstderr: {err}\n{tail}")
+        self.rc, self.stdout, self.stderr = rc, out, err
+
+
+def spice(*args: str, check: bool = True, timeout: float = 120,
+          log: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m spice_criu ARGS` with the interpreter running the tests (the project's venv)."""
+    cmd = [sys.executable, "-m", "spice_criu", *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=scaled(timeout), cwd=REPO,
+                       stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    if check and p.returncode != 0:
+        raise SpiceFailed(args, p.returncode, p.stdout, p.stderr, log)
+    return p
+
+
+def spice_restore(images_dir: Path, *extra: str, backend: str = "ptrace") -> int:
+    """`spice restore -d` of an image dir; returns the restored root pid (from --pidfile)."""
+    n = next(_counter)
+    log = images_dir / f"restore-spice-{os.getpid()}-{n}.log"
+    pidfile = images_dir / f"restore-spice-{os.getpid()}-{n}.pid"
+    spice("restore", "-D", str(images_dir), "-d", "-v4", "-o", log.name, "--pidfile", str(pidfile),
+          "--backend", backend, *extra, log=log)
+    return int(pidfile.read_text())

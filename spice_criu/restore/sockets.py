@@ -1,0 +1,214 @@
+# SPDX-License-Identifier: MIT
+"""Sockets: TCP/UDP (unconnected, bound, listening) and unix socket pairs / listeners, with
+their options and, for unix sockets, the packets still queued (sk-queues.img).
+
+Established TCP connections need TCP_REPAIR (--tcp-established); they are refused up front.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..errors import SpiceError
+from ..images.imagedir import ImageDir
+from .files import FileObj, OpenContext, planner
+
+TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
+SHUT_BITS = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+SOCK_BUF_LOCK_MASK = 3
+
+
+def _apply_opts(s: socket.socket, o, what: str) -> None:
+    """Socket-level options of sk_opts_entry (buffer sizes only when the owner had pinned them)."""
+    try:
+        if o.reuseaddr:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if o.so_reuseport:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if o.so_buf_lock & SOCK_BUF_LOCK_MASK:
+            # the kernel doubles what it is given: hand back half of what was read
+            s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, o.so_sndbuf // 2)
+            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, o.so_rcvbuf // 2)
+        if o.so_priority:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, o.so_priority)
+        if o.so_rcvlowat > 1:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, o.so_rcvlowat)
+        if o.so_mark:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, o.so_mark)
+        if o.so_passcred:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        if o.so_broadcast:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        if o.so_keepalive:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if o.so_oobinline:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+        if o.so_dontroute:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_DONTROUTE, 1)
+        if o.so_linger:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, o.so_linger))
+        for sec, usec, opt in ((o.so_snd_tmo_sec, o.so_snd_tmo_usec, socket.SO_SNDTIMEO),
+                               (o.so_rcv_tmo_sec, o.so_rcv_tmo_usec, socket.SO_RCVTIMEO)):
+            if sec or usec:
+                s.setsockopt(socket.SOL_SOCKET, opt, struct.pack("qq", sec, usec))
+    except OSError as e:
+        raise SpiceError("sockets", f"{what}: restoring socket options: {e.strerror}") from None
+
+
+def _set_file_flags(fd: int, flags: int) -> None:
+    want = flags & (os.O_NONBLOCK | os.O_APPEND)
+    cur = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if cur & (os.O_NONBLOCK | os.O_APPEND) != want:
+        fcntl.fcntl(fd, fcntl.F_SETFL, (cur & ~(os.O_NONBLOCK | os.O_APPEND)) | want)
+
+
+def _addr(family: int, words) -> str:
+    raw = struct.pack(f"<{len(words)}I", *words)
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4] if raw else b"\0" * 4)
+    return socket.inet_ntop(socket.AF_INET6, raw.ljust(16, b"\0")[:16])
+
+
+@dataclass
+class InetSocket(FileObj):
+    e: Any = None
+    kind: ClassVar[str] = "inet socket"
+
+    def describe(self) -> str:
+        e = self.e
+        proto = {socket.IPPROTO_TCP: "TCP", socket.IPPROTO_UDP: "UDP"}.get(e.proto, str(e.proto))
+        return f"{proto} socket:[{e.ino}] port {e.src_port} (file id {self.id})"
+
+    def open(self, ctx: OpenContext) -> int:
+        e = self.e
+        key = f"socket:[{e.ino}]"
+        if key in ctx.inherit:
+            return os.dup(ctx.inherit[key])
+        s = socket.socket(e.family, e.type, e.proto)
+        try:
+            if e.family == socket.AF_INET6 and e.HasField("v6only"):
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(e.v6only))
+            _apply_opts(s, e.opts, self.describe())
+            if e.HasField("ip_opts"):
+                ip = e.ip_opts
+                if ip.freebind:
+                    s.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND
+                if ip.HasField("tos") and ip.tos:
+                    s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, ip.tos)
+                if ip.HasField("ttl") and ip.ttl != 64 and e.family == socket.AF_INET:
+                    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ip.ttl)
+            if e.proto == socket.IPPROTO_TCP and e.HasField("tcp_opts"):
+                t = e.tcp_opts
+                for opt, v in ((socket.TCP_KEEPCNT, t.keepcnt), (socket.TCP_KEEPIDLE, t.keepidle),
+                               (socket.TCP_KEEPINTVL, t.keepintvl)):
+                    if v:
+                        s.setsockopt(socket.IPPROTO_TCP, opt, v)
+                if t.nodelay:
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if e.src_port or any(e.src_addr):
+                s.bind((_addr(e.family, e.src_addr), e.src_port))
+            if e.state == TCP_LISTEN:
+                s.listen(e.backlog)
+            elif e.proto == socket.IPPROTO_UDP and e.state == TCP_ESTABLISHED:
+                s.connect((_addr(e.family, e.dst_addr), e.dst_port))
+            fd = s.detach()
+        except OSError as err:
+            s.close()
+            raise SpiceError("sockets", f"{self.describe()}: {err.strerror}") from None
+        _set_file_flags(fd, self.flags)
+        return fd
+
+
+@planner("INETSK")
+def _plan_inet(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
+    sk = e.isk
+    obj = InetSocket(sk.id, sk.flags, e=sk)
+    if sk.proto == socket.IPPROTO_TCP and sk.state not in (TCP_LISTEN, TCP_CLOSE):
+        return _refuse(obj, "established TCP connections need --tcp-established (not supported yet)")
+    if sk.family not in (socket.AF_INET, socket.AF_INET6):
+        return _refuse(obj, f"address family {sk.family}")
+    return obj
+
+
+def _refuse(obj: FileObj, why: str) -> FileObj:
+    from .files import Unsupported
+
+    return Unsupported(obj.id, obj.flags, type_name=f"{obj.describe()}: {why};")
+
+
+@dataclass
+class UnixSocket(FileObj):
+    e: Any = None
+    queued: list[bytes] = field(default_factory=list)  # packets waiting in this socket's receive queue
+    kind: ClassVar[str] = "unix socket"
+
+    def describe(self) -> str:
+        name = self.e.name.decode(errors="replace") if self.e.name else ""
+        return f"unix socket:[{self.e.ino}]{' ' + name if name else ''} (file id {self.id})"
+
+    def open(self, ctx: OpenContext) -> int:
+        e = self.e
+        key = f"socket:[{e.ino}]"
+        if key in ctx.inherit:
+            return os.dup(ctx.inherit[key])
+        try:
+            if e.peer and e.state == TCP_ESTABLISHED:
+                s = self._pair_end(ctx)
+            else:
+                s = socket.socket(socket.AF_UNIX, e.type)
+                _apply_opts(s, e.opts, self.describe())
+                if e.name:
+                    name = e.name if e.name[0] == 0 else e.name.decode()
+                    if isinstance(name, str) and os.path.exists(name):
+                        os.unlink(name)  # a stale socket file of the dumped (dead) listener
+                    s.bind(name)
+                if e.state == TCP_LISTEN:
+                    s.listen(e.backlog)
+            if e.HasField("shutdown") and e.shutdown in SHUT_BITS:
+                s.shutdown(SHUT_BITS[e.shutdown])
+            fd = s.detach()
+        except OSError as err:
+            raise SpiceError("sockets", f"{self.describe()}: {err.strerror}") from None
+        _set_file_flags(fd, self.flags)
+        return fd
+
+    def _pair_end(self, ctx: OpenContext) -> socket.socket:
+        pairs: dict[int, socket.socket] = ctx.kind_cache("unix_pairs")
+        me = pairs.pop(self.e.ino, None)
+        if me is None:
+            peer_obj = ctx.state.get("unix_by_ino", {}).get(self.e.peer)
+            if peer_obj is None or peer_obj.e.peer != self.e.ino:
+                raise SpiceError("sockets", f"{self.describe()}: peer {self.e.peer} is outside the dump "
+                                 "(--ext-unix-sk not supported)")
+            me, other = socket.socketpair(socket.AF_UNIX, self.e.type)
+            for s, obj in ((me, self), (other, peer_obj)):
+                _apply_opts(s, obj.e.opts, obj.describe())
+            pairs[self.e.peer] = other
+            # a socket's queued packets are sent by its peer
+            for data in self.queued:
+                other.send(data)
+            for data in peer_obj.queued:
+                me.send(data)
+        return me
+
+
+@planner("UNIXSK")
+def _plan_unix(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
+    sk = e.usk
+    if "sk_queues" not in state:
+        q: dict[int, list[bytes]] = {}
+        if imgdir.exists("sk-queues.img"):
+            for ent in imgdir.load("sk-queues.img").entries:
+                if ent.msg.scm:
+                    raise SpiceError("sockets", "sk-queues.img: queued file descriptors (SCM_RIGHTS) not supported")
+                q.setdefault(ent.msg.id_for, []).append(ent.extra)
+        state["sk_queues"] = q
+    obj = UnixSocket(sk.id, sk.flags, e=sk, queued=state["sk_queues"].get(sk.id, []))
+    state.setdefault("unix_by_ino", {})[sk.ino] = obj
+    return obj
