@@ -19,10 +19,13 @@ The current process is made a child subreaper (:func:`make_subreaper`), so tasks
 ``-d`` become its children and every killed task is reaped at once (a zombie would hold its PID and
 the next restore would fail with ``Can't fork for <pid>: File exists``).
 
-Nothing here depends on the host kernel beyond Linux >= 6.1; paths come from the environment:
-``SPICE_COMPAT_TMP`` (base temp dir), ``SPICE_COMPAT_BUILD`` (C build cache, default
-``<repo>/.work/compat-build``), ``CRIU4_BINDIR`` (where install-criu.sh puts criu/crit),
-``SPICE_COMPAT_TIMEOUT_SCALE`` (multiply every timeout, e.g. 10 under qemu TCG).
+Nothing here depends on the host kernel beyond Linux >= 6.1 (it runs as is in the qemu guest of
+the kmod tests: :func:`ensure_criu` loads the modules criu needs and brings lo up there). Knobs:
+``SPICE_COMPAT_TMP`` (base temp dir), ``SPICE_KEEP=1`` (keep the session dir),
+``SPICE_COMPAT_BUILD`` (C build cache, default ``<repo>/.work/compat-build``), ``CRIU4_BINDIR``
+(where install-criu.sh puts criu/crit), ``SPICE_COMPAT_MODULES_ROOT`` (a root holding
+lib/modules/<kver> when the running kernel's modules are elsewhere), ``SPICE_COMPAT_TIMEOUT_SCALE``
+(multiply every timeout; only matters on failure paths, the qemu TCG guest passes with 1).
 """
 
 from __future__ import annotations
