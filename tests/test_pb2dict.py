@@ -37,11 +37,15 @@ _RANGES = {
 def fill_required(msg: Message) -> Message:
     """Set every unset required field (recursively) to its zero value, as CRIU would write it."""
     for f in msg.DESCRIPTOR.fields:
-        if not f.is_required or (f.type != FD.TYPE_MESSAGE and msg.HasField(f.name)):
-            continue
         if f.type == FD.TYPE_MESSAGE:
-            fill_required(getattr(msg, f.name))
-            getattr(msg, f.name).SetInParent()
+            if f.is_repeated:
+                for sub in getattr(msg, f.name):
+                    fill_required(sub)
+            elif f.is_required or msg.HasField(f.name):
+                fill_required(getattr(msg, f.name))
+                getattr(msg, f.name).SetInParent()
+        elif not f.is_required or msg.HasField(f.name):
+            continue
         elif f.type == FD.TYPE_ENUM:
             setattr(msg, f.name, f.enum_type.values[0].number)
         else:
