@@ -1,0 +1,164 @@
+# SPDX-License-Identifier: MIT
+"""Another process's memory: process_vm_readv/writev scatter lists, and /proc/PID/mem as fallback.
+
+process_vm_* copies straight between address spaces (no ptrace needed beyond PTRACE_MODE_ATTACH) but
+respects page protections; /proc/PID/mem also writes read-only pages (FOLL_FORCE) and works where
+process_vm_* is unavailable, at the cost of an open file and one syscall per contiguous range.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from collections.abc import Sequence
+
+from .syscalls import fresh, libc, raise_errno
+
+IOV_MAX = 1024
+
+
+class Iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+_argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+_readv = fresh(libc, "process_vm_readv", ctypes.c_ssize_t, _argtypes)
+_writev = fresh(libc, "process_vm_writev", ctypes.c_ssize_t, _argtypes)
+
+Ranges = Sequence[tuple[int, int]]
+
+
+def _address_of(buf: bytearray | memoryview | ctypes.Array) -> int:
+    if isinstance(buf, ctypes.Array):
+        return ctypes.addressof(buf)
+    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+
+
+def _vm(fn: ctypes._CFuncPtr, pid: int, local_addr: int, remote: Ranges) -> int:
+    """One or more process_vm_* calls; returns bytes transferred (stops at the first short one)."""
+    total = 0
+    for i in range(0, len(remote), IOV_MAX):
+        chunk = remote[i : i + IOV_MAX]
+        want = sum(n for _, n in chunk)
+        riov = (Iovec * len(chunk))(*[Iovec(a, n) for a, n in chunk])
+        liov = Iovec(local_addr + total, want)
+        ret = fn(pid, ctypes.byref(liov), 1, riov, len(chunk), 0)
+        if ret < 0:
+            if total:
+                return total
+            raise_errno(f"process_vm {pid}")
+        total += ret
+        if ret < want:
+            return total
+    return total
+
+
+def readv_into(pid: int, remote: Ranges, buf: bytearray | memoryview | ctypes.Array) -> int:
+    """Read the remote ranges, concatenated, into buf; returns the number of bytes read
+    (short if a range is unmapped: reading stops there, as process_vm_readv does)."""
+    need = sum(n for _, n in remote)
+    if need > len(buf):
+        raise ValueError("buffer too small")
+    if not remote:
+        return 0
+    return _vm(_readv, pid, _address_of(buf), remote)
+
+
+def read_into(pid: int, addr: int, buf: bytearray | memoryview | ctypes.Array) -> None:
+    """Fill buf from addr in pid; OSError(EFAULT) if any byte is not readable."""
+    if readv_into(pid, [(addr, len(buf))], buf) != len(buf):
+        raise OSError(errno.EFAULT, f"short read at {addr:#x} in {pid}")
+
+
+def read(pid: int, addr: int, n: int) -> bytes:
+    buf = bytearray(n)
+    read_into(pid, addr, buf)
+    return bytes(buf)
+
+
+def readv(pid: int, remote: Ranges) -> list[bytes]:
+    """Read several ranges in one syscall (per IOV_MAX); OSError(EFAULT) on a short read."""
+    buf = bytearray(sum(n for _, n in remote))
+    if readv_into(pid, remote, buf) != len(buf):
+        raise OSError(errno.EFAULT, f"short read in {pid}")
+    out, off = [], 0
+    for _, n in remote:
+        out.append(bytes(buf[off : off + n]))
+        off += n
+    return out
+
+
+def writev(pid: int, remote: Ranges, data: bytes | bytearray | memoryview) -> int:
+    """Scatter data (concatenated) to the remote ranges; returns bytes written (short on a fault)."""
+    if sum(n for _, n in remote) != len(data):
+        raise ValueError("data length does not match the ranges")
+    if not remote:
+        return 0
+    src = data if isinstance(data, bytearray) else bytearray(data)
+    return _vm(_writev, pid, _address_of(src), remote)
+
+
+def write(pid: int, addr: int, data: bytes | bytearray | memoryview) -> None:
+    if writev(pid, [(addr, len(data))], data) != len(data):
+        raise OSError(errno.EFAULT, f"short write at {addr:#x} in {pid}")
+
+
+class ProcMem:
+    """/proc/PID/mem: reads and writes, including pages the task cannot write itself."""
+
+    def __init__(self, pid: int, writable: bool = True) -> None:
+        self.pid = pid
+        self.fd = os.open(f"/proc/{pid}/mem", (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+
+    def read(self, addr: int, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            chunk = os.pread(self.fd, n - len(out), addr + len(out))
+            if not chunk:
+                raise OSError(errno.EFAULT, f"short read at {addr + len(out):#x} in {self.pid}")
+            out += chunk
+        return bytes(out)
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        mv = memoryview(data)
+        done = 0
+        while done < len(mv):
+            n = os.pwrite(self.fd, mv[done:], addr + done)
+            if n <= 0:
+                raise OSError(errno.EFAULT, f"short write at {addr + done:#x} in {self.pid}")
+            done += n
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> ProcMem:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_any(pid: int, addr: int, n: int) -> bytes:
+    """process_vm_readv, falling back to /proc/PID/mem (e.g. PROT_NONE-free but ptrace-only pages)."""
+    try:
+        return read(pid, addr, n)
+    except OSError as e:
+        if e.errno not in (errno.EFAULT, errno.ENOSYS, errno.EPERM):
+            raise
+    with ProcMem(pid, writable=False) as m:
+        return m.read(addr, n)
+
+
+def write_any(pid: int, addr: int, data: bytes | bytearray | memoryview) -> None:
+    """process_vm_writev, falling back to /proc/PID/mem (which can also write read-only pages)."""
+    try:
+        write(pid, addr, data)
+        return
+    except OSError as e:
+        if e.errno not in (errno.EFAULT, errno.ENOSYS, errno.EPERM):
+            raise
+    with ProcMem(pid) as m:
+        m.write(addr, data)
