@@ -38,6 +38,9 @@ struct spice_ctx {
 
 	void *bounce;			/* copy-mode buffer */
 
+	u32 err_table;			/* SPICE_ERR_* of a rejection */
+	u32 err_index;
+
 	/* per-call statistics, folded into the global counters at the end */
 	u64 pages_mapped;
 	u64 pages_copied;
@@ -60,7 +63,7 @@ int spice_build(struct spice_ctx *c);
 void spice_prefault(struct spice_ctx *c);
 
 /* spice_task.c */
-int spice_check_caller(const struct spice_ctx *c);
+int spice_check_caller(struct spice_ctx *c);
 int spice_fpu_check(struct spice_ctx *c);
 int spice_prepare(struct spice_ctx *c);
 void spice_unprepare(struct spice_ctx *c);

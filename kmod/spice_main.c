@@ -82,7 +82,16 @@ static long spice_commit(struct spice_ctx *c)
 	return 0;
 }
 
-static long spice_ioctl_restore(const void __user *uarg)
+/* Tell the caller which table entry was rejected (best effort). */
+static void report_rejection(struct spice_restore __user *ureq,
+			     const struct spice_ctx *c)
+{
+	if (put_user(c->err_table, &ureq->err_table) ||
+	    put_user(c->err_index, &ureq->err_index))
+		return;
+}
+
+static long spice_ioctl_restore(struct spice_restore __user *uarg)
 {
 	u64 t0 = ktime_get_ns();
 	struct spice_ctx *c;
@@ -102,12 +111,13 @@ static long spice_ioctl_restore(const void __user *uarg)
 		ret = spice_fpu_check(c);
 	if (ret || c->req->flags & SPICE_RF_DRY_RUN) {
 		stat_add(ret ? ST_RESTORES_REJECTED : ST_DRY_RUNS, 1);
-		goto out;
+		goto reject;
 	}
+	c->err_table = SPICE_ERR_NONE;
 	ret = spice_prepare(c);
 	if (ret) {
 		stat_add(ST_RESTORES_REJECTED, 1);
-		goto out;
+		goto reject;
 	}
 
 	ret = spice_commit(c);
@@ -122,6 +132,11 @@ static long spice_ioctl_restore(const void __user *uarg)
 	ret = spice_install_regs(c);
 	stat_add(ST_RESTORES_OK, 1);
 	stats_fold(c, ktime_get_ns() - t0);
+	goto out;
+reject:
+	/* the caller's memory is untouched here: report where it failed */
+	if (ret && ret != -EFAULT)
+		report_rejection(uarg, c);
 out:
 	spice_req_free(c);
 	kfree(c);
@@ -156,7 +171,7 @@ static long spice_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 	case SPICE_IOC_VERSION:
 		return spice_ioctl_version((void __user *)arg);
 	case SPICE_IOC_RESTORE:
-		return spice_ioctl_restore((const void __user *)arg);
+		return spice_ioctl_restore((struct spice_restore __user *)arg);
 	default:
 		return -ENOTTY;
 	}

@@ -32,15 +32,24 @@ u32 spice_xsave_size(void)
 	return current->thread.fpu.fpstate->user_size;
 }
 
-u64 spice_xfeatures(void)
+/* without XSAVE the kernel keeps FXSAVE state: x87 and SSE only */
+static u64 user_xfeatures(const struct fpstate *fps)
 {
-	return current->thread.fpu.fpstate->user_xfeatures;
+	if (!cpu_feature_enabled(X86_FEATURE_XSAVE))
+		return XFEATURE_MASK_FPSSE;
+	return fps->user_xfeatures;
 }
 
-int spice_check_caller(const struct spice_ctx *c)
+u64 spice_xfeatures(void)
+{
+	return user_xfeatures(current->thread.fpu.fpstate);
+}
+
+int spice_check_caller(struct spice_ctx *c)
 {
 	struct mm_struct *mm = current->mm;
 
+	c->err_table = SPICE_ERR_CALLER;
 	if (!mm || current->flags & PF_KTHREAD)
 		return -EINVAL;
 	if (in_compat_syscall() || test_thread_flag(TIF_ADDR32) ||
@@ -71,7 +80,9 @@ int spice_fpu_check(struct spice_ctx *c)
 
 	if (!(c->req->flags & SPICE_RF_FPU))
 		return 0;
-	if (xsave_features(c) & (fps->xfd | ~fps->user_xfeatures))
+	c->err_table = SPICE_ERR_XSAVE;
+	c->err_index = 0;
+	if (xsave_features(c) & (fps->xfd | ~user_xfeatures(fps)))
 		return -EINVAL;
 	if (!fpu_alloc_guest_fpstate(&g))
 		return -ENOMEM;
@@ -98,7 +109,7 @@ static int install_fpu(struct spice_ctx *c)
 	u32 pkru = 0;
 	int ret;
 
-	if (xf & (fps->xfd | ~fps->user_xfeatures) ||
+	if (xf & (fps->xfd | ~user_xfeatures(fps)) ||
 	    c->xbuf_size < fps->user_size)
 		return -EINVAL;
 	kernel_fpu_begin();
@@ -264,7 +275,7 @@ int spice_install_task(struct spice_ctx *c)
 	return install_user_pointers(c);
 }
 
-/* ioctl's return value becomes regs->ax; fix up the one value vfs eats */
+/* the ioctl's return value becomes regs->ax, truncated to int */
 struct spice_ax_fixup {
 	struct callback_head cb;
 	u64 ax;
@@ -330,7 +341,11 @@ long spice_install_regs(struct spice_ctx *c)
 	regs->sp = r->sp;
 	regs->ss = __USER_DS;
 
-	if ((long)r->ax == -ENOIOCTLCMD) {
+	/*
+	 * sys_ioctl() returns an int and turns -ENOIOCTLCMD into -ENOTTY:
+	 * other values of %rax are installed on the way out to user mode.
+	 */
+	if ((long)r->ax != (long)(int)r->ax || (long)r->ax == -ENOIOCTLCMD) {
 		struct spice_ax_fixup *f;
 
 		f = kmalloc(sizeof(*f), GFP_KERNEL | __GFP_NOFAIL);
@@ -338,6 +353,7 @@ long spice_install_regs(struct spice_ctx *c)
 		init_task_work(&f->cb, spice_ax_fixup_fn);
 		if (task_work_add(current, &f->cb, TWA_RESUME))
 			kfree(f);
+		return 0;
 	}
 	return (long)r->ax;
 }

@@ -49,6 +49,9 @@ static int load_table(struct spice_ctx *c, const struct spice_table *t,
 {
 	u64 end;
 
+	c->err_table = SPICE_ERR_FILES + (t - &c->req->files);
+	c->err_index = U32_MAX;	/* the table descriptor itself */
+
 	if (t->reserved || t->entry_size != esize)
 		return -EINVAL;
 	if (t->count > max)
@@ -74,6 +77,7 @@ int spice_req_load(struct spice_ctx *c, const void __user *uarg)
 	u32 total, xlen;
 	int ret;
 
+	c->err_table = SPICE_ERR_HDR;
 	hdr = kmalloc(sizeof(*hdr), GFP_KERNEL);
 	if (!hdr)
 		return -ENOMEM;
@@ -130,6 +134,7 @@ int spice_req_load(struct spice_ctx *c, const void __user *uarg)
 	if (ret)
 		return ret;
 
+	c->err_table = SPICE_ERR_XSAVE;
 	if (hdr->flags & SPICE_RF_FPU) {
 		u32 size = max(xlen, spice_xsave_size());
 
@@ -171,6 +176,7 @@ static int check_file(struct spice_ctx *c, u32 i)
 	struct file *f;
 	struct inode *inode;
 
+	c->err_index = i;
 	if (uf->reserved || uf->flags & ~SPICE_FILEF_CLOSE)
 		return -EINVAL;
 	if (uf->role < SPICE_FILE_PAGES || uf->role > SPICE_FILE_EXE)
@@ -214,6 +220,7 @@ static int check_files(struct spice_ctx *c)
 	u32 i;
 	int ret;
 
+	c->err_table = SPICE_ERR_FILES;
 	if (!c->nfiles)
 		return 0;
 	c->files = kvcalloc(c->nfiles, sizeof(*c->files), GFP_KERNEL_ACCOUNT);
@@ -234,14 +241,16 @@ static struct file *file_of(const struct spice_ctx *c, s32 idx, u32 role)
 	return c->files[idx];
 }
 
-static int check_keep(const struct spice_ctx *c)
+static int check_keep(struct spice_ctx *c)
 {
 	u64 prev = 0;
 	u32 i;
 
+	c->err_table = SPICE_ERR_KEEP;
 	for (i = 0; i < c->nkeep; i++) {
 		const struct spice_range *k = &c->keep[i];
 
+		c->err_index = i;
 		if (!PAGE_ALIGNED(k->start) || !PAGE_ALIGNED(k->end) ||
 		    k->start >= k->end || k->end > TASK_SIZE || k->start < prev)
 			return -EINVAL;
@@ -324,12 +333,14 @@ static int check_vmas(struct spice_ctx *c)
 	u32 i;
 	int ret;
 
+	c->err_table = SPICE_ERR_VMAS;
 	c->vma_copy = kvzalloc(max(c->nvmas, 1U), GFP_KERNEL_ACCOUNT);
 	if (!c->vma_copy)
 		return -ENOMEM;
 	for (i = 0; i < c->nvmas; i++) {
 		const struct spice_vma *v = &c->vmas[i];
 
+		c->err_index = i;
 		if (!page_range_ok(v->start, v->end) || v->start < prev)
 			return -EINVAL;
 		if (overlaps_keep(c, v->start, v->end))
@@ -379,6 +390,7 @@ static int check_sources(struct spice_ctx *c)
 	u32 i;
 	int ret;
 
+	c->err_table = SPICE_ERR_SOURCES;
 	if (!c->nsrcs)
 		return 0;
 	c->src_vma = kvmalloc_array(c->nsrcs, sizeof(u32), GFP_KERNEL_ACCOUNT);
@@ -390,6 +402,7 @@ static int check_sources(struct spice_ctx *c)
 		s64 vi;
 		u64 len;
 
+		c->err_index = i;
 		if (s->reserved)
 			return -EINVAL;
 		ret = check_pages_range(s->start, s->nr_pages, &end);
@@ -429,8 +442,10 @@ static int check_ws(struct spice_ctx *c, u32 policy)
 	u32 i;
 	int ret;
 
+	c->err_table = SPICE_ERR_HDR;
 	if (policy > SPICE_PREFAULT_ALL)
 		return -EINVAL;
+	c->err_table = SPICE_ERR_WS;
 	if (!c->nws)
 		return 0;
 	if (policy == SPICE_PREFAULT_NONE)
@@ -442,6 +457,7 @@ static int check_ws(struct spice_ctx *c, u32 policy)
 		const struct spice_ws *w = &c->ws[i];
 		s64 vi;
 
+		c->err_index = i;
 		if (w->reserved || w->flags & ~SPICE_WS_WRITE)
 			return -EINVAL;
 		ret = check_pages_range(w->start, w->nr_pages, &end);
@@ -473,6 +489,7 @@ static int check_mm(struct spice_ctx *c)
 	};
 	u32 i;
 
+	c->err_table = SPICE_ERR_MM;
 	if (!(c->req->flags & SPICE_RF_MM))
 		return 0;
 	for (i = 0; i < ARRAY_SIZE(vals); i++)
@@ -488,6 +505,17 @@ static int check_mm(struct spice_ctx *c)
 	for (i = m->auxv_words; i < SPICE_AUXV_WORDS; i++)
 		if (m->auxv[i])
 			return -EINVAL;
+	/*
+	 * /proc/PID/cmdline and environ read anonymous memory only
+	 * (FOLL_ANON): keep the VMAs holding them anonymous.
+	 */
+	for (i = 0; i < c->nvmas; i++) {
+		const struct spice_vma *v = &c->vmas[i];
+
+		if ((v->start < m->arg_end && m->arg_start < v->end) ||
+		    (v->start < m->env_end && m->env_start < v->end))
+			c->vma_copy[i] = 1;
+	}
 	if (m->exe_file != -1) {
 		c->exe = file_of(c, m->exe_file, SPICE_FILE_EXE);
 		if (!c->exe)
@@ -496,11 +524,12 @@ static int check_mm(struct spice_ctx *c)
 	return 0;
 }
 
-static int check_task(const struct spice_ctx *c)
+static int check_task(struct spice_ctx *c)
 {
 	const struct spice_task *t = &c->req->task;
 	u32 i;
 
+	c->err_table = SPICE_ERR_TASK;
 	if (t->reserved0)
 		return -EINVAL;
 	/* sigaltstack: SS_DISABLE, or a stack (optionally SS_AUTODISARM) */
@@ -533,6 +562,7 @@ static int check_task(const struct spice_ctx *c)
 		const struct spice_sigaction *a = &t->act[i];
 		int sig = i + 1;
 
+		c->err_index = i;
 		if (!(t->sigaction_mask & BIT_ULL(i)))
 			continue;
 		if (sig == SIGKILL || sig == SIGSTOP) {
@@ -560,10 +590,11 @@ static bool ip_in_keep(const struct spice_ctx *c, u64 ip)
 	return false;
 }
 
-static int check_regs(const struct spice_ctx *c)
+static int check_regs(struct spice_ctx *c)
 {
 	const struct spice_regs *r = &c->req->regs;
 
+	c->err_table = SPICE_ERR_REGS;
 	if (!(c->req->flags & SPICE_RF_REGS)) {
 		/* the caller returns where it was: that code must survive */
 		if (!ip_in_keep(c, current_pt_regs()->ip))
@@ -587,6 +618,7 @@ int spice_req_validate(struct spice_ctx *c)
 	u32 i;
 	int ret;
 
+	c->err_table = SPICE_ERR_HDR;
 	if (h->flags & ~SPICE_RF_KNOWN || h->reserved0)
 		return -EINVAL;
 	for (i = 0; i < ARRAY_SIZE(h->reserved); i++)

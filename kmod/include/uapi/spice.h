@@ -198,8 +198,24 @@ struct spice_restore {
 	struct spice_mm mm;
 	struct spice_task task;
 	struct spice_regs regs;
-	__u64 reserved[8];
+	__u64 reserved[7];
+	/* out: where validation failed (SPICE_ERR_*, entry index); not read */
+	__u32 err_table;
+	__u32 err_index;
 };
+
+#define SPICE_ERR_NONE		0
+#define SPICE_ERR_HDR		1
+#define SPICE_ERR_FILES		2
+#define SPICE_ERR_VMAS		3
+#define SPICE_ERR_SOURCES	4
+#define SPICE_ERR_WS		5
+#define SPICE_ERR_KEEP		6
+#define SPICE_ERR_XSAVE		7
+#define SPICE_ERR_MM		8
+#define SPICE_ERR_TASK		9
+#define SPICE_ERR_REGS		10
+#define SPICE_ERR_CALLER	11
 
 #define SPICE_RF_DRY_RUN	(1ULL << 0)	/* validate only, change nothing */
 #define SPICE_RF_REGS		(1ULL << 1)	/* return into regs */
@@ -214,6 +230,6 @@ struct spice_restore {
 
 #define SPICE_IOC_MAGIC		0xBD
 #define SPICE_IOC_VERSION	_IOR(SPICE_IOC_MAGIC, 0x01, struct spice_version)
-#define SPICE_IOC_RESTORE	_IOW(SPICE_IOC_MAGIC, 0x02, struct spice_restore)
+#define SPICE_IOC_RESTORE	_IOWR(SPICE_IOC_MAGIC, 0x02, struct spice_restore)
 
 #endif /* _UAPI_LINUX_SPICE_H */
