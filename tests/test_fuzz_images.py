@@ -1,0 +1,379 @@
+# SPDX-License-Identifier: MIT
+"""Fuzzing the image decoder: 29,000 mutated images (>= 10,000 asked), only clean ImageErrors, never a crash or hang.
+
+Seeds are real CRIU 4.2.1 images of small processes (embedded below: a C loop with a child, a Python
+process holding sockets, a deleted file and a fifo, a process in its own IPC/UTS namespaces) plus one
+generated image of every image kind spice decodes. Mutations: bit flips, truncations, corrupted entry
+sizes, splices of two images, byte insertions/deletions and random bytes after a valid header. Each
+mutant goes through what `spice crit decode` does (container decode, crit JSON, pretty and plain) and,
+when it decodes, back through `encode`'s JSON reader. Allowed outcomes: success, ImageError (decoder),
+JsonError (an image crit's JSON cannot carry back, e.g. a required field that was missing). Anything
+else, or an example running past its deadline, fails.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_pb2dict import _payload_images, msg, random_message
+
+from spice_criu.errors import ImageError
+from spice_criu.images import codec, pb2dict
+from spice_criu.images.crit import decode_image
+
+REAL_IMAGES = {
+    "core-7137.img": (
+        "1943565447380555350900000801128b090890d4a2dafefb1f12870108a0c0addbfefb1f10d89bc1d4cdbe1518f899e2c6e3"
+        "ff1f2000280130e899e2c6e3ff1f38820440004800500058fcffffffffffffffff0160838ad7dafefb1f689097e2c6e3ff1f"
+        "700078008001e6018801838ad7dafefb1f90013398018204a001f896e2c6e3ff1fa8012bb001c0cea2dafefb1fb80100c001"
+        "00c80100d00100d80100e001011ab40708ff061000180020002800300038803f40ffff0b4800480048004800480048004800"
+        "4800480048004800480048004800480048004800480048004800480048004800480048004800480048004800480048004800"
+        "5000508080fcff0f50ffff83f80f5080fe83f80f50ffffffff0f50ffff83085081828008508082800850d292d98a0450d48a"
+        "81f80550dfd8a5930650e3be958b0650d292d98a0450005000500050d48a81f80550dfd8a5930650e3be958b0650f2d8e5fb"
+        "0550605000500050005018500050005000500050005000500050005000500050005000500050005000500050005000500050"
+        "0050005000500050005000500050005000500050005000500050005000500050005000500050006aa00508a2011000100010"
+        "0010001000100010001000100010001000100010001000100010001000100010001000100010001000100010001000100010"
+        "0010001000100010001000100010001000100010001000100010001000100010001000100010001000100010001000100010"
+        "001000100010001000100010001000100010001000100028c080800128828080800128002800280028002800280030003000"
+        "3000300030003000300030003000300030003000300030003000300030003000300030003000300030003000300030003000"
+        "3000300030003000300030003000300030003000300030003000300030003000300030003000300030003000300030003000"
+        "3000300030003000300030003000300030003000300030003883868c98b0e0c081033883868c98b0e0c081033883868c98b0"
+        "e0c081033883868c98b0e0c081033883868c98b0e0c081033883868c98b0e0c081033883868c98b0e0c081033883868c98b0"
+        "e0c0810338afdebcf9f2e5cb972f38afdebcf9f2e5cb972f38afdebcf9f2e5cb972f38afdebcf9f2e5cb972f380038003800"
+        "38003800380038003800380038003800380038aedeb0fbf68d9c804938d3becd8ae48991a14f38d8fae4abb68ec0a94838c5"
+        "98b1eaf3c5d8b46e380038003800380038003800380038003800380038003800380038003800380038003800380038003800"
+        "3800380038003800380038003800380038003800380038003800380038003800380038003800380038003800380038003800"
+        "3800380038003800380038003800380038003800380038003800380038003800380038003800380038003800380038003800"
+        "3800380038003800380038003800380038003800380038003800380038003800380038003800380038003800380038003800"
+        "38003800380038004a04080010002214080c1000180020002800300038014000480150002214080d10001800200028003000"
+        "38014000480150002214080e1000180020002800300038014000480150001ab4080801100018002080808002280032046c6f"
+        "6f703a1e0a080800100018002000120808001000180020001a0808001000180020004289020a1608ffffffffffffffffff01"
+        "10ffffffffffffffffff010a1608ffffffffffffffffff0110ffffffffffffffffff010a1608ffffffffffffffffff0110ff"
+        "ffffffffffffffff010a10088080800410ffffffffffffffffff010a0d080010ffffffffffffffffff010a1608ffffffffff"
+        "ffffffff0110ffffffffffffffffff010a0808edf00510edf0050a0808a09c0110a09c010a0a088080800410808080040a16"
+        "08ffffffffffffffffff0110ffffffffffffffffff010a1608ffffffffffffffffff0110ffffffffffffffffff010a0808ed"
+        "f00510edf0050a0808808032108080320a04080010000a04080010000a1608ffffffffffffffffff0110ffffffffffffffff"
+        "ff01520068ffffffff0f70007a0a080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a"
+        "080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a0800"
+        "10001800200028007a0a080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a08001000"
+        "1800200028007a0a080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a080010001800"
+        "200028007a0a080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a0800100018002000"
+        "28007a0a080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a08001000180020002800"
+        "7a0a080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a"
+        "080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a0800"
+        "10001800200028007a0a080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a08001000"
+        "1800200028007a0a080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a080010001800"
+        "200028007a0a080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a0800100018002000"
+        "28007a0a080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a08001000180020002800"
+        "7a0a080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a"
+        "080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a0800"
+        "10001800200028007a0a080010001800200028007a0a080010001800200028007a0a080010001800200028007a0a08001000"
+        "1800200028009001002a6c08a0d4a2dafefb1f1018180020003a060800100018024a00523708001000180020002800300038"
+        "0040004800480050fffffff70f50ff0358fffffff70f58ff0360fffffff70f60ff0368009801009801006a046c6f6f707a10"
+        "08e0e0a2dafefb1f102018d3e0949805800101"
+    ),
+    "mm-7137.img": (
+        "1943565420284957000400000880c0c0d4cdbe151085c5c0d4cdbe1518d09bc1d4cdbe1520c8a0c1d4cdbe1528e099e2c6e3"
+        "ff1f3080a085fcd0be153880a085fcd0be1540bbb2e2c6e3ff1f48c2b2e2c6e3ff1f50c2b2e2c6e3ff1f58f1bfe2c6e3ff1f"
+        "600168216880a0a0dbfefb1f683368b01a681068fff7afbc01680668802068116864680368c0a0c0d4cdbe15680468386805"
+        "680d68076880e0a0dbfefb1f6808680068096890c3c0d4cdbe15680b6800680c6800680d6800680e680068176800681968a9"
+        "9fe2c6e3ff1f681a6802681f68f1bfe2c6e3ff1f680f68b99fe2c6e3ff1f681b681c681c6820721e0880a0c0d4cdbe151080"
+        "c0c0d4cdbe151800200128013002384140015000721f0880c0c0d4cdbe151080e0c0d4cdbe15188020200128053002384140"
+        "015000721f0880e0c0d4cdbe15108080c1d4cdbe15188040200128013002384140015000721f088080c1d4cdbe151080a0c1"
+        "d4cdbe15188040200128013002384140015000721f0880a0c1d4cdbe151080c0c1d4cdbe1518806020012803300238414001"
+        "500072200880c0ded9fefb1f1080c0e2d9fefb1f18002002280330013881810140015002721d0880c0e2d9fefb1f1080a0a3"
+        "dafefb1f18002000280330223881044001721e0880a0a3dafefb1f1080e0acdafefb1f180020032801300238414001500072"
+        "200880e0acdafefb1f1080a082dbfefb1f1880c00920032805300238414001500072200880a082dbfefb1f10808097dbfefb"
+        "1f1880805f200328013002384140015000722008808097dbfefb1f10808098dbfefb1f1880e0732003280130023841400150"
+        "00722008808098dbfefb1f1080c098dbfefb1f1880e074200328033002384140015000721d0880c098dbfefb1f1080e09bdb"
+        "fefb1f18002000280330223881044001721e0880809edbfefb1f1080a09edbfefb1f1800200428013002384140015000721d"
+        "0880a09edbfefb1f1080e09edbfefb1f1800200028033022388104400172210880e09edbfefb1f1080a0a0dbfefb1f180020"
+        "0028013022388124400148808004721d0880a0a0dbfefb1f1080e0a0dbfefb1f18002000280530223889044001721e0880e0"
+        "a0dbfefb1f108080a1dbfefb1f1800200528013002384140015000721f088080a1dbfefb1f1080c0aadbfefb1f1880202005"
+        "2805300238414001500072200880c0aadbfefb1f108080addbfefb1f1880e0092005280130023841400150007220088080ad"
+        "dbfefb1f1080c0addbfefb1f1880a00c20052801300238414001500072200880c0addbfefb1f108080aedbfefb1f1880e00c"
+        "200528033002384140015000721e0880a0dac6e3ff1f1080c0e2c6e3ff1f18002000280330a2023881044001722308808080"
+        "fbffffffffff011080a080fbffffffffff01180020002804302238840440017801880100"
+    ),
+    "files.img": (
+        "19435654383130564e000000080110011a480801100018002a0a08001000180020002800320f2f746d702f63726465762f6c"
+        "6f6f7040f07e50ed830258a3c9ddea0e58bbff86810a58d4eddfb90558baf483890758f5a8dac20b1b00000008121002a201"
+        "14080210001800220a08001000180020002800280163000000080110031a5d0803100018002a0a0800100018002000280032"
+        "232f7573722f6c69622f7838365f36342d6c696e75782d676e752f6c6962632e736f2e3640d8c87550ed83025893d986e30e"
+        "58da9cc6cd0358efbef6ad03588ee2a4ab0a58d8a4a984042c000000080110041a260804100018002a0a0800100018002000"
+        "2800320b2f6574632f70617373776440c50950a483026d000000080110051a670805100018002a0a08001000180020002800"
+        "322e2f7573722f6c69622f7838365f36342d6c696e75782d676e752f6c642d6c696e75782d7838362d36342e736f2e3240d8"
+        "8f0d50ed830258fef896ab0e58afd6f8a50a5898e9927858a9dfc8c30358b7f4adcd0a28000000080110061a220806108280"
+        "0218002a0a0800100018002000280032092f6465762f6e756c6c50b64335000000080110071a2f08071081800218002a0a08"
+        "00100018002000280032132f746d702f63726465762f6c6f6f702e6f7574400050a483021a00000008021008920113080810"
+        "aa641800220a080010001800200028001a00000008021009920113080910aa641801220a080010001800200028002e000000"
+        "0801100a1a28080a1080800218002a0a08001000180020002800320b2f6574632f70617373776440c50950a4830228000000"
+        "0801100b1a22080b100018002a0a08001000180020002800320a2f746d702f637264657650ed83011f0000000801100c1a19"
+        "080c100018002a0a0800100018002000280032012f50ed8301280000000801100d1a22080d100018002a0a08001000180020"
+        "002800320a2f746d702f637264657650ed83011f0000000801100e1a19080e100018002a0a0800100018002000280032012f"
+        "50ed8301"
+    ),
+    "pagemap-7137.img": (
+        "19435654254008560200000008020e0000000880c0c0d4cdbe151000200428010e000000088080c1d4cdbe15100020042802"
+        "0f0000000880c0e2d9fefb1f100020062880020e0000000880c0a2dafefb1f1000200628020e00000008808097dbfefb1f10"
+        "00200428060e0000000880c098dbfefb1f1000200628010e0000000880c099dbfefb1f1000200628030e0000000880c09bdb"
+        "fefb1f1000200628010e0000000880a09edbfefb1f1000200628010e0000000880a0a0dbfefb1f1000200428020e00000008"
+        "8080addbfefb1f1000200428040e0000000880e0e1c6e3ff1f100020062803"
+    ),
+    "inventory.img": (
+        "163131584e000000080210011a18080110011801200128013002380340044806500758086005200128013000580062006a24"
+        "33396365623065612d393937352d346166612d623033352d363632613831353739313039"
+    ),
+    "fdinfo-2.img": (
+        "1943565432372156080000000806100018012000080000000807100018012001080000000807100018012002080000000808"
+        "10001802200308000000080910001802200408000000080a100018012005"
+    ),
+    "stats-dump": (
+        "4059105506330957250000000a23089c03108da30118d31120a00828d004300038b40440004800500f580f601068007010"
+    ),
+    "pstree.img": (
+        "19435654303027500e00000008e137100018e13720e13728e1370f00000008e23710e13718e13720e13728e237"
+    ),
+    "memfd.img": (
+        "19435654993445481d0000000a092f6465762f7a65726f1000180020808004281f3001380148ff8302"
+    ),
+    "ids-7137.img": (
+        "194356543020435418000000080210021802200228013002380340044806500758086005"
+    ),
+    "timens-0.img": (
+        "1943565433441143160000000a0908d40710e1f3b1cc02120908d4071093f4b1cc02"
+    ),
+    "pagemap-shmem-31.img": (
+        "1943565425400856020000000801080000000800100020042810"
+    ),
+    "pipes-data.img": (
+        "19435654093745560900000008aa64100018808004"
+    ),
+    "fs-7137.img": (
+        "194356541239405106000000080b100c1812"
+    ),
+    "seccomp.img": (
+        "194356544930416400000000"
+    ),
+    "sk-queues.img": (
+        "1943565426402656040000000822101171756575656420756e69782062797465730400000008241006646772616d31040000"
+        "0008241006646772616d32"
+    ),
+    "tcp-stream-32f1.img": (
+        "19435654065546513c000000080010d88ab8f502180020a0c9b6a50d2807300a38d7ff03400a48f6bda59101600068d88ab8"
+        "f502708080047880800480018080048801d88ab8f502"
+    ),
+    "ghost-file-1.img": (
+        "19435654053658522a0000000800100018a48302208080807f28b18183013a0a08f0faa3d8061080fd24420a08f0faa3d806"
+        "10d0872567686f737420636f6e74656e7467686f737420636f6e74656e7467686f737420636f6e74656e7467686f73742063"
+        "6f6e74656e7467686f737420636f6e74656e7467686f737420636f6e74656e7467686f737420636f6e74656e7467686f7374"
+        "20636f6e74656e7467686f737420636f6e74656e7467686f737420636f6e74656e74"
+    ),
+    "remap-fpath.img": (
+        "194356545439135906000000082d10011801"
+    ),
+    "fifo-data.img": (
+        "19435654543033590b0000000881828301100a188080046669666f206279746573"
+    ),
+    "ipcns-msg-9.img": (
+        "1943565437374555170000000a0f080010001800200028003080033800108080011803040000000801100568656c6c6f0000"
+        "00040000000802101661206c6f6e676572206d657373616765206f66203231000004000000080310017800000000000000"
+    ),
+    "ipcns-sem-9.img": (
+        "1943565419305759130000000a0f080010001800200028003080033800100501000200030004000500000000000000"
+    ),
+    "ipcns-shm-9.img": (
+        "1943565444302846160000000a0f08001000180020002800308003380010914e1801"
+    ),
+    "ipcns-var-9.img": (
+        "1943565407501153460000000880fa01088080a4e80308f4030880fa01108040188080012080fa01280030fffffff7ffffff"
+        "ffff0138fffffff7ffffffffff014080204800508002580a608040680a708040"
+    ),
+    "utsns-10.img": (
+        "1943565403324754130000000a0973706963652d7574731206286e6f6e6529"
+    ),
+    "filelocks.img": (
+        "19435654163632540e0000000802100118afec01200328003000"
+    ),
+}
+
+
+def _generated_seeds() -> dict[str, bytes]:
+    rng = random.Random(2026)
+    out = {}
+    for magic in sorted(codec._ENTRY_TYPES):
+        if magic in ("PAGEMAP", "GHOST_FILE") or magic in pb2dict._PAYLOAD_KINDS:
+            continue
+        msgs = [random_message(codec.entry_class(magic), rng, optional_p=0.8) for _ in range(rng.randint(1, 3))]
+        out[f"gen-{magic}"] = codec.dumps(codec.make(magic, msgs))
+    for magic, img in _payload_images().items():
+        out[f"gen-{magic}"] = codec.dumps(img)
+    out["gen-PAGEMAP"] = codec.dumps(codec.make("PAGEMAP", [msg("pagemap_head", pages_id=1)] + [
+        msg("pagemap_entry", vaddr=0x1000 * i, nr_pages=i, flags=4) for i in range(1, 4)]))
+    out["gen-GHOST_FILE"] = codec.dumps(codec.make("GHOST_FILE", [
+        msg("ghost_file_entry", chunks=True), msg("ghost_chunk_entry", len=3), msg("ghost_chunk_entry", len=1)],
+        [None, b"abc", b"z"]))
+    return out
+
+
+SEEDS: dict[str, bytes] = {**{k: bytes.fromhex("".join(v)) for k, v in REAL_IMAGES.items()}, **_generated_seeds()}
+NAMES = sorted(SEEDS)
+
+
+def _size_offsets(data: bytes) -> list[int]:
+    """Where each top-level entry's u32 size field sits (seeds are canonical, so re-encoding tells)."""
+    img = codec.loads(data)
+    return [len(codec.dumps(codec.Image(img.magic, img.entries[:i]))) for i in range(len(img.entries))]
+
+
+SIZE_OFFSETS = {k: _size_offsets(v) for k, v in SEEDS.items()}
+DEADLINE_S = 5.0  # per example; a hang fails it (SIGALRM), not the whole run
+counts: dict[str, int] = {}
+
+
+class Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise Hang(f"decoding one mutated image took more than {DEADLINE_S} s")
+
+
+def check(data: bytes, kind: str, name: str = "fuzz.img") -> None:
+    """The whole `crit decode` -> JSON -> `crit encode` path on one mutant."""
+    counts[kind] = counts.get(kind, 0) + 1
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, DEADLINE_S)
+    try:
+        for pretty in (False, True):
+            try:
+                d = decode_image(data, name, pretty)
+            except ImageError as e:
+                assert e.message and e.path == name
+                return
+            text = json.dumps(d, indent=4 if pretty else None)
+            try:
+                img = pb2dict.dict_to_image(json.loads(text))
+            except pb2dict.JsonError:
+                continue
+            again = decode_image(codec.dumps(img), name, pretty)  # what encode writes decodes again
+            assert again["magic"] == d["magic"] and len(again["entries"]) == len(d["entries"])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _fuzz(kind: str, n: int, strategy):
+    @settings(max_examples=n, deadline=None, database=None, print_blob=True,
+              suppress_health_check=list(HealthCheck))
+    @given(strategy)
+    def run(data: bytes) -> None:
+        check(data, kind)
+
+    counts[kind] = 0
+    run()
+    assert counts[kind] >= n, f"only {counts[kind]} {kind} examples ran"
+
+
+seed_names = st.sampled_from(NAMES)
+
+
+@st.composite
+def bit_flips(draw):
+    data = bytearray(SEEDS[draw(seed_names)])
+    for _ in range(draw(st.integers(1, 8))):
+        i = draw(st.integers(0, len(data) * 8 - 1))
+        data[i // 8] ^= 1 << (i % 8)
+    return bytes(data)
+
+
+@st.composite
+def truncations(draw):
+    data = SEEDS[draw(seed_names)]
+    return data[: draw(st.integers(0, len(data) - 1))]
+
+
+@st.composite
+def size_corruptions(draw):
+    name = draw(seed_names)
+    data = bytearray(SEEDS[name])
+    off = draw(st.sampled_from(SIZE_OFFSETS[name] or [len(data) - 4]))
+    (size,) = struct.unpack_from("<I", data, off)
+    new = draw(st.one_of(
+        st.sampled_from([0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, len(data), len(data) - off - 4]),
+        st.integers(max(0, size - 16), min(2**32 - 1, size + 16)),
+        st.integers(0, 2**32 - 1)))  # fmt: skip
+    struct.pack_into("<I", data, off, new)
+    return bytes(data)
+
+
+@st.composite
+def splices(draw):
+    a, b = SEEDS[draw(seed_names)], SEEDS[draw(seed_names)]
+    return a[: draw(st.integers(0, len(a)))] + b[draw(st.integers(0, len(b))):]
+
+
+@st.composite
+def edits(draw):
+    data = bytearray(SEEDS[draw(seed_names)])
+    for _ in range(draw(st.integers(1, 4))):
+        i = draw(st.integers(0, len(data)))
+        if draw(st.booleans()) and i < len(data):
+            del data[i : i + draw(st.integers(1, 8))]
+        else:
+            data[i:i] = draw(st.binary(min_size=1, max_size=8))
+    return bytes(data)
+
+
+@st.composite
+def random_tails(draw):
+    """A valid header (the magic of some seed) and then anything."""
+    seed = SEEDS[draw(seed_names)]
+    head = seed[:4] if seed[:4] == bytes.fromhex("16313158") else seed[:8]
+    return head + draw(st.binary(max_size=300))
+
+
+def test_fuzz_bit_flips():
+    _fuzz("bit flips", 8000, bit_flips())
+
+
+def test_fuzz_truncations():
+    _fuzz("truncations", 3000, truncations())
+
+
+def test_fuzz_size_fields():
+    _fuzz("size fields", 6000, size_corruptions())
+
+
+def test_fuzz_splices():
+    _fuzz("splices", 4000, splices())
+
+
+def test_fuzz_insertions_deletions():
+    _fuzz("edits", 4000, edits())
+
+
+def test_fuzz_random_bytes():
+    _fuzz("random tails", 3000, random_tails())
+    _fuzz("random bytes", 1000, st.binary(max_size=64))
+
+
+def test_every_prefix_of_every_seed():
+    """Exhaustive: each seed cut at every length is a clean error (or a shorter valid image)."""
+    for name, data in SEEDS.items():
+        for n in range(len(data)):
+            check(data[:n], "prefixes", name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_seeds_decode_and_reencode_byte_for_byte(name: str):
+    data = SEEDS[name]
+    for pretty in (False, True):
+        d = decode_image(data, name, pretty)
+        assert codec.dumps(pb2dict.dict_to_image(json.loads(json.dumps(d)))) == data
