@@ -28,7 +28,7 @@ def spice(*args: str, check: bool = True, timeout: float = 120,
     """`python -m spice_criu ARGS` with the interpreter running the tests (the project's venv)."""
     cmd = [sys.executable, "-m", "spice_criu", *args]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=scaled(timeout), cwd=REPO,
-                       stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+                       stdin=subprocess.DEVNULL)
     if check and p.returncode != 0:
         raise SpiceFailed(args, p.returncode, p.stdout, p.stderr, log)
     return p
