@@ -15,8 +15,9 @@ import time
 
 from ..cli import Options
 from ..errors import SpiceError
+from ..faults import fault_point
 from ..images import stats
-from ..linux import ptrace
+from ..linux import prctl, ptrace
 from ..log import log
 from . import creds, signals, threads, timers
 from .files import OpenContext, install_fds, install_fs
@@ -86,16 +87,20 @@ def finish_task(ctl: TaskCtl, backend) -> None:
 
 
 def kill_all(ctls: list[TaskCtl]) -> None:
-    for c in ctls:
+    """SIGKILL every task created so far and reap it (the restorer is their subreaper meanwhile,
+    so tasks orphaned by the kill are reaped here too): nothing half-restored survives."""
+    pids = {c.pid for c in ctls}
+    for pid in pids:
         try:
-            os.kill(c.pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    for c in ctls:
+    while pids:
         try:
-            os.waitpid(c.pid, ptrace.WALL)
+            p, _ = os.waitpid(-1, ptrace.WALL)
         except ChildProcessError:
-            pass
+            break
+        pids.discard(p)
 
 
 def resume(ctls: list[TaskCtl]) -> None:
@@ -123,20 +128,25 @@ def restore_plan(plan: RestorePlan, o: Options, backend) -> tuple[list[TaskCtl],
     ctx.files = plan.files
     ctx.state = plan.file_state
     created: list[TaskCtl] = []
+    prctl.set_child_subreaper(True)
     try:
         t0 = time.monotonic()
         create_tree(plan, o.restore_sibling, created)
+        fault_point("restore-tree")
         forking = time.monotonic() - t0
         pages = 0
         for ctl in created:
             pages += restore_task(ctl, ctx, backend)
+            fault_point("restore-task")
         for ctl in created:
             finish_task(ctl, backend)
+        fault_point("restore-finish")
         return created, pages, forking
     except BaseException:
         kill_all(created)
         raise
     finally:
+        prctl.set_child_subreaper(False)
         ctx.close_all()
 
 
@@ -154,6 +164,7 @@ def restore(o: Options) -> int:
     ctls, pages, forking = restore_plan(plan, o, backend)
     restore_time = time.monotonic() - t0
     try:
+        fault_point("restore-resume")
         if o.pidfile:
             write_pidfile(o.pidfile, o.work_dir or o.images_dir, plan.root.pid)
         stats.write(

@@ -14,6 +14,7 @@ import struct
 
 from ... import vma as V
 from ...errors import SpiceError
+from ...faults import fault_point
 from ...linux.syscalls import NR
 from ...log import log
 from ..files import OpenContext, pull_fd
@@ -232,6 +233,7 @@ def build_mm(task: TaskCtl, ctx: OpenContext) -> int:
     """Replace the task's address space by the dumped one. Returns the number of pages read."""
     mm = task.plan.mm
     areas = teardown(task)
+    fault_point("restore-mm")
     move_vdso(task, mm, areas)
     fixups = map_vmas(task, mm, ctx)
     pages = read_pages(task, mm)
