@@ -35,6 +35,7 @@ import re
 import struct
 import time
 from dataclasses import dataclass
+from typing import NoReturn
 
 from .linux import procvm
 from .linux import ptrace as pt
@@ -293,7 +294,7 @@ class Remote:
         r.r9 = a6 & _U64
         while True:
             if _ptrace(_NR_PTRACE, _SETREGS, tid, 0, self._inj_ref) or _ptrace(_NR_PTRACE, _SYSCALL, tid, 0, 0):
-                raise_errno(f"ptrace {tid}")
+                self._failed()
             st = _waitpid(tid, _WALL)[1]
             if st == _SYSCALL_STOP or not self._before_entry(pt.WaitStatus(tid, st)):
                 break
@@ -308,16 +309,28 @@ class Remote:
             r.di, r.si, r.dx, r.r10, r.r8, r.r9 = (a & _U64 for a in (a1, a2, a3, a4, a5, a6))
         while True:
             if _ptrace(_NR_PTRACE, _SYSCALL, tid, 0, 0):
-                raise_errno(f"ptrace {tid}")
+                self._failed()
             st = _waitpid(tid, _WALL)[1]
             if st == _SYSCALL_STOP:
                 break
             self._inside(pt.WaitStatus(tid, st))
         self._at_exit = True
         if _ptrace(_NR_PTRACE, _PEEKUSER, tid, self._ax_off, self._word_ref):
-            raise_errno(f"ptrace {tid}")
+            self._failed()
         v = self._word.value
         return v - (1 << 64) if v >= 1 << 63 else v
+
+    def _failed(self) -> NoReturn:
+        """A ptrace request failed: ESRCH on a task we hold stopped means it was killed."""
+        err = ctypes.get_errno()
+        if err == errno.ESRCH:
+            try:
+                st = pt.waitpid(self.tid)
+            except ChildProcessError:
+                st = None
+            self.closed = True
+            raise TaskGone(errno.ESRCH, f"task {self.tid} died: {st}")
+        raise_errno(f"ptrace {self.tid}", err)
 
     def _before_entry(self, st: pt.WaitStatus) -> bool:
         """Handle a stop seen instead of the syscall-entry stop; True means "inject again"."""

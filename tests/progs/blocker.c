@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Blocks in one restartable syscall (made through checked_syscall), then reports how it ended:
- *   blocker MODE [MS]   MODE: sleep clock absclock futex poll epoll read pause
+ *   blocker MODE [MS]   MODE: sleep clock absclock futex poll epoll read pause vfork
  * prints "ready" before blocking and "done ret=R bad=B ms=T [data=...]" after. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -65,6 +65,14 @@ int main(int argc, char **argv)
 		ret = checked_syscall(SYS_read, 0, (long)buf, seed, &bad, sizeof(buf) - 1, 0);
 		if (ret > 0)
 			buf[ret] = 0;
+	} else if (!strcmp(mode, "vfork")) {
+		/* the parent sits in vfork's killable (not interruptible) wait for MS */
+		pid_t c = vfork();
+		if (c == 0) {
+			nanosleep(&ts, NULL);
+			_exit(0);
+		}
+		ret = c > 0 ? 0 : -1;
 	} else if (!strcmp(mode, "pause")) {
 		ret = checked_syscall(SYS_pause, 0, 0, seed, &bad, 0, 0);
 	} else {

@@ -1,0 +1,450 @@
+# SPDX-License-Identifier: MIT
+"""inject.Remote on real processes: syscalls run inside the task, and the task continues exactly as
+it would have (its own syscall restarts, registers and memory verified by the target itself)."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from progs import Target, maps_text, seize_stopped, state, wait_state
+
+from spice_criu import inject
+from spice_criu.inject import Remote, TaskGone, find_sites, read_maps, trampoline_code
+from spice_criu.linux import prctl, procvm
+from spice_criu.linux import ptrace as pt
+from spice_criu.linux.mman import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE
+from spice_criu.linux.syscalls import NR, signed64
+
+
+def memory_digest(pid: int, skip: tuple[int, int] | None = None) -> dict[str, str]:
+    """sha256 of every readable private mapping (minus the rseq area the kernel itself updates)."""
+    conf = pt.get_rseq_configuration(pid)
+    out = {}
+    for m in read_maps(pid):
+        if "r" not in m.perms or m.path in ("[vvar]", "[vvar_vclock]", "[vsyscall]") or m.perms[3] == "s":
+            continue
+        try:
+            data = bytearray(procvm.read_any(pid, m.start, m.end - m.start))
+        except OSError:
+            continue
+        if conf and conf.rseq_abi_pointer and m.start <= conf.rseq_abi_pointer < m.end:
+            off = conf.rseq_abi_pointer - m.start
+            data[off : off + 32] = bytes(32)
+        out[f"{m.start:x}-{m.end:x} {m.perms} {m.path}"] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def blocked_target(mode: str, ms: int, stdin: int | None = None) -> Target:
+    """blocker MODE MS; its stdin is `stdin`, or a pipe nobody writes to."""
+    keep = None
+    if stdin is None:
+        stdin, keep = os.pipe()
+    t = Target.prog("blocker", mode, str(ms), stdin=stdin)
+    if keep is not None:
+        os.close(stdin)
+        t.fds.append(keep)
+    t.wait_for("^ready")
+    return t
+
+
+def done(t: Target, timeout: float = 5.0) -> dict[str, str]:
+    m = t.wait_for(r"^done (.*)", timeout)
+    return dict(kv.split("=", 1) for kv in m.group(1).split())
+
+
+def test_getpid_mmap_write_munmap_leave_task_unchanged():
+    t = blocked_target("sleep", 700)
+    with t:
+        time.sleep(0.1)
+        seize_stopped(t.pid)
+        regs = pt.getregs(t.pid)
+        maps0 = maps_text(t.pid)
+        digest0 = memory_digest(t.pid)
+        with Remote(t.pid) as r:
+            assert r.regs == regs
+            assert r.check(NR.getpid) == t.pid
+            assert r.check(NR.gettid) == t.pid
+            assert f"{r.mapping[0]:x}-{r.mapping[1]:x}" in maps_text(t.pid)
+            page = r.mmap(PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+            assert f"{page:x}-" in maps_text(t.pid)
+            msg = b"injected write from spice\n"
+            r.write(page, msg)
+            assert r.read(page, len(msg)) == msg
+            assert r.check(NR.write, 1, page, len(msg)) == len(msg)
+            r.munmap(page, PAGE_SIZE)
+            assert f"{page:x}-" not in maps_text(t.pid)
+            # a failing syscall: raw -errno from syscall(), OSError from check()
+            assert r.syscall(NR.close, 12345) == -9
+            with pytest.raises(OSError) as e:
+                r.check(NR.close, 12345)
+            assert e.value.errno == 9
+            addr = r.put(b"scratch bytes")
+            assert r.read(addr, 13) == b"scratch bytes"
+        assert maps_text(t.pid) == maps0
+        assert memory_digest(t.pid) == digest0
+        assert pt.getregs(t.pid) == regs
+        pt.detach(t.pid)
+        res = done(t)
+        assert res["ret"] == "0" and res["bad"] == "0"
+        assert 690 <= float(res["ms"]) < 1000  # nanosleep resumed with its remaining time
+        assert t.lines()[1] == "injected write from spice"
+
+
+# mode, block ms, seize after ms, expected result: the syscall continues as after a plain seize+detach
+RESTART_CASES = [
+    ("sleep", 800, "0"),  # -ERESTART_RESTARTBLOCK: restart_syscall keeps the remaining time
+    ("clock", 800, "0"),
+    ("absclock", 800, "0"),  # -ERESTARTNOHAND
+    ("futex", 800, "-110"),  # timed FUTEX_WAIT: restart block, then ETIMEDOUT
+    ("poll", 800, "0"),  # poll timeout: restart block
+]
+
+
+@pytest.mark.parametrize("mode,ms,ret", RESTART_CASES)
+def test_timed_syscall_restarts_with_remaining_time(mode, ms, ret):
+    with blocked_target(mode, ms) as t:
+        time.sleep(0.25)
+        seize_stopped(t.pid)
+        regs = pt.getregs(t.pid)
+        assert regs.orig_ax >= 0 and -signed64(regs.ax) in (514, 516)
+        with Remote(t.pid) as r:
+            for _ in range(50):
+                assert r.check(NR.getppid) == os.getpid()
+        assert pt.getregs(t.pid) == regs
+        pt.detach(t.pid)
+        res = done(t)
+        assert res["ret"] == ret and res["bad"] == "0"
+        assert ms - 10 <= float(res["ms"]) < ms + 200, res  # a full restart would take >= ms + 250
+
+
+@pytest.mark.parametrize("mode", ["read", "poll", "epoll"])
+def test_blocked_read_receives_data_written_later(mode):
+    """read/poll restart (-ERESTARTSYS / restart block) and get the data; epoll_wait is the kernel's
+    exception (EINTR after any stop): the injected run must match a plain seize+detach."""
+    results = []
+    for injected in (False, True):
+        rfd, wfd = os.pipe()
+        with blocked_target(mode, 0, stdin=rfd) as t:
+            os.close(rfd)
+            time.sleep(0.05)
+            seize_stopped(t.pid)
+            regs = pt.getregs(t.pid)
+            if injected:
+                with Remote(t.pid) as r:
+                    for _ in range(20):
+                        r.check(NR.getpid)
+                assert pt.getregs(t.pid) == regs
+            pt.detach(t.pid)
+            time.sleep(0.1)
+            try:
+                os.write(wfd, b"later")
+            except BrokenPipeError:
+                pass
+            res = done(t)
+            os.close(wfd)
+            assert res["bad"] == "0"
+            results.append((res["ret"], res["data"]))
+    assert results[0] == results[1]
+    if mode != "epoll":
+        assert results[1] == (("5", "later") if mode == "read" else ("1", ""))
+
+
+def test_pause_stays_paused_until_signal():
+    with blocked_target("pause", 0) as t:
+        time.sleep(0.05)
+        seize_stopped(t.pid)
+        with Remote(t.pid) as r:
+            r.check(NR.getpid)
+        pt.detach(t.pid)
+        time.sleep(0.2)
+        assert len(t.lines()) == 1  # -ERESTARTNOHAND restarted pause(): still waiting
+        os.kill(t.pid, signal.SIGUSR1)
+        res = done(t)
+        assert res["ret"] == "-4" and res["bad"] == "0"
+
+
+def test_signal_arriving_during_injection_is_delivered_once():
+    """SIGUSR1 (handler, no SA_RESTART) sent while we inject: the kernel must see it exactly as if
+    we were not there: pause() returns EINTR after detach, registers intact."""
+    with blocked_target("pause", 0) as t:
+        time.sleep(0.05)
+        seize_stopped(t.pid)
+        with Remote(t.pid) as r:
+            r.check(NR.getpid)
+            os.kill(t.pid, signal.SIGUSR1)
+            for _ in range(5):
+                assert r.check(NR.getpid) == t.pid
+            # the handler frame was set up: the context to restore is now the handler's entry
+            assert r.regs.ip != 0
+        pt.detach(t.pid)
+        res = done(t)
+        assert res["ret"] == "-4" and res["bad"] == "0"
+
+
+def test_sigstop_arriving_during_injection_leaves_task_stopped():
+    with blocked_target("sleep", 600) as t:
+        time.sleep(0.1)
+        seize_stopped(t.pid)
+        with Remote(t.pid) as r:
+            os.kill(t.pid, signal.SIGSTOP)
+            for _ in range(5):
+                r.check(NR.getpid)
+        pt.detach(t.pid)
+        wait_state(t.pid, "T")
+        time.sleep(0.7)
+        assert len(t.lines()) == 1
+        os.kill(t.pid, signal.SIGCONT)
+        res = done(t)
+        assert res["ret"] == "0" and res["bad"] == "0"
+
+
+def same_fpu_state(a: bytes, b: bytes) -> bool:
+    """Equal register contents. XSTATE_BV is ignored: the CPU's init tracking may flip a bit for a
+    component whose registers hold their initial values (ptrace then reports those values)."""
+    return len(a) == len(b) and a[:512] == b[:512] and a[520:] == b[520:]
+
+
+def test_regs_fpregs_xstate_roundtrip_and_modify():
+    with Target.prog("fpu") as t:
+        t.wait_for("xmm15=1111222233334444 r15=1111222233334444")
+        seize_stopped(t.pid)
+        regs = pt.getregs(t.pid)
+        pt.setregs(t.pid, regs.copy())
+        assert pt.getregs(t.pid) == regs
+        assert pt.arch_prctl(t.pid, pt.ARCH_GET_FS) == regs.fs_base
+        fp = pt.get_fpregs(t.pid)
+        pt.set_fpregs(t.pid, fp)
+        assert bytes(pt.get_fpregs(t.pid)) == bytes(fp)
+        xs = bytearray(pt.get_xstate(t.pid))
+        assert len(xs) == pt.xstate_size(t.pid) and len(xs) >= 576
+        xmm15 = 160 + 15 * 16
+        assert xs[xmm15 : xmm15 + 8] == (0x1111222233334444).to_bytes(8, "little")
+        assert bytes(fp)[xmm15 : xmm15 + 8] == bytes(xs[xmm15 : xmm15 + 8])
+        pt.set_xstate(t.pid, bytes(xs))
+        assert pt.get_xstate(t.pid) == bytes(xs)
+        # injecting leaves the FPU alone
+        with Remote(t.pid) as r:
+            for _ in range(10):
+                r.check(NR.getpid)
+        assert same_fpu_state(pt.get_xstate(t.pid), bytes(xs))
+        xs[xmm15 : xmm15 + 8] = (0x5555666677778888).to_bytes(8, "little")
+        pt.set_xstate(t.pid, bytes(xs))
+        regs.r15 = 0x9999AAAABBBBCCCC
+        pt.setregs(t.pid, regs)
+        n = len(t.lines())
+        pt.detach(t.pid)
+        t.wait_for("xmm15=5555666677778888 r15=9999aaaabbbbcccc")
+        assert all("1111" in ln for ln in t.lines()[1:n])
+
+
+def test_caller_provided_site_and_scratch():
+    """The restore backend maps its own trampoline page and hands Remote the site."""
+    with blocked_target("sleep", 600) as t:
+        time.sleep(0.05)
+        seize_stopped(t.pid)
+        regs = pt.getregs(t.pid)
+        maps0 = maps_text(t.pid)
+        with Remote(t.pid) as boot:
+            page = boot.mmap(PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+            boot.write(page, b"\x0f\x05\xcc")  # syscall; int3
+            boot.check(NR.mprotect, page, PAGE_SIZE, 5)  # r-x
+        with Remote(t.pid, site=page, scratch_size=0) as r:
+            assert r.mapping is None
+            assert r.check(NR.getpid) == t.pid
+            scratch = r.mmap(PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+        with Remote(t.pid, site=page, scratch=(scratch, PAGE_SIZE)) as r:
+            # struct passing through scratch: PR_SET_MM_MAP_SIZE writes sizeof(prctl_mm_map)
+            addr = r.put(b"\0" * 4, 64)
+            r.check(NR.prctl, prctl.PR_SET_MM, prctl.PR_SET_MM_MAP_SIZE, addr)
+            assert int.from_bytes(r.read(addr, 4), "little") == ctypes.sizeof(prctl.PrctlMmMap)
+            r.munmap(scratch, PAGE_SIZE)
+            r.munmap(page, PAGE_SIZE)
+        assert maps_text(t.pid) == maps0
+        assert pt.getregs(t.pid) == regs
+        pt.detach(t.pid)
+        res = done(t)
+        assert res["ret"] == "0" and res["bad"] == "0" and float(res["ms"]) < 800
+
+
+def test_fork_event_recorded():
+    with blocked_target("sleep", 600) as t:
+        time.sleep(0.05)
+        seize_stopped(t.pid)
+        pt.setoptions(t.pid, pt.O_TRACESYSGOOD | pt.O_TRACEFORK)
+        with Remote(t.pid) as r:
+            child = r.check(NR.fork)
+            assert r.events == [(pt.EVENT_FORK, child)]
+            # the child is auto-attached, stopped before its first instruction
+            st = pt.waitpid(child)
+            assert st.event == pt.EVENT_STOP
+            assert status_ppid(child) == t.pid
+            os.kill(child, signal.SIGKILL)
+            assert pt.waitpid(child).signaled
+            r.check(NR.wait4, child, 0, 0, 0)
+        pt.setoptions(t.pid, pt.O_TRACESYSGOOD)
+        pt.detach(t.pid)
+        res = done(t)
+        assert res["ret"] == "0" and res["bad"] == "0"
+
+
+def status_ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_task_killed_during_injection_raises_taskgone():
+    with blocked_target("sleep", 5000) as t:
+        seize_stopped(t.pid)
+        r = Remote(t.pid)
+        os.kill(t.pid, signal.SIGKILL)
+        with pytest.raises(TaskGone):
+            for _ in range(100):
+                r.check(NR.getpid)
+        assert r.closed
+
+
+def test_trampoline_encoding():
+    """The fallback is exactly: syscall; lea rsp,[flags]; popfq; 15 movs; mov rsp,[sp]; jmp [ip]."""
+    code = trampoline_code(0x10000, 0x10000 + inject.DATA_OFFSET)
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"spice-tramp-{os.getpid()}.bin")
+    with open(path, "wb") as f:
+        f.write(code)
+    try:
+        dis = subprocess.run(["objdump", "-D", "-b", "binary", "-m", "i386:x86-64", "--adjust-vma=0x10000",
+                              path], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(path)
+    ins = [ln.split("\t")[-1].strip() for ln in dis.splitlines() if re.match(r"\s+[0-9a-f]+:\t", ln)]
+    slot = {n: 0x10000 + inject.DATA_OFFSET + 8 * i for i, n in enumerate(inject.SLOTS)}
+    assert ins[0] == "syscall"
+    assert ins[1].startswith("lea ") and f"{slot['flags']:#x}" in ins[1] and "%rsp" in ins[1]
+    assert ins[2] in ("popf", "popfq")
+    loads = {}
+    for i in ins[3:18]:
+        m = re.search(r"mov\s+0x[0-9a-f]+\(%rip\),%(\w+)\s+# (0x[0-9a-f]+)", i)
+        assert m, i
+        loads[m.group(1)] = int(m.group(2), 16)
+    names = {"rax": "ax", "rbx": "bx", "rcx": "cx", "rdx": "dx", "rsi": "si", "rdi": "di", "rbp": "bp"}
+    assert {names.get(k, k): v for k, v in loads.items()} == {n: slot[n] for n in inject.SLOTS[1:16]}
+    m = re.search(r"mov\s+0x[0-9a-f]+\(%rip\),%rsp\s+# (0x[0-9a-f]+)", ins[18])
+    assert m and int(m.group(1), 16) == slot["sp"]
+    assert ins[19].startswith("jmp") and f"{slot['ip']:x}" in ins[19]
+    assert len(ins) == 20
+
+
+# --- tracer death ------------------------------------------------------------------------------------
+
+
+def _orphan_at_exit_stop(pid: int, use_chain: bool) -> None:
+    """Leave the task the way a dying tracer would at the worst point: an injected syscall done,
+    registers pointing at our code, then the kernel's detach."""
+    r = Remote(pid)
+    if use_chain:
+        # tear down the trampoline first, then stand at the chain site as in the final munmap
+        tramp = r.mapping
+        frame_sp = r._chain_frame(read_maps(pid))
+        assert frame_sp is not None
+        assert r._inject(r._chain[0], frame_sp, NR.munmap, tramp[0], tramp[1] - tramp[0]) == 0
+    else:
+        assert r.check(NR.getpid) == pid
+    pt.detach(pid)
+
+
+@pytest.mark.parametrize("use_chain", [False, True], ids=["trampoline", "sigreturn-chain"])
+@pytest.mark.parametrize("mode", ["sleep", "read", "absclock"])
+def test_orphaned_task_returns_to_its_context(mode, use_chain):
+    rfd, wfd = os.pipe()
+    with blocked_target(mode, 600, stdin=rfd) as t:
+        os.close(rfd)
+        time.sleep(0.1)
+        seize_stopped(t.pid)
+        _orphan_at_exit_stop(t.pid, use_chain)
+        time.sleep(0.05)
+        if mode == "read":
+            os.write(wfd, b"orphan")
+        res = done(t)
+        os.close(wfd)
+        assert res["bad"] == "0"
+        if mode == "read":
+            assert (res["ret"], res["data"]) == ("6", "orphan")
+        elif mode == "sleep" and use_chain:
+            # documented: rt_sigreturn resets the restart block, so restart_syscall gives EINTR
+            assert res["ret"] in ("0", "-4")
+        else:
+            assert res["ret"] == "0" and 590 <= float(res["ms"]) < 800
+
+
+TRACER = r"""
+import os, random, sys, time
+sys.path.insert(0, {root!r})
+from spice_criu.inject import Remote
+from spice_criu.linux import ptrace as pt
+from spice_criu.linux.syscalls import NR
+pid = int(sys.argv[1]); rnd = random.Random(int(sys.argv[2]))
+pt.seize(pid, pt.O_TRACESYSGOOD)
+from spice_criu.inject import stop_for_injection
+stop_for_injection(pid)
+print("seized", flush=True)
+while True:
+    with Remote(pid) as r:
+        for _ in range(rnd.choice((0, 1, 5, 30))):
+            assert r.check(NR.getpid) == pid
+            a = r.put(b"x" * 64)
+            assert r.read(a, 64) == b"x" * 64
+"""
+
+
+def test_tracer_sigkilled_mid_injection_leaves_target_running_correctly():
+    """SIGKILL the tracer at random points of endless Remote sessions (bootstrap, injections,
+    teardown): the self-checking target must keep running with intact registers and memory."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(inject.__file__)))
+    rnd = random.Random(1234)
+    with Target.prog("spin", "300") as t:
+        t.wait_for(r"^n=\d+")
+        kills = 0
+        for i in range(25):
+            tracer = subprocess.Popen([sys.executable, "-c", TRACER.format(root=root), str(t.pid), str(i)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            assert tracer.stdout.readline() == b"seized\n"
+            time.sleep(rnd.uniform(0, 0.03))
+            tracer.kill()
+            tracer.wait()
+            kills += 1
+            assert status_tracer(t.pid) == 0
+            n = len(t.lines())
+            t.wait_for(r"^n=\d+", count=n + 1 - sum(1 for ln in t.lines() if not ln.startswith("n=")))
+        n = len(t.lines())
+        t.wait_for(r"^n=\d+", timeout=5, count=n + 2)
+        assert state(t.pid) in "SR"
+        out = t.output()
+        assert "BAD" not in out, out[-500:]
+        last = t.lines()[-1]
+        assert re.match(r"n=\d+ sum=\d+ bad=0 eintr=\d+", last)
+        leaked = [ln for ln in maps_text(t.pid).splitlines() if " rwxp " in ln]
+        assert len(leaked) <= kills
+
+
+def status_tracer(pid: int) -> int:
+    from progs import status_field
+
+    return int(status_field(pid, "TracerPid"))
+
+
+def test_find_sites_in_libc_and_vdso():
+    with blocked_target("sleep", 300) as t:
+        maps = read_maps(t.pid)
+        s = find_sites(t.pid, maps)
+        code = {a: procvm.read(t.pid, a, 9) for a in (s.plain, s.syscall_ret, s.sigreturn)}
+        assert code[s.plain][:2] == b"\x0f\x05"
+        assert code[s.syscall_ret][:3] == b"\x0f\x05\xc3"
+        assert code[s.sigreturn] in (b"\x48\xc7\xc0\x0f\x00\x00\x00\x0f\x05",) or \
+            code[s.sigreturn][:7] == b"\xb8\x0f\x00\x00\x00\x0f\x05"
