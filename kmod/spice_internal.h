@@ -52,6 +52,10 @@ struct spice_ctx {
 	u64 ns_prefault;
 };
 
+/* live file references and requests held by the module (leak gauges) */
+extern atomic64_t spice_files_held;
+extern atomic64_t spice_reqs_live;
+
 /* spice_validate.c */
 int spice_req_load(struct spice_ctx *c, const void __user *uarg);
 int spice_req_validate(struct spice_ctx *c);

@@ -43,6 +43,8 @@ enum spice_stat {
 };
 
 static atomic64_t spice_stats[ST_COUNT];
+atomic64_t spice_files_held = ATOMIC64_INIT(0);
+atomic64_t spice_reqs_live = ATOMIC64_INIT(0);
 
 static void stat_add(enum spice_stat s, u64 v)
 {
@@ -102,6 +104,7 @@ static long spice_ioctl_restore(struct spice_restore __user *uarg)
 	c = kzalloc(sizeof(*c), GFP_KERNEL);
 	if (!c)
 		return -ENOMEM;
+	atomic64_inc(&spice_reqs_live);
 	ret = spice_check_caller(c);
 	if (!ret)
 		ret = spice_req_load(c, uarg);
@@ -140,6 +143,7 @@ reject:
 out:
 	spice_req_free(c);
 	kfree(c);
+	atomic64_dec(&spice_reqs_live);
 	return ret;
 }
 
@@ -198,6 +202,23 @@ static ssize_t stat_show(struct device *dev, struct device_attribute *attr,
 	return sysfs_emit(buf, "%lld\n", atomic64_read(&spice_stats[sa->id]));
 }
 
+static ssize_t gauge_show(atomic64_t *g, char *buf)
+{
+	return sysfs_emit(buf, "%lld\n", atomic64_read(g));
+}
+
+static ssize_t files_held_show(struct device *dev,
+			       struct device_attribute *attr, char *buf)
+{
+	return gauge_show(&spice_files_held, buf);
+}
+
+static ssize_t requests_live_show(struct device *dev,
+				  struct device_attribute *attr, char *buf)
+{
+	return gauge_show(&spice_reqs_live, buf);
+}
+
 static ssize_t reset_store(struct device *dev, struct device_attribute *attr,
 			   const char *buf, size_t count)
 {
@@ -227,6 +248,8 @@ SPICE_STAT_ATTR(ns_last_teardown, ST_NS_LAST_TEARDOWN);
 SPICE_STAT_ATTR(ns_last_build, ST_NS_LAST_BUILD);
 SPICE_STAT_ATTR(ns_last_prefault, ST_NS_LAST_PREFAULT);
 static DEVICE_ATTR_WO(reset);
+static DEVICE_ATTR_RO(files_held);
+static DEVICE_ATTR_RO(requests_live);
 
 static struct attribute *spice_stat_attrs[] = {
 	&stat_attr_restores_ok.attr.attr,
@@ -244,6 +267,8 @@ static struct attribute *spice_stat_attrs[] = {
 	&stat_attr_ns_last_build.attr.attr,
 	&stat_attr_ns_last_prefault.attr.attr,
 	&dev_attr_reset.attr,
+	&dev_attr_files_held.attr,
+	&dev_attr_requests_live.attr,
 	NULL,
 };
 

@@ -52,15 +52,18 @@ static int load_table(struct spice_ctx *c, const struct spice_table *t,
 	c->err_table = SPICE_ERR_FILES + (t - &c->req->files);
 	c->err_index = U32_MAX;	/* the table descriptor itself */
 
-	if (t->reserved || t->entry_size != esize)
+	if (t->reserved)
+		return -EINVAL;
+	if (!t->count) {	/* empty: all zero, entry_size optional */
+		*out = NULL;
+		*count = 0;
+		return t->offset || (t->entry_size && t->entry_size != esize) ?
+		       -EINVAL : 0;
+	}
+	if (t->entry_size != esize)
 		return -EINVAL;
 	if (t->count > max)
 		return -E2BIG;
-	if (!t->count) {
-		*out = NULL;
-		*count = 0;
-		return t->offset ? -EINVAL : 0;
-	}
 	end = (u64)t->offset + (u64)t->count * esize;
 	if (t->offset < sizeof(struct spice_restore) || t->offset % 8 ||
 	    end > c->total)
@@ -157,9 +160,12 @@ void spice_req_free(struct spice_ctx *c)
 	u32 i;
 
 	if (c->files) {
-		for (i = 0; i < c->nfiles; i++)
-			if (c->files[i])
-				fput(c->files[i]);
+		for (i = 0; i < c->nfiles; i++) {
+			if (!c->files[i])
+				continue;
+			fput(c->files[i]);
+			atomic64_dec(&spice_files_held);
+		}
 		kvfree(c->files);
 	}
 	kvfree(c->src_vma);
@@ -187,6 +193,7 @@ static int check_file(struct spice_ctx *c, u32 i)
 	if (!f)
 		return -EBADF;
 	c->files[i] = f;
+	atomic64_inc(&spice_files_held);
 	inode = file_inode(f);
 	if (!S_ISREG(inode->i_mode) || (f->f_mode & FMODE_PATH))
 		return -EBADFD;

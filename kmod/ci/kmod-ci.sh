@@ -8,6 +8,8 @@
 #   kmod-ci.sh run --ko X.ko [--ko Y.ko] --initrd-exec STATIC_BIN
 #   kmod-ci.sh run --ko X.ko [--ko Y.ko] --hostfs-exec 'shell command run in $PWD in the guest'
 #   kmod-ci.sh kver                          print the kernel ABI version used (e.g. 6.1.0-56-amd64)
+#   kmod-ci.sh checkpatch FILE...            the kernel's scripts/checkpatch.pl (--strict) on FILEs;
+#                                            fetched once from Debian's linux-source-<major> package
 #
 # run exits with the guest command's exit code; 124 = timeout, 125 = no result marker (guest
 # crashed/panicked), 126 = test passed but the kernel log has a WARNING/BUG/Oops (KMOD_CI_STRICT=1).
@@ -19,7 +21,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${KMOD_CI_CACHE:-/var/cache/kmod-ci}
 OUT=${KMOD_CI_OUT:-$PWD/.kmod-ci}
 TIMEOUT=${KMOD_CI_TIMEOUT:-300}
-PKGS=(qemu-system-x86 linux-headers-amd64 build-essential busybox-static cpio kmod)
+PKGS=(qemu-system-x86 linux-headers-amd64 build-essential busybox-static cpio kmod python3 perl xz-utils)
 
 log() { printf '[kmod-ci %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
@@ -174,10 +176,36 @@ cmd_run() {
   return "$res"
 }
 
+# checkpatch.pl is not in the headers package: take it (with spelling.txt and
+# const_structs.checkpatch) from Debian's linux-source-<major> package, cached per version.
+cmd_checkpatch() {
+  local v major d t
+  v=$(kver); major=$(echo "$v" | cut -d. -f1,2)
+  d="$CACHE/checkpatch-$major"
+  mkdir -p "$CACHE"; exec 9>"$CACHE/.lock"; flock 9
+  if [ ! -e "$d/.done" ]; then
+    log "fetching checkpatch.pl from linux-source-$major"
+    rm -rf "$d"; mkdir -p "$d"
+    t=$(mktemp -d); chmod 777 "$t"
+    (cd "$t" && apt_q download "linux-source-$major" >/dev/null) ||
+      { apt_update; (cd "$t" && apt_q download "linux-source-$major" >/dev/null); }
+    dpkg-deb --fsys-tarfile "$t"/linux-source-"$major"_*.deb |
+      tar -xO --wildcards '*/linux-source-*.tar.xz' |
+      tar -xJ -C "$d" --strip-components=2 --wildcards '*/scripts/checkpatch.pl' \
+        '*/scripts/spelling.txt' '*/scripts/const_structs.checkpatch'
+    rm -rf "$t"
+    touch "$d/.done"
+  fi
+  exec 9>&-
+  # BIT()/BIT_ULL() do not exist for uapi headers: that CHECK does not apply there
+  perl "$d/checkpatch.pl" --no-tree --strict --terse --show-types --ignore BIT_MACRO -f "$@"
+}
+
 case "${1:-}" in
   install) shift; cmd_install "$@" ;;
+  checkpatch) shift; cmd_checkpatch "$@" ;;
   build) shift; cmd_build "$@" ;;
   run) shift; cmd_run "$@" ;;
   kver) kver ;;
-  *) sed -n '2,20p' "$0"; exit 2 ;;
+  *) sed -n '2,22p' "$0"; exit 2 ;;
 esac

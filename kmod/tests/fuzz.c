@@ -132,15 +132,19 @@ static __attribute__((noreturn)) void worker(const uint8_t *base, size_t len, un
 	}
 }
 
-static long file_nr(void)
+/* active objects of a slab cache (/proc/slabinfo), -1 if unknown */
+static long slab_active(const char *cache)
 {
-	char buf[128];
+	static char buf[65536];
+	char *p;
+	size_t n = strlen(cache);
 
-	if (read_file("/proc/sys/fs/file-nr", buf, sizeof(buf)) <= 0) {
-		printf("cannot read /proc/sys/fs/file-nr\n");
+	if (read_file("/proc/slabinfo", buf, sizeof(buf)) <= 0)
 		return -1;
-	}
-	return strtol(buf, NULL, 10);
+	for (p = buf; (p = strstr(p, cache)); p++)
+		if ((p == buf || p[-1] == '\n') && p[n] == ' ')
+			return strtol(p + n, NULL, 10);
+	return -1;
 }
 
 void test_fuzz(unsigned int n)
@@ -156,7 +160,7 @@ void test_fuzz(unsigned int n)
 
 	mini_build(&m, 1);
 	base = rb_build(&m.rb, &len);
-	files0 = file_nr();
+	files0 = slab_active("filp");
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	g_cnt->fuzz_next = 0;
 	while (g_cnt->fuzz_next < n) {
@@ -181,10 +185,12 @@ void test_fuzz(unsigned int n)
 	secs = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
 	mini_close(&m);
 	usleep(200000);
-	files1 = file_nr();
+	files1 = slab_active("filp");
 	CHECK(g_cnt->fuzz_done >= n, "fuzz sent %u requests", g_cnt->fuzz_done);
-	CHECK(files1 <= files0 + 4, "file references leaked: file-nr %ld -> %ld", files0, files1);
-	printf("ok   fuzz: %u requests in %.1f s (%u workers): %u accepted, %u restored+exited, %u killed after teardown, %u restored into a bogus context; file-nr %ld -> %ld\n",
+	CHECK(read_stat("files_held") == 0 && read_stat("requests_live") == 0,
+	      "module holds no file reference or request after the fuzz");
+	CHECK(files1 >= 0 && files1 <= files0 + 64, "filp objects %ld -> %ld", files0, files1);
+	printf("ok   fuzz: %u requests in %.1f s (%u workers): %u accepted, %u restored+exited, %u killed after teardown, %u restored into a bogus context; filp slab objects %ld -> %ld\n",
 	       g_cnt->fuzz_done, secs, forks, g_cnt->fuzz_ok, restored, killed, crashed, files0,
 	       files1);
 	printf("     errno histogram:");

@@ -57,7 +57,7 @@ struct spice_version {
 #define SPICE_FEAT_FPU		(1ULL << 4)
 #define SPICE_FEAT_EXE		(1ULL << 5)
 
-/* A table inside the request buffer. */
+/* A table inside the request buffer; an empty table is all zero. */
 struct spice_table {
 	__u32 offset;		/* bytes from the start of the request, 8-aligned */
 	__u32 count;		/* number of entries */

@@ -1,0 +1,49 @@
+# SPDX-License-Identifier: MIT
+# The kernel module (kmod/): built against Debian bookworm's linux-headers-amd64 (6.1) and
+# tested inside Debian's 6.1 kernel booted in qemu (TCG) by kmod/ci/kmod-ci.sh, which installs
+# its own apt packages on a fresh Debian 12 machine.
+#   make kmod            build kmod/spice.ko (installs the prerequisites when missing)
+#   make kmod-test       checkpatch + in-guest C tests (restore, errors, fuzz) on two CPU
+#                        models (qemu64: FXSAVE path, max: XSAVE/AVX/PKRU) + in-guest Python test
+#   make kmod-checkpatch the kernel's checkpatch.pl --strict on the module sources
+KMOD_CI := kmod/ci/kmod-ci.sh
+KMOD_OUT ?= $(CURDIR)/.kmod-ci
+KMOD_TEST_BIN := $(KMOD_OUT)/spice_kmod_test
+KMOD_TEST_SRC := $(wildcard kmod/tests/*.c) $(wildcard kmod/tests/*.h) kmod/include/uapi/spice.h
+KMOD_SRC := $(wildcard kmod/spice_*.c) $(wildcard kmod/spice_*.h) kmod/include/uapi/spice.h
+KMOD_CPUS ?= qemu64 max
+KMOD_TIMEOUT ?= 300
+
+.PHONY: kmod kmod-deps kmod-test kmod-test-c kmod-test-py kmod-checkpatch kmod-clean
+
+kmod-deps:
+	bash $(KMOD_CI) install
+
+kmod: kmod-deps
+	bash $(KMOD_CI) build kmod
+
+$(KMOD_TEST_BIN): $(KMOD_TEST_SRC)
+	mkdir -p $(KMOD_OUT)
+	gcc -O2 -static -Wall -Wextra -Wno-unused-parameter -fno-stack-protector \
+		-o $@ $(filter %.c,$^) -lpthread
+
+kmod-checkpatch: kmod-deps
+	bash $(KMOD_CI) checkpatch $(KMOD_SRC)
+
+kmod-test-c: kmod $(KMOD_TEST_BIN)
+	@for cpu in $(KMOD_CPUS); do \
+		echo "== kmod in-guest C tests, cpu $$cpu"; \
+		KMOD_CI_OUT=$(KMOD_OUT) KMOD_CI_CPU=$$cpu KMOD_CI_TIMEOUT=$(KMOD_TIMEOUT) \
+			bash $(KMOD_CI) run --ko kmod/spice.ko --initrd-exec $(KMOD_TEST_BIN) || exit $$?; \
+	done
+
+kmod-test-py: kmod
+	@echo "== kmod in-guest Python test"
+	KMOD_CI_OUT=$(KMOD_OUT) KMOD_CI_TIMEOUT=$(KMOD_TIMEOUT) bash $(KMOD_CI) run --ko kmod/spice.ko \
+		--hostfs-exec 'python3 kmod/tests/test_spice_device.py'
+
+kmod-test: kmod-checkpatch kmod-test-c kmod-test-py
+
+kmod-clean:
+	$(MAKE) -C kmod clean
+	rm -f $(KMOD_TEST_BIN)
