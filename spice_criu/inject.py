@@ -49,9 +49,10 @@ If the tracer dies while a task is being injected, the task continues by itself:
 - inside the trampoline phase: the pending injected syscall (if any) runs, then the fallback restores
   the original registers with restart semantics applied; the trampoline mapping stays (leaked);
 - during the bootstrap mmap and the final munmap (chain available): the syscall runs, then
-  rt_sigreturn restores the original context, FPU and sigmask; a syscall that was interrupted with
-  -ERESTART_RESTARTBLOCK (nanosleep, poll, timed futex) then returns EINTR, because sigreturn resets
-  the restart block;
+  rt_sigreturn restores the original context, FPU and sigmask. rt_sigreturn resets the kernel's
+  restart block, so a syscall that was interrupted with -ERESTART_RESTARTBLOCK (relative nanosleep,
+  clock_nanosleep, poll, timed futex wait) is re-executed from the start: its timeout starts over
+  (it sleeps longer, never returns early or fails);
 - without a chain (no `syscall; ret` and rt_sigreturn gadget in the task, or no room below its stack
   pointer): during the bootstrap mmap and the final munmap the task would continue after a foreign
   syscall instruction with clobbered registers (measured per Remote in `window_ns`);
@@ -448,7 +449,7 @@ class Remote:
         top = regs.sp - RED_ZONE
         fp = (top - len(xstate) - 4) & ~63
         frame_sp = (fp - 440) & ~15
-        frame = build_rt_sigframe(frame_sp, regs.restarted(), xstate, pt.getsigmask(self.tid),
+        frame = build_rt_sigframe(frame_sp, regs.restarted(reexecute=True), xstate, pt.getsigmask(self.tid),
                                   pretcode=self._chain[1])
         vma = next((m for m in maps if m.start <= regs.sp - 1 < m.end), None)
         if vma is None or "w" not in vma.perms or frame_sp < vma.start or vma.path == "[heap]":

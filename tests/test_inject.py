@@ -109,21 +109,28 @@ RESTART_CASES = [
 ]
 
 
-@pytest.mark.parametrize("mode,ms,ret", RESTART_CASES)
-def test_timed_syscall_restarts_with_remaining_time(mode, ms, ret):
-    with blocked_target(mode, ms) as t:
+def test_timed_syscalls_restart_with_remaining_time():
+    """All cases at once (they sleep concurrently): seize mid-sleep, inject, detach."""
+    targets = [(blocked_target(mode, ms), mode, ms, ret) for mode, ms, ret in RESTART_CASES]
+    try:
         time.sleep(0.25)
-        seize_stopped(t.pid)
-        regs = pt.getregs(t.pid)
-        assert regs.orig_ax >= 0 and -signed64(regs.ax) in (514, 516)
-        with Remote(t.pid) as r:
-            for _ in range(50):
-                assert r.check(NR.getppid) == os.getpid()
-        assert pt.getregs(t.pid) == regs
-        pt.detach(t.pid)
-        res = done(t)
-        assert res["ret"] == ret and res["bad"] == "0"
-        assert ms - 10 <= float(res["ms"]) < ms + 200, res  # a full restart would take >= ms + 250
+        for t, mode, _, _ in targets:
+            seize_stopped(t.pid)
+            regs = pt.getregs(t.pid)
+            assert regs.orig_ax >= 0 and -signed64(regs.ax) in (514, 516), mode
+            with Remote(t.pid) as r:
+                for _ in range(50):
+                    assert r.check(NR.getppid) == os.getpid()
+            assert pt.getregs(t.pid) == regs, mode
+            pt.detach(t.pid)
+        for t, mode, ms, ret in targets:
+            res = done(t)
+            assert res["ret"] == ret and res["bad"] == "0", (mode, res)
+            # a restart from scratch would take >= ms + 250
+            assert ms - 10 <= float(res["ms"]) < ms + 200, (mode, res)
+    finally:
+        for t, *_ in targets:
+            t.kill()
 
 
 @pytest.mark.parametrize("mode", ["read", "poll", "epoll"])
@@ -191,8 +198,8 @@ def test_signal_arriving_during_injection_is_delivered_once():
 
 
 def test_sigstop_arriving_during_injection_leaves_task_stopped():
-    with blocked_target("sleep", 600) as t:
-        time.sleep(0.1)
+    with blocked_target("sleep", 300) as t:
+        time.sleep(0.05)
         seize_stopped(t.pid)
         with Remote(t.pid) as r:
             os.kill(t.pid, signal.SIGSTOP)
@@ -200,7 +207,7 @@ def test_sigstop_arriving_during_injection_leaves_task_stopped():
                 r.check(NR.getpid)
         pt.detach(t.pid)
         wait_state(t.pid, "T")
-        time.sleep(0.7)
+        time.sleep(0.4)
         assert len(t.lines()) == 1
         os.kill(t.pid, signal.SIGCONT)
         res = done(t)
@@ -359,28 +366,39 @@ def _orphan_at_exit_stop(pid: int, use_chain: bool) -> None:
     pt.detach(pid)
 
 
-@pytest.mark.parametrize("use_chain", [False, True], ids=["trampoline", "sigreturn-chain"])
-@pytest.mark.parametrize("mode", ["sleep", "read", "absclock"])
-def test_orphaned_task_returns_to_its_context(mode, use_chain):
-    rfd, wfd = os.pipe()
-    with blocked_target(mode, 600, stdin=rfd) as t:
-        os.close(rfd)
+def test_orphaned_task_returns_to_its_context():
+    """Tracer "dies" (detach) right after an injected syscall, with the task's registers pointing
+    at our trampoline, or at the `syscall; ret` chain used for the final munmap."""
+    cases = []
+    try:
+        for mode in ("sleep", "read", "absclock"):
+            for use_chain in (False, True):
+                rfd, wfd = os.pipe()
+                t = blocked_target(mode, 600, stdin=rfd)
+                os.close(rfd)
+                t.fds.append(wfd)
+                cases.append((t, mode, use_chain, wfd))
         time.sleep(0.1)
-        seize_stopped(t.pid)
-        _orphan_at_exit_stop(t.pid, use_chain)
+        for t, _, use_chain, _ in cases:
+            seize_stopped(t.pid)
+            _orphan_at_exit_stop(t.pid, use_chain)
         time.sleep(0.05)
-        if mode == "read":
-            os.write(wfd, b"orphan")
-        res = done(t)
-        os.close(wfd)
-        assert res["bad"] == "0"
-        if mode == "read":
-            assert (res["ret"], res["data"]) == ("6", "orphan")
-        elif mode == "sleep" and use_chain:
-            # documented: rt_sigreturn resets the restart block, so restart_syscall gives EINTR
-            assert res["ret"] in ("0", "-4")
-        else:
-            assert res["ret"] == "0" and 590 <= float(res["ms"]) < 800
+        for t, mode, use_chain, wfd in cases:
+            if mode == "read":
+                os.write(wfd, b"orphan")
+            res = done(t)
+            what = (mode, use_chain, res)
+            assert res["bad"] == "0", what
+            if mode == "read":
+                assert (res["ret"], res["data"]) == ("6", "orphan"), what
+            elif mode == "sleep" and use_chain:
+                # documented: rt_sigreturn resets the restart block, so nanosleep starts over
+                assert res["ret"] == "0" and 690 <= float(res["ms"]) < 900, what
+            else:
+                assert res["ret"] == "0" and 590 <= float(res["ms"]) < 800, what
+    finally:
+        for t, *_ in cases:
+            t.kill()
 
 
 TRACER = r"""
@@ -411,7 +429,7 @@ def test_tracer_sigkilled_mid_injection_leaves_target_running_correctly():
     with Target.prog("spin", "300") as t:
         t.wait_for(r"^n=\d+")
         kills = 0
-        for i in range(25):
+        for i in range(20):
             tracer = subprocess.Popen([sys.executable, "-c", TRACER.format(root=root), str(t.pid), str(i)],
                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
             assert tracer.stdout.readline() == b"seized\n"
@@ -428,7 +446,7 @@ def test_tracer_sigkilled_mid_injection_leaves_target_running_correctly():
         out = t.output()
         assert "BAD" not in out, out[-500:]
         last = t.lines()[-1]
-        assert re.match(r"n=\d+ sum=\d+ bad=0 eintr=\d+", last)
+        assert re.match(r"n=\d+ sum=\d+ bad=0 eintr=0$", last), last  # no syscall saw EINTR
         leaked = [ln for ln in maps_text(t.pid).splitlines() if " rwxp " in ln]
         assert len(leaked) <= kills
 

@@ -138,17 +138,19 @@ class UserRegs(ctypes.Structure):
         """The task was stopped on the way out of a syscall (orig_ax holds its number)."""
         return signed64(self.orig_ax) >= 0
 
-    def restarted(self) -> UserRegs:
+    def restarted(self, reexecute: bool = False) -> UserRegs:
         """The registers the kernel would return to user mode with when no signal handler runs.
 
         Mirrors arch_do_signal_or_restart(): -ERESTARTSYS/-ERESTARTNOINTR/-ERESTARTNOHAND re-execute
-        the syscall (ax=orig_ax, ip-=2); -ERESTART_RESTARTBLOCK calls restart_syscall(2).
+        the syscall (ax=orig_ax, ip-=2); -ERESTART_RESTARTBLOCK calls restart_syscall(2), or, with
+        `reexecute` (for contexts entered through rt_sigreturn, which resets the restart block),
+        re-executes the original syscall (a relative timeout then starts over).
         """
         r = self.copy()
         if ctypes.c_int32(self.orig_ax & 0xFFFFFFFF).value >= 0:
             err = -signed64(self.ax)
             if err in RESTART_ERRNOS:
-                r.ax = NR.restart_syscall if err == 516 else self.orig_ax
+                r.ax = NR.restart_syscall if err == 516 and not reexecute else self.orig_ax
                 r.ip = self.ip - 2
         return r
 

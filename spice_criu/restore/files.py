@@ -231,7 +231,7 @@ def _plan_memfd(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
 
 def _kind_modules() -> None:
     """Import the modules that register planners for the other fd kinds."""
-    from . import pipes, sockets  # noqa: F401
+    from . import eventfds, pipes, sockets, tcp, tty  # noqa: F401
 
 
 def plan_files(imgdir: ImageDir, shmems: dict[int, ShmemPlan]) -> tuple[dict[int, FileObj], dict[str, Any]]:

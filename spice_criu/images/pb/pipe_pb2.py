@@ -22,19 +22,16 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from . import opts_pb2 as opts__pb2
 from . import fown_pb2 as fown__pb2
 
 
-DESCRIPTOR = _POOL.AddSerializedFile(b'\n\npipe.proto\x1a\nopts.proto\x1a\nfown.proto\"Z\n\npipe_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x0f\n\x07pipe_id\x18\x02 \x02(\r\x12\x14\n\x05\x66lags\x18\x03 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x19\n\x04\x66own\x18\x04 \x02(\x0b\x32\x0b.fown_entry')
+DESCRIPTOR = _POOL.AddSerializedFile(b'\n\npipe.proto\x1a\nfown.proto\"S\n\npipe_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x0f\n\x07pipe_id\x18\x02 \x02(\r\x12\r\n\x05\x66lags\x18\x03 \x02(\r\x12\x19\n\x04\x66own\x18\x04 \x02(\x0b\x32\x0b.fown_entry')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pipe_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PIPE_ENTRY'].fields_by_name['flags']._loaded_options = None
-  _globals['_PIPE_ENTRY'].fields_by_name['flags']._serialized_options = b'\322?\002\010\001'
-  _globals['_PIPE_ENTRY']._serialized_start=38
-  _globals['_PIPE_ENTRY']._serialized_end=128
+  _globals['_PIPE_ENTRY']._serialized_start=26
+  _globals['_PIPE_ENTRY']._serialized_end=109
 # @@protoc_insertion_point(module_scope)

@@ -22,21 +22,16 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from . import opts_pb2 as opts__pb2
 from . import fown_pb2 as fown__pb2
 
 
-DESCRIPTOR = _POOL.AddSerializedFile(b'\n\x0esignalfd.proto\x1a\nopts.proto\x1a\nfown.proto\"e\n\x0esignalfd_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x14\n\x05\x66lags\x18\x02 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x19\n\x04\x66own\x18\x03 \x02(\x0b\x32\x0b.fown_entry\x12\x16\n\x07sigmask\x18\x04 \x02(\x04\x42\x05\xd2?\x02\x08\x01')
+DESCRIPTOR = _POOL.AddSerializedFile(b'\n\x0esignalfd.proto\x1a\nfown.proto\"W\n\x0esignalfd_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\r\n\x05\x66lags\x18\x02 \x02(\r\x12\x19\n\x04\x66own\x18\x03 \x02(\x0b\x32\x0b.fown_entry\x12\x0f\n\x07sigmask\x18\x04 \x02(\x04')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'signalfd_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SIGNALFD_ENTRY'].fields_by_name['flags']._loaded_options = None
-  _globals['_SIGNALFD_ENTRY'].fields_by_name['flags']._serialized_options = b'\322?\002\010\001'
-  _globals['_SIGNALFD_ENTRY'].fields_by_name['sigmask']._loaded_options = None
-  _globals['_SIGNALFD_ENTRY'].fields_by_name['sigmask']._serialized_options = b'\322?\002\010\001'
-  _globals['_SIGNALFD_ENTRY']._serialized_start=42
-  _globals['_SIGNALFD_ENTRY']._serialized_end=143
+  _globals['_SIGNALFD_ENTRY']._serialized_start=30
+  _globals['_SIGNALFD_ENTRY']._serialized_end=117
 # @@protoc_insertion_point(module_scope)
