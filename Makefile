@@ -33,6 +33,10 @@ unit: setup
 test: setup lint compat-setup
 	$(PYTEST) -q tests compat-tests
 
+# spice vs real CRIU, same image dirs, same run (BENCH_N=10 runs per tool)
+bench: setup compat-setup
+	$(VPY) compat-tests/bench.py
+
 # checkpoint and restore a sample process
 demo: setup compat-setup
 	$(VPY) compat-tests/demo.py

@@ -4,8 +4,9 @@
 The modules are protoc gencode with two edits, so spice's schemas can live in one process beside
 pycriu's (same message names, no package): imports are package-relative and every file is added
 to a private descriptor pool instead of protobuf's default one. crit's per-field pretty-printing
-options ((criu).hex, .flags, .dict, ...) are extracted into `criu_opts.py`, a plain table, so the
-JSON converter never needs protobuf extension reflection.
+options ((criu).hex, .flags, .dict, ...) are extracted into `criu_opts.py`, a plain table, and left
+out of the compiled schemas (they change nothing on the wire): so loading an image never imports
+descriptor.proto's machinery, which would cost more than the image itself.
 """
 
 from __future__ import annotations
@@ -60,16 +61,33 @@ def criu_options(raw_field_options: bytes) -> dict[str, object]:
     return out
 
 
+_CRIU_OPTION = re.compile(r"\s*\[\(criu\)\.[^\]]*\]")
+_OPTS_IMPORT = re.compile(r'^import "opts\.proto";\n', re.M)
+
+
+def _wire_only(src: str) -> str:
+    """A schema without crit's pretty-printing options (and without importing their definition)."""
+    return _OPTS_IMPORT.sub("", _CRIU_OPTION.sub("", src))
+
+
 def main() -> int:
     from google.protobuf import descriptor_pb2
 
-    protos = sorted(p.name for p in HERE.glob("*.proto"))
+    protos = sorted(p.name for p in HERE.glob("*.proto") if p.name != "opts.proto")
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         dset = Path(tmp) / "all.pb"
         subprocess.run(
-            [sys.executable, "-m", "grpc_tools.protoc", f"-I{HERE}", f"--python_out={tmp}",
-             f"--descriptor_set_out={dset}", *protos],
+            [sys.executable, "-m", "grpc_tools.protoc", f"-I{HERE}", f"--descriptor_set_out={dset}",
+             "--include_imports", *protos],
+            check=True,
+        )
+        wire = Path(tmp) / "wire"
+        wire.mkdir()
+        for name in protos:
+            (wire / name).write_text(_wire_only((HERE / name).read_text()))
+        subprocess.run(
+            [sys.executable, "-m", "grpc_tools.protoc", f"-I{wire}", f"--python_out={tmp}", *protos],
             check=True,
         )
         for old in OUT.glob("*_pb2.py"):

@@ -8,6 +8,7 @@ and errors read like crit's.
 from __future__ import annotations
 
 import re
+from functools import cache
 
 IMG_COMMON = 0x54564319
 IMG_SERVICE = 0x55105940
@@ -176,12 +177,16 @@ _NAME_PATTERNS: list[tuple[str, str]] = [
     (r"stats-(dump|restore)", "STATS"),
     (r"irmap-cache", "IRMAP_CACHE"),
 ]
-_NAME_RES = [(re.compile(p + r"\Z"), m) for p, m in _NAME_PATTERNS]
+@cache
+def _name_regex() -> re.Pattern[str]:
+    """One regex with a named group per pattern, compiled on first use (start-up stays cheap)."""
+    return re.compile("|".join(f"(?P<m{i}>{p})" for i, (p, _) in enumerate(_NAME_PATTERNS)))
 
 
+@cache
 def magic_for_filename(filename: str) -> str | None:
     """The magic name CRIU puts in a file of this name, "RAW" for headerless images, None if unknown."""
-    for rx, name in _NAME_RES:
-        if rx.match(filename):
-            return name
-    return None
+    m = _name_regex().fullmatch(filename)
+    if m is None:
+        return None
+    return _NAME_PATTERNS[int(m.lastgroup[1:])][1]
