@@ -2,7 +2,7 @@
 """Sockets: TCP/UDP (unconnected, bound, listening) and unix socket pairs / listeners, with
 their options and, for unix sockets, the packets still queued (sk-queues.img).
 
-Established TCP connections need TCP_REPAIR (--tcp-established); they are refused up front.
+Established TCP connections (TCP_REPAIR, --tcp-established) are planned by tcp.py.
 """
 
 from __future__ import annotations
@@ -130,7 +130,9 @@ def _plan_inet(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
     sk = e.isk
     obj = InetSocket(sk.id, sk.flags, e=sk)
     if sk.proto == socket.IPPROTO_TCP and sk.state not in (TCP_LISTEN, TCP_CLOSE):
-        return _refuse(obj, "established TCP connections need --tcp-established (not supported yet)")
+        from .tcp import plan_established  # connections: TCP_REPAIR, --tcp-established
+
+        return plan_established(sk, imgdir)
     if sk.family not in (socket.AF_INET, socket.AF_INET6):
         return _refuse(obj, f"address family {sk.family}")
     return obj

@@ -1,0 +1,360 @@
+# SPDX-License-Identifier: MIT
+"""Established TCP connections (--tcp-established), rebuilt with TCP_REPAIR as CRIU 4.2 does.
+
+Per connection (inet_sk_entry + tcp-stream-<ino>.img): a socket in repair mode gets both queue
+sequence numbers (rcv_nxt - inq_len, write_seq - outq_len), is bound and "connected" without a
+handshake, gets the negotiated options (SACK, window scales, timestamps, MSS clamp) and the
+timestamp offset, its receive queue and the sent-but-unacknowledged part of its send queue written
+in repair mode, then the never-sent tail written normally, then the window state
+(TCP_REPAIR_WINDOW), TCP_NODELAY/TCP_CORK, file flags and socket options.
+
+Like CRIU, the sockets stay in repair mode (silent: no packets) until every task is complete; then
+the network lock the dump left (nftables table ``inet CRIU-<dump run id>``, or iptables DROP rules)
+is removed and repair mode is switched off (which sends a window probe), SO_REUSEADDR back to its
+dumped value, just before the tasks resume. A failed restore leaves the lock in place, as CRIU does.
+Half-closed connections (FIN_WAIT*, CLOSE_WAIT, LAST_ACK, CLOSING) are refused up front.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..errors import ImageError, SpiceError
+from ..images.imagedir import ImageDir
+from ..log import log
+from .eventfds import restore_file_params
+from .files import FileObj, OpenContext
+
+TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ, TCP_REPAIR_OPTIONS = 19, 20, 21, 22
+TCP_TIMESTAMP, TCP_REPAIR_WINDOW = 24, 29
+TCP_RECV_QUEUE, TCP_SEND_QUEUE = 1, 2
+TCPOPT_MAXSEG, TCPOPT_WINDOW, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP = 2, 3, 4, 8
+TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+TCP_ESTABLISHED = 1
+TCP_STATES = {2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT", 8: "CLOSE_WAIT",
+              9: "LAST_ACK", 11: "CLOSING", 12: "NEW_SYN_RECV"}
+NETWORK_LOCK = {0: "iptables", 1: "nftables", 2: "skip"}
+
+
+def tcp_option(ctx: OpenContext, name: str) -> bool:
+    """A restore option (--tcp-established, --tcp-close) as the caller gave it.
+
+    The restore context carries the options when run.py hands them over (ctx.options); until then
+    the criu-style command line being run is asked."""
+    o = getattr(ctx, "options", None)
+    if o is not None:
+        return bool(getattr(o, name, False))
+    try:
+        import click
+
+        c = click.get_current_context(silent=True)
+    except ImportError:  # pragma: no cover - click is a dependency
+        c = None
+    return bool(c is not None and c.params.get(name))
+
+
+def _addr(family: int, words) -> str:
+    raw = struct.pack(f"<{len(words)}I", *words)
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    return socket.inet_ntop(socket.AF_INET6, raw.ljust(16, b"\0")[:16])
+
+
+@dataclass
+class TcpConn(FileObj):
+    e: Any = None  # inet_sk_entry
+    stream: Any = None  # tcp_stream_entry
+    inq: bytes = b""
+    outq: bytes = b""
+    kind: ClassVar[str] = "TCP connection"
+
+    def describe(self) -> str:
+        e = self.e
+        return (f"TCP connection socket:[{e.ino}] {_addr(e.family, e.src_addr)}:{e.src_port} -> "
+                f"{_addr(e.family, e.dst_addr)}:{e.dst_port} (file id {self.id})")
+
+    def open(self, ctx: OpenContext) -> int:
+        if not tcp_option(ctx, "tcp_established"):
+            raise SpiceError("sockets", f"{self.describe()}: connected TCP socket in image: restore with "
+                             "--tcp-established")
+        e = self.e
+        s = socket.socket(e.family, e.type, e.proto)
+        try:
+            self._rebuild(s)
+            fd = s.detach()
+        except OSError as err:
+            s.close()
+            raise SpiceError("sockets", f"{self.describe()}: {err.strerror or err}") from None
+        restore_file_params(fd, self.flags, e.fown, self.describe())
+        _finisher(ctx).add(fd, bool(e.opts.reuseaddr), self)
+        return fd
+
+    def _rebuild(self, s: socket.socket) -> None:
+        from .sockets import _apply_opts
+
+        e, t = self.e, self.stream
+        s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
+        # several sockets may share a port (accepted ones and their listener): CRIU binds them all
+        # with SO_REUSEADDR and puts the dumped value back at the end
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if e.family == socket.AF_INET6 and e.HasField("v6only"):
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(e.v6only))
+        _queue_seq(s, TCP_RECV_QUEUE, t.inq_seq - t.inq_len)
+        _queue_seq(s, TCP_SEND_QUEUE, t.outq_seq - t.outq_len)
+        s.bind((_addr(e.family, e.src_addr), e.src_port))
+        s.connect((_addr(e.family, e.dst_addr), e.dst_port))  # repair mode: no handshake
+        opts = []
+        if t.opt_mask & TCPI_OPT_SACK:
+            opts.append((TCPOPT_SACK_PERM, 0))
+        if t.opt_mask & TCPI_OPT_WSCALE:
+            opts.append((TCPOPT_WINDOW, t.snd_wscale + (t.rcv_wscale << 16)))
+        if t.opt_mask & TCPI_OPT_TIMESTAMPS:
+            opts.append((TCPOPT_TIMESTAMP, 0))
+        opts.append((TCPOPT_MAXSEG, t.mss_clamp))
+        s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_OPTIONS, b"".join(struct.pack("II", c, v) for c, v in opts))
+        if t.opt_mask & TCPI_OPT_TIMESTAMPS and t.HasField("timestamp"):
+            s.setsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP, t.timestamp)
+        # CRIU's restore_prepare_socket: room for the queues, and never block while filling them
+        s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 0x7FFFFFFF // 2)
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 0x7FFFFFFF // 2)
+        s.setblocking(False)
+        if t.inq_len:
+            s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
+            _send_all(s, self.inq)
+        unsent = t.unsq_len if t.HasField("unsq_len") else 0
+        sent = t.outq_len - unsent
+        if sent:
+            s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+            _send_all(s, self.outq[:sent])
+        if unsent:  # never left this host: queued the ordinary way
+            s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 0)
+            _send_all(s, self.outq[sent:])
+            s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
+        if t.HasField("snd_wnd"):
+            s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_WINDOW,
+                         struct.pack("5I", t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, t.rcv_wup))
+        if t.nodelay:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if t.cork:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        # then the socket's own options, buffer sizes included (after the queues, as CRIU)
+        _apply_opts(s, e.opts, self.describe())
+        if e.HasField("tcp_opts"):
+            to = e.tcp_opts
+            for opt, v in ((socket.TCP_KEEPCNT, to.keepcnt), (socket.TCP_KEEPIDLE, to.keepidle),
+                           (socket.TCP_KEEPINTVL, to.keepintvl)):
+                if v:
+                    s.setsockopt(socket.IPPROTO_TCP, opt, v)
+        if e.HasField("ip_opts") and e.ip_opts.HasField("tos") and e.ip_opts.tos:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, e.ip_opts.tos)
+
+
+def _queue_seq(s: socket.socket, queue: int, seq: int) -> None:
+    s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, queue)
+    s.setsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ, struct.pack("I", seq & 0xFFFFFFFF))
+
+
+def _send_all(s: socket.socket, data: bytes) -> None:
+    """Queue data; in repair mode the kernel wants linear skbs, so halve the chunk on ENOMEM."""
+    chunk = max(len(data), 1)
+    off = 0
+    while off < len(data):
+        try:
+            n = s.send(data[off : off + chunk])
+        except OSError as err:
+            if chunk > 1024:
+                chunk //= 2
+                continue
+            raise OSError(err.errno, f"queueing {len(data) - off} of {len(data)} bytes: {err.strerror}") from None
+        off += n
+
+
+class _Finisher:
+    """Runs once every task is complete (from the restore context's cleanup): unlock, repair off."""
+
+    def __init__(self, ctx: OpenContext) -> None:
+        self.ctx = ctx
+        self.socks: list[tuple[int, bool, TcpConn]] = []
+
+    def add(self, fd: int, reuseaddr: bool, conn: TcpConn) -> None:
+        self.socks.append((os.dup(fd), reuseaddr, conn))
+
+    def __call__(self) -> None:
+        failed = sys.exc_info()[0] is not None  # running while a failed restore unwinds
+        try:
+            if not failed:
+                network_unlock(self.ctx.imgdir, [c for _, _, c in self.socks])
+                for fd, reuse, conn in self.socks:
+                    s = socket.socket(fileno=os.dup(fd))
+                    try:
+                        s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 0)
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse))
+                    except OSError as err:
+                        log.error("sockets", f"{conn.describe()}: leaving repair mode: {err.strerror}")
+                    finally:
+                        s.close()
+        finally:
+            for fd, _, _ in self.socks:
+                os.close(fd)
+
+
+def _finisher(ctx: OpenContext) -> _Finisher:
+    cache = ctx.kind_cache("tcp")
+    if "finisher" not in cache:
+        cache["finisher"] = f = _Finisher(ctx)
+        ctx.cleanup.append(f)
+    return cache["finisher"]
+
+
+# ---------------------------------------------------------------- the network lock of the dump
+
+
+def network_unlock(imgdir: ImageDir, conns: list[TcpConn]) -> None:
+    """Remove what `criu dump --tcp-established` left to keep the connections' packets away."""
+    inv = imgdir.one("inventory.img")
+    method = inv.network_lock_method if inv.HasField("network_lock_method") else 0
+    if method == 1:
+        if not inv.dump_criu_run_id:
+            log.warn("sockets", "nftables network lock without a dump run id: nothing to unlock")
+            return
+        table = nft_lock_table(inv.dump_criu_run_id)
+        try:
+            nft_delete_table(NFPROTO_INET, table)
+        except OSError as err:
+            log.warn("sockets", f"can't remove the dump's nftables lock (table inet {table}): {err.strerror}")
+    elif method == 0:
+        for c in conns:
+            _iptables_unlock(c)
+
+
+def _iptables_unlock(c: TcpConn) -> None:
+    """CRIU's iptables lock: a DROP rule per direction of each connection."""
+    e = c.e
+    tool = shutil.which("iptables" if e.family == socket.AF_INET else "ip6tables")
+    if tool is None:
+        log.warn("sockets", f"{c.describe()}: no iptables to remove the dump's network lock with")
+        return
+    src, dst = _addr(e.family, e.src_addr), _addr(e.family, e.dst_addr)
+    for chain, (a, ap, b, bp) in (("INPUT", (dst, e.dst_port, src, e.src_port)),
+                                  ("OUTPUT", (src, e.src_port, dst, e.dst_port))):
+        cmd = [tool, "-w", "-t", "filter", "-D", chain, "--protocol", "tcp", "--source", a, "--sport", str(ap),
+               "--destination", b, "--dport", str(bp), "-j", "DROP"]
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if r.returncode:
+            log.warn("sockets", f"{' '.join(cmd)}: {r.stderr.strip()}")
+
+
+# ---------------------------------------------------------------- planning
+
+
+def plan_established(sk: Any, imgdir: ImageDir) -> FileObj:
+    """The FileObj for a connected TCP socket of files.img (called by sockets.py's INETSK planner)."""
+    from .files import Unsupported
+
+    obj = TcpConn(sk.id, sk.flags, e=sk)
+    if sk.state != TCP_ESTABLISHED:
+        state = TCP_STATES.get(sk.state, str(sk.state))
+        return Unsupported(sk.id, sk.flags, type_name=f"{obj.describe()} in state {state}: only established "
+                           "TCP connections are supported;")
+    name = f"tcp-stream-{sk.ino:x}.img"
+    if not imgdir.exists(name):
+        raise ImageError(imgdir / name, f"missing: {obj.describe()} needs it")
+    img = imgdir.load(name)
+    if len(img.entries) != 1:
+        raise ImageError(imgdir / name, f"{len(img.entries)} entries, expected 1")
+    ent = img.entries[0]
+    obj.stream = ent.msg
+    obj.inq, obj.outq = ent.extra or (b"", b"")
+    t = obj.stream
+    if t.HasField("unsq_len") and t.unsq_len > t.outq_len:
+        raise ImageError(imgdir / name, f"unsent length {t.unsq_len} exceeds the send queue ({t.outq_len})")
+    return obj
+
+
+# ---------------------------------------------------------------- nftables over raw nfnetlink
+# (what CRIU does through libnftables: `delete table inet CRIU-<id>`; no library or nft binary needed)
+
+NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES = 12, 10
+NFT_MSG_GETTABLE, NFT_MSG_DELTABLE = 1, 2
+NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 1, 4, 0x300
+NFTA_TABLE_NAME = 1
+NFPROTO_UNSPEC, NFPROTO_INET = 0, 1
+
+
+def _nlmsg(mtype: int, flags: int, seq: int, family: int, res_id: int = 0, attrs: bytes = b"") -> bytes:
+    body = struct.pack("!BBH", family, 0, res_id) + attrs
+    return struct.pack("=IHHII", 16 + len(body), mtype, flags, seq, 0) + body
+
+
+def _nla_str(kind: int, value: str) -> bytes:
+    data = value.encode() + b"\0"
+    pad = (4 - len(data) % 4) % 4
+    return struct.pack("=HH", 4 + len(data), kind) + data + b"\0" * pad
+
+
+def _nl_messages(buf: bytes):
+    off = 0
+    while off + 16 <= len(buf):
+        length, mtype, _flags, seq, _pid = struct.unpack_from("=IHHII", buf, off)
+        if length < 16:
+            break
+        yield mtype, seq, buf[off + 16 : off + length]
+        off += (length + 3) & ~3
+
+
+def nft_lock_table(run_id: str) -> str:
+    """CRIU's lock table name: snprintf("inet CRIU-%s", run id) into a 32-byte buffer."""
+    return ("inet CRIU-" + run_id)[:31].removeprefix("inet ")
+
+
+def nft_delete_table(family: int, name: str) -> None:
+    """`nft delete table <family> <name>` (OSError ENOENT if there is none)."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as nl:
+        nl.settimeout(5)
+        batch = (_nlmsg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 1, NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES)
+                 + _nlmsg(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_DELTABLE, NLM_F_REQUEST | NLM_F_ACK, 2, family,
+                          attrs=_nla_str(NFTA_TABLE_NAME, name))
+                 + _nlmsg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 3, NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES))
+        nl.send(batch)
+        while True:
+            for mtype, seq, body in _nl_messages(nl.recv(65536)):
+                if mtype == NLMSG_ERROR and seq == 2:
+                    err = -struct.unpack_from("=i", body)[0]
+                    if err:
+                        raise OSError(err, os.strerror(err))
+                    return
+
+
+def nft_tables(family: int = NFPROTO_UNSPEC) -> list[str]:
+    """Names of the nftables tables of a family (`nft list tables`)."""
+    out = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as nl:
+        nl.settimeout(5)
+        nl.send(_nlmsg(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE, NLM_F_REQUEST | NLM_F_DUMP, 1, family))
+        while True:
+            for mtype, _seq, body in _nl_messages(nl.recv(65536)):
+                if mtype == NLMSG_DONE:
+                    return out
+                if mtype == NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", body)[0]
+                    if err:
+                        raise OSError(err, os.strerror(err))
+                    continue
+                off = 4  # nfgenmsg
+                while off + 4 <= len(body):
+                    alen, atype = struct.unpack_from("=HH", body, off)
+                    if alen < 4:
+                        break
+                    if atype & 0x3FFF == NFTA_TABLE_NAME:
+                        out.append(body[off + 4 : off + alen].rstrip(b"\0").decode())
+                    off += (alen + 3) & ~3
