@@ -22,6 +22,8 @@
 #include <linux/ktime.h>
 #include <linux/device.h>
 #include <linux/sysfs.h>
+#include <linux/signal.h>
+#include <linux/mm_types.h>
 #include "spice_internal.h"
 
 enum spice_stat {
@@ -290,9 +292,33 @@ static struct miscdevice spice_dev = {
 	.groups = spice_groups,
 };
 
+/* the ABI is fixed: a layout change must bump SPICE_ABI_VERSION */
+static void __init spice_abi_checks(void)
+{
+	BUILD_BUG_ON(sizeof(struct spice_version) != 88);
+	BUILD_BUG_ON(sizeof(struct spice_table) != 16);
+	BUILD_BUG_ON(sizeof(struct spice_file) != 16);
+	BUILD_BUG_ON(sizeof(struct spice_vma) != 48);
+	BUILD_BUG_ON(sizeof(struct spice_source) != 32);
+	BUILD_BUG_ON(sizeof(struct spice_ws) != 24);
+	BUILD_BUG_ON(sizeof(struct spice_range) != 16);
+	BUILD_BUG_ON(sizeof(struct spice_mm) != 608);
+	BUILD_BUG_ON(sizeof(struct spice_sigaction) != 32);
+	BUILD_BUG_ON(sizeof(struct spice_task) != 2128);
+	BUILD_BUG_ON(sizeof(struct spice_regs) != 27 * 8);
+	BUILD_BUG_ON(sizeof(struct spice_restore) != 3144);
+	BUILD_BUG_ON(offsetof(struct spice_restore, regs) != 2864);
+	BUILD_BUG_ON(sizeof(struct spice_sigaction) != sizeof(struct sigaction));
+	BUILD_BUG_ON(SPICE_NSIG != _NSIG);
+	BUILD_BUG_ON(SPICE_AUXV_WORDS < AT_VECTOR_SIZE);
+}
+
 static int __init spice_init(void)
 {
-	int ret = misc_register(&spice_dev);
+	int ret;
+
+	spice_abi_checks();
+	ret = misc_register(&spice_dev);
 
 	if (!ret)
 		pr_info("spice: /dev/spice ready (ABI %d)\n", SPICE_ABI_VERSION);

@@ -186,12 +186,14 @@ void spice_prefault(struct spice_ctx *c)
 		return;
 	for (i = 0; i < c->nws; i++) {
 		const struct spice_ws *w = &c->ws[i];
-		u32 prot = c->vmas[c->ws_vma[i]].prot;
+		const struct spice_vma *v = &c->vmas[c->ws_vma[i]];
+		/* pre-COW is for private memory: never dirty shared pages */
+		bool cow = (w->flags & SPICE_WS_WRITE) && (v->prot & PROT_WRITE) &&
+			   (v->flags & MAP_TYPE) == MAP_PRIVATE;
 
-		if (!(prot & PROT_READ))
+		if (!(v->prot & PROT_READ))
 			continue;	/* nothing to prefault in PROT_NONE */
-		prefault_range(c, w->start, w->nr_pages,
-			       (w->flags & SPICE_WS_WRITE) && (prot & PROT_WRITE));
+		prefault_range(c, w->start, w->nr_pages, cow);
 	}
 	if (policy == SPICE_PREFAULT_ALL) {
 		for (i = 0; i < c->nsrcs; i++) {

@@ -144,7 +144,7 @@ int spice_req_load(struct spice_ctx *c, const void __user *uarg)
 		if (xlen < 576)	/* legacy area + xsave header */
 			return -EINVAL;
 		size = ALIGN(max_t(u32, size, 4096), 64);
-		c->xbuf = kvzalloc(size, GFP_KERNEL_ACCOUNT);
+		c->xbuf = kvzalloc(size, GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
 		if (!c->xbuf)
 			return -ENOMEM;
 		c->xbuf_size = size;
@@ -230,7 +230,8 @@ static int check_files(struct spice_ctx *c)
 	c->err_table = SPICE_ERR_FILES;
 	if (!c->nfiles)
 		return 0;
-	c->files = kvcalloc(c->nfiles, sizeof(*c->files), GFP_KERNEL_ACCOUNT);
+	c->files = kvcalloc(c->nfiles, sizeof(*c->files),
+			    GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
 	if (!c->files)
 		return -ENOMEM;
 	for (i = 0; i < c->nfiles; i++) {
@@ -341,7 +342,8 @@ static int check_vmas(struct spice_ctx *c)
 	int ret;
 
 	c->err_table = SPICE_ERR_VMAS;
-	c->vma_copy = kvzalloc(max(c->nvmas, 1U), GFP_KERNEL_ACCOUNT);
+	c->vma_copy = kvzalloc(max(c->nvmas, 1U),
+			       GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
 	if (!c->vma_copy)
 		return -ENOMEM;
 	for (i = 0; i < c->nvmas; i++) {
@@ -400,7 +402,8 @@ static int check_sources(struct spice_ctx *c)
 	c->err_table = SPICE_ERR_SOURCES;
 	if (!c->nsrcs)
 		return 0;
-	c->src_vma = kvmalloc_array(c->nsrcs, sizeof(u32), GFP_KERNEL_ACCOUNT);
+	c->src_vma = kvmalloc_array(c->nsrcs, sizeof(u32),
+				    GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
 	if (!c->src_vma)
 		return -ENOMEM;
 	for (i = 0; i < c->nsrcs; i++) {
@@ -457,7 +460,8 @@ static int check_ws(struct spice_ctx *c, u32 policy)
 		return 0;
 	if (policy == SPICE_PREFAULT_NONE)
 		return -EINVAL;
-	c->ws_vma = kvmalloc_array(c->nws, sizeof(u32), GFP_KERNEL_ACCOUNT);
+	c->ws_vma = kvmalloc_array(c->nws, sizeof(u32),
+				   GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
 	if (!c->ws_vma)
 		return -ENOMEM;
 	for (i = 0; i < c->nws; i++) {
