@@ -297,10 +297,14 @@ class FrozenTree:
                 if _status_field(pid, "Seccomp") == "2":
                     options |= pt.O_SUSPEND_SECCOMP
                 for tid in live:
-                    if tid not in self.tasks and self._seize(pid, tid, options):
+                    if tid in self.tasks:
+                        continue
+                    if self._seize(pid, tid, options):
                         pending.add(tid)
-                        changed = True
+                    changed = True  # seized, or exiting under our hands: look again
             self._wait_stops(pending, deadline)
+            if changed and time.monotonic() > deadline:
+                raise SpiceError("dump", f"Timed out after {self.timeout:g}s freezing the tree of pid {self.root}")
             for pid, proc in list(self.processes.items()):
                 if proc.zombie:
                     continue
