@@ -101,10 +101,11 @@ class TcpConn(FileObj):
         from .sockets import _apply_opts
 
         e, t = self.e, self.stream
-        s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
-        # several sockets may share a port (accepted ones and their listener): CRIU binds them all
-        # with SO_REUSEADDR and puts the dumped value back at the end
+        # several sockets may share a port (accepted ones and their listener): CRIU sets
+        # SO_REUSEADDR on them all and puts the dumped value back at the end; repair mode (set after
+        # it, which would otherwise reset it) binds a busy port regardless (SK_FORCE_REUSE)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
         if e.family == socket.AF_INET6 and e.HasField("v6only"):
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(e.v6only))
         _queue_seq(s, TCP_RECV_QUEUE, t.inq_seq - t.inq_len)
@@ -121,7 +122,7 @@ class TcpConn(FileObj):
         opts.append((TCPOPT_MAXSEG, t.mss_clamp))
         s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_OPTIONS, b"".join(struct.pack("II", c, v) for c, v in opts))
         if t.opt_mask & TCPI_OPT_TIMESTAMPS and t.HasField("timestamp"):
-            s.setsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP, t.timestamp)
+            s.setsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP, struct.pack("I", t.timestamp))
         # CRIU's restore_prepare_socket: room for the queues, and never block while filling them
         s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 0x7FFFFFFF // 2)
         s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 0x7FFFFFFF // 2)
