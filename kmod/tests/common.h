@@ -93,6 +93,7 @@ void test_restore(uint32_t policy, int copy_all);
 void test_errors(void);
 void test_kill_after_teardown(void);
 void test_fuzz(unsigned int n);
+void test_variants(void);
 
 /* a small valid request that restores into "exit_group(77)" */
 struct mini {

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include "common.h"
 
@@ -106,10 +107,18 @@ static void mutate(uint8_t *buf, size_t len)
 	}
 }
 
-static __attribute__((noreturn)) void worker(const uint8_t *base, size_t len, unsigned int n)
+static __attribute__((noreturn)) void worker(const uint8_t *base, size_t len, unsigned int n,
+					     int limit_as)
 {
 	static uint8_t buf[1 << 16];
 	unsigned int i;
+
+	if (limit_as) {
+		/* every accepted real request then fails after the teardown */
+		struct rlimit rl = { 4096, 4096 };
+
+		setrlimit(RLIMIT_AS, &rl);
+	}
 
 	for (;;) {
 		i = __atomic_fetch_add(&g_cnt->fuzz_next, 1, __ATOMIC_SEQ_CST);
@@ -169,7 +178,7 @@ void test_fuzz(unsigned int n)
 		fflush(stdout);
 		pid = fork();
 		if (!pid)
-			worker((const uint8_t *)base, len, n);
+			worker((const uint8_t *)base, len, n, forks % 3 == 2);
 		forks++;
 		waitpid(pid, &st, 0);
 		if (WIFEXITED(st) && WEXITSTATUS(st) == MINI_EXIT)

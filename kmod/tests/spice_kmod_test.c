@@ -67,6 +67,7 @@ int main(int argc, char **argv)
 	for (p = SPICE_PREFAULT_NONE; p <= SPICE_PREFAULT_ALL; p++)
 		test_restore(p, 0);
 	test_restore(SPICE_PREFAULT_WS, 1);
+	test_variants();
 	test_errors();
 	test_kill_after_teardown();
 	t = now();
