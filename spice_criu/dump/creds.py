@@ -1,0 +1,76 @@
+# SPDX-License-Identifier: MIT
+"""Credentials and the other per-process knobs: creds/caps/securebits/seccomp mode per thread, and
+rlimits, personality, loginuid, oom_score_adj, child subreaper, membarrier registrations per task.
+
+Mirror of restore/creds.py. Ids, groups and capability sets come from /proc/PID/task/TID/status
+(what CRIU's parasite gets from getresuid/capget); only securebits (per thread) and the subreaper and
+membarrier registrations (per process) need a syscall inside the task.
+"""
+
+from __future__ import annotations
+
+import resource
+
+from google.protobuf.message import Message
+
+from ..errors import SpiceError
+from ..inject import Remote
+from ..linux.syscalls import NR
+from . import proc
+
+PR_GET_CHILD_SUBREAPER = 37
+MEMBARRIER_CMD_GET_REGISTRATIONS = 1 << 9
+RLIM_NLIMITS = 16
+RLIM_INFINITY_IMG = (1 << 64) - 1
+SECCOMP_MODES = {0: "disabled", 1: "strict", 2: "filter"}
+
+
+def fill_creds(core: Message, status: dict[str, str], secbits: int) -> None:
+    c = core.thread_core.creds
+    uids = [int(x) for x in status["Uid"].split()]
+    gids = [int(x) for x in status["Gid"].split()]
+    c.uid, c.euid, c.suid, c.fsuid = uids
+    c.gid, c.egid, c.sgid, c.fsgid = gids
+    c.cap_inh.extend(proc.caps_words(status["CapInh"]))
+    c.cap_prm.extend(proc.caps_words(status["CapPrm"]))
+    c.cap_eff.extend(proc.caps_words(status["CapEff"]))
+    c.cap_bnd.extend(proc.caps_words(status["CapBnd"]))
+    c.secbits = secbits
+    c.groups.extend(int(g) for g in status.get("Groups", "").split())
+    if status.get("NoNewPrivs", "0") != "0":
+        c.no_new_privs = int(status["NoNewPrivs"])
+    c.cap_amb.extend(proc.caps_words(status.get("CapAmb", "0")))
+
+
+def seccomp_mode(status: dict[str, str]) -> int:
+    return int(status.get("Seccomp", "0"))
+
+
+def collect_task_in_task(r: Remote, tc: Message) -> None:
+    """child subreaper and membarrier registrations (prctl / membarrier inside the task)."""
+    r.check(NR.prctl, PR_GET_CHILD_SUBREAPER, r.scratch, 0, 0, 0)
+    tc.child_subreaper = bool(int.from_bytes(r.read(r.scratch, 4), "little"))
+    mask = r.syscall(NR.membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0)
+    if mask > 0:
+        tc.membarrier_registration_mask = mask
+
+
+def _read_int(path: str, what: str) -> int:
+    return int(proc.read_text(path, what).split()[0])
+
+
+def fill_task_knobs(pid: int, tc: Message) -> None:
+    """rlimits, personality, loginuid, oom_score_adj (all readable from outside)."""
+    for res in range(RLIM_NLIMITS):
+        try:
+            cur, mx = resource.prlimit(pid, res)
+        except OSError as e:
+            raise SpiceError("dump", f"task {pid}: can't get rlimit {res}: {e.strerror}") from None
+        tc.rlimits.rlimits.add(cur=RLIM_INFINITY_IMG if cur == resource.RLIM_INFINITY else cur,
+                               max=RLIM_INFINITY_IMG if mx == resource.RLIM_INFINITY else mx)
+    tc.personality = int(proc.read_text(f"/proc/{pid}/personality", f"task {pid}").strip(), 16)
+    try:
+        tc.loginuid = _read_int(f"/proc/{pid}/loginuid", f"task {pid}")
+    except SpiceError:
+        pass
+    tc.oom_score_adj = _read_int(f"/proc/{pid}/oom_score_adj", f"task {pid}")

@@ -1,0 +1,527 @@
+# SPDX-License-Identifier: MIT
+"""The file table: files.img objects, and each task's fd table (fdinfo-<files_id>.img).
+
+Mirror of restore/files.py. Every open file description is dumped once, under an id shared by every
+fd (in any task) that refers to it; files reached otherwise (mappings, exe, cwd, root) get ids by
+device and inode, as CRIU's fd_id_generate_special does. An fd is classified by what it is (regular
+file, pipe, socket, eventfd...) and handed to the dumper registered for that kind with @dumper; kinds
+live in their own modules (pipes.py, sockets.py, eventfds.py, tty.py). An fd nobody handles fails the
+dump, naming the task, the fd and the object. This module holds the registry, the fd-table walk and
+regular files: directories, devices, deleted-but-open files (ghost files) and memfds.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import importlib
+import importlib.util
+import os
+import socket
+import stat
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from google.protobuf.message import Message
+
+from ..errors import SpiceError
+from ..images import codec
+from ..linux import kcmp, pidfd
+from . import proc
+
+if TYPE_CHECKING:
+    from .run import DumpContext
+
+O_ACCMODE, O_WRONLY, O_APPEND, O_CLOEXEC, O_PATH = 0o3, 0o1, 0o2000, 0o2000000, 0o10000000
+FD_CLOEXEC = 1
+F_GETSIG, F_GETOWN_EX, F_GETOWNER_UIDS = 11, 16, 17
+BUILD_ID_MAP_SIZE = 1 << 20
+NT_GNU_BUILD_ID, PT_NOTE = 3, 4
+GHOST_CHUNKS_THRESH = 3 * 4096
+DELETED = " (deleted)"
+MEMFD_PREFIX = "/memfd:"
+REMAP_GHOST = 1
+
+
+# ------------------------------------------------------------------------------------------ file ids
+
+
+class FileIds:
+    """CRIU's one id sequence for file objects (fd_tree.subid), and its two ways to share an id."""
+
+    def __init__(self) -> None:
+        self.next = 1
+        self._special: dict[tuple[int, int], int] = {}  # (dev, ino) -> id
+        self._descs: dict[tuple[int, int, int], list[tuple[int, int, int]]] = {}  # genid -> [(pid, fd, id)]
+        self.kinds: dict[int, str] = {}  # id -> fd type name of its entry
+
+    def new(self) -> int:
+        i = self.next
+        self.next += 1
+        return i
+
+    def special(self, st: os.stat_result) -> tuple[int, bool]:
+        """Id of a file met through a mapping or the exe link: shared by device and inode."""
+        key = (st.st_dev, st.st_ino)
+        fid = self._special.get(key)
+        if fid is not None:
+            return fid, False
+        fid = self._special[key] = self.new()
+        return fid, True
+
+    def description(self, pid: int, fd: int, st: os.stat_result, pos: int) -> tuple[int, bool]:
+        """Id of the open file description behind pid's fd: equal for every fd kcmp says is the same."""
+        gen = (st.st_dev, st.st_ino, pos)
+        seen = self._descs.setdefault(gen, [])
+        for opid, ofd, oid in seen:
+            try:
+                if kcmp.same(pid, opid, kcmp.KCMP_FILE, fd, ofd):
+                    return oid, False
+            except OSError:
+                continue
+        fid = self.new()
+        seen.append((pid, fd, fid))
+        self._special.setdefault((st.st_dev, st.st_ino), fid)
+        return fid, True
+
+
+# ------------------------------------------------------------------------------------------ registry
+
+
+@dataclass
+class OpenFd:
+    """One fd of a frozen task, with a copy of it in spice (pidfd_getfd) to inspect."""
+
+    ctx: DumpContext
+    pid: int
+    fd: int
+    lfd: int  # our duplicate of the file description
+    st: os.stat_result
+    info: proc.FdInfo
+    link: str  # what /proc/PID/fd/N points to
+
+    @property
+    def flags(self) -> int:
+        """The description's open flags (F_GETFL), as CRIU records them."""
+        return self.info.flags & ~O_CLOEXEC
+
+    def describe(self) -> str:
+        return f"task {self.pid}: fd {self.fd} is {self.link}"
+
+
+#: fd kind -> dumper(fd, file id) -> fd_types name of the entry it wrote
+Dumper = Callable[[OpenFd, int], str]
+DUMPERS: dict[str, Dumper] = {}
+#: modules that register dumpers for more kinds (loaded when present)
+KIND_MODULES = ("pipes", "sockets", "eventfds", "tty")
+
+
+def dumper(kind: str):
+    def reg(fn: Dumper) -> Dumper:
+        DUMPERS[kind] = fn
+        return fn
+
+    return reg
+
+
+def _load_kind_modules() -> None:
+    for name in KIND_MODULES:
+        mod = f"{__package__}.{name}"
+        if importlib.util.find_spec(mod) is not None:
+            importlib.import_module(mod)
+
+
+_ANON_KINDS = {"[eventfd]": "eventfd", "[eventpoll]": "eventpoll", "[timerfd]": "timerfd",
+               "[signalfd]": "signalfd", "inotify": "inotify", "[fanotify]": "fanotify", "[pidfd]": "pidfd",
+               "bpf-map": "bpfmap", "[userfaultfd]": "userfaultfd", "[io_uring]": "io_uring"}
+TTY_MAJORS = {4, 5, 136, 137, 138, 139, 140, 141, 142, 143}
+
+
+def classify(link: str, st: os.stat_result, shmem_dev: int) -> str:
+    """The kind of object an fd refers to (the key of DUMPERS)."""
+    mode = st.st_mode
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISFIFO(mode):
+        return "pipe" if link.startswith("pipe:") else "fifo"
+    if stat.S_ISCHR(mode) and os.major(st.st_rdev) in TTY_MAJORS:
+        return "tty"
+    if link.startswith("anon_inode:"):
+        return _ANON_KINDS.get(link[len("anon_inode:"):], "anon_inode")
+    if st.st_dev == shmem_dev and link.startswith(MEMFD_PREFIX):
+        return "memfd"
+    if link.startswith("/"):
+        return "reg"
+    return "unknown"
+
+
+def socket_details(lfd: int) -> str:
+    """What a socket is, for error messages: TCP, UDP, unix stream..."""
+    try:
+        s = socket.socket(fileno=os.dup(lfd))
+    except OSError:
+        return "socket"
+    try:
+        fam, typ = s.family, s.type
+        if fam in (socket.AF_INET, socket.AF_INET6):
+            return {socket.SOCK_STREAM: "TCP", socket.SOCK_DGRAM: "UDP", socket.SOCK_RAW: "raw IP"}.get(typ, "inet")
+        if fam == socket.AF_UNIX:
+            return {socket.SOCK_STREAM: "unix stream", socket.SOCK_DGRAM: "unix dgram",
+                    socket.SOCK_SEQPACKET: "unix seqpacket"}.get(typ, "unix")
+        return {socket.AF_NETLINK: "netlink", getattr(socket, "AF_PACKET", 17): "packet"}.get(fam, f"family {fam}")
+    finally:
+        s.close()
+
+
+def fown(lfd: int) -> dict[str, int]:
+    """The F_SETOWN state of a description (CRIU's fill_fds_fown)."""
+    out = {"uid": 0, "euid": 0, "signum": 0, "pid_type": 0, "pid": 0}
+    try:
+        typ, pid = struct.unpack("<ii", fcntl.fcntl(lfd, F_GETOWN_EX, bytes(8)))
+        out["signum"] = fcntl.fcntl(lfd, F_GETSIG)
+    except OSError:
+        return out
+    if pid:
+        try:
+            uid, euid = struct.unpack("<II", fcntl.fcntl(lfd, F_GETOWNER_UIDS, bytes(8)))
+        except OSError:
+            uid = euid = 0
+        out.update(uid=uid, euid=euid, pid_type=typ, pid=pid)
+    return out
+
+
+def add_file(ctx: DumpContext, type_name: str, fid: int, sub: str, msg: Message) -> None:
+    """Append a file_entry {type, id, <sub>: msg} to files.img."""
+    fe = codec.pb("file_entry")(type=_fd_type(type_name), id=fid)
+    getattr(fe, sub).CopyFrom(msg)
+    ctx.images.add("files.img", "FILES", fe)
+    ctx.files.kinds[fid] = type_name
+
+
+def _fd_type(name: str) -> int:
+    return codec.pb("fdinfo_entry").DESCRIPTOR.fields_by_name["type"].enum_type.values_by_name[name].number
+
+
+# ------------------------------------------------------------------------------------------ fd table
+
+
+def dump_fds(ctx: DumpContext, pid: int, files_id: int) -> None:
+    """fdinfo-<files_id>.img and the files.img entries of every fd of pid, in fd order."""
+    _load_kind_modules()
+    fds = proc.fds(pid)
+    if not fds:
+        return
+    try:
+        pfd = pidfd.pidfd_open(pid)
+    except OSError as e:
+        raise SpiceError("dump", f"task {pid}: pidfd_open: {e.strerror}") from None
+    try:
+        for fd in fds:
+            _dump_fd(ctx, pid, pfd, fd, files_id)
+    finally:
+        os.close(pfd)
+
+
+def _dump_fd(ctx: DumpContext, pid: int, pfd: int, fd: int, files_id: int) -> None:
+    try:
+        lfd = pidfd.pidfd_getfd(pfd, fd)
+    except OSError as e:
+        if e.errno == errno.EBADF:
+            return  # closed meanwhile (cannot happen while frozen, but be safe)
+        raise SpiceError("dump", f"task {pid}: can't get fd {fd}: {e.strerror}") from None
+    try:
+        info = proc.fdinfo(pid, fd)
+        link = os.readlink(f"/proc/self/fd/{lfd}")
+        st = os.fstat(lfd)
+        of = OpenFd(ctx, pid, fd, lfd, st, info, link)
+        kind = classify(link, st, ctx.shmem_dev)
+        fn = DUMPERS.get(kind)
+        if fn is None:
+            what = socket_details(lfd) if kind == "socket" else kind
+            raise SpiceError("dump", f"{of.describe()} ({what}): not supported")
+        fid, new = ctx.files.description(pid, fd, st, info.pos)
+        type_name = fn(of, fid) if new else ctx.files.kinds[fid]
+        fe = codec.pb("fdinfo_entry")(id=fid, flags=FD_CLOEXEC if info.flags & O_CLOEXEC else 0,
+                                      type=_fd_type(type_name), fd=fd)
+        ctx.images.add(f"fdinfo-{files_id}.img", "FDINFO", fe)
+    finally:
+        os.close(lfd)
+
+
+# ------------------------------------------------------------------------------------------ regular files
+
+
+@dataclass
+class RegParams:
+    """fd_parms of CRIU: what a file was opened with (zeros for mappings, exe, cwd, root)."""
+
+    flags: int = 0
+    pos: int = 0
+    fown: dict[str, int] = field(default_factory=lambda: {"uid": 0, "euid": 0, "signum": 0, "pid_type": 0,
+                                                          "pid": 0})
+
+
+def should_check_size(flags: int) -> bool:
+    """CRIU skips the size of O_WRONLY|O_APPEND files (logs grow while we dump)."""
+    return not ((flags & O_ACCMODE) == O_WRONLY and flags & O_APPEND)
+
+
+def build_id(fd: int, size: int) -> list[int] | None:
+    """The GNU build-id of an ELF file as u32 words, looked for in the first 1 MiB like CRIU does."""
+    if size < 5:
+        return None
+    try:
+        head = os.pread(fd, 64, 0)
+    except OSError:
+        return None
+    if head[:4] != b"\x7fELF" or len(head) < 5:
+        return None
+    limit = min(size, BUILD_ID_MAP_SIZE)
+    if head[4] == 2:  # ELFCLASS64
+        if len(head) < 64:
+            return None
+        phoff, = struct.unpack_from("<Q", head, 32)
+        phentsize, phnum = struct.unpack_from("<HH", head, 54)
+        ph_fmt, off_i, sz_i = "<IIQQQQQQ", 2, 5
+    elif head[4] == 1:
+        if len(head) < 52:
+            return None
+        phoff, = struct.unpack_from("<I", head, 28)
+        phentsize, phnum = struct.unpack_from("<HH", head, 42)
+        ph_fmt, off_i, sz_i = "<IIIIIIII", 1, 4
+    else:
+        return None
+    if not phnum or phoff <= 0 or phoff >= limit:
+        return None
+    phsz = struct.calcsize(ph_fmt)
+    table = os.pread(fd, min(phnum * phentsize, max(0, limit - phoff)), phoff)
+    for i in range(phnum):
+        off = i * phentsize
+        if off + phsz > len(table):
+            break
+        ph = struct.unpack_from(ph_fmt, table, off)
+        if ph[0] != PT_NOTE:
+            continue
+        n_off, n_size = ph[off_i], ph[sz_i]
+        if n_off <= 0 or n_off >= limit:
+            continue
+        notes = os.pread(fd, min(n_size, limit - n_off), n_off)
+        pos = 0
+        while pos + 12 <= len(notes):
+            namesz, descsz, ntype = struct.unpack_from("<III", notes, pos)
+            desc_at = pos + 12 + ((namesz + 3) & ~3)
+            if ntype == NT_GNU_BUILD_ID:
+                if descsz <= 0 or descsz > 512 or desc_at + descsz > limit - n_off:
+                    return None
+                desc = os.pread(fd, descsz, n_off + desc_at)
+                desc = desc.ljust((descsz + 3) & ~3, b"\0")
+                return list(struct.unpack(f"<{len(desc) // 4}I", desc))
+            pos = desc_at + ((descsz + 3) & ~3)
+        continue
+    return None
+
+
+def reg_entry(ctx: DumpContext, fid: int, fd: int, link: str, st: os.stat_result, p: RegParams,
+              what: str) -> None:
+    """A REG file_entry for an open file (fd: a descriptor of it in spice), with CRIU's checks: the
+    path must name this very file, a deleted one is carried along as a ghost file."""
+    name = link
+    if not name.startswith("/"):
+        raise SpiceError("dump", f"{what}: the path [{link}] is not supported")
+    if st.st_nlink == 0:
+        if name.endswith(DELETED):
+            name = name[: -len(DELETED)]
+        _ghost(ctx, fid, fd, name, st, what)
+    else:
+        _check_path(name, st, what)
+    r = codec.pb("reg_file_entry")(id=fid, flags=p.flags, pos=p.pos, name=name, mode=st.st_mode)
+    for k, v in p.fown.items():
+        setattr(r.fown, k, v)
+    if stat.S_ISREG(st.st_mode) and should_check_size(p.flags):
+        r.size = st.st_size
+        bid = ctx.build_ids.get((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size), False)
+        if bid is False:
+            bid = ctx.build_ids[(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)] = _build_id_of(fd, st)
+        if bid:
+            r.build_id.extend(bid)
+    add_file(ctx, "REG", fid, "reg", r)
+
+
+def _build_id_of(fd: int, st: os.stat_result) -> list[int] | None:
+    try:
+        rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return build_id(rfd, st.st_size)
+    except OSError:
+        return None
+    finally:
+        os.close(rfd)
+
+
+def _check_path(name: str, st: os.stat_result, what: str) -> None:
+    try:
+        pst = os.stat(name, follow_symlinks=not stat.S_ISLNK(st.st_mode))
+    except FileNotFoundError:
+        raise SpiceError("dump", f"{what}: {name} is unlinked but still has other links; "
+                                 f"can't create a link remap for it (--link-remap is not supported)") from None
+    except OSError as e:
+        raise SpiceError("dump", f"{what}: can't stat {name}: {e.strerror}") from None
+    if (pst.st_ino, pst.st_dev) != (st.st_ino, st.st_dev):
+        raise SpiceError("dump", f"{what}: {name} now names another file (opened {os.major(st.st_dev)}:"
+                                 f"{os.minor(st.st_dev)}:{st.st_ino}, path is {pst.st_ino})")
+
+
+# ------------------------------------------------------------------------------------------ ghost files
+
+
+def _ghost(ctx: DumpContext, fid: int, fd: int, name: str, st: os.stat_result, what: str) -> None:
+    """A deleted file: its contents go into ghost-file-<id>.img, remap-fpath.img points at it."""
+    used = st.st_blocks * 512
+    if used > ctx.opts.ghost_limit:
+        raise SpiceError("dump", f"{what}: can't dump ghost file {name} of {used} size, increase limit "
+                                 f"(--ghost-limit {ctx.opts.ghost_limit})")
+    key = (st.st_dev, st.st_ino)
+    gid = ctx.ghosts.get(key)
+    if gid is None:
+        gid = ctx.ghosts[key] = len(ctx.ghosts) + 1
+        _ghost_image(ctx, gid, fd, st)
+    ctx.images.add("remap-fpath.img", "REMAP_FPATH",
+                   codec.pb("remap_file_path_entry")(orig_id=fid, remap_id=gid, remap_type=REMAP_GHOST))
+
+
+def _ghost_image(ctx: DumpContext, gid: int, fd: int, st: os.stat_result) -> None:
+    g = codec.pb("ghost_file_entry")(uid=st.st_uid, gid=st.st_gid, mode=st.st_mode, dev=st.st_dev & 0xFFFFFFFF,
+                                     ino=st.st_ino)
+    g.atim.tv_sec, g.atim.tv_usec = st.st_atime_ns // 10**9, st.st_atime_ns % 10**9 // 1000
+    g.mtim.tv_sec, g.mtim.tv_usec = st.st_mtime_ns // 10**9, st.st_mtime_ns % 10**9 // 1000
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        g.rdev = st.st_rdev & 0xFFFFFFFF
+    name = f"ghost-file-{gid:x}.img"
+    if stat.S_ISLNK(st.st_mode):
+        g.symlnk_target = os.readlink(f"/proc/self/fd/{fd}")
+    if not stat.S_ISREG(st.st_mode):
+        ctx.images.add(name, "GHOST_FILE", g)
+        return
+    rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if st.st_size >= GHOST_CHUNKS_THRESH:
+            g.chunks, g.size = True, st.st_size
+            ctx.images.add(name, "GHOST_FILE", g)
+            for off, length in _data_extents(rfd, st.st_size):
+                ctx.images.add(name, "GHOST_FILE", codec.pb("ghost_chunk_entry")(len=length, off=off),
+                               _pread_all(rfd, length, off))
+        else:
+            ctx.images.add(name, "GHOST_FILE", g, _pread_all(rfd, st.st_size, 0))
+    finally:
+        os.close(rfd)
+
+
+def _pread_all(fd: int, n: int, off: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = os.pread(fd, n - len(out), off + len(out))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+FS_IOC_FIEMAP = 0xC020660B
+FIEMAP_FLAG_SYNC, FIEMAP_EXTENT_LAST = 1, 1
+_EXTENTS = 512
+
+
+def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """Data ranges of a file: FIEMAP extents (CRIU's default --ghost-fiemap), else SEEK_DATA/HOLE."""
+    try:
+        return _fiemap(fd, size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
+            raise
+    out = []
+    hole = 0
+    while hole < size:
+        try:
+            data = os.lseek(fd, hole, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                break
+            if hole == 0:
+                return [(0, size)]
+            raise
+        hole = os.lseek(fd, data, os.SEEK_HOLE)
+        out.append((data, hole - data))
+    return out
+
+
+def _fiemap(fd: int, size: int) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    pos = 0
+    while True:
+        req = bytearray(32 + 56 * _EXTENTS)
+        struct.pack_into("<QQIIII", req, 0, pos, 0xFFFFFFFFFFFFFFFF, FIEMAP_FLAG_SYNC, 0, _EXTENTS, 0)
+        fcntl.ioctl(fd, FS_IOC_FIEMAP, req)
+        mapped = struct.unpack_from("<I", req, 20)[0]
+        if not mapped:
+            return out
+        last = False
+        for i in range(mapped):
+            logical, _phys, length = struct.unpack_from("<QQQ", req, 32 + 56 * i)
+            eflags = struct.unpack_from("<I", req, 32 + 56 * i + 40)[0]
+            if logical <= size:
+                out.append((logical, min(length, size - logical)))
+            pos = logical + length
+            if eflags & FIEMAP_EXTENT_LAST:
+                last = True
+                break
+        if last or mapped < _EXTENTS:
+            return out
+
+
+# ------------------------------------------------------------------------------------------ kinds here
+
+
+@dumper("reg")
+def _dump_reg(of: OpenFd, fid: int) -> str:
+    reg_entry(of.ctx, fid, of.lfd, of.link, of.st, RegParams(of.flags, of.info.pos, fown(of.lfd)), of.describe())
+    return "REG"
+
+
+@dumper("memfd")
+def _dump_memfd(of: OpenFd, fid: int) -> str:
+    from . import shmem
+
+    shmem.memfd_file(of.ctx, fid, of.lfd, of.link, of.st, RegParams(of.flags, of.info.pos, fown(of.lfd)))
+    return "MEMFD"
+
+
+def special_file(ctx: DumpContext, path_fd: int, what: str, st: os.stat_result | None = None) -> int:
+    """files.img id of a file reached through a mapping or the exe link (shared by inode)."""
+    st = st or os.fstat(path_fd)
+    fid, new = ctx.files.special(st)
+    if new:
+        reg_entry(ctx, fid, path_fd, os.readlink(f"/proc/self/fd/{path_fd}"), st, RegParams(), what)
+    return fid
+
+
+def fs_file(ctx: DumpContext, pid: int, which: str) -> int:
+    """A task's cwd or root: a new REG entry every time (CRIU does not share these ids)."""
+    fd = os.open(f"/proc/{pid}/{which}", O_PATH | os.O_CLOEXEC)
+    try:
+        fid = ctx.files.new()
+        reg_entry(ctx, fid, fd, os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd), RegParams(),
+                  f"task {pid}: {which}")
+        return fid
+    finally:
+        os.close(fd)
+
+
+def dump_fs(ctx: DumpContext, pid: int, umask: int) -> None:
+    """fs-<pid>.img: cwd and root (as REG entries) and the umask."""
+    cwd = fs_file(ctx, pid, "cwd")
+    root = fs_file(ctx, pid, "root")
+    ctx.images.add(f"fs-{pid}.img", "FS", codec.pb("fs_entry")(cwd_id=cwd, root_id=root, umask=umask))

@@ -1,0 +1,77 @@
+# SPDX-License-Identifier: MIT
+"""Kernel-object ids (ids-<pid>.img, inventory root_ids): equal ids mean a shared object.
+
+CRIU numbers each kind of object (mm, fd table, fs, sighand) in the order it meets them, the dumping
+process itself first (its ids are the inventory's root_ids), and tells shared objects apart with
+kcmp(2). Namespaces are numbered in one sequence by their /proc/PID/ns inode, in CRIU's order, again
+starting with the dumper's own. restore uses root_ids to decide which namespaces to recreate, so a
+task whose namespace differs from ours is refused here (spice does not dump namespaces).
+"""
+
+from __future__ import annotations
+
+import os
+
+from google.protobuf.message import Message
+
+from ..errors import SpiceError
+from ..images import codec
+from ..linux import kcmp
+
+#: CRIU's namespace order (the order of its "Add <ns> ns" lines), with the ids field of each
+NAMESPACES = (("pid", "pid_ns_id"), ("net", "net_ns_id"), ("ipc", "ipc_ns_id"), ("uts", "uts_ns_id"),
+              ("time", "time_ns_id"), ("mnt", "mnt_ns_id"), ("user", "user_ns_id"),
+              ("cgroup", "cgroup_ns_id"))
+#: the kcmp-compared objects, in the order CRIU generates them
+OBJECTS = (("vm_id", kcmp.KCMP_VM), ("fs_id", kcmp.KCMP_FS), ("files_id", kcmp.KCMP_FILES),
+           ("sighand_id", kcmp.KCMP_SIGHAND))
+
+
+def _ns_inode(pid: int, ns: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/{ns}").st_ino
+    except FileNotFoundError:
+        return None  # a namespace kind this kernel lacks
+
+
+class Ids:
+    """Id generators for one dump."""
+
+    def __init__(self) -> None:
+        self._objs: dict[str, list[tuple[int, int]]] = {name: [] for name, _ in OBJECTS}  # (pid, id)
+        self._ns: dict[tuple[str, int], int] = {}
+        self._ns_next = 1
+        self.root_ids = self.task_ids(os.getpid(), dumper=True)
+
+    def _ns_id(self, ns: str, ino: int) -> int:
+        key = (ns, ino)
+        if key not in self._ns:
+            self._ns[key] = self._ns_next
+            self._ns_next += 1
+        return self._ns[key]
+
+    def _obj_id(self, name: str, kind: int, pid: int) -> int:
+        seen = self._objs[name]
+        for other, oid in seen:
+            try:
+                if kcmp.same(pid, other, kind):
+                    return oid
+            except OSError as e:
+                raise SpiceError("dump", f"task {pid}: kcmp with {other} failed: {e.strerror}") from None
+        oid = len({i for _, i in seen}) + 1
+        seen.append((pid, oid))
+        return oid
+
+    def task_ids(self, pid: int, dumper: bool = False) -> Message:
+        ids = codec.pb("task_kobj_ids_entry")()
+        for name, kind in OBJECTS:
+            setattr(ids, name, self._obj_id(name, kind, pid))
+        for ns, field in NAMESPACES:
+            ino = _ns_inode(pid, ns)
+            if ino is None:
+                continue
+            nsid = self._ns_id(ns, ino)
+            if not dumper and nsid != getattr(self.root_ids, field):
+                raise SpiceError("dump", f"task {pid} lives in its own {ns} namespace: not supported")
+            setattr(ids, field, nsid)
+        return ids

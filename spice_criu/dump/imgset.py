@@ -1,0 +1,90 @@
+# SPDX-License-Identifier: MIT
+"""The image directory being written: a partial marker first, inventory.img last.
+
+Images are built in memory per kind and written when the dump has succeeded (page data is streamed
+to pages-N.img as it is read). Until then the directory carries PARTIAL_MARKER and no inventory.img,
+so neither spice nor real CRIU will restore a half-written dump; a failed dump removes every file it
+created and leaves only the marker, holding the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import Message
+
+from ..errors import SpiceError
+from ..images import codec
+from ..images.imagedir import PARTIAL_MARKER
+
+
+class ImageSet:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise SpiceError("dump", f"images directory {self.path} does not exist")
+        self._images: dict[str, tuple[str, list[Message], list[Any]]] = {}
+        self.created: list[Path] = []
+        self.committed = False
+
+    def begin(self) -> None:
+        """Mark the directory partial and drop a previous dump's inventory (it would vouch for a
+        mix of old and new images)."""
+        try:
+            (self.path / PARTIAL_MARKER).write_text("spice dump in progress\n")
+            (self.path / "inventory.img").unlink(missing_ok=True)
+        except OSError as e:
+            raise SpiceError("dump", f"cannot write to images directory {self.path}: {e.strerror}") from None
+
+    def file(self, name: str) -> Path:
+        """A file this dump creates directly (pages-N.img, ghost files): removed again on failure."""
+        p = self.path / name
+        self.created.append(p)
+        return p
+
+    def add(self, name: str, magic: str, msg: Message, extra: Any = None) -> None:
+        """Append an entry to image `name` (created on first use, like CRIU's lazy images)."""
+        img = self._images.get(name)
+        if img is None:
+            img = self._images[name] = (magic, [], [])
+        img[1].append(msg)
+        img[2].append(extra)
+
+    def add_all(self, name: str, magic: str, msgs: Iterable[Message]) -> None:
+        for m in msgs:
+            self.add(name, magic, m)
+
+    def has(self, name: str) -> bool:
+        return name in self._images
+
+    def entries(self, name: str) -> list[Message]:
+        return self._images[name][1] if name in self._images else []
+
+    def commit(self, inventory: Message) -> None:
+        """Write every image, then inventory.img, then drop the partial marker."""
+        for name, (magic, msgs, extras) in self._images.items():
+            self._write(name, codec.make(magic, msgs, extras))
+        self._write("inventory.img", codec.make("INVENTORY", [inventory]))
+        (self.path / PARTIAL_MARKER).unlink(missing_ok=True)
+        self.committed = True
+
+    def _write(self, name: str, image: codec.Image) -> None:
+        p = self.file(name)
+        try:
+            p.write_bytes(codec.dumps(image))
+        except OSError as e:
+            raise SpiceError("dump", f"cannot write {p}: {e.strerror}") from None
+
+    def abort(self, reason: str) -> None:
+        """Remove what this dump wrote; leave the marker (with the reason) so nobody restores it."""
+        for p in self.created:
+            try:
+                p.unlink()
+            except OSError:
+                pass
+        try:
+            (self.path / PARTIAL_MARKER).write_text(f"spice dump failed: {reason}\n")
+        except OSError:
+            pass

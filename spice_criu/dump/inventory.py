@@ -1,0 +1,73 @@
+# SPDX-License-Identifier: MIT
+"""The images that describe the dump as a whole: inventory.img (written last), timens-0.img,
+seccomp.img, and the cgroup check.
+
+inventory.img is what makes a directory restorable: img_version 2, fdinfo_per_id, the dumper's own
+object/namespace ids (root_ids: restore compares every task's ids with them to know which namespaces
+it must create), the network-lock method and a run id, exactly the fields CRIU 4.2.1 sets.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+from google.protobuf.message import Message
+
+from ..images import codec
+from ..log import log
+
+NETWORK_LOCK = {"iptables": 0, "nftables": 1, "skip": 2}
+NO_LSM, SELINUX, APPARMOR = 0, 1, 2
+
+
+def lsm_type() -> int:
+    """The host LSM as CRIU's kerndat detects it."""
+    if os.path.exists("/sys/fs/selinux/enforce"):
+        return SELINUX
+    if os.path.exists("/sys/kernel/security/apparmor"):
+        return APPARMOR
+    return NO_LSM
+
+
+def inventory(root_ids: Message, network_lock: str) -> Message:
+    inv = codec.pb("inventory_entry")(img_version=2, fdinfo_per_id=True, ns_per_id=True, root_cg_set=1,
+                                      lsmtype=lsm_type(), network_lock_method=NETWORK_LOCK.get(network_lock, 0),
+                                      dump_criu_run_id=str(uuid.uuid4()))
+    inv.root_ids.CopyFrom(root_ids)
+    inv.plugins_entry.SetInParent()
+    return inv
+
+
+def timens() -> Message:
+    """timens-0.img: the monotonic and boot clocks at dump time (the tree shares our time namespace)."""
+    e = codec.pb("timens_entry")()
+    for field, clock in (("monotonic", time.CLOCK_MONOTONIC), ("boottime", time.CLOCK_BOOTTIME)):
+        ns = time.clock_gettime_ns(clock)
+        ts = getattr(e, field)
+        ts.tv_sec, ts.tv_nsec = ns // 10**9, ns % 10**9
+    return e
+
+
+def seccomp() -> Message:
+    """seccomp.img: the filter chains (none: filtered tasks are refused earlier)."""
+    return codec.pb("seccomp_entry")()
+
+
+def _cgroups(pid: int | str) -> str:
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def check_cgroups(pids: list[int]) -> None:
+    """CRIU names the dumper's own cgroup set 1 and writes cgroup.img only for tasks elsewhere; spice
+    records every task in set 1 (restored into the restorer's cgroups) and says so when it differs."""
+    mine = _cgroups("self")
+    for pid in pids:
+        if _cgroups(pid) != mine:
+            log.warn("dump", f"task {pid} is in other cgroups than spice: cgroup.img is not written, the task "
+                             "will be restored into the restorer's cgroups")

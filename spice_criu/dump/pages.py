@@ -1,0 +1,297 @@
+# SPDX-License-Identifier: MIT
+"""Memory contents: pagemap-<pid>.img + pages-<n>.img, and the page writer shared memory uses too.
+
+Which pages CRIU writes (criu/mem.c): in every private mapping, the pages that are present or swapped,
+minus the shared zero page and minus file pages not yet copied-on-write; the vDSO whole. Anonymous
+private pages are flagged PE_PRESENT|PE_LAZY, the rest PE_PRESENT. The page tables are asked with
+PAGEMAP_SCAN (one ioctl per mapping) where the kernel has it, else /proc/PID/pagemap; the bytes are
+copied with process_vm_readv (or /proc/PID/mem for pages the task cannot read itself) straight into
+the image, in address order, adjacent ranges with equal flags merged.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING
+
+from google.protobuf.message import Message
+
+from .. import vma as V
+from ..errors import SpiceError
+from ..images import codec
+from ..images.pagemap import PE_LAZY, PE_PRESENT, pagemap_entry
+from ..linux import mman, procvm
+
+if TYPE_CHECKING:
+    from .imgset import ImageSet
+
+PAGE = 4096
+TASK_SIZE = 0x7FFFFFFFF000
+MAP_LOCKED, MAP_HUGETLB = 0x2000, 0x40000
+CHUNK = 16 << 20  # bytes read from the task per process_vm_readv batch
+
+# PAGEMAP_SCAN (Linux 6.7)
+PAGEMAP_SCAN = 0xC0606610
+PAGE_IS_FILE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PAGE_IS_PFNZERO = 1 << 2, 1 << 3, 1 << 4, 1 << 5
+# /proc/PID/pagemap entry bits
+PM_PRESENT, PM_SWAP, PM_FILE = 1 << 63, 1 << 62, 1 << 61
+PM_PFN_MASK = (1 << 55) - 1
+
+
+class PmScanArg(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in (
+        "size", "flags", "start", "end", "walk_end", "vec", "vec_len", "max_pages", "category_inverted",
+        "category_mask", "category_anyof_mask", "return_mask")]
+
+
+class PageRegion(ctypes.Structure):
+    _fields_ = [("start", ctypes.c_uint64), ("end", ctypes.c_uint64), ("categories", ctypes.c_uint64)]
+
+
+@dataclass
+class Stats:
+    scanned: int = 0
+    written: int = 0
+    lazy: int = 0
+    sh_scanned: int = 0
+    sh_written: int = 0
+    dump_s: float = 0.0  # memdump: finding and reading pages
+    write_s: float = 0.0  # memwrite: writing them to the images
+
+
+class PagesImage:
+    """A pagemap image and the pages-<id>.img it indexes, written in step."""
+
+    def __init__(self, images: ImageSet, pagemap_name: str, pages_id: int, stats: Stats) -> None:
+        self.images = images
+        self.name = pagemap_name
+        self.pages_id = pages_id
+        self.stats = stats
+        path = images.file(f"pages-{pages_id}.img")
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        self.entries: list[Message] = [codec.pb("pagemap_head")(pages_id=pages_id)]
+        self.pages = 0
+
+    def entry(self, vaddr: int, nr_pages: int, flags: int) -> None:
+        last = self.entries[-1] if len(self.entries) > 1 else None
+        if last is not None and last.flags == flags and last.vaddr + last.nr_pages * PAGE == vaddr:
+            last.nr_pages += nr_pages
+            last.compat_nr_pages = last.nr_pages if last.nr_pages < 1 << 32 else 0
+        else:
+            self.entries.append(pagemap_entry(vaddr, nr_pages, flags))
+        self.pages += nr_pages
+
+    def write(self, data: memoryview | bytes) -> None:
+        t0 = time.perf_counter()
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.stats.write_s += time.perf_counter() - t0
+
+    def sendfile(self, src: int, offset: int, count: int) -> None:
+        t0 = time.perf_counter()
+        while count:
+            n = os.sendfile(self.fd, src, offset, count)
+            if n <= 0:
+                raise OSError(errno.EIO, "short sendfile")
+            offset += n
+            count -= n
+        self.stats.write_s += time.perf_counter() - t0
+
+    def close(self) -> None:
+        os.close(self.fd)
+        self.images.add_all(self.name, "PAGEMAP", self.entries)
+
+
+# ------------------------------------------------------------------------------------------ page tables
+
+
+@cache
+def zero_pfn() -> int:
+    """PFN of the kernel's shared zero page, found as CRIU's kerndat does: read an untouched
+    anonymous page (it maps the zero page) and look it up in our own pagemap."""
+    addr = mman.mmap(0, PAGE, mman.PROT_READ, mman.MAP_PRIVATE | mman.MAP_ANONYMOUS)
+    try:
+        ctypes.c_char.from_address(addr).value  # noqa: B018 - fault the zero page in
+        with open("/proc/self/pagemap", "rb", buffering=0) as f:
+            f.seek(addr // PAGE * 8)
+            e = int.from_bytes(f.read(8), "little")
+        return e & PM_PFN_MASK if e & PM_PRESENT else -1
+    finally:
+        mman.munmap(addr, PAGE)
+
+
+class PageTables:
+    """Which pages of a task are present, via PAGEMAP_SCAN or the plain pagemap file."""
+
+    _scan_works: bool | None = None
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        try:
+            self.fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SpiceError("dump", f"task {pid}: can't open its pagemap: {e.strerror}") from None
+        self._vec = (PageRegion * 512)()
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def ranges(self, start: int, end: int, skip_file: bool) -> list[tuple[int, int]]:
+        """[start, end) ranges of pages that hold data: present or swapped, not the zero page, and
+        (skip_file) not page-cache pages of a private file mapping."""
+        if PageTables._scan_works is not False:
+            try:
+                out = self._scan(start, end, skip_file)
+                PageTables._scan_works = True
+                return out
+            except OSError as e:
+                if e.errno not in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP) or PageTables._scan_works:
+                    raise
+                PageTables._scan_works = False
+        return self._pagemap(start, end, skip_file)
+
+    def _scan(self, start: int, end: int, skip_file: bool) -> list[tuple[int, int]]:
+        excl = PAGE_IS_PFNZERO | (PAGE_IS_FILE if skip_file else 0)
+        arg = PmScanArg(size=ctypes.sizeof(PmScanArg), start=start, end=end,
+                        vec=ctypes.addressof(self._vec), vec_len=len(self._vec), category_inverted=excl,
+                        category_mask=excl, category_anyof_mask=PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+                        return_mask=PAGE_IS_PRESENT | PAGE_IS_SWAPPED)
+        out: list[tuple[int, int]] = []
+        while True:
+            n = fcntl.ioctl(self.fd, PAGEMAP_SCAN, arg)
+            for i in range(n):
+                r = self._vec[i]
+                if out and out[-1][1] == r.start:
+                    out[-1] = (out[-1][0], r.end)
+                else:
+                    out.append((r.start, r.end))
+            if arg.walk_end >= end or n < len(self._vec):
+                return out
+            arg.start = arg.walk_end
+
+    def _pagemap(self, start: int, end: int, skip_file: bool) -> list[tuple[int, int]]:
+        n = (end - start) // PAGE
+        raw = os.pread(self.fd, n * 8, start // PAGE * 8)
+        ents = array.array("Q")
+        ents.frombytes(raw[: len(raw) // 8 * 8])
+        zpfn = zero_pfn()
+        out: list[tuple[int, int]] = []
+        for i, e in enumerate(ents):
+            if not e & (PM_PRESENT | PM_SWAP):
+                continue
+            if skip_file and e & PM_FILE:
+                continue
+            if e & PM_PRESENT and (e & PM_PFN_MASK) == zpfn:
+                continue
+            a = start + i * PAGE
+            if out and out[-1][1] == a:
+                out[-1] = (out[-1][0], a + PAGE)
+            else:
+                out.append((a, a + PAGE))
+        return out
+
+
+# ------------------------------------------------------------------------------------------ private memory
+
+
+def dumpable(v: Message) -> bool:
+    """vma_entry_is_private() minus the VVAR area: the mappings whose pages the task image holds."""
+    st = v.status
+    private = st & V.VMA_AREA_REGULAR and st & (V.VMA_ANON_PRIVATE | V.VMA_FILE_PRIVATE) and v.end <= TASK_SIZE
+    return bool(private or st & V.VMA_AREA_AIORING) and not st & V.VMA_AREA_VVAR
+
+
+def can_be_lazy(v: Message) -> bool:
+    f = v.flags
+    return bool(f & V.MAP_ANONYMOUS and f & V.MAP_PRIVATE and not f & MAP_LOCKED and not f & MAP_HUGETLB
+                and not v.status & (V.VMA_AREA_VDSO | V.VMA_AREA_VSYSCALL))
+
+
+def stack_pins_all(sps: Iterable[int]) -> bool:
+    """CRIU 4.2.1's is_stack() compares the page *offset* of each thread's sp with the (page-aligned)
+    address: it matches every page when some sp is page aligned, none otherwise. Reproduced so the
+    PE_LAZY flags equal real CRIU's."""
+    return any(sp & (PAGE - 1) == 0 for sp in sps)
+
+
+def collect_runs(pid: int, vmas: list[Message], sps: Iterable[int], stats: Stats) -> list[tuple[int, int, int]]:
+    """(vaddr, nr_pages, flags) of every page run the task image must hold, in address order."""
+    no_lazy = stack_pins_all(sps)
+    pt = PageTables(pid)
+    runs: list[tuple[int, int, int]] = []
+    try:
+        for v in vmas:
+            if not dumpable(v):
+                continue
+            stats.scanned += (v.end - v.start) // PAGE
+            flags = PE_PRESENT | (PE_LAZY if can_be_lazy(v) and not no_lazy else 0)
+            if v.status & (V.VMA_AREA_VDSO | V.VMA_AREA_AIORING):
+                ranges = [(v.start, v.end)]
+            else:
+                ranges = pt.ranges(v.start, v.end, bool(v.status & V.VMA_FILE_PRIVATE))
+            for lo, hi in ranges:
+                n = (hi - lo) // PAGE
+                if runs and runs[-1][2] == flags and runs[-1][0] + runs[-1][1] * PAGE == lo:
+                    runs[-1] = (runs[-1][0], runs[-1][1] + n, flags)
+                else:
+                    runs.append((lo, n, flags))
+    finally:
+        pt.close()
+    return runs
+
+
+def write_runs(pid: int, runs: list[tuple[int, int, int]], out: PagesImage) -> None:
+    """Copy the runs' bytes from the task into the pages image, CHUNK bytes at a time."""
+    buf = bytearray(min(CHUNK, sum(n for _, n, _ in runs) * PAGE) or PAGE)
+    batch: list[tuple[int, int]] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal size
+        if not batch:
+            return
+        t0 = time.perf_counter()
+        view = memoryview(buf)[:size]
+        got = procvm.readv_into(pid, batch, view) if size else 0
+        if got != size:
+            _read_slow(pid, batch, view)
+        out.stats.dump_s += time.perf_counter() - t0
+        out.write(view)
+        batch.clear()
+        size = 0
+
+    for vaddr, n, flags in runs:
+        out.entry(vaddr, n, flags)
+        out.stats.written += n
+        addr, left = vaddr, n * PAGE
+        while left:
+            take = min(left, len(buf) - size)
+            batch.append((addr, take))
+            size += take
+            addr += take
+            left -= take
+            if size == len(buf):
+                flush()
+    flush()
+
+
+def _read_slow(pid: int, ranges: list[tuple[int, int]], into: memoryview) -> None:
+    """Ranges process_vm_readv cannot read (no PROT_READ): /proc/PID/mem reads them anyway."""
+    with procvm.ProcMem(pid, writable=False) as m:
+        off = 0
+        for addr, n in ranges:
+            try:
+                into[off : off + n] = m.read(addr, n)
+            except OSError as e:
+                raise SpiceError("dump", f"task {pid}: can't read memory at 0x{addr:x}: {e.strerror}") from None
+            off += n

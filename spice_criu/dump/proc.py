@@ -1,0 +1,186 @@
+# SPDX-License-Identifier: MIT
+"""/proc readers for a frozen task: stat, status, smaps, fdinfo, children.
+
+Everything a task can report about itself through /proc is read here, once, with the exact
+parsing CRIU's proc_parse.c does, so the images carry the same values real CRIU writes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ..errors import SpiceError
+
+
+def read_text(path: str, what: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "surrogateescape")
+    except FileNotFoundError:
+        raise ProcessLookupError(path) from None
+    except ProcessLookupError:
+        raise
+    except OSError as e:
+        raise SpiceError("dump", f"{what}: cannot read {path}: {e.strerror}") from None
+
+
+@dataclass
+class Stat:
+    """The fields of /proc/PID/stat CRIU's parse_pid_stat keeps (by their proc(5) names)."""
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    pgid: int
+    sid: int
+    flags: int
+    num_threads: int
+    start_time: int
+    start_code: int
+    end_code: int
+    start_stack: int
+    start_data: int
+    end_data: int
+    start_brk: int
+    arg_start: int
+    arg_end: int
+    env_start: int
+    env_end: int
+    exit_code: int
+
+
+def parse_stat(text: str) -> Stat:
+    head, _, rest = text.rpartition(")")
+    pid_s, _, comm = head.partition(" (")
+    f = rest.split()
+    # f[0] is field 3 (state); field N of proc(5) is f[N - 3]
+    n = lambda i: int(f[i - 3])  # noqa: E731
+    return Stat(
+        pid=int(pid_s), comm=comm, state=f[0], ppid=n(4), pgid=n(5), sid=n(6), flags=n(9),
+        num_threads=n(20), start_time=n(22), start_code=n(26), end_code=n(27), start_stack=n(28),
+        start_data=n(45), end_data=n(46), start_brk=n(47), arg_start=n(48), arg_end=n(49),
+        env_start=n(50), env_end=n(51), exit_code=n(52),
+    )
+
+
+def stat(pid: int, tid: int | None = None) -> Stat:
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    return parse_stat(read_text(path, f"task {tid or pid}"))
+
+
+def status(pid: int, tid: int | None = None) -> dict[str, str]:
+    """/proc/PID[/task/TID]/status as key -> raw value."""
+    path = f"/proc/{pid}/status" if tid is None else f"/proc/{pid}/task/{tid}/status"
+    out = {}
+    for line in read_text(path, f"task {tid or pid}").splitlines():
+        k, _, v = line.partition(":")
+        out[k] = v.strip()
+    return out
+
+
+def caps_words(hexval: str) -> list[int]:
+    """A /proc status capability mask as CRIU's two u32 words (low word first)."""
+    v = int(hexval, 16)
+    return [v & 0xFFFFFFFF, v >> 32]
+
+
+def task_tids(pid: int) -> list[int]:
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except FileNotFoundError:
+        raise ProcessLookupError(pid) from None
+
+
+def children(pid: int, tids: list[int]) -> list[int]:
+    """Children of every thread of pid, in the kernel's list order (creation order)."""
+    out: list[int] = []
+    for tid in tids:
+        try:
+            text = read_text(f"/proc/{pid}/task/{tid}/children", f"task {pid}")
+        except ProcessLookupError:
+            continue
+        out.extend(int(c) for c in text.split())
+    return out
+
+
+# -------------------------------------------------------------------------------- smaps
+
+
+@dataclass
+class MapLine:
+    """One /proc/PID/smaps entry: the maps line and its VmFlags."""
+
+    start: int
+    end: int
+    perms: str
+    pgoff: int
+    dev_major: int
+    dev_minor: int
+    inode: int
+    path: str
+    vmflags: list[str] = field(default_factory=list)
+
+    @property
+    def dev(self) -> int:
+        return os.makedev(self.dev_major, self.dev_minor)
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+def parse_smaps(text: str) -> list[MapLine]:
+    out: list[MapLine] = []
+    for line in text.splitlines():
+        if not line:
+            continue
+        c = line[0]
+        if ("0" <= c <= "9" or "a" <= c <= "f") and "-" in line.split(" ", 1)[0]:
+            parts = line.split(None, 5)
+            lo, hi = parts[0].split("-")
+            maj, mino = parts[3].split(":")
+            out.append(MapLine(int(lo, 16), int(hi, 16), parts[1], int(parts[2], 16), int(maj, 16),
+                               int(mino, 16), int(parts[4]), parts[5] if len(parts) > 5 else ""))
+        elif line.startswith("VmFlags:") and out:
+            out[-1].vmflags = line[8:].split()
+    return out
+
+
+def smaps(pid: int) -> list[MapLine]:
+    return parse_smaps(read_text(f"/proc/{pid}/smaps", f"task {pid}"))
+
+
+# -------------------------------------------------------------------------------- fdinfo
+
+
+@dataclass
+class FdInfo:
+    pos: int
+    flags: int  # octal in /proc: f_flags | O_CLOEXEC if close-on-exec
+    mnt_id: int
+    ino: int
+    extra: dict[str, str]
+
+
+def fdinfo(pid: int, fd: int) -> FdInfo:
+    text = read_text(f"/proc/{pid}/fdinfo/{fd}", f"task {pid} fd {fd}")
+    kv: dict[str, str] = {}
+    for line in text.splitlines():
+        k, sep, v = line.partition(":")
+        if sep and k not in kv:
+            kv[k] = v.strip()
+    return FdInfo(int(kv.get("pos", "0")), int(kv.get("flags", "0"), 8), int(kv.get("mnt_id", "-1")),
+                  int(kv.get("ino", "0")), kv)
+
+
+def fds(pid: int) -> list[int]:
+    try:
+        return sorted(int(d) for d in os.listdir(f"/proc/{pid}/fd"))
+    except FileNotFoundError:
+        raise ProcessLookupError(pid) from None
+
+
+def fd_link(pid: int, fd: int) -> str:
+    return os.readlink(f"/proc/{pid}/fd/{fd}")

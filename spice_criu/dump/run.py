@@ -1,0 +1,253 @@
+# SPDX-License-Identifier: MIT
+"""`spice dump`: freeze the tree, collect every object kind, write the images, let the tree go.
+
+Per task, in CRIU's order (so object ids come out the same): state only the task can report, read by
+syscalls injected into each thread (inject.Remote puts registers and memory back exactly) -> kernel
+object ids -> mappings (their files, shared memory contents) -> fds -> pending signals, registers ->
+private memory -> cores -> mm (exe) -> fs (cwd, root). Then the tree-wide images and inventory.img
+last. Any failure at any step resumes every task exactly as it was and leaves the image directory
+marked partial; success kills the tree (criu's default), or leaves it running or stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import Message
+
+from ..cli import Options
+from ..errors import SpiceError
+from ..images import codec
+from ..images import stats as stats_img
+from ..inject import Remote, TaskGone
+from ..linux import ptrace as pt
+from ..log import log
+from . import creds, files, ids, inventory, mm, pages, proc, seize, shmem, signals, threads, timers, tree
+from .imgset import ImageSet
+
+X86_64 = 1
+#: SPICE_DUMP_FAULT=<step>[:kill|:stall]: fail (or SIGKILL spice, or stall) at that step, for the
+#: never-lose-the-target tests, like CRIU's CRIU_FAULT
+FAULT_ENV = "SPICE_DUMP_FAULT"
+FAULT_STEPS = ("frozen", "in-task", "mappings", "files", "pages", "cores", "images", "commit")
+
+
+@dataclass
+class DumpContext:
+    opts: Options
+    images: ImageSet
+    files: files.FileIds = field(default_factory=files.FileIds)
+    ids: ids.Ids = field(default_factory=ids.Ids)
+    shmem_dev: int = 0
+    page_stats: pages.Stats = field(default_factory=pages.Stats)
+    build_ids: dict[tuple, Any] = field(default_factory=dict)
+    ghosts: dict[tuple[int, int], int] = field(default_factory=dict)
+    memfd_inodes: dict[tuple[int, int], int] = field(default_factory=dict)
+    dumped_files_ids: set[int] = field(default_factory=set)
+    pages_id: int = 0
+
+    def next_pages_id(self) -> int:
+        self.pages_id += 1
+        return self.pages_id
+
+
+def fault(step: str) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    name, _, action = spec.partition(":")
+    if name != step:
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if action == "stall":
+        log.info(f"fault injection: stalling at {step}")
+        print(f"spice-dump-stalled {step}", flush=True)
+        time.sleep(3600)
+    raise SpiceError("dump", f"fault injected at step {step}")
+
+
+# ------------------------------------------------------------------------------------------ one task
+
+
+@dataclass
+class TaskInTask:
+    threads: dict[int, threads.ThreadInTask]
+    mm: mm.MmInTask
+
+
+def _in_task(t: tree.Task, core: Message) -> TaskInTask:
+    """Everything only the task can tell, from syscalls injected into each of its threads."""
+    per_thread: dict[int, threads.ThreadInTask] = {}
+    mmit = mm.MmInTask()
+    for tid in t.tids:
+        with Remote(tid) as r:
+            per_thread[tid] = threads.collect_in_task(r)
+            if tid == t.pid:
+                signals.collect_sigactions(r, core.tc)
+                timers.collect(r, t.pid, core.tc)
+                creds.collect_task_in_task(r, core.tc)
+                mmit = mm.collect_in_task(r)
+            fault("in-task")
+    return TaskInTask(per_thread, mmit)
+
+
+def _leader_tc(t: tree.Task, core: Message) -> None:
+    tc = core.tc
+    st = t.stat
+    tc.task_state = t.state
+    tc.exit_code = 0
+    tc.flags = st.flags
+    tc.comm = st.comm
+    tc.blk_sigset = pt.getsigmask(t.pid)
+    if t.state == tree.TASK_STOPPED:
+        tc.stop_signo = t.stop_signo
+    creds.fill_task_knobs(t.pid, tc)
+    signals.queue(t.pid, True, tc.signals_s)
+
+
+def dump_task(ctx: DumpContext, t: tree.Task) -> None:
+    pid = t.pid
+    log.info(f"Dumping task (pid: {pid} comm: {t.stat.comm})")
+    leader = codec.pb("core_entry")(mtype=X86_64)
+    leader.tc.SetInParent()
+    it = _in_task(t, leader)
+    t.ids = ctx.ids.task_ids(pid)
+    ctx.images.add(f"ids-{pid}.img", "IDS", t.ids)
+    vmas = mm.collect_vmas(ctx, pid)
+    fault("mappings")
+    if t.ids.files_id not in ctx.dumped_files_ids:
+        ctx.dumped_files_ids.add(t.ids.files_id)
+        files.dump_fds(ctx, pid, t.ids.files_id)
+    fault("files")
+    cores: dict[int, Message] = {}
+    sps = []
+    for tid in t.tids:
+        core = leader if tid == pid else codec.pb("core_entry")(mtype=X86_64)
+        regs = threads.image_regs(pt.getregs(tid))
+        sps.append(regs.sp)
+        threads.fill_thread_info(core, tid, regs, it.threads[tid])
+        threads.fill_thread_core(core, pid, tid, it.threads[tid], leader=tid == pid)
+        status = proc.status(pid, tid)
+        creds.fill_creds(core, status, it.threads[tid].secbits)
+        mode = creds.seccomp_mode(status)
+        if mode == 2:
+            raise SpiceError("dump", f"task {pid}: thread {tid} has seccomp filters: not supported")
+        if mode:
+            core.thread_core.seccomp_mode = mode
+        signals.queue(tid, False, core.thread_core.signals_p)
+        cores[tid] = core
+    _leader_tc(t, leader)
+    t0 = time.perf_counter()
+    runs = pages.collect_runs(pid, vmas, sps, ctx.page_stats)
+    ctx.page_stats.dump_s += time.perf_counter() - t0
+    img = pages.PagesImage(ctx.images, f"pagemap-{pid}.img", ctx.next_pages_id(), ctx.page_stats)
+    try:
+        pages.write_runs(pid, runs, img)
+    finally:
+        img.close()
+    fault("pages")
+    for tid in t.tids:
+        ctx.images.add(f"core-{tid}.img", "CORE", cores[tid])
+    fault("cores")
+    ctx.images.add(f"mm-{pid}.img", "MM", mm.mm_entry(ctx, pid, t.stat, vmas, it.mm))
+    files.dump_fs(ctx, pid, int(proc.status(pid)["Umask"], 8))
+
+
+# ------------------------------------------------------------------------------------------ the dump
+
+
+def _check_root(o: Options, root: tree.Task) -> None:
+    if root.sid != root.pid and not o.shell_job:
+        raise SpiceError("dump", f"The root process {root.pid} is not a session leader. "
+                                 "Consider using --shell-job option")
+
+
+def _release(frozen: seize.FrozenTree, o: Options) -> None:
+    if o.leave_running:
+        frozen.unfreeze()
+    elif o.leave_stopped:
+        frozen.leave_stopped()
+    else:
+        frozen.kill()
+
+
+def _collect(ctx: DumpContext, frozen: seize.FrozenTree) -> Message:
+    o = ctx.opts
+    tasks = tree.collect(frozen)
+    _check_root(o, tasks[0])
+    fault("frozen")
+    for t in tasks:
+        dump_task(ctx, t)
+    ctx.images.add_all("pstree.img", "PSTREE", tree.pstree_entries(tasks))
+    ctx.images.add("seccomp.img", "SECCOMP", inventory.seccomp())
+    ctx.images.add("timens-0.img", "TIMENS", inventory.timens())
+    inventory.check_cgroups([t.pid for t in tasks])
+    fault("images")
+    return inventory.inventory(ctx.ids.root_ids, o.network_lock)
+
+
+def dump(o: Options) -> int:
+    """The `spice dump` action; returns the exit code (SpiceError for user-facing failures)."""
+    if o.tree is None:
+        raise SpiceError("dump", "pid not specified (-t PID)")
+    images = ImageSet(o.images_dir)
+    ctx = DumpContext(o, images, shmem_dev=shmem.shmem_dev())
+    images.begin()
+    frozen: seize.FrozenTree | None = None
+    t0 = time.perf_counter()
+    try:
+        frozen = seize.freeze(o.tree, float(o.timeout))
+        t_frozen = time.perf_counter()
+        log.info(f"Frozen {len(frozen.tids())} threads of {len(frozen.pids())} processes in "
+                 f"{(t_frozen - t0) * 1e3:.1f} ms")
+        inv = _collect(ctx, frozen)
+        fault("commit")
+        images.commit(inv)
+    except BaseException as e:
+        err = _as_spice_error(e)
+        if frozen is not None:
+            try:
+                frozen.unfreeze()
+            except Exception as ue:  # noqa: BLE001 - report the original failure
+                log.error("dump", f"resuming the tree after the failure: {ue}")
+        images.abort(err.message if err else type(e).__name__)
+        if err is None:
+            raise
+        if err is not e:
+            raise err from None
+        raise
+    _release(frozen, o)
+    t_done = time.perf_counter()
+    st = ctx.page_stats
+    stats_img.write(
+        o.work_dir or o.images_dir, "dump",
+        freezing_time=int((t_frozen - t0) * 1e6), frozen_time=int((t_done - t_frozen) * 1e6),
+        memdump_time=int(st.dump_s * 1e6), memwrite_time=int(st.write_s * 1e6),
+        pages_scanned=st.scanned, pages_skipped_parent=0, pages_written=st.written, irmap_resolve=0,
+        pages_lazy=0, shpages_scanned=st.sh_scanned, shpages_skipped_parent=0, shpages_written=st.sh_written,
+    )
+    log.info("Dumping finished successfully")
+    if o.display_stats:
+        path = os.path.join(o.work_dir or o.images_dir, "stats-dump")
+        print(stats_img.display("dump", stats_img.read(path)), end="")
+    return 0
+
+
+def _as_spice_error(e: BaseException) -> SpiceError | None:
+    """The user-facing form of a failure (None for KeyboardInterrupt/SystemExit)."""
+    if isinstance(e, SpiceError):
+        return e
+    if isinstance(e, TaskGone):
+        return SpiceError("dump", f"{e.strerror or e} (the task died while being dumped)")
+    if isinstance(e, ProcessLookupError):
+        return SpiceError("dump", f"a task of the tree exited while being dumped ({e})")
+    if isinstance(e, Exception):
+        log.debug(traceback.format_exc())
+        return SpiceError("dump", f"{type(e).__name__}: {e}")
+    return None

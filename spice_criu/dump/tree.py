@@ -1,0 +1,88 @@
+# SPDX-License-Identifier: MIT
+"""The process tree as CRIU records it: pstree.img, in CRIU's order (root, then depth first).
+
+Mirror of restore/tree.py. The tree is frozen by dump.seize; this module turns it into the task list
+every other collector walks, and checks what spice can dump (no zombies, sessions and process groups
+that the restore side can rebuild).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from google.protobuf.message import Message
+
+from ..errors import SpiceError
+from ..images import codec
+from . import proc
+from .seize import FrozenTree
+
+TASK_ALIVE, TASK_DEAD, TASK_STOPPED = 1, 2, 3
+
+
+@dataclass
+class Task:
+    """One process of the dumped tree and everything collected about it."""
+
+    pid: int
+    ppid: int  # 0 for the root, as in pstree.img
+    pgid: int
+    sid: int
+    tids: list[int]  # leader first
+    state: int
+    stop_signo: int = 0
+    stat: proc.Stat | None = None
+    children: list[Task] = field(default_factory=list)
+    ids: Message | None = None
+    cores: dict[int, Message] = field(default_factory=dict)  # tid -> core_entry
+
+    @property
+    def leader_core(self) -> Message:
+        return self.cores[self.pid]
+
+
+def collect(frozen: FrozenTree) -> list[Task]:
+    """Tasks of the frozen tree, parents before children, depth first like CRIU's pstree walk."""
+    if frozen.zombies():
+        z = frozen.zombies()[0]
+        raise SpiceError("dump", f"task {z} is a zombie: not supported")
+    tasks: dict[int, Task] = {}
+    for pid, p in frozen.processes.items():
+        if p.dead_leader:
+            raise SpiceError("dump", f"task {pid}: its main thread has exited (threads live on): not supported")
+        st = proc.stat(pid)
+        stopped = frozen.stopped(pid)
+        tasks[pid] = Task(
+            pid=pid,
+            ppid=0 if pid == frozen.root else p.ppid,
+            pgid=st.pgid,
+            sid=st.sid,
+            tids=list(p.threads),
+            state=TASK_STOPPED if stopped else TASK_ALIVE,
+            stop_signo=frozen.tasks[pid].stop_sig if stopped else 0,
+            stat=st,
+        )
+    order: list[Task] = []
+
+    def walk(pid: int) -> None:
+        t = tasks[pid]
+        order.append(t)
+        for kid in frozen.processes[pid].children:
+            if kid in tasks and kid not in (x.pid for x in t.children):
+                t.children.append(tasks[kid])
+                walk(kid)
+
+    walk(frozen.root)
+    _check_sessions(order)
+    return order
+
+
+def _check_sessions(tasks: list[Task]) -> None:
+    for t in tasks:
+        if t.sid == 0:
+            raise SpiceError("dump", f"A session leader of {t.pid} is outside of its pid namespace")
+
+
+def pstree_entries(tasks: list[Task]) -> list[Message]:
+    cls = codec.pb("pstree_entry")
+    return [cls(pid=t.pid, ppid=t.ppid, pgid=t.pgid, sid=t.sid, threads=t.tids) for t in tasks]
