@@ -29,7 +29,7 @@ _SPECS = (
                          monotonic=("expirations", "sigs")),
     harness.WorkloadSpec("tcppair", str(HERE / "tcppair.py"), roles=("server", "client"),
                          constants=("token", "conn"), steps=("seq",)),
-    harness.WorkloadSpec("ttyjob", str(HERE / "ttyjob.py"), constants=("token", "tty"), steps=("echo",)),
+    harness.WorkloadSpec("ttyjob", str(HERE / "ttyjob.py"), constants=("token", "tty"), monotonic=("echo",)),
     harness.WorkloadSpec("inherit", str(HERE / "inherit.py"), constants=("token",), steps=("seq",)),
 )
 for _s in _SPECS:
@@ -70,3 +70,95 @@ def _latest(out_file: Path, key: str) -> int:
 def kill_quietly(pids) -> None:
     with contextlib.suppress(Exception):
         harness.kill_pids([p for p in pids if harness.is_running(p)])
+
+
+class JobShell:
+    """A job-control shell (jobshell.py) on a fresh pty whose master the test holds: it runs the
+    workload, `criu dump --shell-job` and `spice restore --shell-job` in its session, each in the
+    terminal's foreground, as a user at a terminal would."""
+
+    def __init__(self, workdir: Path) -> None:
+        import subprocess
+        import sys
+
+        self.master, slave = os.openpty()
+        self.slave_path = os.ttyname(slave)
+        r, self.cmd = os.pipe()
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.results = workdir / "jobshell.out"
+        self._seen = 0
+        with open(self.results, "wb") as res, open(workdir / "jobshell.err", "ab") as err:
+            self.proc = subprocess.Popen([sys.executable, "-B", str(HERE / "jobshell.py"), self.slave_path, str(r)],
+                                         stdin=subprocess.DEVNULL, stdout=res, stderr=err, pass_fds=(r,))
+        os.close(r)
+        os.close(slave)
+        os.set_blocking(self.master, False)
+        self.screen = b""
+
+    def _ask(self, req: dict, timeout: float = 120.0) -> dict:
+        import json
+
+        os.write(self.cmd, (json.dumps(req) + "\n").encode())
+        deadline = time.monotonic() + harness.scaled(timeout)
+        while True:
+            self.drain()
+            lines = self.results.read_bytes().splitlines()
+            if len(lines) > self._seen:
+                self._seen += 1
+                return json.loads(lines[self._seen - 1])
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"jobshell did not answer {req} (exit {self.proc.poll()}); "
+                                     f"terminal: {self.screen[-2000:]!r}")
+            time.sleep(0.01)
+
+    def run(self, argv: list[str], cwd: Path | str = "/") -> int:
+        return self._ask({"run": [str(a) for a in argv], "cwd": str(cwd)})["rc"]
+
+    def spawn(self, argv: list[str], cwd: Path | str = "/") -> int:
+        return self._ask({"spawn": [str(a) for a in argv], "cwd": str(cwd)})["pid"]
+
+    def reap(self) -> list[int]:
+        return self._ask({"reap": True})["reaped"]
+
+    def drain(self) -> bytes:
+        """Everything written to the terminal so far (kept in self.screen)."""
+        while True:
+            try:
+                chunk = os.read(self.master, 65536)
+            except (BlockingIOError, OSError):
+                break
+            if not chunk:
+                break
+            self.screen += chunk
+        return self.screen
+
+    def type(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def kill_job(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: pid in self.reap() or harness.process_state(pid) is None, 10, f"job {pid} reaped")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.cmd)
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        self.proc.wait()
+        os.close(self.master)
+
+
+def dump_info(name: str, pids: tuple[int, ...], rundir: Path, out_file: Path, images_dir: Path,
+              before: dict[str, harness.Line] | None = None) -> harness.DumpInfo:
+    """The DumpInfo of a killing dump of a workload not started by harness.start_workload."""
+    lines, end = harness.read_lines(out_file)
+    if any(ln.failed for ln in lines):
+        raise AssertionError(f"{name} failed before the dump: {[ln.text for ln in lines if ln.failed][0]}")
+    last = harness.last_by_role(lines)
+    roles = {r: ln.pid for r, ln in last.items() if ln.pid}
+    ticks = {r: ln.tick or 0 for r, ln in last.items()}
+    return harness.DumpInfo(name=name, images_dir=images_dir, rundir=rundir, out_file=out_file,
+                            log_file=rundir / f"{name}.log", pids=pids, roles=roles, last_ticks=ticks,
+                            last_ticks_max=ticks, pre_dump=last, leave_running=False, port=None, dump=None,
+                            resume_offset=end)

@@ -44,8 +44,8 @@ TCP_STATES = {2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "
 NETWORK_LOCK = {0: "iptables", 1: "nftables", 2: "skip"}
 
 
-def tcp_option(ctx: OpenContext, name: str) -> bool:
-    """A restore option (--tcp-established, --tcp-close) as the caller gave it.
+def restore_option(ctx: OpenContext, name: str) -> bool:
+    """A restore option (--tcp-established, --shell-job...) as the caller gave it.
 
     The restore context carries the options when run.py hands them over (ctx.options); until then
     the criu-style command line being run is asked."""
@@ -82,7 +82,7 @@ class TcpConn(FileObj):
                 f"{_addr(e.family, e.dst_addr)}:{e.dst_port} (file id {self.id})")
 
     def open(self, ctx: OpenContext) -> int:
-        if not tcp_option(ctx, "tcp_established"):
+        if not restore_option(ctx, "tcp_established"):
             raise SpiceError("sockets", f"{self.describe()}: connected TCP socket in image: restore with "
                              "--tcp-established")
         e = self.e
