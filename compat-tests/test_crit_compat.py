@@ -484,20 +484,26 @@ def _ok(r: Run, what: str) -> None:
     assert r.rc == 0, f"{what}: exit {r.rc}\n{r.err[-1500:]}"
 
 
+def _runs(g: Group, ops: tuple[str, ...]):
+    """(image index, image, op, crit's run, spice's run), spice's checked to have succeeded."""
+    for i, img in enumerate(g.images):
+        for op in ops:
+            c, s = g.crit[f"{g.name}:{i}:{op}"], g.spice[f"{g.name}:{i}:{op}"]
+            _ok(s, f"spice {op} {img}")
+            yield i, img, op, c, s
+
+
 @pytest.mark.parametrize("group", GROUPS)
 def test_decode_equals_crit(compat, group: str) -> None:
     g = _group(compat, group)
     problems = []
-    for i, img in enumerate(g.images):
-        for op in ("decode", "pretty"):
-            c, s = g.crit[f"{group}:{i}:{op}"], g.spice[f"{group}:{i}:{op}"]
-            _ok(c, f"crit {op} {img}")
-            _ok(s, f"spice {op} {img}")
-            diff = json_diff(json.loads(c.out), json.loads(s.out))
-            if diff:
-                problems.append(f"{img.name} ({op}):\n    " + "\n    ".join(diff))
-            elif c.out != s.out:
-                problems.append(f"{img.name} ({op}): same JSON, different text (formatting)")
+    for _, img, op, c, s in _runs(g, ("decode", "pretty")):
+        _ok(c, f"crit {op} {img}")
+        diff = json_diff(json.loads(c.out), json.loads(s.out))
+        if diff:
+            problems.append(f"{img.name} ({op}):\n    " + "\n    ".join(diff))
+        elif c.out != s.out:
+            problems.append(f"{img.name} ({op}): same JSON, different text (formatting)")
     assert not problems, f"{len(problems)} of {2 * len(g.images)} decodes differ from crit:\n" + "\n".join(problems)
 
 
@@ -505,25 +511,22 @@ def test_decode_equals_crit(compat, group: str) -> None:
 def test_show_equals_crit(compat, group: str) -> None:
     g = _group(compat, group)
     problems = []
-    for i, img in enumerate(g.images):
-        for op in ("show", "nopl"):
-            c, s = g.crit[f"{group}:{i}:{op}"], g.spice[f"{group}:{i}:{op}"]
-            _ok(s, f"spice {op} {img}")
-            if crit_bug(magic_of(img), op, c):
-                sizes = [f"... <{pb2dict.human_readable(e['keys_bytes'] + e['values_bytes'])}>"
-                         for e in json.loads(g.crit[f"{group}:{i}:decode"].out)["entries"]]
-                assert [e["extra"] for e in json.loads(s.out)["entries"]] == sizes
-                continue
-            _ok(c, f"crit {op} {img}")
-            if op == "nopl" and magic_of(img) == "TCP_STREAM":
-                # crit's --nopl skips a tcp-stream payload by seeking to the end of the file, so it shows
-                # only the first entry (CRIU writes one per image); spice shows them all
-                theirs, mine = json.loads(c.out)["entries"], json.loads(s.out)["entries"]
-                assert len(theirs) == 1 and mine[:1] == theirs, img
-                continue
-            if c.out != s.out:
-                diff = json_diff(json.loads(c.out), json.loads(s.out)) or ["(formatting)"]
-                problems.append(f"{img.name} ({op}):\n    " + "\n    ".join(diff))
+    for i, img, op, c, s in _runs(g, ("show", "nopl")):
+        if crit_bug(magic_of(img), op, c):
+            sizes = [f"... <{pb2dict.human_readable(e['keys_bytes'] + e['values_bytes'])}>"
+                     for e in json.loads(g.crit[f"{group}:{i}:decode"].out)["entries"]]
+            assert [e["extra"] for e in json.loads(s.out)["entries"]] == sizes
+            continue
+        _ok(c, f"crit {op} {img}")
+        if op == "nopl" and magic_of(img) == "TCP_STREAM":
+            # crit's --nopl skips a tcp-stream payload by seeking to the end of the file, so it shows
+            # only the first entry (CRIU writes one per image); spice shows them all
+            theirs, mine = json.loads(c.out)["entries"], json.loads(s.out)["entries"]
+            assert len(theirs) == 1 and mine[:1] == theirs, img
+            continue
+        if c.out != s.out:
+            diff = json_diff(json.loads(c.out), json.loads(s.out)) or ["(formatting)"]
+            problems.append(f"{img.name} ({op}):\n    " + "\n    ".join(diff))
     assert not problems, "\n".join(problems)
 
 

@@ -339,29 +339,21 @@ def random_tails(draw):
     return head + draw(st.binary(max_size=300))
 
 
-def test_fuzz_bit_flips():
-    _fuzz("bit flips", 8000, bit_flips())
+FUZZ = {  # kind -> (examples, strategy): 29,000 in all
+    "bit flips": (8000, bit_flips()),
+    "truncations": (3000, truncations()),
+    "size fields": (6000, size_corruptions()),
+    "splices": (4000, splices()),
+    "insertions and deletions": (4000, edits()),
+    "random tails": (3000, random_tails()),
+    "random bytes": (1000, st.binary(max_size=64)),
+}
 
 
-def test_fuzz_truncations():
-    _fuzz("truncations", 3000, truncations())
-
-
-def test_fuzz_size_fields():
-    _fuzz("size fields", 6000, size_corruptions())
-
-
-def test_fuzz_splices():
-    _fuzz("splices", 4000, splices())
-
-
-def test_fuzz_insertions_deletions():
-    _fuzz("edits", 4000, edits())
-
-
-def test_fuzz_random_bytes():
-    _fuzz("random tails", 3000, random_tails())
-    _fuzz("random bytes", 1000, st.binary(max_size=64))
+@pytest.mark.parametrize("kind", FUZZ)
+def test_fuzz(kind: str):
+    n, strategy = FUZZ[kind]
+    _fuzz(kind, n, strategy)
 
 
 def test_every_prefix_of_every_seed():

@@ -117,7 +117,8 @@ def _cli_errors(fn: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
-@click.group(name="crit", help="CRiu Image Tool (spice-criu, compatible with crit from CRIU 4.2.1)")
+@click.group(name="crit", help="CRiu Image Tool (spice-criu, compatible with crit from CRIU 4.2.1)",
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(".".join(map(str, CRIU_VERSION)), message="%(version)s")
 def crit() -> None:
     pass
