@@ -17,10 +17,21 @@ U64, U32, S32 = ctypes.c_uint64, ctypes.c_uint32, ctypes.c_int32
 
 
 class Version(ctypes.Structure):
-    _fields_ = [("abi_version", U32), ("size", U32), ("req_hdr_size", U32), ("xsave_size", U32),
-                ("xfeatures", U64), ("features", U64), ("max_files", U32), ("max_vmas", U32),
-                ("max_sources", U32), ("max_ws", U32), ("max_keep", U32),
-                ("max_total_size", U32), ("reserved", U64 * 4)]
+    _fields_ = [
+        ("abi_version", U32),
+        ("size", U32),
+        ("req_hdr_size", U32),
+        ("xsave_size", U32),
+        ("xfeatures", U64),
+        ("features", U64),
+        ("max_files", U32),
+        ("max_vmas", U32),
+        ("max_sources", U32),
+        ("max_ws", U32),
+        ("max_keep", U32),
+        ("max_total_size", U32),
+        ("reserved", U64 * 4),
+    ]
 
 
 class Table(ctypes.Structure):
@@ -28,10 +39,22 @@ class Table(ctypes.Structure):
 
 
 class Mm(ctypes.Structure):
-    _fields_ = [(n, U64) for n in ("start_code", "end_code", "start_data", "end_data",
-                                   "start_brk", "brk", "start_stack", "arg_start", "arg_end",
-                                   "env_start", "env_end")] + [
-        ("auxv_words", U32), ("exe_file", S32), ("auxv", U64 * 64)]
+    _fields_ = [
+        (n, U64)
+        for n in (
+            "start_code",
+            "end_code",
+            "start_data",
+            "end_data",
+            "start_brk",
+            "brk",
+            "start_stack",
+            "arg_start",
+            "arg_end",
+            "env_start",
+            "env_end",
+        )
+    ] + [("auxv_words", U32), ("exe_file", S32), ("auxv", U64 * 64)]
 
 
 class Sigaction(ctypes.Structure):
@@ -39,14 +62,26 @@ class Sigaction(ctypes.Structure):
 
 
 class Task(ctypes.Structure):
-    _fields_ = [("blocked", U64), ("sigaction_mask", U64), ("ss_sp", U64), ("ss_size", U64),
-                ("ss_flags", U32), ("reserved0", U32), ("clear_tid_addr", U64),
-                ("robust_list", U64), ("robust_list_len", U64), ("rseq", U64),
-                ("rseq_len", U32), ("rseq_sig", U32), ("act", Sigaction * 64)]
+    _fields_ = [
+        ("blocked", U64),
+        ("sigaction_mask", U64),
+        ("ss_sp", U64),
+        ("ss_size", U64),
+        ("ss_flags", U32),
+        ("reserved0", U32),
+        ("clear_tid_addr", U64),
+        ("robust_list", U64),
+        ("robust_list_len", U64),
+        ("rseq", U64),
+        ("rseq_len", U32),
+        ("rseq_sig", U32),
+        ("act", Sigaction * 64),
+    ]
 
 
-REG_NAMES = ("r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di orig_ax ip cs flags sp ss "
-             "fs_base gs_base ds es fs gs").split()
+REG_NAMES = (
+    "r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di orig_ax ip cs flags sp ss fs_base gs_base ds es fs gs"
+).split()
 
 
 class Regs(ctypes.Structure):
@@ -54,11 +89,27 @@ class Regs(ctypes.Structure):
 
 
 class Restore(ctypes.Structure):
-    _fields_ = [("magic", U32), ("version", U32), ("hdr_size", U32), ("total_size", U32),
-                ("flags", U64), ("prefault", U32), ("reserved0", U32),
-                ("files", Table), ("vmas", Table), ("sources", Table), ("ws", Table),
-                ("keep", Table), ("xsave", Table), ("mm", Mm), ("task", Task), ("regs", Regs),
-                ("reserved", U64 * 7), ("err_table", U32), ("err_index", U32)]
+    _fields_ = [
+        ("magic", U32),
+        ("version", U32),
+        ("hdr_size", U32),
+        ("total_size", U32),
+        ("flags", U64),
+        ("prefault", U32),
+        ("reserved0", U32),
+        ("files", Table),
+        ("vmas", Table),
+        ("sources", Table),
+        ("ws", Table),
+        ("keep", Table),
+        ("xsave", Table),
+        ("mm", Mm),
+        ("task", Task),
+        ("regs", Regs),
+        ("reserved", U64 * 7),
+        ("err_table", U32),
+        ("err_index", U32),
+    ]
 
 
 def _ioc(direction: int, nr: int, size: int) -> int:
