@@ -34,7 +34,12 @@ class ImageDir:
             expect = magic_for_filename(name)
             if expect is None:
                 raise ImageError(self.path / name, "unknown image name")
-            img = self._cache[name] = codec.load(self.path / name, expect=expect)
+            img = codec.load(self.path / name, expect=expect)
+            for i, e in enumerate(img.entries):
+                if not e.msg.IsInitialized():  # crit shows such images; restoring from them is wrong
+                    missing = ", ".join(e.msg.FindInitializationErrors())
+                    raise ImageError(self.path / name, f"entry {i} lacks required fields: {missing}")
+            self._cache[name] = img
         return img
 
     def entries(self, name: str, optional: bool = True) -> list[Message]:

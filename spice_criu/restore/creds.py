@@ -112,7 +112,7 @@ def install_task_knobs(task: TaskCtl) -> None:
             except (OSError, ValueError) as e:
                 raise SpiceError("restore", f"task {pid}: rlimit {res}: {e}") from None
     if tc.personality:
-        task.sys(NR.personality, tc.personality, what="personality")
+        task.sys(NR.personality, image_personality(tc.personality), what="personality")
     if tc.HasField("oom_score_adj"):
         with open(f"/proc/{pid}/oom_score_adj", "w") as f:
             f.write(str(tc.oom_score_adj))
@@ -131,13 +131,28 @@ def install_task_knobs(task: TaskCtl) -> None:
         task.sys(NR.prctl, PR_SET_THP_DISABLE, 1, 0, 0, 0, what="thp_disabled")
 
 
+def image_personality(value: int) -> int:
+    """CRIU stores /proc/PID/personality's hex text parsed as decimal ("00040000" -> 40000); undo it."""
+    try:
+        return int(str(value), 16)
+    except ValueError:
+        return value
+
+
 def _rlim(v: int) -> int:
     return resource.RLIM_INFINITY if v >= (1 << 64) - 1 else v
 
 
 def install_thread_knobs(task: TaskCtl, tid: int, core) -> None:
-    """Per-thread name and parent-death signal."""
+    """Per-thread name, parent-death signal and scheduling (policy, priority, nice)."""
     tcore = core.thread_core
+    try:
+        if tcore.HasField("sched_policy") and tcore.sched_policy not in (0, os.sched_getscheduler(tid)):
+            os.sched_setscheduler(tid, tcore.sched_policy, os.sched_param(tcore.sched_prio))
+        if tcore.HasField("sched_nice") and os.getpriority(os.PRIO_PROCESS, tid) != tcore.sched_nice:
+            os.setpriority(os.PRIO_PROCESS, tid, tcore.sched_nice)
+    except OSError as e:
+        raise SpiceError("restore", f"thread {tid}: scheduling policy/nice: {e.strerror}") from None
     comm = tcore.comm if tcore.HasField("comm") else (core.tc.comm if core.HasField("tc") else "")
     if comm:
         task.sys(NR.prctl, PR_SET_NAME, task.put_str(comm[:15]), 0, 0, 0, what="set name", tid=tid)

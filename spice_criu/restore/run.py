@@ -57,12 +57,15 @@ def choose_backend(name: str):
 
 def restore_task(ctl: TaskCtl, ctx: OpenContext, backend) -> int:
     t = ctl.plan
+    # nothing may be delivered while the task is half-built (its timers fire, signals get queued):
+    # everything stays pending until the dumped masks are set, just before resume
+    ptrace.setsigmask(ctl.pid, signals.ALL_SIGNALS)
     threads.unregister_inherited_rseq(ctl)
     install_fds(ctl, ctx)
     install_fs(ctl)
     pages = backend.install_core(ctl, ctx)
     for th in t.threads[1:]:
-        threads.create_thread(ctl, th.tid)
+        threads.create_thread(ctl, th.tid)  # a new thread inherits the all-blocked mask
     for th in t.threads:
         threads.install_thread_kernel_state(ctl, th)
         signals.install_thread_signals(ctl, th.tid, th.core)
@@ -77,13 +80,15 @@ def restore_task(ctl: TaskCtl, ctx: OpenContext, backend) -> int:
 
 
 def finish_task(ctl: TaskCtl, backend) -> None:
-    """CPU state of every thread; the leader's last injected syscall unmaps the trampoline."""
+    """CPU state of every thread (the leader's last injected syscall unmaps the trampoline), then
+    the dumped signal masks: only now, when no syscall will be injected any more, may the signals
+    that piled up meanwhile be delivered (after resume, into the restored context)."""
     t = ctl.plan
-    for th in t.threads:
-        signals.set_blocked(th.tid, th.core)
     for th in t.threads[1:]:
         threads.set_cpu_state(th)
     backend.finish_leader(ctl)
+    for th in t.threads:
+        signals.set_blocked(th.tid, th.core)
 
 
 def kill_all(ctls: list[TaskCtl]) -> None:

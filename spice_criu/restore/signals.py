@@ -15,6 +15,7 @@ from .task import TaskCtl
 
 SIGKILL, SIGSTOP = 9, 19
 SS_ONSTACK, SS_DISABLE, SS_AUTODISARM = 1, 2, 1 << 31
+ALL_SIGNALS = (1 << 64) - 1
 #: signal numbers of tc.sigactions, in order (CRIU stores SIGMAX-2 = 62 entries)
 SIGACTION_SIGNALS = [s for s in range(1, 65) if s not in (SIGKILL, SIGSTOP)]
 

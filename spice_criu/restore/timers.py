@@ -22,7 +22,9 @@ def install_itimers(task: TaskCtl) -> None:
     t = tc.timers
     for which, it in ((ITIMER_REAL, t.real), (ITIMER_VIRTUAL, t.virt), (ITIMER_PROF, t.prof)):
         if it.vsec or it.vusec or it.isec or it.iusec:
-            val = struct.pack("<qqqq", it.isec, it.iusec, it.vsec, it.vusec)
+            # a periodic timer dumped just as it expired shows value 0, which would disarm it
+            vusec = it.vusec if it.vsec or it.vusec else 1
+            val = struct.pack("<qqqq", it.isec, it.iusec, it.vsec, vusec)
             task.sys(NR.setitimer, which, task.put(val), 0, what=f"setitimer({which})")
     task.reset_scratch()
 
@@ -48,8 +50,9 @@ def install_posix_timers(task: TaskCtl) -> None:
             spare.append(got)
         else:
             raise SpiceError("restore", f"task {task.pid}: cannot recreate posix timer id {pt.it_id}")
-        its = struct.pack("<qqqq", pt.isec, pt.insec, pt.vsec, pt.vnsec)
-        if pt.vsec or pt.vnsec:
+        vnsec = pt.vnsec if pt.vsec or pt.vnsec or not (pt.isec or pt.insec) else 1
+        its = struct.pack("<qqqq", pt.isec, pt.insec, pt.vsec, vnsec)
+        if pt.vsec or vnsec:
             task.sys(NR.timer_settime, pt.it_id, 0, task.put(its), 0, what=f"timer_settime({pt.it_id})")
     for tid in spare:
         task.sys(NR.timer_delete, tid, what="timer_delete")
