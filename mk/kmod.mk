@@ -3,15 +3,16 @@
 # tested inside Debian's 6.1 kernel booted in qemu (TCG) by kmod/ci/kmod-ci.sh, which installs
 # its own apt packages on a fresh Debian 12 machine.
 #   make kmod            build kmod/spice.ko (installs the prerequisites when missing)
-#   make kmod-test       checkpatch + in-guest C tests (restore, errors, fuzz) on two CPU
-#                        models (qemu64: FXSAVE path, max: XSAVE/AVX/PKRU) + in-guest Python test
+#   make kmod-test       checkpatch + in-guest C tests (restore, errors, fuzz) on two guests
+#                        (qemu64, 1 vCPU: FXSAVE path; max, 2 vCPUs: XSAVE/AVX/PKRU, migrations)
+#                        + in-guest Python test
 #   make kmod-checkpatch the kernel's checkpatch.pl --strict on the module sources
 KMOD_CI := kmod/ci/kmod-ci.sh
 KMOD_OUT ?= $(CURDIR)/.kmod-ci
 KMOD_TEST_BIN := $(KMOD_OUT)/spice_kmod_test
 KMOD_TEST_SRC := $(wildcard kmod/tests/*.c) $(wildcard kmod/tests/*.h) kmod/include/uapi/spice.h
 KMOD_SRC := $(wildcard kmod/spice_*.c) $(wildcard kmod/spice_*.h) kmod/include/uapi/spice.h
-KMOD_CPUS ?= qemu64 max
+KMOD_VMS ?= qemu64:1 max:2
 KMOD_TIMEOUT ?= 300
 
 .PHONY: kmod kmod-deps kmod-test kmod-test-c kmod-test-py kmod-checkpatch kmod-clean
@@ -31,9 +32,10 @@ kmod-checkpatch: kmod-deps
 	bash $(KMOD_CI) checkpatch $(KMOD_SRC)
 
 kmod-test-c: kmod $(KMOD_TEST_BIN)
-	@for cpu in $(KMOD_CPUS); do \
-		echo "== kmod in-guest C tests, cpu $$cpu"; \
-		KMOD_CI_OUT=$(KMOD_OUT) KMOD_CI_CPU=$$cpu KMOD_CI_TIMEOUT=$(KMOD_TIMEOUT) \
+	@for vm in $(KMOD_VMS); do \
+		cpu=$${vm%%:*}; smp=$${vm##*:}; \
+		echo "== kmod in-guest C tests, cpu $$cpu, $$smp vCPU"; \
+		KMOD_CI_OUT=$(KMOD_OUT) KMOD_CI_CPU=$$cpu KMOD_CI_SMP=$$smp KMOD_CI_TIMEOUT=$(KMOD_TIMEOUT) \
 			bash $(KMOD_CI) run --ko kmod/spice.ko --initrd-exec $(KMOD_TEST_BIN) || exit $$?; \
 	done
 
