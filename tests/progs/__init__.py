@@ -46,6 +46,7 @@ class Target:
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if stdin is None else stdin,
                                      stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
         self.pid = self.proc.pid
+        self.started = time.monotonic()
 
     @classmethod
     def prog(cls, name: str, *args: str, stdin: int | None = None) -> Target:
