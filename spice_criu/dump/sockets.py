@@ -1,0 +1,270 @@
+# SPDX-License-Identifier: MIT
+"""Sockets: unix (pairs, bound, listening, with their queued packets) and inet (TCP listening or
+closed, UDP), read through sock_diag and getsockopt() the way CRIU 4.2 records them.
+
+Mirror of restore/sockets.py. A unix socket is a UNIXSK entry (state, type, peer inode, name,
+backlog, shutdown, options); the packets waiting in its receive queue go to sk-queues.img, peeked
+with SO_PEEK_OFF so the socket keeps them. An inet socket is an INETSK entry (addresses, ports,
+state, backlog, IP and TCP options). Established TCP connections (--tcp-established) are refused:
+spice dump does not take the TCP_REPAIR snapshot or the network lock yet (spice restore does
+restore such images written by criu). Sockets with queued file descriptors (SCM_RIGHTS), packet,
+netlink and other families are refused, naming the socket.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from typing import Any
+
+from ..errors import SpiceError
+from ..images import codec
+from .files import OpenFd, add_file, dumper, fown, socket_details
+
+NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
+NLM_F_REQUEST, NLM_F_DUMP, NLMSG_ERROR, NLMSG_DONE = 1, 0x300, 2, 3
+UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_ICONS, UDIAG_SHOW_RQLEN = 1, 2, 4, 8, 0x10
+UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_ICONS, UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 0, 1, 2, 3, 4, 6
+INET_DIAG_SHUTDOWN = 8
+SO_PEEK_OFF, SO_BUF_LOCK, SO_PASSSEC, SO_NO_CHECK = 42, 72, 34, 11
+TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
+SIOCINQ = 0x541B
+
+
+# ------------------------------------------------------------------------------------------ sock_diag
+
+
+def _split(body: bytes, head: int) -> tuple[bytes, dict[int, bytes]]:
+    attrs: dict[int, bytes] = {}
+    off = head
+    while off + 4 <= len(body):
+        alen, atype = struct.unpack_from("=HH", body, off)
+        if alen < 4:
+            break
+        attrs[atype & 0x3FFF] = body[off + 4 : off + alen]
+        off += (alen + 3) & ~3
+    return body[:head], attrs
+
+
+def unix_diag(ino: int) -> tuple[tuple[int, ...], dict[int, bytes]]:
+    show = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN
+    req = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, ino, show, 0xFFFFFFFF, 0xFFFFFFFF)
+    msg = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0) + req
+    for body in _diag_raw(msg):
+        head, attrs = _split(body, 16)
+        fam, typ, state, _pad, dino = struct.unpack_from("=BBBBI", head)
+        if dino == ino:
+            return (typ, state), attrs
+    raise OSError(2, "no such unix socket")
+
+
+def inet_diag(family: int, proto: int, ino: int) -> tuple[dict[str, Any], dict[int, bytes]]:
+    req = struct.pack("=BBBBI", family, proto, 0, 0, 0xFFFFFFFF) + bytes(48)
+    msg = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req
+    for body in _diag_raw(msg):
+        head, attrs = _split(body, 72)
+        fam, state = struct.unpack_from("=BB", head)
+        sport, dport = struct.unpack_from("!HH", head, 4)
+        src = list(struct.unpack_from("<4I", head, 8))
+        dst = list(struct.unpack_from("<4I", head, 24))
+        _exp, rq, wq, _uid, dino = struct.unpack_from("=IIIII", head, 52)
+        if dino == ino:
+            return {"family": fam, "state": state, "sport": sport, "dport": dport, "src": src, "dst": dst,
+                    "rqueue": rq, "wqueue": wq}, attrs
+    raise OSError(2, "no such inet socket")
+
+
+def _diag_raw(msg: bytes) -> list[bytes]:
+    out = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
+        nl.settimeout(5)
+        nl.send(msg)
+        while True:
+            buf = nl.recv(1 << 17)
+            off = 0
+            multi = False
+            while off + 16 <= len(buf):
+                length, mtype, flags = struct.unpack_from("=IHH", buf, off)
+                body = buf[off + 16 : off + length]
+                off += (length + 3) & ~3
+                multi = multi or bool(flags & 0x2)
+                if mtype == NLMSG_DONE:
+                    return out
+                if mtype == NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", body)[0]
+                    if err:
+                        raise OSError(err, os.strerror(err))
+                    return out
+                out.append(body)
+            if not multi:
+                return out
+
+
+# ------------------------------------------------------------------------------------------ options
+
+
+def _int(s: socket.socket, level: int, opt: int) -> int:
+    return s.getsockopt(level, opt)
+
+
+def sk_opts(s: socket.socket, inet: bool, o: Any) -> None:
+    """Fill sk_opts_entry o with the fields CRIU 4.2 fills (so_passcred/so_passsec only for unix)."""
+    g = lambda opt: _int(s, socket.SOL_SOCKET, opt)  # noqa: E731
+    o.so_sndbuf, o.so_rcvbuf = g(socket.SO_SNDBUF), g(socket.SO_RCVBUF)
+    for attr, opt in (("snd", socket.SO_SNDTIMEO), ("rcv", socket.SO_RCVTIMEO)):
+        sec, usec = struct.unpack("qq", s.getsockopt(socket.SOL_SOCKET, opt, 16))
+        setattr(o, f"so_{attr}_tmo_sec", sec)
+        setattr(o, f"so_{attr}_tmo_usec", usec)
+    o.reuseaddr = bool(g(socket.SO_REUSEADDR))
+    o.so_priority = g(socket.SO_PRIORITY)
+    o.so_rcvlowat = g(socket.SO_RCVLOWAT)
+    mark = g(socket.SO_MARK)
+    if mark:
+        o.so_mark = mark
+    if not inet:
+        o.so_passcred = bool(g(socket.SO_PASSCRED))
+        o.so_passsec = bool(g(SO_PASSSEC))
+    o.so_dontroute = bool(g(socket.SO_DONTROUTE))
+    o.so_no_check = bool(g(SO_NO_CHECK))
+    dev = s.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16).rstrip(b"\0")
+    if dev:
+        o.so_bound_dev = dev.decode()
+    o.so_reuseport = bool(g(socket.SO_REUSEPORT))
+    o.so_broadcast = bool(g(socket.SO_BROADCAST))
+    o.so_keepalive = bool(g(socket.SO_KEEPALIVE))
+    o.so_oobinline = g(socket.SO_OOBINLINE)
+    onoff, linger = struct.unpack("ii", s.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8))
+    if onoff:
+        o.so_linger = linger
+    o.so_buf_lock = g(SO_BUF_LOCK)
+
+
+# ------------------------------------------------------------------------------------------ unix
+
+
+@dumper("socket")
+def _dump_socket(of: OpenFd, fid: int) -> str:
+    s = socket.socket(fileno=os.dup(of.lfd))
+    try:
+        if s.family == socket.AF_UNIX:
+            return _unix(of, fid, s)
+        if s.family in (socket.AF_INET, socket.AF_INET6):
+            return _inet(of, fid, s)
+    finally:
+        s.close()
+    raise SpiceError("dump", f"{of.describe()} ({socket_details(of.lfd)}): not supported")
+
+
+def _unix(of: OpenFd, fid: int, s: socket.socket) -> str:
+    ino = of.st.st_ino
+    try:
+        (typ, state), attrs = unix_diag(ino)
+    except OSError as e:
+        raise SpiceError("dump", f"{of.describe()}: sock_diag: {e.strerror}") from None
+    name = attrs.get(UNIX_DIAG_NAME, b"")
+    e = codec.pb("unix_sk_entry")(id=fid, ino=ino, type=typ, state=state, flags=of.flags, uflags=0, name=name)
+    e.peer = struct.unpack("=I", attrs[UNIX_DIAG_PEER])[0] if UNIX_DIAG_PEER in attrs else 0
+    rq, wq = struct.unpack("=II", attrs.get(UNIX_DIAG_RQLEN, bytes(8)))
+    e.backlog = wq if state == TCP_LISTEN else 0
+    if state == TCP_LISTEN and attrs.get(UNIX_DIAG_ICONS, b""):
+        raise SpiceError("dump", f"{of.describe()}: a listening unix socket with connections not yet accepted: "
+                         "not supported")
+    shut = attrs.get(UNIX_DIAG_SHUTDOWN)
+    if shut and shut[0]:
+        e.shutdown = shut[0] & 3
+    if name and name[0] != 0:
+        path = name.decode(errors="surrogateescape")
+        try:
+            pst = os.stat(path)
+            e.file_perms.mode, e.file_perms.uid, e.file_perms.gid = pst.st_mode, pst.st_uid, pst.st_gid
+        except OSError:
+            e.deleted = True
+    for k, v in fown(of.lfd).items():
+        setattr(e.fown, k, v)
+    sk_opts(s, False, e.opts)
+    e.ns_id = of.ctx.ids.root_ids.net_ns_id if of.ctx.ids.root_ids.HasField("net_ns_id") else 0
+    if state != TCP_LISTEN:
+        _queue(of, fid, s, typ)
+    add_file(of.ctx, "UNIXSK", fid, "usk", e)
+    return "UNIXSK"
+
+
+def _queue(of: OpenFd, fid: int, s: socket.socket, typ: int) -> None:
+    """The packets in the socket's receive queue (sk-queues.img), read without taking them."""
+    import fcntl
+
+    try:
+        pending = struct.unpack("i", fcntl.ioctl(s.fileno(), SIOCINQ, bytes(4)))[0]
+    except OSError:
+        pending = 0
+    if pending <= 0 and typ == socket.SOCK_STREAM:
+        return
+    old = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    try:
+        while True:
+            try:
+                data, anc, _flags, _addr = s.recvmsg(max(pending, 1) + 65536, socket.CMSG_SPACE(4 * 253),
+                                                     socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            if anc:
+                raise SpiceError("dump", f"{of.describe()}: queued file descriptors or credentials (SCM) "
+                                 "are not supported")
+            if not data and typ == socket.SOCK_STREAM:
+                break
+            of.ctx.images.add("sk-queues.img", "SK_QUEUES",
+                              codec.pb("sk_packet_entry")(id_for=fid, length=len(data)), data)
+            if typ == socket.SOCK_STREAM and len(data) >= pending:
+                break
+    finally:
+        s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, old)
+
+
+# ------------------------------------------------------------------------------------------ inet
+
+
+def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
+    proto = s.proto or (socket.IPPROTO_TCP if s.type == socket.SOCK_STREAM else socket.IPPROTO_UDP)
+    what = f"{of.describe()} ({socket_details(of.lfd)})"
+    if proto not in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+        raise SpiceError("dump", f"{what}: protocol {proto} not supported")
+    try:
+        d, attrs = inet_diag(s.family, proto, of.st.st_ino)
+    except OSError as e:
+        raise SpiceError("dump", f"{what}: sock_diag: {e.strerror}") from None
+    state = d["state"]
+    if proto == socket.IPPROTO_TCP and state not in (TCP_LISTEN, TCP_CLOSE):
+        hint = "" if of.ctx.opts.tcp_established else " (criu would need --tcp-established)"
+        raise SpiceError("dump", f"{what}: a connected TCP socket{hint}: spice dump cannot checkpoint "
+                         "established TCP connections yet")
+    n = 1 if s.family == socket.AF_INET else 4
+    e = codec.pb("inet_sk_entry")(id=fid, ino=of.st.st_ino, family=s.family, type=s.type, proto=proto,
+                                  state=state, src_port=d["sport"], dst_port=d["dport"], flags=of.flags,
+                                  backlog=d["wqueue"], src_addr=d["src"][:n], dst_addr=d["dst"][:n])
+    for k, v in fown(of.lfd).items():
+        setattr(e.fown, k, v)
+    sk_opts(s, True, e.opts)
+    if s.family == socket.AF_INET6:
+        e.v6only = bool(s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+    ttl = s.getsockopt(socket.IPPROTO_IP, socket.IP_TTL) if s.family == socket.AF_INET else None
+    if ttl is not None:
+        e.ip_opts.ttl = ttl
+    if s.getsockopt(socket.IPPROTO_IP, 15) if s.family == socket.AF_INET else 0:  # IP_FREEBIND
+        e.ip_opts.freebind = True
+    tos = s.getsockopt(socket.IPPROTO_IP, socket.IP_TOS) if s.family == socket.AF_INET else 0
+    if tos:
+        e.ip_opts.tos = tos
+    e.ns_id = of.ctx.ids.root_ids.net_ns_id if of.ctx.ids.root_ids.HasField("net_ns_id") else 0
+    if proto == socket.IPPROTO_TCP:
+        if s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
+            e.tcp_opts.nodelay = True
+        e.tcp_opts.keepcnt = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
+        e.tcp_opts.keepidle = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+        e.tcp_opts.keepintvl = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+    shut = attrs.get(INET_DIAG_SHUTDOWN)
+    if shut and shut[0]:
+        e.shutdown = shut[0] & 3
+    add_file(of.ctx, "INETSK", fid, "isk", e)
+    return "INETSK"
