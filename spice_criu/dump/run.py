@@ -183,7 +183,10 @@ def _collect(ctx: DumpContext, frozen: seize.FrozenTree) -> Message:
     _check_root(o, tasks[0])
     fault("frozen")
     for t in tasks:
-        dump_task(ctx, t)
+        if t.state == tree.TASK_DEAD:
+            ctx.images.add(f"core-{t.pid}.img", "CORE", tree.zombie_core(t))
+        else:
+            dump_task(ctx, t)
     ctx.images.add_all("pstree.img", "PSTREE", tree.pstree_entries(tasks))
     ctx.images.add("seccomp.img", "SECCOMP", inventory.seccomp())
     ctx.images.add("timens-0.img", "TIMENS", inventory.timens())

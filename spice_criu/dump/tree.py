@@ -31,6 +31,7 @@ class Task:
     tids: list[int]  # leader first
     state: int
     stop_signo: int = 0
+    exit_code: int = 0  # wait status of a zombie
     stat: proc.Stat | None = None
     children: list[Task] = field(default_factory=list)
     ids: Message | None = None
@@ -43,11 +44,13 @@ class Task:
 
 def collect(frozen: FrozenTree) -> list[Task]:
     """Tasks of the frozen tree, parents before children, depth first like CRIU's pstree walk."""
-    if frozen.zombies():
-        z = frozen.zombies()[0]
-        raise SpiceError("dump", f"task {z} is a zombie: not supported")
     tasks: dict[int, Task] = {}
     for pid, p in frozen.processes.items():
+        if p.zombie:
+            st = proc.stat(pid)
+            tasks[pid] = Task(pid=pid, ppid=p.ppid, pgid=st.pgid, sid=st.sid, tids=[pid], state=TASK_DEAD,
+                              stat=st, exit_code=st.exit_code)
+            continue
         if p.dead_leader:
             raise SpiceError("dump", f"task {pid}: its main thread has exited (threads live on): not supported")
         st = proc.stat(pid)
@@ -81,6 +84,15 @@ def _check_sessions(tasks: list[Task]) -> None:
     for t in tasks:
         if t.sid == 0:
             raise SpiceError("dump", f"A session leader of {t.pid} is outside of its pid namespace")
+
+
+def zombie_core(t: Task) -> Message:
+    """A zombie's core: just its task state, wait status and name (CRIU's dump_one_zombie)."""
+    core = codec.pb("core_entry")(mtype=1)
+    tc = core.tc
+    tc.task_state, tc.exit_code, tc.personality, tc.flags, tc.blk_sigset = TASK_DEAD, t.exit_code, 0, 0, 0
+    tc.comm = t.stat.comm
+    return core
 
 
 def pstree_entries(tasks: list[Task]) -> list[Message]:
