@@ -9,7 +9,9 @@ SIGNALFD) with the description's flags and owner:
   records). Each target is verified with kcmp(KCMP_EPOLL_TFD) to be the file the task has at that
   fd number; if the fd was closed or reused, another fd of the task holding the same file is used
   (as CRIU does); a registration whose file the task no longer holds at all is refused.
-* timerfd: clock, remaining time (it_value), interval, unread expirations (ticks), settime flags.
+* timerfd: clock, remaining time (it_value), interval, unread expirations (ticks), settime flags. A
+  periodic timer that expired while the tree was frozen shows no remaining time; it is recorded as
+  due one interval later (CRIU records 0, which any restore turns into a dead timer).
 * signalfd: the signal mask.
 """
 
@@ -69,10 +71,16 @@ def _dump_timerfd(of: OpenFd, fid: int) -> str:
     interval = _PAIR.search(_field(of, "it_interval"))
     if value is None or interval is None:
         raise SpiceError("dump", f"{of.describe()}: unreadable timer in its fdinfo")
+    vsec, vnsec, isec, insec = int(value[1]), int(value[2]), int(interval[1]), int(interval[2])
+    ticks = int(_field(of, "ticks"))
+    if (vsec, vnsec) == (0, 0) and (isec, insec) != (0, 0) and ticks:
+        # expired while frozen and not read yet: the kernel shows no remaining time, which both
+        # restorers would take as "disarmed" and the periodic timer would never fire again. Its
+        # next expiry is less than one interval away: record one interval.
+        vsec, vnsec = isec, insec
     e = codec.pb("timerfd_entry")(
-        id=fid, flags=of.flags, clockid=int(_field(of, "clockid")), ticks=int(_field(of, "ticks")),
-        settime_flags=int(_field(of, "settime flags"), 8),
-        vsec=int(value[1]), vnsec=int(value[2]), isec=int(interval[1]), insec=int(interval[2]),
+        id=fid, flags=of.flags, clockid=int(_field(of, "clockid")), ticks=ticks,
+        settime_flags=int(_field(of, "settime flags"), 8), vsec=vsec, vnsec=vnsec, isec=isec, insec=insec,
     )
     _owner(e, of)
     add_file(of.ctx, "TIMERFD", fid, "tfd", e)
