@@ -216,11 +216,19 @@ class Remote:
     scratch:      (addr, size) of caller-owned scratch memory (only with `site`); otherwise a scratch
                   area of `scratch_size` bytes is mapped (and unmapped on close).
     restore_regs: on close, put back the registers the task had at creation (after unmapping ours).
+    pin_cpu:      run tracer and task on the task's current CPU until close (each injection is two
+                  ptrace stops; cross-CPU wakeups cost several times more, especially in VMs). This
+                  changes the task's affinity meanwhile: meant for restore; a dump must not use it,
+                  since a dying tracer would leave the task pinned.
     """
 
     def __init__(self, tid: int, *, site: int | None = None, scratch: tuple[int, int] | None = None,
-                 scratch_size: int = 4 * PAGE_SIZE, restore_regs: bool = True, rseq_fixup: bool = True) -> None:
+                 scratch_size: int = 4 * PAGE_SIZE, restore_regs: bool = True, rseq_fixup: bool = True,
+                 pin_cpu: bool = False) -> None:
         self.tid = tid
+        self._affinity: tuple[set[int], set[int]] | None = None
+        if pin_cpu:
+            self._pin()
         self.restore_regs = restore_regs
         self.events: list[tuple[int, int]] = []  # (PTRACE_EVENT_*, event message) seen while injecting
         self.window_ns: list[int] = []  # unprotected bootstrap/teardown windows (no-chain case)
@@ -544,6 +552,7 @@ class Remote:
     def close(self) -> None:
         """Unmap our trampoline/scratch and put the original registers back (task stays stopped)."""
         if self.closed:
+            self._unpin()
             return
         try:
             if self.mapping is not None:
@@ -553,6 +562,29 @@ class Remote:
                 pt.setregs(self.tid, self.regs)
         finally:
             self.closed = True
+            self._unpin()
+
+    def _pin(self) -> None:
+        with open(f"/proc/{self.tid}/stat") as f:
+            cpu = int(f.read().rsplit(")", 1)[1].split()[36])
+        saved = (os.sched_getaffinity(0), os.sched_getaffinity(self.tid))
+        try:
+            os.sched_setaffinity(self.tid, {cpu})
+            os.sched_setaffinity(0, {cpu})
+        except OSError:
+            os.sched_setaffinity(self.tid, saved[1])
+            return
+        self._affinity = saved
+
+    def _unpin(self) -> None:
+        if self._affinity is not None:
+            mine, theirs = self._affinity
+            self._affinity = None
+            try:
+                os.sched_setaffinity(self.tid, theirs)
+            except ProcessLookupError:
+                pass
+            os.sched_setaffinity(0, mine)
 
     def __enter__(self) -> Remote:
         return self
@@ -560,6 +592,7 @@ class Remote:
     def __exit__(self, *exc: object) -> None:
         if exc[0] is TaskGone:
             self.closed = True
+            self._unpin()
             return
         self.close()
 

@@ -143,8 +143,9 @@ def _rlim(v: int) -> int:
     return resource.RLIM_INFINITY if v >= (1 << 64) - 1 else v
 
 
-def install_thread_knobs(task: TaskCtl, tid: int, core) -> None:
-    """Per-thread name, parent-death signal and scheduling (policy, priority, nice)."""
+def install_thread_knobs(task: TaskCtl, b, tid: int, core) -> None:
+    """Per-thread name and parent-death signal (queued on the thread's batch `b`), scheduling
+    (policy, priority, nice: set from outside)."""
     tcore = core.thread_core
     try:
         if tcore.HasField("sched_policy") and tcore.sched_policy not in (0, os.sched_getscheduler(tid)):
@@ -155,7 +156,6 @@ def install_thread_knobs(task: TaskCtl, tid: int, core) -> None:
         raise SpiceError("restore", f"thread {tid}: scheduling policy/nice: {e.strerror}") from None
     comm = tcore.comm if tcore.HasField("comm") else (core.tc.comm if core.HasField("tc") else "")
     if comm:
-        task.sys(NR.prctl, PR_SET_NAME, task.put_str(comm[:15]), 0, 0, 0, what="set name", tid=tid)
+        b.add(NR.prctl, PR_SET_NAME, task.put_str(comm[:15]), 0, 0, 0, what="set name")
     if tcore.pdeath_sig:
-        task.sys(NR.prctl, PR_SET_PDEATHSIG, tcore.pdeath_sig, 0, 0, 0, what="pdeath_sig", tid=tid)
-    task.reset_scratch()
+        b.add(NR.prctl, PR_SET_PDEATHSIG, tcore.pdeath_sig, 0, 0, 0, what="pdeath_sig")

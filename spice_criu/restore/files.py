@@ -298,27 +298,40 @@ _F_SETFD = 2
 
 def install_fds(task, ctx: OpenContext) -> None:
     """Give the task exactly its dumped fd table: every object is opened in the restorer (once) and
-    pulled into the task with pidfd_getfd(), then moved to its number with dup3()."""
+    pulled into the task with pidfd_getfd(), then moved to its number with dup3().
+
+    Two batches. The kernel hands out the lowest free fd number, and nothing else opens fds in the
+    task meanwhile, so the numbers pidfd_getfd() will return are known in advance."""
     from ..linux.syscalls import NR
 
     plans = task.plan.fds
     ours = [ctx.fd_of(p.file_id) for p in plans]
-    task.sys(NR.close_range, 0, 0xFFFFFFFF, 0, what="close inherited fds")
-    pidfd = task.sys(NR.pidfd_open, os.getpid(), 0, what="pidfd_open(restorer)")
+    b = task.batch()
+    b.add(NR.close_range, 0, 0xFFFFFFFF, 0, what="close inherited fds")
+    b.add(NR.pidfd_open, os.getpid(), 0, what="pidfd_open(restorer)")
+    pidfd = b.run()[1]
+    task.reset_scratch()
     wanted = {p.fd for p in plans}
+    used = {pidfd}
+    b = task.batch()
     if pidfd in wanted:
         spare = max(wanted) + 1
-        task.sys(NR.dup3, pidfd, spare, O_CLOEXEC, what="move pidfd")
-        task.sys(NR.close, pidfd, what="close")
+        b.add(NR.dup3, pidfd, spare, O_CLOEXEC, what="move pidfd")
+        b.add(NR.close, pidfd, what="close")
+        used = {spare}
         pidfd = spare
     for p, ours_fd in zip(plans, ours, strict=True):
-        got = task.sys(NR.pidfd_getfd, pidfd, ours_fd, 0, what=f"pidfd_getfd for fd {p.fd}")
+        got = min(set(range(len(used) + 1)) - used)  # the lowest free number
+        b.add(NR.pidfd_getfd, pidfd, ours_fd, 0, what=f"pidfd_getfd for fd {p.fd}")
         if got != p.fd:
-            task.sys(NR.dup3, got, p.fd, O_CLOEXEC if p.cloexec else 0, what=f"dup3 to fd {p.fd}")
-            task.sys(NR.close, got, what="close")
+            b.add(NR.dup3, got, p.fd, O_CLOEXEC if p.cloexec else 0, what=f"dup3 to fd {p.fd}")
+            b.add(NR.close, got, what="close")
         elif not p.cloexec:
-            task.sys(NR.fcntl, got, _F_SETFD, 0, what=f"fcntl(fd {p.fd})")
-    task.sys(NR.close, pidfd, what="close pidfd")
+            b.add(NR.fcntl, got, _F_SETFD, 0, what=f"fcntl(fd {p.fd})")
+        used.add(p.fd)
+    b.add(NR.close, pidfd, what="close pidfd")
+    b.run()
+    task.reset_scratch()
     for p in plans:
         if p.file.needs_task_setup():
             p.file.setup_in_task(task, p.fd, ctx)
@@ -340,8 +353,10 @@ def install_fs(task) -> None:
     from ..linux.syscalls import NR
 
     t = task.plan
+    b = task.batch()
     if t.root != "/":
-        task.sys(NR.chroot, task.put_str(t.root), what=f"chroot({t.root})")
-    task.sys(NR.chdir, task.put_str(t.cwd), what=f"chdir({t.cwd})")
-    task.sys(NR.umask, t.umask, what="umask")
+        b.add(NR.chroot, task.put_str(t.root), what=f"chroot({t.root})")
+    b.add(NR.chdir, task.put_str(t.cwd), what=f"chdir({t.cwd})")
+    b.add(NR.umask, t.umask, what="umask")
+    b.run()
     task.reset_scratch()

@@ -67,9 +67,12 @@ def restore_task(ctl: TaskCtl, ctx: OpenContext, backend) -> int:
     for th in t.threads[1:]:
         threads.create_thread(ctl, th.tid)  # a new thread inherits the all-blocked mask
     for th in t.threads:
-        threads.install_thread_kernel_state(ctl, th)
-        signals.install_thread_signals(ctl, th.tid, th.core)
-        creds.install_thread_knobs(ctl, th.tid, th.core)
+        b = ctl.batch()
+        threads.queue_thread_kernel_state(b, th)
+        signals.queue_thread_signals(ctl, b, th.tid, th.core)
+        creds.install_thread_knobs(ctl, b, th.tid, th.core)
+        b.run(th.tid)
+        ctl.reset_scratch()
     timers.install_itimers(ctl)
     timers.install_posix_timers(ctl)
     creds.install_task_knobs(ctl)

@@ -43,10 +43,12 @@ def sigaction_structs(tc) -> list[tuple[int, bytes, bool]]:
 
 def install_sigactions(task: TaskCtl) -> None:
     current = _nondefault_now(task.pid)
+    b = task.batch()
     for sig, raw, default in sigaction_structs(task.plan.tc):
         if default and not current & (1 << (sig - 1)):
             continue
-        task.sys(NR.rt_sigaction, sig, task.put(raw), 0, 8, what=f"rt_sigaction({sig})")
+        b.add(NR.rt_sigaction, sig, task.put(raw), 0, 8, what=f"rt_sigaction({sig})")
+    b.run()
     task.reset_scratch()
 
 
@@ -57,20 +59,19 @@ def blocked_mask(core) -> int:
     return core.tc.blk_sigset if core.HasField("tc") else 0
 
 
-def install_thread_signals(task: TaskCtl, tid: int, core) -> None:
-    """Per-thread: alternate stack, private pending signals (then the mask, from outside)."""
+def queue_thread_signals(task: TaskCtl, b, tid: int, core) -> None:
+    """Per-thread: alternate stack, private pending signals (the mask is set last, from outside)."""
     tcore = core.thread_core
     if tcore.HasField("sas"):
         sas = tcore.sas
         flags = sas.ss_flags & ~SS_ONSTACK
         st = struct.pack("<QiiQ", sas.ss_sp, flags, 0, sas.ss_size)
-        task.sys(NR.sigaltstack, task.put(st), 0, what="sigaltstack", tid=tid)
+        b.add(NR.sigaltstack, task.put(st), 0, what="sigaltstack")
     if tcore.HasField("signals_p"):
         for si in tcore.signals_p.signals:
             raw = bytes(si.siginfo).ljust(128, b"\0")
             signo = struct.unpack_from("<i", raw)[0]
-            task.sys(NR.rt_tgsigqueueinfo, task.pid, tid, signo, task.put(raw), what="queue signal", tid=tid)
-    task.reset_scratch()
+            b.add(NR.rt_tgsigqueueinfo, task.pid, tid, signo, task.put(raw), what="queue signal")
 
 
 def install_shared_pending(task: TaskCtl) -> None:

@@ -21,7 +21,7 @@ from ..vma import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PAGE_SIZE
 from .plan import TaskPlan
 
 TRAMPOLINE_CODE = bytes.fromhex("0f05cc")  # syscall; int3
-SCRATCH_PAGES = 32
+SCRATCH_PAGES = 64
 TRAMPOLINE_SIZE = PAGE_SIZE * (1 + SCRATCH_PAGES)
 _LOW, _HIGH = 1 << 32, 1 << 46
 
@@ -109,7 +109,9 @@ class TaskCtl:
             current.append((addr, addr + TRAMPOLINE_SIZE))
         else:
             raise SpiceError("restore", f"task {self.pid}: cannot map the trampoline")
-        self.remote.write(addr, TRAMPOLINE_CODE)
+        from .batch import CODE, CODE_OFFSET
+
+        self.remote.write(addr, TRAMPOLINE_CODE.ljust(CODE_OFFSET, b"\xcc") + CODE)
         self.use_trampoline(addr)
 
     def use_trampoline(self, addr: int) -> None:
@@ -138,6 +140,12 @@ class TaskCtl:
 
     def put_str(self, s: str) -> int:
         return self.put(os.fsencode(s) + b"\0")
+
+    def batch(self):
+        """A Batch of syscalls to run in this task with one stop (restore.batch)."""
+        from .batch import Batch
+
+        return Batch(self)
 
     def put_u64s(self, *vals: int) -> int:
         return self.put(struct.pack(f"<{len(vals)}Q", *(v & (1 << 64) - 1 for v in vals)))

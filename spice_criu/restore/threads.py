@@ -45,17 +45,15 @@ def unregister_inherited_rseq(task: TaskCtl) -> None:
         )
 
 
-def install_thread_kernel_state(task: TaskCtl, th: ThreadPlan) -> None:
+def queue_thread_kernel_state(b, th: ThreadPlan) -> None:
+    """Robust futex list and clear-tid address (always: a forked stub carries the restorer's), and
+    the rseq area, registered by the thread itself (these calls act on the calling thread)."""
     tcore = th.core.thread_core
-    ti = th.core.thread_info
-    tid = th.tid
-    if tcore.futex_rla:
-        task.sys(NR.set_robust_list, tcore.futex_rla, tcore.futex_rla_len, what="set_robust_list", tid=tid)
-    if ti.clear_tid_addr:
-        task.sys(NR.set_tid_address, ti.clear_tid_addr, what="set_tid_address", tid=tid)
+    b.add(NR.set_robust_list, tcore.futex_rla, tcore.futex_rla_len or 24, what="set_robust_list")
+    b.add(NR.set_tid_address, th.core.thread_info.clear_tid_addr, what="set_tid_address")
     if tcore.HasField("rseq_entry") and tcore.rseq_entry.rseq_abi_pointer:
         r = tcore.rseq_entry
-        task.sys(NR.rseq, r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature, what="rseq", tid=tid)
+        b.add(NR.rseq, r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature, what="rseq")
 
 
 def final_regs(th: ThreadPlan) -> ptrace.UserRegs:

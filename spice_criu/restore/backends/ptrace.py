@@ -17,7 +17,7 @@ from ...errors import SpiceError
 from ...faults import fault_point
 from ...linux.syscalls import NR
 from ...log import log
-from ..files import OpenContext, pull_fd
+from ..files import OpenContext
 from ..mm import ANON, FILE_PRIVATE, FILE_SHARED, MEMFD_PRIVATE, SHMEM, VDSO, VSYSCALL, VVAR, MmPlan, VmaPlan
 from ..shmem import shmem_fd
 from ..task import TRAMPOLINE_SIZE, TaskCtl, find_hole, parse_maps
@@ -46,11 +46,15 @@ def teardown(task: TaskCtl) -> dict[str, tuple[int, int]]:
     keep = sorted(
         [(lo, hi) for lo, hi, n in maps if n in KERNEL_AREAS] + [(task.tramp, task.tramp + TRAMPOLINE_SIZE)]
     )
+    top = task_size(maps)
+    b = task.batch()
     pos = 0
-    for lo, hi in [*keep, (task_size(maps), task_size(maps))]:
-        if lo > pos and pos < task_size(maps):
-            task.sys(NR.munmap, pos, min(lo, task_size(maps)) - pos, what=f"munmap 0x{pos:x}")
+    for lo, hi in [*keep, (top, top)]:
+        if lo > pos and pos < top:
+            b.add(NR.munmap, pos, min(lo, top) - pos, what=f"munmap 0x{pos:x}")
         pos = max(pos, hi)
+    b.run()
+    task.reset_scratch()
     return {n: (lo, hi) for lo, hi, n in maps if n in KERNEL_AREAS}
 
 
@@ -81,122 +85,135 @@ def move_vdso(task: TaskCtl, mm: MmPlan, areas: dict[str, tuple[int, int]]) -> N
     # move through a free spot first: a target may overlap an area that has not moved yet
     avoid = [(v.start, v.end) for v in mm.vmas] + list(areas.values()) + [(task.tramp, task.tramp + TRAMPOLINE_SIZE)]
     spot = find_hole(avoid, sum(size for _, size, _ in moves))
+    b = task.batch()
     staged = []
     for old, size, new in moves:
-        task.sys(NR.mremap, old, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, spot, what="mremap vdso (stage)")
+        b.add(NR.mremap, old, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, spot, what="mremap vdso (stage)")
         staged.append((spot, size, new))
         spot += size
     for old, size, new in staged:
-        task.sys(NR.mremap, old, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, new, what="mremap vdso")
-
-
-def _open_in_task(task: TaskCtl, path: str, flags: int, cache: dict[tuple[str, int], int]) -> int:
-    key = (path, flags)
-    fd = cache.get(key)
-    if fd is None:
-        fd = task.sys(NR.openat, -100, task.put_str(path), flags | O_CLOEXEC, 0, what=f"open {path}")
-        cache[key] = fd
-    return fd
+        b.add(NR.mremap, old, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, new, what="mremap vdso")
+    b.run()
+    task.reset_scratch()
 
 
 def _map_flags(v: VmaPlan) -> int:
     return (v.flags & V.MAP_RESTORABLE) | V.MAP_FIXED
 
 
-def map_vmas(task: TaskCtl, mm: MmPlan, ctx: OpenContext) -> list[VmaPlan]:
-    """mmap every VMA (writable for now where page data must still be read in). Returns those whose
-    protection must be tightened afterwards."""
-    opened: dict[tuple[str, int], int] = {}
-    shm_fds: dict[int, int] = {}
-    fixups = []
-    try:
-        for v in mm.vmas:
-            if v.kind in (VDSO, VVAR, VSYSCALL):
-                continue
-            prot = v.prot | (V.PROT_READ | V.PROT_WRITE if v.runs else 0)
-            if v.kind == ANON:
-                fd, off = -1, 0
-            elif v.kind in (FILE_PRIVATE, FILE_SHARED):
-                writable = v.kind == FILE_SHARED and v.prot & V.PROT_WRITE
-                mode = O_RDWR if writable or (v.open_flags & 3) == O_RDWR else O_RDONLY
-                fd, off = _open_in_task(task, ctx.path(v.path or ""), mode, opened), v.pgoff
-            elif v.kind in (SHMEM, MEMFD_PRIVATE):
-                assert v.shmem is not None
-                fd = shm_fds.get(v.shmem.shmid)
-                if fd is None:
-                    fd = shm_fds[v.shmem.shmid] = pull_fd(task, shmem_fd(ctx, v.shmem))
-                off = v.pgoff
-            else:
-                raise SpiceError("restore", f"task {task.pid}: VMA kind {v.kind} not supported")
-            flags = _map_flags(v) if v.kind != ANON else _map_flags(v) | V.MAP_ANONYMOUS
-            got = task.sys(NR.mmap, v.start, v.size, prot, flags, fd, off, what=f"mmap 0x{v.start:x}")
-            if got != v.start:
-                raise SpiceError("restore", f"task {task.pid}: VMA 0x{v.start:x} landed at 0x{got:x}")
-            if prot != v.prot:
-                fixups.append(v)
-            task.reset_scratch()
-    finally:
-        for fd in [*opened.values(), *shm_fds.values()]:
-            task.sys(NR.close, fd, what="close")
-    return fixups
+def _file_mode(v: VmaPlan) -> int:
+    writable = v.kind == FILE_SHARED and v.prot & V.PROT_WRITE
+    return O_RDWR if writable or (v.open_flags & 3) == O_RDWR else O_RDONLY
 
 
-def read_pages(task: TaskCtl, mm: MmPlan) -> int:
-    """preadv() every private page range from its pages-N.img, inside the task."""
-    by_file: dict[str, list] = {}
-    for r in mm.private_runs():
-        by_file.setdefault(str(r.pages_file), []).append(r)
-    total = 0
-    for path, runs in by_file.items():
-        runs.sort(key=lambda r: r.offset)
-        fd = task.sys(NR.openat, -100, task.put_str(path), O_RDONLY | O_CLOEXEC, 0, what=f"open {path}")
-        task.reset_scratch()
-        try:
-            i = 0
-            while i < len(runs):
-                batch = [runs[i]]
-                while (
-                    len(batch) < IOV_MAX
-                    and i + len(batch) < len(runs)
-                    and runs[i + len(batch)].offset == batch[-1].offset + batch[-1].size
-                ):
-                    batch.append(runs[i + len(batch)])
-                i += len(batch)
-                total += _preadv_all(task, fd, batch, path)
-        finally:
-            task.sys(NR.close, fd, what="close")
-    return total // V.PAGE_SIZE
+def build_vmas(task: TaskCtl, mm: MmPlan, ctx: OpenContext) -> int:
+    """Map every VMA, read private pages in, set protections/advice and the mm fields.
 
+    Three batches: open every file the address space needs (and a pidfd of the restorer);
+    pull the shared-memory objects; then everything else. Returns the number of pages read.
+    """
+    # 1: files (VMAs, page images, exe) and a pidfd of the restorer, for the memfds
+    b = task.batch()
+    slots: dict[tuple[str, int], int] = {}
 
-def _preadv_all(task: TaskCtl, fd: int, batch: list, path: str) -> int:
-    want = sum(r.size for r in batch)
-    iov = task.put(b"".join(struct.pack("<QQ", r.vaddr, r.size) for r in batch))
-    got = task.sys(NR.preadv, fd, iov, len(batch), batch[0].offset, 0, what=f"preadv {path}")
+    def want(path: str, mode: int) -> None:
+        if (path, mode) not in slots:
+            slots[(path, mode)] = b.add(NR.openat, -100, task.put_str(path), mode | O_CLOEXEC, 0, what=f"open {path}")
+
+    for v in mm.vmas:
+        if v.kind in (FILE_PRIVATE, FILE_SHARED):
+            want(ctx.path(v.path or ""), _file_mode(v))
+    runs = mm.private_runs()
+    for path in sorted({str(r.pages_file) for r in runs}):
+        want(path, O_RDONLY)
+    exe_path = ctx.path(mm.exe_path)
+    same_exe = _same_exe(task.pid, exe_path)
+    if not same_exe:
+        want(exe_path, O_RDONLY)
+    shms = {v.shmem.shmid: v.shmem for v in mm.vmas if v.kind in (SHMEM, MEMFD_PRIVATE) and v.shmem}
+    pidfd_slot = b.add(NR.pidfd_open, os.getpid(), 0, what="pidfd_open(restorer)") if shms else None
+    res = b.run()
     task.reset_scratch()
-    if got == want:
-        return got
-    # a short read (signal, huge request): finish range by range
-    done = got
-    for r in batch:
-        lo = max(0, done - (r.offset - batch[0].offset))
-        if lo >= r.size:
+    fds = {key: res[i] for key, i in slots.items()}
+    temp_fds = list(fds.values())
+    # 2: the shared memory objects, pulled from the restorer
+    shm_fds: dict[int, int] = {}
+    if shms:
+        pidfd = res[pidfd_slot]
+        b = task.batch()
+        idx = {sid: b.add(NR.pidfd_getfd, pidfd, shmem_fd(ctx, sh), 0, what=f"pidfd_getfd shmem {sid}")
+               for sid, sh in shms.items()}
+        b.add(NR.close, pidfd, what="close pidfd")
+        res = b.run()
+        task.reset_scratch()
+        shm_fds = {sid: res[i] for sid, i in idx.items()}
+        temp_fds += list(shm_fds.values())
+    # 3: mappings, pages, protections, advice, mm fields, cleanup
+    b = task.batch()
+    fixups = []
+    for v in mm.vmas:
+        if v.kind in (VDSO, VVAR, VSYSCALL):
             continue
-        while lo < r.size:
-            n = task.sys(NR.pread64, fd, r.vaddr + lo, r.size - lo, r.offset + lo, what=f"pread {path}")
-            if n <= 0:
-                raise SpiceError("restore", f"{path}: short read at offset {r.offset + lo}")
-            lo += n
-    return want
-
-
-def finish_vmas(task: TaskCtl, fixups: list[VmaPlan], mm: MmPlan) -> None:
+        prot = v.prot | (V.PROT_READ | V.PROT_WRITE if v.runs else 0)
+        if v.kind == ANON:
+            fd, off, flags = -1, 0, _map_flags(v) | V.MAP_ANONYMOUS
+        elif v.kind in (FILE_PRIVATE, FILE_SHARED):
+            fd, off, flags = fds[(ctx.path(v.path or ""), _file_mode(v))], v.pgoff, _map_flags(v)
+        elif v.kind in (SHMEM, MEMFD_PRIVATE):
+            assert v.shmem is not None
+            fd, off, flags = shm_fds[v.shmem.shmid], v.pgoff, _map_flags(v)
+        else:
+            raise SpiceError("restore", f"task {task.pid}: VMA kind {v.kind} not supported")
+        b.add(NR.mmap, v.start, v.size, prot, flags, fd, off, what=f"mmap 0x{v.start:x}")
+        if prot != v.prot:
+            fixups.append(v)
+    pages = _queue_page_reads(task, b, runs, fds)
     for v in fixups:
-        task.sys(NR.mprotect, v.start, v.size, v.prot, what=f"mprotect 0x{v.start:x}")
+        b.add(NR.mprotect, v.start, v.size, v.prot, what=f"mprotect 0x{v.start:x}")
     for v in mm.vmas:
         if v.madv and v.kind not in (VDSO, VVAR, VSYSCALL):
             for adv in MADV_REAPPLY:
                 if v.madv & (1 << adv):
-                    task.sys(NR.madvise, v.start, v.size, adv, what=f"madvise({adv}) 0x{v.start:x}")
+                    b.add(NR.madvise, v.start, v.size, adv, what=f"madvise({adv}) 0x{v.start:x}")
+    exe = -1 if same_exe else fds[(exe_path, O_RDONLY)]
+    auxv = struct.pack(f"<{len(mm.auxv)}Q", *mm.auxv)
+    m = struct.pack(
+        "<11QQII",
+        mm.start_code, mm.end_code, mm.start_data, mm.end_data, mm.start_brk, mm.brk, mm.start_stack,
+        mm.arg_start, mm.arg_end, mm.env_start, mm.env_end, task.put(auxv), len(auxv), exe & 0xFFFFFFFF,
+    )
+    b.add(NR.prctl, PR_SET_MM, PR_SET_MM_MAP, task.put(m), len(m), 0, what="prctl(PR_SET_MM_MAP)")
+    for fd in temp_fds:
+        b.add(NR.close, fd, what="close")
+    res = b.run()
+    task.reset_scratch()
+    return pages
+
+
+def _queue_page_reads(task: TaskCtl, b, runs: list, fds: dict[tuple[str, int], int]) -> int:
+    """preadv() every private page range from its pages-N.img: one call per file-contiguous batch
+    of up to IOV_MAX ranges (the ranges of one pagemap are contiguous in its pages file)."""
+    by_file: dict[str, list] = {}
+    for r in runs:
+        by_file.setdefault(str(r.pages_file), []).append(r)
+    pages = 0
+    for path, rs in by_file.items():
+        rs.sort(key=lambda r: r.offset)
+        fd = fds[(path, O_RDONLY)]
+        i = 0
+        while i < len(rs):
+            batch = [rs[i]]
+            while (
+                len(batch) < IOV_MAX
+                and i + len(batch) < len(rs)
+                and rs[i + len(batch)].offset == batch[-1].offset + batch[-1].size
+            ):
+                batch.append(rs[i + len(batch)])
+            i += len(batch)
+            iov = task.put(b"".join(struct.pack("<QQ", r.vaddr, r.size) for r in batch))
+            b.add(NR.preadv, fd, iov, len(batch), batch[0].offset, 0, what=f"preadv {path}")
+            pages += sum(r.nr_pages for r in batch)
+    return pages
 
 
 def _same_exe(pid: int, path: str) -> bool:
@@ -207,38 +224,13 @@ def _same_exe(pid: int, path: str) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def set_mm_fields(task: TaskCtl, mm: MmPlan, ctx: OpenContext) -> None:
-    """PR_SET_MM_MAP: code/data/brk/stack/arg/env boundaries, auxv, and the exe file (left alone
-    when it already is the right file: the kernel refuses to swap an exe that is still mapped)."""
-    path = ctx.path(mm.exe_path)
-    exe = -1
-    if not _same_exe(task.pid, path):
-        exe = task.sys(NR.openat, -100, task.put_str(path), O_RDONLY | O_CLOEXEC, 0, what=f"open exe {mm.exe_path}")
-    try:
-        auxv = struct.pack(f"<{len(mm.auxv)}Q", *mm.auxv)
-        auxv_ptr = task.put(auxv)
-        m = struct.pack(
-            "<11QQII",
-            mm.start_code, mm.end_code, mm.start_data, mm.end_data, mm.start_brk, mm.brk, mm.start_stack,
-            mm.arg_start, mm.arg_end, mm.env_start, mm.env_end, auxv_ptr, len(auxv), exe & 0xFFFFFFFF,
-        )
-        task.sys(NR.prctl, PR_SET_MM, PR_SET_MM_MAP, task.put(m), len(m), 0, what="prctl(PR_SET_MM_MAP)")
-    finally:
-        if exe >= 0:
-            task.sys(NR.close, exe, what="close")
-        task.reset_scratch()
-
-
 def build_mm(task: TaskCtl, ctx: OpenContext) -> int:
     """Replace the task's address space by the dumped one. Returns the number of pages read."""
     mm = task.plan.mm
     areas = teardown(task)
     fault_point("restore-mm")
     move_vdso(task, mm, areas)
-    fixups = map_vmas(task, mm, ctx)
-    pages = read_pages(task, mm)
-    finish_vmas(task, fixups, mm)
-    set_mm_fields(task, mm, ctx)
+    pages = build_vmas(task, mm, ctx)
     log.debug(f"task {task.pid}: {len(mm.vmas)} VMAs, {pages} pages read")
     return pages
 
