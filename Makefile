@@ -32,6 +32,7 @@ unit: setup
 # the whole suite: unit tests, real-CRIU compat tests, then the kernel module in qemu
 test: setup lint compat-setup
 	$(PYTEST) -q tests compat-tests
+	$(MAKE) kmod-test
 
 # spice vs real CRIU, same image dirs, same run (BENCH_N=10 runs per tool)
 bench: setup compat-setup

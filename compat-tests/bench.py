@@ -40,7 +40,7 @@ def _restore_once(tool: str, images: Path, info: harness.DumpInfo, backend: str)
     else:
         cmd = [*SPICE, "restore", "-D", str(images), "-d", "-o", "bench-restore.log", "--backend", backend]
     dt = _timed(cmd)
-    harness.assert_continues(info, info.pid, new_ticks=1)
+    harness.assert_continues(info, info.pid, new_ticks=2)
     harness.kill_restored(info, info.pid)
     return dt
 
