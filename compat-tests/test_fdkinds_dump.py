@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import fdkinds
@@ -66,3 +67,28 @@ def test_spice_dump_refuses_established_tcp_and_leaves_it_running(criu_bin: Path
     wl.wait_ticks(3)  # both processes carry on, the connection intact
     assert_continues(wl, wl.pids, new_ticks=2)
     wl.kill()
+
+
+def test_spice_dump_of_a_shell_job_restores_on_the_terminal(criu_bin: Path, compat_tmp: Path) -> None:
+    sh, info = fdkinds.shell_job_dump([sys.executable, "-m", "spice_criu"], compat_tmp / "fdkinds-dump" / "ttyjob")
+    fdkinds.check_shell_job_restore(sh, info)
+
+
+def test_spice_dump_of_a_shell_job_needs_shell_job(criu_bin: Path, compat_tmp: Path) -> None:
+    base = compat_tmp / "fdkinds-dump" / "ttyjob-noflag"
+    (base / "images").mkdir(parents=True)
+    sh = fdkinds.JobShell(base)
+    try:
+        out = base / "ttyjob.out"
+        pid = sh.spawn([sys.executable, "-B", fdkinds.HERE / "ttyjob.py", out], cwd=base)
+        fdkinds.wait_for(lambda: len(harness.read_lines(out)[0]) >= 2, 15, "2 ticks")
+        rc = sh.run([sys.executable, "-m", "spice_criu", "dump", "-t", pid, "-D", base / "images", "-v4", "-o",
+                     "dump.log"], cwd=harness.REPO, bg=True)
+        assert rc == 1
+        assert "--shell-job" in (base / "images" / "dump.log").read_text()
+        n = len(harness.read_lines(out)[0])
+        fdkinds.wait_for(lambda: len(harness.read_lines(out)[0]) >= n + 2, 5, "the job to carry on")
+        assert harness.is_running(pid)
+        sh.kill_job(pid)
+    finally:
+        sh.close()

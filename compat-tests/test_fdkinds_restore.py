@@ -95,51 +95,13 @@ def test_tcp_connection_needs_tcp_established(criu_bin: Path, compat_tmp: Path) 
     kill_restored(info, pid)
 
 
-def _jobshell_dump(criu_bin: Path, base: Path) -> tuple[fdkinds.JobShell, harness.DumpInfo]:
-    rundir = base / "run"
-    rundir.mkdir(parents=True)
-    sh = fdkinds.JobShell(base)
-    out = rundir / "ttyjob.out"
-    pid = sh.spawn([sys.executable, "-B", fdkinds.HERE / "ttyjob.py", out], cwd=rundir)
-    fdkinds.wait_for(lambda: len(harness.read_lines(out)[0]) >= 3, 15, "3 ticks of the job")
-    sh.type("ping 1\n")
-    fdkinds.wait_for(lambda: b"pong 1 " in sh.drain(), 5, "the job's answer on the terminal")
-    images = base / "images"
-    images.mkdir()
-    assert sh.run([criu_bin, "dump", "--shell-job", "-t", pid, "-D", images, "-v4", "-o", "dump.log"]) == 0
-    fdkinds.wait_for(lambda: process_state(pid) is None or pid in sh.reap(), 10, "the dumped job to go")
-    return sh, fdkinds.dump_info("ttyjob", (pid,), rundir, out, images)
-
-
 def test_shell_job_gets_the_restorers_terminal(criu_bin: Path, compat_tmp: Path) -> None:
-    sh, info = _jobshell_dump(criu_bin, compat_tmp / "fdkinds" / "ttyjob")
-    try:
-        import termios
-
-        attrs = termios.tcgetattr(sh.master)  # turn ECHO back on: the restore must put the job's off again
-        attrs[3] |= termios.ECHO
-        termios.tcsetattr(sh.master, termios.TCSANOW, attrs)
-        pidfile = info.images_dir / "restore.pid"
-        # as typed at the shell: `spice restore --shell-job` in the foreground, waiting for the job
-        sh.spawn([sys.executable, "-m", "spice_criu", "restore", "--shell-job", "-D", info.images_dir, "-v4",
-                  "-o", "restore.log", "--pidfile", pidfile], cwd=REPO)
-        fdkinds.wait_for(pidfile.exists, 30, "spice restore's pidfile")
-        pid = int(pidfile.read_text())
-        assert pid == info.pid
-        cont = assert_continues(info, pid, new_ticks=3)  # foreground job, ECHO off, same tty: checked per tick
-        assert cont.first_tick["main"] == info.last_tick + 1
-        sh.type("ping 2\n")
-        fdkinds.wait_for(lambda: b"pong 2 " + info.pre_dump["main"].fields["token"].encode() in sh.drain(), 5,
-                         "the restored job to answer on the terminal")
-        fdkinds.wait_for(lambda: fdkinds.last_field(info, "echo") == 2, 5, "the job to count the second ping")
-        assert not termios.tcgetattr(sh.master)[3] & termios.ECHO
-        sh.kill_job(pid)
-    finally:
-        sh.close()
+    sh, info = fdkinds.shell_job_dump([criu_bin], compat_tmp / "fdkinds" / "ttyjob")
+    fdkinds.check_shell_job_restore(sh, info)
 
 
 def test_shell_job_terminal_needs_shell_job(criu_bin: Path, compat_tmp: Path) -> None:
-    sh, info = _jobshell_dump(criu_bin, compat_tmp / "fdkinds" / "ttyjob-noflag")
+    sh, info = fdkinds.shell_job_dump([criu_bin], compat_tmp / "fdkinds" / "ttyjob-noflag")
     try:
         p = spice("restore", "-D", str(info.images_dir), "-d", "-v4", "-o", "restore.log", check=False)
         assert p.returncode == 1 and "--shell-job" in p.stderr, p.stderr

@@ -111,8 +111,9 @@ class JobShell:
                                      f"terminal: {self.screen[-2000:]!r}")
             time.sleep(0.01)
 
-    def run(self, argv: list[str], cwd: Path | str = "/") -> int:
-        return self._ask({"run": [str(a) for a in argv], "cwd": str(cwd)})["rc"]
+    def run(self, argv: list[str], cwd: Path | str = "/", bg: bool = False) -> int:
+        """Run argv to completion (in the terminal's foreground, or in the background with bg)."""
+        return self._ask({"run": [str(a) for a in argv], "cwd": str(cwd), "bg": bg})["rc"]
 
     def spawn(self, argv: list[str], cwd: Path | str = "/") -> int:
         return self._ask({"spawn": [str(a) for a in argv], "cwd": str(cwd)})["pid"]
@@ -162,3 +163,54 @@ def dump_info(name: str, pids: tuple[int, ...], rundir: Path, out_file: Path, im
                             log_file=rundir / f"{name}.log", pids=pids, roles=roles, last_ticks=ticks,
                             last_ticks_max=ticks, pre_dump=last, leave_running=False, port=None, dump=None,
                             resume_offset=end)
+
+
+def shell_job_dump(dump_cmd: list, base: Path) -> tuple[JobShell, harness.DumpInfo]:
+    """Start ttyjob as the foreground job of a fresh JobShell, answer one ping, then run
+    `<dump_cmd> dump --shell-job -t PID -D base/images` from that shell (in the background, as from
+    a second terminal; the job notices if it loses the terminal). Returns the shell and the DumpInfo."""
+    import sys
+
+    rundir = base / "run"
+    rundir.mkdir(parents=True)
+    sh = JobShell(base)
+    out = rundir / "ttyjob.out"
+    pid = sh.spawn([sys.executable, "-B", HERE / "ttyjob.py", out], cwd=rundir)
+    wait_for(lambda: len(harness.read_lines(out)[0]) >= 3, 15, "3 ticks of the job")
+    sh.type("ping 1\n")
+    wait_for(lambda: b"pong 1 " in sh.drain(), 5, "the job's answer on the terminal")
+    images = base / "images"
+    images.mkdir()
+    rc = sh.run([*dump_cmd, "dump", "--shell-job", "-t", pid, "-D", images, "-v4", "-o", "dump.log"],
+                cwd=harness.REPO, bg=True)
+    assert rc == 0, (images / "dump.log").read_text()[-2000:]
+    wait_for(lambda: harness.process_state(pid) is None or pid in sh.reap(), 10, "the dumped job to go")
+    return sh, dump_info("ttyjob", (pid,), rundir, out, images)
+
+
+def check_shell_job_restore(sh: JobShell, info: harness.DumpInfo) -> None:
+    """`spice restore --shell-job` typed at the job's shell brings the job back on that terminal."""
+    import sys
+    import termios
+
+    try:
+        attrs = termios.tcgetattr(sh.master)  # turn ECHO back on: the restore must put the job's off again
+        attrs[3] |= termios.ECHO
+        termios.tcsetattr(sh.master, termios.TCSANOW, attrs)
+        pidfile = info.images_dir / "restore.pid"
+        # as typed at the shell: `spice restore --shell-job` in the foreground, waiting for the job
+        sh.spawn([sys.executable, "-m", "spice_criu", "restore", "--shell-job", "-D", info.images_dir, "-v4",
+                  "-o", "restore.log", "--pidfile", pidfile], cwd=harness.REPO)
+        wait_for(pidfile.exists, 30, "spice restore's pidfile")
+        pid = int(pidfile.read_text())
+        assert pid == info.pid
+        cont = harness.assert_continues(info, pid, new_ticks=3)  # foreground, ECHO off, same tty: checked per tick
+        assert cont.first_tick["main"] == info.last_tick + 1
+        sh.type("ping 2\n")
+        wait_for(lambda: b"pong 2 " + info.pre_dump["main"].fields["token"].encode() in sh.drain(), 5,
+                 "the restored job to answer on the terminal")
+        wait_for(lambda: last_field(info, "echo") == 2, 5, "the job to count the second ping")
+        assert not termios.tcgetattr(sh.master)[3] & termios.ECHO
+        sh.kill_job(pid)
+    finally:
+        sh.close()

@@ -9,6 +9,7 @@ then reads one JSON command per line from CMD_FD and answers on stdout (a file o
                                     terminal, stdio on the terminal; waits: {"rc": N}
   {"spawn": [argv...], "cwd": dir} -> same without waiting: {"pid": P}
   {"reap": true}                   -> reaps exited children: {"reaped": [...]}
+  "bg": true with run/spawn          -> the command runs in the background (the terminal stays put)
 Exactly like an interactive shell running `criu dump --shell-job` / `criu restore --shell-job`.
 """
 
@@ -49,7 +50,8 @@ def main() -> None:
         pid = os.fork()
         if pid == 0:
             os.setpgid(0, 0)
-            os.tcsetpgrp(tty, os.getpgrp())
+            if not req.get("bg"):
+                os.tcsetpgrp(tty, os.getpgrp())
             for fd in (0, 1, 2):
                 os.dup2(tty, fd)
             signal.signal(signal.SIGTTOU, signal.SIG_DFL)
@@ -65,7 +67,8 @@ def main() -> None:
             pass
         if "run" in req:
             _, status = os.waitpid(pid, 0)
-            os.tcsetpgrp(tty, os.getpgrp())
+            if not req.get("bg"):
+                os.tcsetpgrp(tty, os.getpgrp())
             print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), file=out, flush=True)
         else:
             print(json.dumps({"pid": pid}), file=out, flush=True)
