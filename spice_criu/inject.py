@@ -453,7 +453,7 @@ class Remote:
         if self._chain is None:
             return None
         regs = self.regs
-        xstate = pt.get_xstate(self.tid)
+        xstate = pt.get_fpstate(self.tid)
         top = regs.sp - RED_ZONE
         fp = (top - len(xstate) - 4) & ~63
         frame_sp = (fp - 440) & ~15

@@ -221,6 +221,10 @@ def test_rt_sigframe_layout():
     magic1, ext, feats, size = struct.unpack_from("<IIQI", frame, off + 464)
     assert (magic1, ext, feats, size) == (FP_XSTATE_MAGIC1, 1028, 0x7, 1024)
     assert struct.unpack_from("<I", frame, off + 1024)[0] == FP_XSTATE_MAGIC2 and len(frame) == off + 1028
+    # a CPU without XSAVE: the bare fxsave image, no UC_FP_XSTATE, no magic
+    legacy = build_rt_sigframe(base, regs, bytes(512), 0)
+    f = RtSigframe.from_buffer_copy(legacy)
+    assert not f.uc.uc_flags & 1 and len(legacy) == f.uc.uc_mcontext.fpstate - base + 512
 
 
 def test_waitid_reports_stops():

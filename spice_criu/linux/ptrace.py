@@ -8,6 +8,7 @@ is `struct user_regs_struct`, field for field in the order of CRIU's user_x86_re
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
 
@@ -326,20 +327,43 @@ def set_fpregs(tid: int, fp: UserFpregs) -> None:
     setregset(tid, NT_PRFPREG, bytes(fp))
 
 
+def set_fpregs_raw(tid: int, data: bytes) -> None:
+    """Set the fxsave image (e.g. from get_fpstate on a CPU without XSAVE)."""
+    setregset(tid, NT_PRFPREG, data)
+
+
 _xstate_size: int | None = None
 
 
 def xstate_size(tid: int) -> int:
-    """Size of the NT_X86_XSTATE regset: the kernel truncates iov_len to it (asked once, cached)."""
+    """Size of the NT_X86_XSTATE regset: the kernel truncates iov_len to it (asked once, cached).
+    0 on CPUs without XSAVE (the kernel answers ENODEV), e.g. qemu's default TCG CPU."""
     global _xstate_size
     if _xstate_size is None:
-        _xstate_size = len(getregset(tid, NT_X86_XSTATE, 1 << 16))
+        try:
+            _xstate_size = len(getregset(tid, NT_X86_XSTATE, 1 << 16))
+        except OSError as e:
+            if e.errno != errno.ENODEV:
+                raise
+            _xstate_size = 0
     return _xstate_size
 
 
+def has_xstate(tid: int) -> bool:
+    return xstate_size(tid) > 0
+
+
 def get_xstate(tid: int) -> bytes:
-    """The xsave area (standard format, with _fpx_sw_bytes in the fxsave's sw_reserved)."""
-    return getregset(tid, NT_X86_XSTATE, xstate_size(tid))
+    """The xsave area (standard format; ptrace puts XCR0 in the first sw_reserved word)."""
+    size = xstate_size(tid)
+    if not size:
+        raise OSError(errno.ENODEV, "no XSAVE on this CPU: use get_fpregs / get_fpstate")
+    return getregset(tid, NT_X86_XSTATE, size)
+
+
+def get_fpstate(tid: int) -> bytes:
+    """The FPU state in the richest format available: the xsave area, or the 512-byte fxsave image."""
+    return get_xstate(tid) if has_xstate(tid) else bytes(get_fpregs(tid))
 
 
 def set_xstate(tid: int, data: bytes) -> None:

@@ -39,6 +39,7 @@ UC_STRICT_RESTORE_SS = 0x4
 FP_XSTATE_MAGIC1 = 0x46505853
 FP_XSTATE_MAGIC2 = 0x46505845
 FX_SW_BYTES_OFFSET = 464  # fxsave.sw_reserved: struct _fpx_sw_bytes
+FXSAVE_SIZE = 512
 
 
 class Siginfo(ctypes.Structure):
@@ -158,8 +159,9 @@ def build_rt_sigframe(frame_addr: int, regs: object, xstate: bytes | None, block
     """Bytes of an rt_sigframe placed at `frame_addr` that rt_sigreturn turns into `regs`.
 
     rt_sigreturn reads the frame at (sp - 8), i.e. sp must point just past `pretcode` when it runs.
-    `xstate` is the NT_X86_XSTATE regset (from ptrace.get_xstate); it is placed at the first
-    64-byte boundary after the frame with FP_XSTATE_MAGIC2 appended, as the kernel expects.
+    `xstate` is the NT_X86_XSTATE regset (ptrace.get_fpstate), placed at the first 64-byte boundary
+    after the frame with FP_XSTATE_MAGIC2 appended, as the kernel expects; on CPUs without XSAVE it
+    is the 512-byte fxsave image (NT_PRFPREG), used as is.
     With xstate=None the kernel resets the FPU to its initial state on sigreturn.
     `altstack`=None leaves the task's sigaltstack unchanged (a deliberately invalid stack_t: the
     kernel ignores errors restoring it).
@@ -178,11 +180,14 @@ def build_rt_sigframe(frame_addr: int, regs: object, xstate: bytes | None, block
     uc.uc_sigmask = blocked
     out = bytearray(bytes(f))
     if xstate is not None:
-        uc_flags_off = RtSigframe.uc.offset + Ucontext.uc_flags.offset
-        struct.pack_into("<Q", out, uc_flags_off, uc.uc_flags | UC_FP_XSTATE)
         fp = (frame_addr + len(out) + 63) & ~63
         out += b"\0" * (fp - frame_addr - len(out))
-        out += sigframe_xstate(xstate)
+        if len(xstate) == FXSAVE_SIZE:  # a CPU without XSAVE: the bare fxsave image
+            out += xstate
+        else:
+            uc_flags_off = RtSigframe.uc.offset + Ucontext.uc_flags.offset
+            struct.pack_into("<Q", out, uc_flags_off, uc.uc_flags | UC_FP_XSTATE)
+            out += sigframe_xstate(xstate)
         fpstate_off = RtSigframe.uc.offset + Ucontext.uc_mcontext.offset + Sigcontext.fpstate.offset
         struct.pack_into("<Q", out, fpstate_off, fp)
     return bytes(out)
