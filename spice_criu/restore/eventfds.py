@@ -29,7 +29,6 @@ from typing import Any, ClassVar
 from ..errors import SpiceError
 from ..images.imagedir import ImageDir
 from ..linux.syscalls import NR, syscall
-from ..log import log
 from .files import O_CLOEXEC, FileObj, OpenContext, planner
 
 F_SETSIG, F_SETOWN_EX = 10, 15
@@ -160,10 +159,10 @@ class TimerFd(FileObj):
         except OSError as e:
             raise SpiceError("files", f"{self.describe()}: {e.strerror}") from None
         restore_file_params(fd, self.flags, self.fown, self.describe())
-        # arm it when the restorer lets go of its file objects: after every task is complete,
-        # right before they resume (a dup: the restorer's own fd is closed first)
+        # arm it once every task is complete, right before they resume
         keep = os.dup(fd)
-        ctx.cleanup.append(lambda: self._arm_and_close(keep))
+        ctx.when_complete(lambda: self._arm(keep))
+        ctx.cleanup.append(lambda: os.close(keep))
         return fd
 
     def arm_setting(self, now: tuple[int, int] | None = None) -> tuple[int, tuple[int, int], tuple[int, int]]:
@@ -178,7 +177,7 @@ class TimerFd(FileObj):
             value = divmod(total, NSEC)
         return self.settime_flags, value, interval
 
-    def _arm_and_close(self, fd: int) -> None:
+    def _arm(self, fd: int) -> None:
         try:
             now = None
             if self.settime_flags & TFD_TIMER_ABSTIME:
@@ -191,9 +190,7 @@ class TimerFd(FileObj):
                 ticks = ctypes.c_uint64(self.ticks)
                 syscall(NR.ioctl, fd, TFD_IOC_SET_TICKS, ctypes.addressof(ticks))
         except OSError as e:
-            log.error("files", f"{self.describe()}: arming: {e.strerror}")
-        finally:
-            os.close(fd)
+            raise SpiceError("files", f"{self.describe()}: arming: {e.strerror}") from None
 
 
 @planner("TIMERFD")

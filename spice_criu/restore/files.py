@@ -47,9 +47,26 @@ class OpenContext:
         self.cleanup: list[Callable[[], None]] = []
         self.state: dict[str, Any] = {}  # what planning learnt (plan_files' state)
         self.cache: dict[str, dict] = {}  # per-kind objects made while opening (pipes, memfds...)
+        self.options: Any = None  # the restore's cli.Options (--tcp-established, --shell-job...)
+        self.completion: list[Callable[[], None]] = []  # run once every task is built, before resume
 
+    def when_complete(self, fn: Callable[[], None]) -> None:
+        """Run fn after the last task is built and before any resumes (only if all went well);
+        what must be undone on failure goes to `cleanup`, which always runs."""
+        self.completion.append(fn)
+
+    def complete(self) -> None:
+        for fn in self.completion:
+            fn()
     def kind_cache(self, name: str) -> dict:
         return self.cache.setdefault(name, {})
+
+    def inherited(self, *keys: str) -> int | None:
+        """The --inherit-fd fd given for any of these keys (CRIU's key forms), if any."""
+        for k in keys:
+            if k in self.inherit:
+                return self.inherit[k]
+        return None
 
     def path(self, name: str) -> str:
         return name if self.root == "/" else os.path.join(self.root, name.lstrip("/"))
@@ -105,8 +122,9 @@ class RegFile(FileObj):
 
     def open(self, ctx: OpenContext) -> int:
         path = ctx.path(self.path)
-        if self.path in ctx.inherit:
-            return os.dup(ctx.inherit[self.path])
+        inherited = ctx.inherited(self.path.lstrip("/"), self.path)  # CRIU's key: no leading "/"
+        if inherited is not None:
+            return os.dup(inherited)
         if self.ghost is not None:
             return self._open_ghost(path)
         flags = (self.flags & ~_NOT_REPLAYED) | O_CLOEXEC

@@ -97,18 +97,18 @@ def finish_task(ctl: TaskCtl, backend) -> None:
 def kill_all(ctls: list[TaskCtl]) -> None:
     """SIGKILL every task created so far and reap it (the restorer is their subreaper meanwhile,
     so tasks orphaned by the kill are reaped here too): nothing half-restored survives."""
-    pids = {c.pid for c in ctls}
-    for pid in pids:
+    for c in ctls:
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(c.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    while pids:
+    # a tracer hears of a tracee's death before its parent reaps it, and orphans come to us: wait
+    # until no child is left at all (the restorer has no other children while it restores)
+    while True:
         try:
-            p, _ = os.waitpid(-1, ptrace.WALL)
+            os.waitpid(-1, ptrace.WALL)
         except ChildProcessError:
             break
-        pids.discard(p)
 
 
 def resume(ctls: list[TaskCtl]) -> None:
@@ -135,6 +135,7 @@ def restore_plan(plan: RestorePlan, o: Options, backend) -> tuple[list[TaskCtl],
     ctx = OpenContext(plan.imgdir, root=o.root or "/", inherit=parse_inherit(o.inherit_fd))
     ctx.files = plan.files
     ctx.state = plan.file_state
+    ctx.options = o
     created: list[TaskCtl] = []
     prctl.set_child_subreaper(True)
     try:
@@ -148,6 +149,7 @@ def restore_plan(plan: RestorePlan, o: Options, backend) -> tuple[list[TaskCtl],
             fault_point("restore-task")
         for ctl in created:
             finish_task(ctl, backend)
+        ctx.complete()
         fault_point("restore-finish")
         return created, pages, forking
     except BaseException:

@@ -22,7 +22,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,20 +44,8 @@ NETWORK_LOCK = {0: "iptables", 1: "nftables", 2: "skip"}
 
 
 def restore_option(ctx: OpenContext, name: str) -> bool:
-    """A restore option (--tcp-established, --shell-job...) as the caller gave it.
-
-    The restore context carries the options when run.py hands them over (ctx.options); until then
-    the criu-style command line being run is asked."""
-    o = getattr(ctx, "options", None)
-    if o is not None:
-        return bool(getattr(o, name, False))
-    try:
-        import click
-
-        c = click.get_current_context(silent=True)
-    except ImportError:  # pragma: no cover - click is a dependency
-        c = None
-    return bool(c is not None and c.params.get(name))
+    """A restore option (--tcp-established, --shell-job...) as the caller gave it."""
+    return bool(getattr(ctx.options, name, False))
 
 
 def _addr(family: int, words) -> str:
@@ -179,7 +166,7 @@ def _send_all(s: socket.socket, data: bytes) -> None:
 
 
 class _Finisher:
-    """Runs once every task is complete (from the restore context's cleanup): unlock, repair off."""
+    """Runs once every task is complete: unlock the network, take the sockets out of repair mode."""
 
     def __init__(self, ctx: OpenContext) -> None:
         self.ctx = ctx
@@ -189,29 +176,30 @@ class _Finisher:
         self.socks.append((os.dup(fd), reuseaddr, conn))
 
     def __call__(self) -> None:
-        failed = sys.exc_info()[0] is not None  # running while a failed restore unwinds
-        try:
-            if not failed:
-                network_unlock(self.ctx.imgdir, [c for _, _, c in self.socks])
-                for fd, reuse, conn in self.socks:
-                    s = socket.socket(fileno=os.dup(fd))
-                    try:
-                        s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 0)
-                        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse))
-                    except OSError as err:
-                        log.error("sockets", f"{conn.describe()}: leaving repair mode: {err.strerror}")
-                    finally:
-                        s.close()
-        finally:
-            for fd, _, _ in self.socks:
-                os.close(fd)
+        network_unlock(self.ctx.imgdir, [c for _, _, c in self.socks])
+        for fd, reuse, conn in self.socks:
+            s = socket.socket(fileno=os.dup(fd))
+            try:
+                s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 0)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse))
+            except OSError as err:
+                log.error("sockets", f"{conn.describe()}: leaving repair mode: {err.strerror}")
+            finally:
+                s.close()
+
+    def close(self) -> None:
+        """Always (success or failure): drop our references; a failed restore keeps the lock."""
+        for fd, _, _ in self.socks:
+            os.close(fd)
+        self.socks.clear()
 
 
 def _finisher(ctx: OpenContext) -> _Finisher:
     cache = ctx.kind_cache("tcp")
     if "finisher" not in cache:
         cache["finisher"] = f = _Finisher(ctx)
-        ctx.cleanup.append(f)
+        ctx.when_complete(f)
+        ctx.cleanup.append(f.close)
     return cache["finisher"]
 
 
