@@ -50,6 +50,10 @@ class OpenContext:
         self.options: Any = None  # the restore's cli.Options (--tcp-established, --shell-job...)
         self.completion: list[Callable[[], None]] = []  # run once every task is built, before resume
 
+    def option(self, name: str) -> bool:
+        """A restore option (--tcp-established, --shell-job...) as the caller gave it."""
+        return bool(getattr(self.options, name, False))
+
     def when_complete(self, fn: Callable[[], None]) -> None:
         """Run fn after the last task is built and before any resumes (only if all went well);
         what must be undone on failure goes to `cleanup`, which always runs."""
@@ -247,16 +251,34 @@ def _plan_memfd(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
     return MemfdFile(m.id, m.flags, pos=m.pos, inode=sh)
 
 
-def _kind_modules() -> None:
-    """Import the modules that register planners for the other fd kinds."""
-    from . import eventfds, pipes, sockets, tcp, tty  # noqa: F401
+#: file_entry type -> the module whose @planner handles it, imported only when an image needs it
+KIND_MODULES = {
+    "PIPE": "pipes",
+    "FIFO": "pipes",
+    "INETSK": "sockets",
+    "UNIXSK": "sockets",
+    "EVENTFD": "eventfds",
+    "EVENTPOLL": "eventfds",
+    "TIMERFD": "eventfds",
+    "SIGNALFD": "eventfds",
+    "TTY": "tty",
+}
+
+
+def _planner_for(type_name: str):
+    fn = PLANNERS.get(type_name)
+    if fn is None and type_name in KIND_MODULES:
+        import importlib
+
+        importlib.import_module(f"{__package__}.{KIND_MODULES[type_name]}")
+        fn = PLANNERS.get(type_name)
+    return fn
 
 
 def plan_files(imgdir: ImageDir, shmems: dict[int, ShmemPlan]) -> tuple[dict[int, FileObj], dict[str, Any]]:
     """Every object of files.img, planned; unsupported kinds become errors only when an fd uses them.
 
     Also returns the planning state (per-kind tables some objects need again when opened)."""
-    _kind_modules()
     state: dict[str, Any] = {
         "remaps": {m.orig_id: (m.remap_type, m.remap_id) for m in imgdir.entries("remap-fpath.img")},
         "memfd_inodes": {m.inode_id: m for m in imgdir.entries("memfd.img")},
@@ -267,7 +289,7 @@ def plan_files(imgdir: ImageDir, shmems: dict[int, ShmemPlan]) -> tuple[dict[int
     files: dict[int, FileObj] = {}
     for e in imgdir.entries("files.img", optional=False):
         tname = type_names[e.type].name if e.type in type_names else str(e.type)
-        fn = PLANNERS.get(tname)
+        fn = _planner_for(tname)
         files[e.id] = fn(e, imgdir, state) if fn else Unsupported(e.id, 0, type_name=tname)
     state["files"] = files
     return files, state

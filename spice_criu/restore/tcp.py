@@ -43,11 +43,6 @@ TCP_STATES = {2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "
 NETWORK_LOCK = {0: "iptables", 1: "nftables", 2: "skip"}
 
 
-def restore_option(ctx: OpenContext, name: str) -> bool:
-    """A restore option (--tcp-established, --shell-job...) as the caller gave it."""
-    return bool(getattr(ctx.options, name, False))
-
-
 def _addr(family: int, words) -> str:
     raw = struct.pack(f"<{len(words)}I", *words)
     if family == socket.AF_INET:
@@ -69,7 +64,7 @@ class TcpConn(FileObj):
                 f"{_addr(e.family, e.dst_addr)}:{e.dst_port} (file id {self.id})")
 
     def open(self, ctx: OpenContext) -> int:
-        if not restore_option(ctx, "tcp_established"):
+        if not ctx.option("tcp_established"):
             raise SpiceError("sockets", f"{self.describe()}: connected TCP socket in image: restore with "
                              "--tcp-established")
         e = self.e

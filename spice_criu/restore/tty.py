@@ -25,7 +25,6 @@ from ..images.imagedir import ImageDir
 from ..log import log
 from .eventfds import restore_fown
 from .files import FileObj, OpenContext, Unsupported, planner
-from .tcp import restore_option
 
 TCSETS, TIOCSWINSZ, TIOCSPGRP, TIOCSLCKTRMIOS = 0x5402, 0x5414, 0x5410, 0x5457
 TTYAUX_MAJOR, PTMX_MINOR = 5, 2
@@ -91,7 +90,7 @@ class Tty(FileObj):
             return fd
         if self.info.type == TTY_EXT:
             raise SpiceError("tty", f"{self.describe()} is external: restore with --inherit-fd fd[N]:{key}")
-        if not restore_option(ctx, "shell_job"):
+        if not ctx.option("shell_job"):
             raise SpiceError("tty", f"{self.describe()}: the job's terminal is not in the dump: restore with "
                              f"--shell-job (or --inherit-fd fd[N]:{key})")
         if not os.isatty(0):
