@@ -42,7 +42,7 @@ from .linux import ptrace as pt
 from .linux.mman import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, page_align
 from .linux.rseq import RSEQ_CS_OFFSET, RseqCs
 from .linux.signals import build_rt_sigframe
-from .linux.syscalls import NR, libc, raise_errno, signed64
+from .linux.syscalls import NR, libc, raise_errno
 
 WINDOWS = """\
 If the tracer dies while a task is being injected, the task continues by itself:
@@ -369,16 +369,12 @@ class Remote:
         chain_live = self._stack_saved is not None
         self._restore_stack()  # the kernel may put its signal frame where our chain frame is
         pt.setregs(tid, self.regs)
-        while True:
-            pt.interrupt(tid)
-            pt.cont(tid, sig)
-            st = pt.waitpid(tid)
-            if st.gone:
-                self.closed = True
-                raise TaskGone(errno.ESRCH, f"task {tid} died on signal {sig}: {st}")
-            if st.event == pt.EVENT_STOP:
-                break
-            sig = st.stopsig if st.signal_stop else 0
+        pt.interrupt(tid)
+        try:
+            _resume_to_event_stop(tid, sig)
+        except TaskGone:
+            self.closed = True
+            raise
         self.regs = pt.getregs(tid)
         self._at_exit = False
         self._sp = self.regs.sp
@@ -597,18 +593,21 @@ class Remote:
         self.close()
 
 
-def stop_for_injection(tid: int) -> pt.WaitStatus:
-    """PTRACE_INTERRUPT a seized, running task and wait for its PTRACE_EVENT_STOP (delivering any
-    signal that comes first, as the kernel would)."""
-    pt.interrupt(tid)
+def _resume_to_event_stop(tid: int, sig: int | None) -> pt.WaitStatus:
+    """With a PTRACE_INTERRUPT pending: resume the task delivering `sig` (None: it is running
+    already) until its PTRACE_EVENT_STOP, delivering signals that come first as the kernel would."""
     while True:
+        if sig is not None:
+            pt.cont(tid, sig)
         st = pt.waitpid(tid)
         if st.gone:
             raise TaskGone(errno.ESRCH, f"task {tid} died: {st}")
         if st.event == pt.EVENT_STOP:
             return st
-        pt.cont(tid, st.stopsig if st.signal_stop else 0)
+        sig = st.stopsig if st.signal_stop else 0
 
 
-def signed(v: int) -> int:
-    return signed64(v)
+def stop_for_injection(tid: int) -> pt.WaitStatus:
+    """PTRACE_INTERRUPT a seized, running task and wait for its PTRACE_EVENT_STOP."""
+    pt.interrupt(tid)
+    return _resume_to_event_stop(tid, None)
