@@ -8,20 +8,19 @@ form, and `-v` takes an optional attached level (`-v4`, `-vvvv`). `spice crit ..
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 
 import click
 
 from . import CRIU_VERSION
 from .errors import SpiceError
 from .log import log
+from .record import Factory, Record
 
 ACTIONS = ("dump", "restore", "check", "swrk", "pre-dump", "service", "page-server", "lazy-pages", "dedup",
            "cpuinfo", "exec", "show")
 
 
-@dataclass
-class Options:
+class Options(Record):
     """criu's options, as dump/restore/check see them (also filled from RPC requests)."""
 
     action: str = ""
@@ -46,12 +45,12 @@ class Options:
     restore_detached: bool = False
     restore_sibling: bool = False
     root: str | None = None
-    inherit_fd: list[str] = field(default_factory=list)
+    inherit_fd: list[str] = Factory(list)
     backend: str = "auto"
     record_working_set: bool = False
     record_timeout: float = 1.0
     feature: str | None = None
-    external: list[str] = field(default_factory=list)
+    external: list[str] = Factory(list)
     network_lock: str = "iptables"
     status_fd: int | None = None
 

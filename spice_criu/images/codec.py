@@ -11,13 +11,13 @@ from __future__ import annotations
 import importlib
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
 from ..errors import ImageError
+from ..record import Record
 from . import magic as M
 
 _U32 = struct.Struct("<I")
@@ -131,16 +131,14 @@ _EXTRA_MESSAGES = {
 }
 
 
-@dataclass
-class Entry:
+class Entry(Record):
     """One message of an image plus the raw payload some kinds carry after it."""
 
     msg: Message
     extra: Any = None
 
 
-@dataclass
-class Image:
+class Image(Record):
     magic: str
     entries: list[Entry]
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ImageError
+from ..record import FrozenRecord
 from . import codec
 
 PAGE_SIZE = 4096
@@ -24,8 +24,7 @@ PE_PRESENT = 1 << 2
 _MAX_PARENT_DEPTH = 64
 
 
-@dataclass(frozen=True)
-class PageRun:
+class PageRun(FrozenRecord):
     """`nr_pages` pages at `vaddr` whose bytes are at `offset` in `pages_file` (None: zero pages)."""
 
     vaddr: int

@@ -23,12 +23,12 @@ import fcntl
 import os
 import struct
 import time
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import SpiceError
 from ..images.imagedir import ImageDir
 from ..linux.syscalls import NR, syscall
+from ..record import Factory, Record
 from .files import O_CLOEXEC, FileObj, OpenContext, planner
 
 F_SETSIG, F_SETOWN_EX = 10, 15
@@ -76,7 +76,6 @@ def restore_fown(fd: int, fown: Any) -> None:
 # ---------------------------------------------------------------- eventfd
 
 
-@dataclass
 class EventFd(FileObj):
     counter: int = 0
     fown: Any = None
@@ -103,7 +102,6 @@ def _plan_eventfd(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
 # ---------------------------------------------------------------- signalfd
 
 
-@dataclass
 class SignalFd(FileObj):
     sigmask: int = 0
     fown: Any = None
@@ -139,7 +137,6 @@ class _Itimerspec(ctypes.Structure):
     _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
 
 
-@dataclass
 class TimerFd(FileObj):
     clockid: int = 1
     ticks: int = 0
@@ -214,16 +211,14 @@ def _unsupported(obj: FileObj, why: str) -> FileObj:
 # ---------------------------------------------------------------- epoll
 
 
-@dataclass
-class EpollTarget:
+class EpollTarget(Record):
     fd: int
     events: int
     data: int
 
 
-@dataclass
 class Epoll(FileObj):
-    targets: list[EpollTarget] = field(default_factory=list)
+    targets: list[EpollTarget] = Factory(list)
     fown: Any = None
     kind: ClassVar[str] = "epoll"
 

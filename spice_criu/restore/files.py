@@ -14,13 +14,13 @@ import contextlib
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ImageError, SpiceError
 from ..images import codec
 from ..images.imagedir import ImageDir
+from ..record import Record
 
 if TYPE_CHECKING:
     from .mm import ShmemPlan
@@ -92,8 +92,7 @@ class OpenContext:
         self.cleanup.clear()
 
 
-@dataclass
-class FileObj:
+class FileObj(Record):
     """One open file description from files.img."""
 
     id: int
@@ -111,7 +110,6 @@ class FileObj:
         return False
 
 
-@dataclass
 class RegFile(FileObj):
     path: str = ""
     pos: int = 0
@@ -166,7 +164,6 @@ class RegFile(FileObj):
             os.unlink(tmp)
 
 
-@dataclass
 class MemfdFile(FileObj):
     """An fd of a memfd; the memory object itself is shared with any mappings of it."""
 
@@ -183,12 +180,11 @@ class MemfdFile(FileObj):
         return fd
 
 
-@dataclass
-class FdPlan:
+class FdPlan(Record):
     fd: int
     file_id: int
     cloexec: bool
-    file: FileObj = field(repr=False, default=None)  # type: ignore[assignment]
+    file: FileObj = None  # type: ignore[assignment]
 
 
 #: file_entry type name -> planner(entry, imgdir) -> FileObj; kinds register themselves here
@@ -295,7 +291,6 @@ def plan_files(imgdir: ImageDir, shmems: dict[int, ShmemPlan]) -> tuple[dict[int
     return files, state
 
 
-@dataclass
 class Unsupported(FileObj):
     type_name: str = ""
     kind: ClassVar[str] = "unsupported file"

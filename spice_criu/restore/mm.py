@@ -7,13 +7,13 @@ inside the task; the kmod backend hands the same table to /dev/spice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import vma as V
 from ..errors import ImageError, SpiceError
 from ..images.imagedir import ImageDir
 from ..images.pagemap import PageRun, read_runs
+from ..record import Factory, Record
 
 ANON = "anon"
 FILE_PRIVATE = "file-private"
@@ -25,8 +25,7 @@ VSYSCALL = "vsyscall"
 MEMFD_PRIVATE = "memfd-private"  # MAP_PRIVATE of a memfd: its object plus private dirty pages
 
 
-@dataclass
-class ShmemPlan:
+class ShmemPlan(Record):
     """A shared-memory object (MAP_SHARED|MAP_ANONYMOUS or a memfd) and its contents."""
 
     shmid: int
@@ -37,8 +36,7 @@ class ShmemPlan:
     seals: int = 0
 
 
-@dataclass
-class VmaPlan:
+class VmaPlan(Record):
     start: int
     end: int
     prot: int
@@ -50,15 +48,14 @@ class VmaPlan:
     path: str | None = None  # file-backed: the file
     open_flags: int = 0  # file-backed: how to open it
     shmem: ShmemPlan | None = None
-    runs: list[PageRun] = field(default_factory=list)  # private page data inside this VMA
+    runs: list[PageRun] = Factory(list)  # private page data inside this VMA
 
     @property
     def size(self) -> int:
         return self.end - self.start
 
 
-@dataclass
-class MmPlan:
+class MmPlan(Record):
     vmas: list[VmaPlan]
     start_code: int
     end_code: int

@@ -9,26 +9,24 @@ from __future__ import annotations
 
 import fcntl
 import os
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import SpiceError
 from ..images.imagedir import ImageDir
+from ..record import Factory, Record
 from .files import _NOT_REPLAYED, O_ACCMODE, O_CLOEXEC, O_NONBLOCK, FileObj, OpenContext, planner
 
 F_SETPIPE_SZ = 1031
 
 
-@dataclass
-class PipeData:
+class PipeData(Record):
     data: bytes = b""
     size: int | None = None
 
 
-@dataclass
 class PipeEnd(FileObj):
     pipe_id: int = 0
-    data: PipeData = field(default_factory=PipeData)
+    data: PipeData = Factory(PipeData)
     kind: ClassVar[str] = "pipe"
 
     def describe(self) -> str:
@@ -75,11 +73,10 @@ def _set_status_flags(fd: int, flags: int) -> None:
         fcntl.fcntl(fd, fcntl.F_SETFL, want)
 
 
-@dataclass
 class Fifo(FileObj):
     pipe_id: int = 0
     path: str = ""
-    data: PipeData = field(default_factory=PipeData)
+    data: PipeData = Factory(PipeData)
     kind: ClassVar[str] = "fifo"
 
     def describe(self) -> str:

@@ -9,13 +9,13 @@ the object named, so a restore never dies half-way on something it could have re
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf.message import Message
 
 from ..errors import ImageError, SpiceError
 from ..images.imagedir import ImageDir
+from ..record import Factory, Record
 from . import files as F
 from .mm import MmPlan, ShmemPlan, plan_mm
 
@@ -23,14 +23,12 @@ TASK_ALIVE, TASK_DEAD, TASK_STOPPED, TASK_ZOMBIE = 1, 2, 3, 6
 _NS_NAMES = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")
 
 
-@dataclass
-class ThreadPlan:
+class ThreadPlan(Record):
     tid: int
     core: Message  # core_entry: thread_info (regs, fpu, tls) + thread_core
 
 
-@dataclass
-class TaskPlan:
+class TaskPlan(Record):
     pid: int
     ppid: int
     pgid: int
@@ -42,7 +40,7 @@ class TaskPlan:
     cwd: str
     root: str
     umask: int
-    children: list[TaskPlan] = field(default_factory=list)
+    children: list[TaskPlan] = Factory(list)
 
     @property
     def leader(self) -> ThreadPlan:
@@ -57,14 +55,13 @@ class TaskPlan:
         return self.tc.task_state
 
 
-@dataclass
-class RestorePlan:
+class RestorePlan(Record):
     imgdir: ImageDir
     inventory: Message
     tasks: list[TaskPlan]  # pstree order: parents before children, root first
     files: dict[int, F.FileObj]
     shmems: dict[int, ShmemPlan]
-    file_state: dict = field(default_factory=dict)
+    file_state: dict = Factory(dict)
 
     @property
     def root(self) -> TaskPlan:

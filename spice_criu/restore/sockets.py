@@ -11,11 +11,11 @@ import fcntl
 import os
 import socket
 import struct
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import SpiceError
 from ..images.imagedir import ImageDir
+from ..record import Factory
 from .files import FileObj, OpenContext, planner
 
 TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
@@ -75,7 +75,6 @@ def _addr(family: int, words) -> str:
     return socket.inet_ntop(socket.AF_INET6, raw.ljust(16, b"\0")[:16])
 
 
-@dataclass
 class InetSocket(FileObj):
     e: Any = None
     kind: ClassVar[str] = "inet socket"
@@ -144,10 +143,9 @@ def _refuse(obj: FileObj, why: str) -> FileObj:
     return Unsupported(obj.id, obj.flags, type_name=f"{obj.describe()}: {why};")
 
 
-@dataclass
 class UnixSocket(FileObj):
     e: Any = None
-    queued: list[bytes] = field(default_factory=list)  # packets waiting in this socket's receive queue
+    queued: list[bytes] = Factory(list)  # packets waiting in this socket's receive queue
     kind: ClassVar[str] = "unix socket"
 
     def describe(self) -> str:

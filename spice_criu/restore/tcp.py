@@ -22,7 +22,6 @@ import shutil
 import socket
 import struct
 import subprocess
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import ImageError, SpiceError
@@ -50,7 +49,6 @@ def _addr(family: int, words) -> str:
     return socket.inet_ntop(socket.AF_INET6, raw.ljust(16, b"\0")[:16])
 
 
-@dataclass
 class TcpConn(FileObj):
     e: Any = None  # inet_sk_entry
     stream: Any = None  # tcp_stream_entry

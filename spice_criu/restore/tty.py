@@ -17,7 +17,6 @@ import fcntl
 import os
 import signal
 import struct
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import ImageError, SpiceError
@@ -72,7 +71,6 @@ def restore_tty_params(fd: int, info: Any, what: str) -> None:
         raise SpiceError("tty", f"{what}: restoring terminal settings: {e.strerror}") from None
 
 
-@dataclass
 class Tty(FileObj):
     info: Any = None  # tty_info_entry
     path: str = ""
