@@ -141,11 +141,13 @@ def restore_plan(plan: RestorePlan, o: Options, backend) -> tuple[list[TaskCtl],
     try:
         t0 = time.monotonic()
         create_tree(plan, o.restore_sibling, created)
+        log.info(f"tree of {len(created)} tasks created")
         fault_point("restore-tree")
         forking = time.monotonic() - t0
         pages = 0
         for ctl in created:
             pages += restore_task(ctl, ctx, backend)
+            log.info(f"task {ctl.pid} restored")
             fault_point("restore-task")
         for ctl in created:
             finish_task(ctl, backend)
@@ -165,6 +167,7 @@ def restore(o: Options) -> int:
     if o.restore_sibling and not o.restore_detached:
         raise SpiceError("restore", "--restore-sibling only makes sense with --restore-detached")
     plan = build_plan(o.images_dir, root=o.root or "/")
+    log.info(f"plan: {len(plan.tasks)} tasks, {plan.pages_total} pages")
     if o.shell_job:
         root = plan.root
         root.sid, root.pgid = os.getsid(0), os.getpgid(0)
