@@ -245,7 +245,7 @@ class Remote:
         self._at_exit = info.op == pt.SYSCALL_INFO_EXIT
         self.regs = pt.getregs(tid)  # the task's context, restored on close
         if rseq_fixup:
-            self._rseq_fixup()
+            rseq_abort_fixup(tid, self.regs)
         self._inj = self.regs.copy()
         self._inj_addr = ctypes.addressof(self._inj)
         self._inj_ref = ctypes.c_void_p(self._inj_addr)
@@ -428,21 +428,6 @@ class Remote:
 
     # -- bootstrap / teardown -------------------------------------------------------------------------
 
-    def _rseq_fixup(self) -> None:
-        """Inside an rseq critical section the kernel would resume at abort_ip: do it now, since
-        resuming at our own ip would make the kernel drop the section instead."""
-        conf = pt.get_rseq_configuration(self.tid)
-        if conf is None or not conf.rseq_abi_pointer:
-            return
-        cs_ptr = struct.unpack("<Q", self.read(conf.rseq_abi_pointer + RSEQ_CS_OFFSET, 8))[0]
-        if not cs_ptr:
-            return
-        cs = RseqCs.from_buffer_copy(self.read(cs_ptr, ctypes.sizeof(RseqCs)))
-        if cs.contains(self.regs.ip):
-            self.regs.ip = cs.abort_ip
-            pt.setregs(self.tid, self.regs)
-            self.write(conf.rseq_abi_pointer + RSEQ_CS_OFFSET, b"\0" * 8)
-
     def _chain_frame(self, maps: list[Mapping]) -> int | None:
         """Write an rt_sigframe of the (restarted) original context below the red zone; returns the
         stack pointer to inject with, so that `syscall; ret` returns into rt_sigreturn."""
@@ -591,6 +576,27 @@ class Remote:
             self._unpin()
             return
         self.close()
+
+
+def rseq_abort_fixup(tid: int, regs: pt.UserRegs) -> bool:
+    """If the stopped task is inside an rseq critical section, move it to the section's abort_ip
+    (regs and the task) and clear rseq_cs, as the kernel does on its way back to user mode.
+
+    Resuming the task anywhere else first (an injection) would make the kernel silently drop the
+    section instead; a dump wants the fixed-up registers too. Returns True if it moved the task."""
+    conf = pt.get_rseq_configuration(tid)
+    if conf is None or not conf.rseq_abi_pointer:
+        return False
+    cs_ptr = struct.unpack("<Q", procvm.read_any(tid, conf.rseq_abi_pointer + RSEQ_CS_OFFSET, 8))[0]
+    if not cs_ptr:
+        return False
+    cs = RseqCs.from_buffer_copy(procvm.read_any(tid, cs_ptr, ctypes.sizeof(RseqCs)))
+    if not cs.contains(regs.ip):
+        return False
+    regs.ip = cs.abort_ip
+    pt.setregs(tid, regs)
+    procvm.write_any(tid, conf.rseq_abi_pointer + RSEQ_CS_OFFSET, b"\0" * 8)
+    return True
 
 
 def _resume_to_event_stop(tid: int, sig: int | None) -> pt.WaitStatus:

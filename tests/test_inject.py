@@ -22,6 +22,7 @@ from spice_criu.inject import Remote, TaskGone, find_sites, read_maps, trampolin
 from spice_criu.linux import prctl, procvm
 from spice_criu.linux import ptrace as pt
 from spice_criu.linux.mman import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE
+from spice_criu.linux.rseq import RSEQ_CS_OFFSET, RseqCs
 from spice_criu.linux.syscalls import NR, signed64
 
 
@@ -499,3 +500,34 @@ def test_find_sites_in_libc_and_vdso():
         assert code[s.syscall_ret][:3] == b"\x0f\x05\xc3"
         assert code[s.sigreturn] in (b"\x48\xc7\xc0\x0f\x00\x00\x00\x0f\x05",) or \
             code[s.sigreturn][:7] == b"\xb8\x0f\x00\x00\x00\x0f\x05"
+
+
+def in_rseq_cs(pid: int, ip: int) -> bool:
+    conf = pt.get_rseq_configuration(pid)
+    cs_ptr = int.from_bytes(procvm.read(pid, conf.rseq_abi_pointer + RSEQ_CS_OFFSET, 8), "little")
+    return bool(cs_ptr) and RseqCs.from_buffer_copy(procvm.read(pid, cs_ptr, 32)).contains(ip)
+
+
+def test_rseq_critical_section_is_aborted_as_the_kernel_would():
+    """A task stopped inside an rseq critical section must resume at its abort handler. Without
+    the fixup, resuming it at our trampoline makes the kernel forget the section (rseq_cs cleared)
+    and the task, put back inside it, spins there forever: the control case shows that."""
+    for fixup in (True, False):
+        with Target.prog("rseqspin") as t:
+            t.wait_for("ready")
+            while True:  # catch it inside the section (where it spends nearly all its time)
+                time.sleep(0.01)
+                seize_stopped(t.pid)
+                ip = pt.getregs(t.pid).ip
+                if in_rseq_cs(t.pid, ip):
+                    break
+                pt.detach(t.pid)
+            with Remote(t.pid, rseq_fixup=fixup) as r:
+                r.check(NR.getpid)
+                moved = r.regs.ip != ip
+            assert moved == fixup
+            n = sum(1 for ln in t.lines() if ln.startswith("abort"))
+            pt.detach(t.pid)
+            time.sleep(0.2)
+            aborts = sum(1 for ln in t.lines() if ln.startswith("abort")) - n
+            assert (aborts > 0) == fixup, (fixup, aborts)
