@@ -9,6 +9,7 @@ membarrier registrations (per process) need a syscall inside the task.
 
 from __future__ import annotations
 
+import re
 import resource
 
 from google.protobuf.message import Message
@@ -55,6 +56,14 @@ def collect_task_in_task(r: Remote, tc: Message) -> None:
         tc.membarrier_registration_mask = mask
 
 
+def atoi(text: str) -> int:
+    """C's atoi: the leading decimal digits. CRIU 4.2.1 reads /proc/PID/personality (printed in hex)
+    this way ("00040000" -> 40000); spice stores the same value so its images mean what CRIU's mean
+    to every restorer (spice restore decodes it back, CRIU restore applies it as CRIU's own)."""
+    m = re.match(r"\s*([+-]?\d+)", text)
+    return int(m.group(1)) & 0xFFFFFFFF if m else 0
+
+
 def _read_int(path: str, what: str) -> int:
     return int(proc.read_text(path, what).split()[0])
 
@@ -68,7 +77,7 @@ def fill_task_knobs(pid: int, tc: Message) -> None:
             raise SpiceError("dump", f"task {pid}: can't get rlimit {res}: {e.strerror}") from None
         tc.rlimits.rlimits.add(cur=RLIM_INFINITY_IMG if cur == resource.RLIM_INFINITY else cur,
                                max=RLIM_INFINITY_IMG if mx == resource.RLIM_INFINITY else mx)
-    tc.personality = int(proc.read_text(f"/proc/{pid}/personality", f"task {pid}").strip(), 16)
+    tc.personality = atoi(proc.read_text(f"/proc/{pid}/personality", f"task {pid}"))
     try:
         tc.loginuid = _read_int(f"/proc/{pid}/loginuid", f"task {pid}")
     except SpiceError:

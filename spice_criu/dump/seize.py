@@ -234,7 +234,16 @@ class FrozenTree:
         return True
 
     def _wait_stops(self, pending: set[int], deadline: float) -> None:
-        delay = 1e-5
+        """Wait for the PTRACE_EVENT_STOPs of `pending`. Between WNOHANG polls we sleep in
+        sigtimedwait(SIGCHLD): the kernel sends the tracer SIGCHLD on every tracee stop."""
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        try:
+            self._poll_stops(pending, deadline)
+        finally:
+            if signal.SIGCHLD not in old:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+
+    def _poll_stops(self, pending: set[int], deadline: float) -> None:
         while pending:
             progressed = False
             for tid in list(pending):
@@ -266,8 +275,8 @@ class FrozenTree:
                 raise SpiceError("dump", f"Timed out after {self.timeout:g}s freezing pid {tid} "
                                          f"(state {_state(self.tasks[tid].pid, tid)})")
             if not progressed:
-                time.sleep(delay)
-                delay = min(delay * 2, 2e-3)
+                # bounded: another thread of ours may take the (process-directed) SIGCHLD
+                signal.sigtimedwait({signal.SIGCHLD}, min(2e-3, max(deadline - time.monotonic(), 1e-4)))
 
     def _freeze(self) -> None:
         deadline = time.monotonic() + self.timeout
@@ -293,12 +302,11 @@ class FrozenTree:
                     del self.processes[pid]
                     continue
                 proc.dead_leader = pid not in live
+                new = [t for t in live if t not in self.tasks]
                 options = SEIZE_OPTIONS
-                if _status_field(pid, "Seccomp") == "2":
-                    options |= pt.O_SUSPEND_SECCOMP
-                for tid in live:
-                    if tid in self.tasks:
-                        continue
+                if new and _status_field(pid, "Seccomp") == "2":
+                    options |= pt.O_SUSPEND_SECCOMP  # our injected syscalls must not meet the filter
+                for tid in new:
                     if self._seize(pid, tid, options):
                         pending.add(tid)
                     changed = True  # seized, or exiting under our hands: look again

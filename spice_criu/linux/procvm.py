@@ -13,7 +13,7 @@ import errno
 import os
 from collections.abc import Sequence
 
-from .syscalls import fresh, libc, raise_errno
+from .syscalls import libc, raise_errno
 
 IOV_MAX = 1024
 
@@ -22,28 +22,43 @@ class Iovec(ctypes.Structure):
     _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
 
 
-_argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
-_readv = fresh(libc, "process_vm_readv", ctypes.c_ssize_t, _argtypes)
-_writev = fresh(libc, "process_vm_writev", ctypes.c_ssize_t, _argtypes)
+# No argtypes: ctypes converts an int and prebuilt pointer objects fastest that way.
+_readv = libc._FuncPtr(("process_vm_readv", libc))
+_readv.restype = ctypes.c_ssize_t
+_writev = libc._FuncPtr(("process_vm_writev", libc))
+_writev.restype = ctypes.c_ssize_t
 
 Ranges = Sequence[tuple[int, int]]
+Buffer = bytes | bytearray | memoryview | ctypes.Array
 
 
-def _address_of(buf: bytearray | memoryview | ctypes.Array) -> int:
+def _local(buf: Buffer, writable: bool) -> tuple[int, object]:
+    """Address of buf's memory (no copy), and the object that keeps it alive."""
     if isinstance(buf, ctypes.Array):
-        return ctypes.addressof(buf)
-    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+        return ctypes.addressof(buf), buf
+    if isinstance(buf, bytes):
+        if writable:
+            raise TypeError("bytes are read-only")
+        keep = ctypes.c_char_p(buf)
+        return ctypes.cast(keep, ctypes.c_void_p).value or 0, (keep, buf)
+    arr = (ctypes.c_char * len(buf)).from_buffer(buf)  # bytearray / writable memoryview
+    return ctypes.addressof(arr), arr
 
 
 def _vm(fn: ctypes._CFuncPtr, pid: int, local_addr: int, remote: Ranges) -> int:
     """One or more process_vm_* calls; returns bytes transferred (stops at the first short one)."""
+    if len(remote) == 1:
+        addr, want = remote[0]
+        ret = fn(pid, ctypes.byref(Iovec(local_addr, want)), 1, ctypes.byref(Iovec(addr, want)), 1, 0)
+        if ret < 0:
+            raise_errno(f"process_vm {pid}")
+        return ret
     total = 0
     for i in range(0, len(remote), IOV_MAX):
         chunk = remote[i : i + IOV_MAX]
         want = sum(n for _, n in chunk)
         riov = (Iovec * len(chunk))(*[Iovec(a, n) for a, n in chunk])
-        liov = Iovec(local_addr + total, want)
-        ret = fn(pid, ctypes.byref(liov), 1, riov, len(chunk), 0)
+        ret = fn(pid, ctypes.byref(Iovec(local_addr + total, want)), 1, riov, len(chunk), 0)
         if ret < 0:
             if total:
                 return total
@@ -57,24 +72,26 @@ def _vm(fn: ctypes._CFuncPtr, pid: int, local_addr: int, remote: Ranges) -> int:
 def readv_into(pid: int, remote: Ranges, buf: bytearray | memoryview | ctypes.Array) -> int:
     """Read the remote ranges, concatenated, into buf; returns the number of bytes read
     (short if a range is unmapped: reading stops there, as process_vm_readv does)."""
-    need = sum(n for _, n in remote)
-    if need > len(buf):
+    if sum(n for _, n in remote) > len(buf):
         raise ValueError("buffer too small")
     if not remote:
         return 0
-    return _vm(_readv, pid, _address_of(buf), remote)
+    addr, _keep = _local(buf, True)
+    return _vm(_readv, pid, addr, remote)
 
 
 def read_into(pid: int, addr: int, buf: bytearray | memoryview | ctypes.Array) -> None:
     """Fill buf from addr in pid; OSError(EFAULT) if any byte is not readable."""
-    if readv_into(pid, [(addr, len(buf))], buf) != len(buf):
+    local, _keep = _local(buf, True)
+    if _vm(_readv, pid, local, ((addr, len(buf)),)) != len(buf):
         raise OSError(errno.EFAULT, f"short read at {addr:#x} in {pid}")
 
 
 def read(pid: int, addr: int, n: int) -> bytes:
-    buf = bytearray(n)
-    read_into(pid, addr, buf)
-    return bytes(buf)
+    buf = ctypes.create_string_buffer(n)
+    if _vm(_readv, pid, ctypes.addressof(buf), ((addr, n),)) != n:
+        raise OSError(errno.EFAULT, f"short read at {addr:#x} in {pid}")
+    return buf.raw
 
 
 def readv(pid: int, remote: Ranges) -> list[bytes]:
@@ -89,18 +106,23 @@ def readv(pid: int, remote: Ranges) -> list[bytes]:
     return out
 
 
-def writev(pid: int, remote: Ranges, data: bytes | bytearray | memoryview) -> int:
+def writev(pid: int, remote: Ranges, data: Buffer) -> int:
     """Scatter data (concatenated) to the remote ranges; returns bytes written (short on a fault)."""
     if sum(n for _, n in remote) != len(data):
         raise ValueError("data length does not match the ranges")
     if not remote:
         return 0
-    src = data if isinstance(data, bytearray) else bytearray(data)
-    return _vm(_writev, pid, _address_of(src), remote)
+    if isinstance(data, memoryview) and data.readonly:
+        data = bytes(data)
+    addr, _keep = _local(data, False)
+    return _vm(_writev, pid, addr, remote)
 
 
-def write(pid: int, addr: int, data: bytes | bytearray | memoryview) -> None:
-    if writev(pid, [(addr, len(data))], data) != len(data):
+def write(pid: int, addr: int, data: Buffer) -> None:
+    if isinstance(data, memoryview) and data.readonly:
+        data = bytes(data)
+    local, _keep = _local(data, False)
+    if _vm(_writev, pid, local, ((addr, len(data)),)) != len(data):
         raise OSError(errno.EFAULT, f"short write at {addr:#x} in {pid}")
 
 
