@@ -252,3 +252,27 @@ def test_spice_inside_its_own_tree_is_refused():
     out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=20,
                          cwd=root, env={**os.environ, "PYTHONPATH": root}).stdout
     assert "ERR spice itself (pid" in out and "is inside the tree" in out
+
+
+def test_inject_into_every_thread_and_into_a_stopped_process():
+    """What dump does after freezing: a Remote per thread (each its own tid and stack), including
+    a process that was group-stopped and must stay stopped."""
+    with Target.prog("threads", "3") as t, Target.prog("blocker", "sleep", "300") as s:
+        t.wait_for("tick")
+        s.wait_for("ready")
+        os.kill(s.pid, signal.SIGSTOP)
+        wait_state(s.pid, "T")
+        with freeze(t.pid) as tree:
+            for tid in tree.tids():
+                with Remote(tid) as r:
+                    assert r.check(NR.gettid) == tid and r.check(NR.getpid) == t.pid
+        n = len(t.lines())
+        t.wait_for("tick", count=n + 2)
+        with freeze(s.pid) as tree:
+            assert tree.stopped(s.pid)
+            with Remote(s.pid) as r:
+                assert r.check(NR.getpid) == s.pid
+        time.sleep(0.05)
+        assert state(s.pid) == "T" and len(s.lines()) == 1
+        os.kill(s.pid, signal.SIGCONT)
+        assert s.wait_for(r"^done ret=(\S+) bad=(\S+)").groups() == ("0", "0")
