@@ -531,3 +531,30 @@ def test_rseq_critical_section_is_aborted_as_the_kernel_would():
             time.sleep(0.2)
             aborts = sum(1 for ln in t.lines() if ln.startswith("abort")) - n
             assert (aborts > 0) == fixup, (fixup, aborts)
+
+
+def test_without_chain_gadgets_the_plain_site_is_used_and_the_window_measured(monkeypatch):
+    """A task without `syscall; ret` / rt_sigreturn gadgets (e.g. a static Go binary) bootstraps
+    from any syscall instruction; the unprotected time is recorded in window_ns."""
+    real = inject.find_sites
+
+    def plain_only(pid, maps=None):
+        s = real(pid, maps)
+        return inject.Sites(plain=s.plain)
+
+    monkeypatch.setattr(inject, "find_sites", plain_only)
+    with blocked_target("sleep", 500) as t:
+        time.sleep(0.05)
+        seize_stopped(t.pid)
+        regs = pt.getregs(t.pid)
+        maps0 = maps_text(t.pid)
+        r = Remote(t.pid)
+        assert r._chain is None and len(r.window_ns) == 1
+        assert r.check(NR.getpid) == t.pid
+        r.close()
+        assert len(r.window_ns) == 2 and all(0 < w < 1e9 for w in r.window_ns)
+        print("unprotected windows (us):", [w // 1000 for w in r.window_ns])
+        assert pt.getregs(t.pid) == regs and maps_text(t.pid) == maps0
+        detach(t)
+        res = done(t)
+        assert res["ret"] == "0" and res["bad"] == "0" and resumed_in_time(res, 500, t)
