@@ -20,10 +20,13 @@ to the task's real context (as the kernel would), and injection continues from t
 Robustness when the tracer dies (SIGKILL mid-dump): the kernel detaches and the task resumes with
 whatever registers we last set. So, after bootstrapping, injections run at a trampoline we map in
 the task: `syscall` followed by a fallback that reloads the original context, with restart
-semantics applied (Regs.restarted()), and jumps back. The bootstrap mmap of that trampoline and its
+semantics applied (UserRegs.restarted()), and jumps back. The bootstrap mmap of that trampoline and its
 final munmap run at a `syscall; ret` site found in the task's libc/ld.so, with an rt_sigframe of
 the original context written below the red zone and `ret` landing on a `mov $15,%rax; syscall`
 (rt_sigreturn) gadget. Remaining deviations for an orphaned task: see WINDOWS.
+
+For dump: `Remote.mapping` is our own VMA in the task while the Remote is open (leave it out of
+the dumped mm); `Remote.regs` are the task's registers (rseq abort already applied).
 """
 
 from __future__ import annotations
@@ -57,7 +60,9 @@ If the tracer dies while a task is being injected, the task continues by itself:
   pointer): during the bootstrap mmap and the final munmap the task would continue after a foreign
   syscall instruction with clobbered registers (measured per Remote in `window_ns`);
 - a signal handler that runs while the orphaned task sits in the fallback sees the syscall restarted
-  rather than interrupted (EINTR) for -ERESTARTNOHAND / non-SA_RESTART -ERESTARTSYS.
+  rather than interrupted (EINTR) for -ERESTARTNOHAND / non-SA_RESTART -ERESTARTSYS;
+- the rt_sigreturn path restores the current (possibly temporary, sigsuspend/ppoll) sigmask as the
+  task's mask; tasks with a CET user shadow stack enabled are not supported by the chain.
 """
 
 # The hot path calls syscall(2) without argtypes: ctypes converts small ints and prebuilt pointer
