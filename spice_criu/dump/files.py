@@ -393,13 +393,19 @@ def _ghost(ctx: DumpContext, fid: int, fd: int, name: str, st: os.stat_result, w
                    codec.pb("remap_file_path_entry")(orig_id=fid, remap_id=gid, remap_type=REMAP_GHOST))
 
 
+def kdev(dev: int) -> int:
+    """A device number in the kernel's internal encoding (MKDEV: major << 20 | minor), as CRIU stores
+    devices it takes from mountinfo / the kernel."""
+    return (os.major(dev) << 20 | os.minor(dev)) & 0xFFFFFFFF
+
+
 def _ghost_image(ctx: DumpContext, gid: int, fd: int, st: os.stat_result) -> None:
-    g = codec.pb("ghost_file_entry")(uid=st.st_uid, gid=st.st_gid, mode=st.st_mode, dev=st.st_dev & 0xFFFFFFFF,
+    g = codec.pb("ghost_file_entry")(uid=st.st_uid, gid=st.st_gid, mode=st.st_mode, dev=kdev(st.st_dev),
                                      ino=st.st_ino)
     g.atim.tv_sec, g.atim.tv_usec = st.st_atime_ns // 10**9, st.st_atime_ns % 10**9 // 1000
     g.mtim.tv_sec, g.mtim.tv_usec = st.st_mtime_ns // 10**9, st.st_mtime_ns % 10**9 // 1000
     if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-        g.rdev = st.st_rdev & 0xFFFFFFFF
+        g.rdev = kdev(st.st_rdev)
     name = f"ghost-file-{gid:x}.img"
     if stat.S_ISLNK(st.st_mode):
         g.symlnk_target = os.readlink(f"/proc/self/fd/{fd}")

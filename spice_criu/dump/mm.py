@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 PR_GET_DUMPABLE, PR_GET_THP_DISABLE = 3, 42
 MAP_LOCKED, MAP_HUGETLB = 0x2000, 0x40000
-O_RDONLY, O_RDWR = 0, 2
+O_RDONLY, O_WRONLY, O_RDWR = 0, 1, 2
 DEVZERO = os.makedev(1, 5)
 #: VmFlags -> mmap flag
 _VM_MAP = {"gd": V.MAP_GROWSDOWN, "lo": MAP_LOCKED, "nr": V.MAP_NORESERVE, "ht": MAP_HUGETLB}
@@ -105,12 +105,12 @@ def collect_vmas(ctx: DumpContext, pid: int) -> list[Message]:
             # CRIU "borrows" the file of the previous VMA when dev:ino are equal
             e.status |= prev[1]
             e.shmid = prev[2]
-            e.fdflags = _fdflags(ml)
+            e.fdflags = _fdflags(pid, ml)
         else:
             status, shmid = _file_vma(ctx, pid, ml, e, where)
             e.status |= status
             e.shmid = shmid
-            e.fdflags = _fdflags(ml)
+            e.fdflags = _fdflags(pid, ml)
             prev = (key, status, shmid)
         if e.status & V.VMA_AREA_AIORING:
             raise SpiceError("dump", f"{where}: AIO ring: not supported")
@@ -118,8 +118,14 @@ def collect_vmas(ctx: DumpContext, pid: int) -> list[Message]:
     return out
 
 
-def _fdflags(ml: proc.MapLine) -> int:
-    return O_RDWR if "sh" in ml.vmflags and "mw" in ml.vmflags else O_RDONLY
+def _fdflags(pid: int, ml: proc.MapLine) -> int:
+    """How the mapped file was opened: the map_files link's mode mirrors the file's FMODE_READ/WRITE
+    (CRIU's vma_get_mapfile_flags)."""
+    try:
+        mode = os.lstat(f"/proc/{pid}/map_files/{ml.start:x}-{ml.end:x}").st_mode & 0o600
+    except FileNotFoundError:
+        return O_RDONLY
+    return {0o200: O_WRONLY, 0o400: O_RDONLY, 0o600: O_RDWR}.get(mode, O_RDONLY)
 
 
 def _file_vma(ctx: DumpContext, pid: int, ml: proc.MapLine, e: Message, where: str) -> tuple[int, int]:
