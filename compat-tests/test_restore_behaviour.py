@@ -174,3 +174,18 @@ def test_round_trip_through_real_criu(name: str, criu_dumps: dict[str, DumpInfo]
         kill_restored(second, pid)
     finally:
         info.mark()
+
+
+def test_restore_sibling_makes_the_root_our_child(criu_dumps: dict[str, DumpInfo]) -> None:
+    """--restore-sibling (-S, with -d): the restored root is a child of spice's parent, as runc and
+    LXC expect; without -d it is refused like criu refuses it."""
+    info = criu_dumps["counter"]
+    bad = spice("restore", "-D", str(info.images_dir), "--restore-sibling", check=False)
+    _assert_clean_failure(bad, "--restore-sibling only makes sense with --restore-detached")
+    pid = spice_restore(info.images_dir, "--restore-sibling")
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            assert int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid()
+        assert_continues(info, pid)
+    finally:
+        kill_restored(info, pid)
