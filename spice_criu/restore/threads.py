@@ -66,8 +66,17 @@ def final_regs(th: ThreadPlan) -> ptrace.UserRegs:
     return regs
 
 
+def set_fpu(th: ThreadPlan) -> None:
+    """The dumped FPU state: as an xsave area, or as the 512-byte fxsave image on CPUs without
+    XSAVE (e.g. qemu's TCG default CPU), where only the legacy x87/SSE part can be restored."""
+    fpregs = th.core.thread_info.fpregs
+    if ptrace.has_xstate(th.tid):
+        ptrace.set_xstate(th.tid, x86.xsave_from_image(fpregs, ptrace.get_xstate(th.tid)))
+    else:
+        ptrace.set_fpregs_raw(th.tid, x86.xsave_from_image(fpregs, bytes(ptrace.get_fpregs(th.tid))))
+
+
 def set_cpu_state(th: ThreadPlan) -> None:
-    """FPU/xsave state, then the general registers, of a stopped thread."""
-    template = ptrace.get_xstate(th.tid)
-    ptrace.set_xstate(th.tid, x86.xsave_from_image(th.core.thread_info.fpregs, template))
+    """FPU state, then the general registers, of a stopped thread."""
+    set_fpu(th)
     ptrace.setregs(th.tid, final_regs(th))

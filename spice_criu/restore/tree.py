@@ -35,7 +35,9 @@ def spawn_root(t: TaskPlan, sibling: bool) -> TaskCtl:
     """fork (clone3) the root with its PID; it waits in read() until we hold it under ptrace."""
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = clone3.fork(set_tid=[t.pid], flags=clone3.CLONE_PARENT if sibling else 0)
+        # with CLONE_PARENT the child inherits our exit signal: clone3 wants exit_signal 0 then
+        pid = (clone3.fork(set_tid=[t.pid], flags=clone3.CLONE_PARENT, exit_signal=0) if sibling
+               else clone3.fork(set_tid=[t.pid]))
     except OSError as e:
         os.close(r)
         os.close(w)
