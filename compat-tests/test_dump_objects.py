@@ -273,3 +273,104 @@ def test_objects_images_agree_with_criu(objects: Objects, crit_bin: Path) -> Non
     problems = compare_dirs(crit_bin, criu_dir, spice_dir, running=False, extra_allowed=timers)
     assert not problems, "\n".join(problems[:40])
     objects.wait_ticks(len(objects.lines()) + 3)
+
+
+SECCOMP = r'''
+import ctypes, os, struct, sys, threading, time
+
+out = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+libc = ctypes.CDLL(None, use_errno=True)
+pid = os.getpid()
+token = int.from_bytes(os.urandom(4), "little") | 1
+
+def deny(nr, err):
+    # BPF: load nr; if nr == NR return ERRNO(err) else ALLOW
+    insns = [(0x20, 0, 0, 0), (0x15, 0, 1, nr), (0x06, 0, 0, 0x00050000 | err), (0x06, 0, 0, 0x7FFF0000)]
+    prog = b"".join(struct.pack("HBBI", *i) for i in insns)
+    buf = ctypes.create_string_buffer(prog)
+    fprog = struct.pack("HxxxxxxQ", len(insns), ctypes.addressof(buf))
+    assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+    assert libc.syscall(317, 1, 0, fprog) == 0, ctypes.get_errno()  # seccomp(SET_MODE_FILTER)
+
+def probe(nr):
+    # a bad pointer: unfiltered, the call fails with EFAULT and changes nothing
+    r = libc.syscall(nr, ctypes.c_void_p(1), 1)
+    return ctypes.get_errno() if r < 0 else 0
+
+deny(170, 99)  # sethostname -> EDOM-ish 99, in every thread created after this
+seen = {}
+def worker():
+    deny(171, 77)  # setdomainname -> 77, this thread only
+    while True:
+        seen["w"] = (probe(170), probe(171))
+        time.sleep(0.05)
+threading.Thread(target=worker, daemon=True).start()
+tick = 0
+while True:
+    tick += 1
+    m = (probe(170), probe(171))
+    w = seen.get("w")
+    if m != (99, 14) or (w is not None and w != (99, 77)):
+        os.write(out, f"FAIL role=main pid={pid} seccomp main={m} worker={w}\n".encode())
+        os._exit(1)
+    wf = f"{w[0]},{w[1]}" if w else "0,0"
+    os.write(out, f"tick={tick} role=main pid={pid} token={token:x} main={m[0]},{m[1]} worker={wf}\n".encode())
+    time.sleep(0.1)
+'''
+
+
+class SeccompProg(Objects):
+    def __init__(self, base: Path) -> None:
+        import subprocess
+        import sys
+
+        harness.make_subreaper()
+        self.dir = base
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "seccomp.py").write_text(SECCOMP)
+        self.out = base / "seccomp.out"
+        with open(base / "objects.log", "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-B", "-E", "-s", str(base / "seccomp.py"), str(self.out)],
+                                         cwd=base, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, close_fds=True)
+        harness._popens[self.proc.pid] = self.proc
+        self.pid = self.proc.pid
+        self.wait_ticks(3)
+
+
+def test_seccomp_filters(compat_tmp: Path, crit_bin: Path) -> None:
+    """Two filter chains (the worker thread has one more filter than the main thread): the images
+    equal CRIU's, and criu restore of spice's images brings both chains back."""
+    prog = SeccompProg(compat_tmp / "objects" / "seccomp")
+    try:
+        pid = prog.pid
+        os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while harness.process_state(pid) != "T":
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        criu_dir, spice_dir = prog.dir / "criu", prog.dir / "spice"
+        try:
+            harness.criu_dump(pid, criu_dir, leave_running=True)
+            _spice_dump(prog, spice_dir, "--leave-running")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        problems = compare_dirs(crit_bin, criu_dir, spice_dir, running=False)
+        assert not problems, "\n".join(problems[:40])
+        from test_dump_compare import _decode
+
+        filters = _decode(crit_bin, spice_dir / "seccomp.img")["entries"][0]["seccomp_filters"]
+        assert len(filters) == 3  # main: [A]; worker: [A, B] (oldest first)
+        prog.wait_ticks(len(prog.lines()) + 2)
+        images = prog.dir / "images"
+        _spice_dump(prog, images)
+        harness.reap([pid])
+        before = prog.lines()
+        start = prog.mark()
+        assert criu_restore(images) == pid
+        after = prog.wait_ticks(3, start)
+        assert after[0].tick == before[-1].tick + 1 and all(ln.fields["main"] == "99,14" for ln in after)
+        assert after[-1].fields["worker"] == "99,77"
+    finally:
+        prog.kill()
+        harness.reap_zombie_children()

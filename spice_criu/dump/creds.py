@@ -23,7 +23,6 @@ PR_GET_CHILD_SUBREAPER = 37
 MEMBARRIER_CMD_GET_REGISTRATIONS = 1 << 9
 RLIM_NLIMITS = 16
 RLIM_INFINITY_IMG = (1 << 64) - 1
-SECCOMP_MODES = {0: "disabled", 1: "strict", 2: "filter"}
 
 
 def fill_creds(core: Message, status: dict[str, str], secbits: int) -> None:
@@ -41,10 +40,6 @@ def fill_creds(core: Message, status: dict[str, str], secbits: int) -> None:
     if status.get("NoNewPrivs", "0") != "0":
         c.no_new_privs = int(status["NoNewPrivs"])
     c.cap_amb.extend(proc.caps_words(status.get("CapAmb", "0")))
-
-
-def seccomp_mode(status: dict[str, str]) -> int:
-    return int(status.get("Seccomp", "0"))
 
 
 def collect_task_in_task(r: Remote, tc: Message) -> None:

@@ -17,11 +17,9 @@ import fcntl
 import importlib
 import importlib.util
 import os
-import socket
 import stat
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
@@ -90,17 +88,15 @@ class FileIds:
 # ------------------------------------------------------------------------------------------ registry
 
 
-@dataclass
 class OpenFd:
-    """One fd of a frozen task, with a copy of it in spice (pidfd_getfd) to inspect."""
+    """One fd of a frozen task, with a copy of it in spice (pidfd_getfd) to inspect: lfd is our
+    duplicate of the file description, link what /proc/PID/fd/N points to."""
 
-    ctx: DumpContext
-    pid: int
-    fd: int
-    lfd: int  # our duplicate of the file description
-    st: os.stat_result
-    info: proc.FdInfo
-    link: str  # what /proc/PID/fd/N points to
+    __slots__ = ("ctx", "pid", "fd", "lfd", "st", "info", "link")
+
+    def __init__(self, ctx: DumpContext, pid: int, fd: int, lfd: int, st: os.stat_result, info: proc.FdInfo,
+                 link: str) -> None:
+        self.ctx, self.pid, self.fd, self.lfd, self.st, self.info, self.link = ctx, pid, fd, lfd, st, info, link
 
     @property
     def flags(self) -> int:
@@ -159,6 +155,8 @@ def classify(link: str, st: os.stat_result, shmem_dev: int) -> str:
 
 def socket_details(lfd: int) -> str:
     """What a socket is, for error messages: TCP, UDP, unix stream..."""
+    import socket
+
     try:
         s = socket.socket(fileno=os.dup(lfd))
     except OSError:
@@ -209,7 +207,6 @@ def _fd_type(name: str) -> int:
 
 def dump_fds(ctx: DumpContext, pid: int, files_id: int) -> None:
     """fdinfo-<files_id>.img and the files.img entries of every fd of pid, in fd order."""
-    _load_kind_modules()
     fds = proc.fds(pid)
     if not fds:
         return
@@ -239,6 +236,9 @@ def _dump_fd(ctx: DumpContext, pid: int, pfd: int, fd: int, files_id: int) -> No
         kind = classify(link, st, ctx.shmem_dev)
         fn = DUMPERS.get(kind)
         if fn is None:
+            _load_kind_modules()
+            fn = DUMPERS.get(kind)
+        if fn is None:
             what = socket_details(lfd) if kind == "socket" else kind
             raise SpiceError("dump", f"{of.describe()} ({what}): not supported")
         fid, new = ctx.files.description(pid, fd, st, info.pos)
@@ -253,14 +253,16 @@ def _dump_fd(ctx: DumpContext, pid: int, pfd: int, fd: int, files_id: int) -> No
 # ------------------------------------------------------------------------------------------ regular files
 
 
-@dataclass
+_NO_OWNER = {"uid": 0, "euid": 0, "signum": 0, "pid_type": 0, "pid": 0}
+
+
 class RegParams:
     """fd_parms of CRIU: what a file was opened with (zeros for mappings, exe, cwd, root)."""
 
-    flags: int = 0
-    pos: int = 0
-    fown: dict[str, int] = field(default_factory=lambda: {"uid": 0, "euid": 0, "signum": 0, "pid_type": 0,
-                                                          "pid": 0})
+    __slots__ = ("flags", "pos", "fown")
+
+    def __init__(self, flags: int = 0, pos: int = 0, fown: dict[str, int] | None = None) -> None:
+        self.flags, self.pos, self.fown = flags, pos, fown or _NO_OWNER
 
 
 def should_check_size(flags: int) -> bool:

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: MIT
-"""The images that describe the dump as a whole: inventory.img (written last), timens-0.img,
-seccomp.img, and the cgroup check.
+"""The images that describe the dump as a whole: inventory.img (written last), timens-0.img, and the
+cgroup check.
 
 inventory.img is what makes a directory restorable: img_version 2, fdinfo_per_id, the dumper's own
 object/namespace ids (root_ids: restore compares every task's ids with them to know which namespaces
@@ -48,11 +48,6 @@ def timens() -> Message:
         ts = getattr(e, field)
         ts.tv_sec, ts.tv_nsec = ns // 10**9, ns % 10**9
     return e
-
-
-def seccomp() -> Message:
-    """seccomp.img: the filter chains (none: filtered tasks are refused earlier)."""
-    return codec.pb("seccomp_entry")()
 
 
 def _cgroups(pid: int | str) -> str:

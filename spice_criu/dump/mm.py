@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
@@ -39,11 +38,11 @@ _VM_MAP = {"gd": V.MAP_GROWSDOWN, "lo": MAP_LOCKED, "nr": V.MAP_NORESERVE, "ht":
 _VM_MADV = {"sr": 2, "rr": 1, "dc": 10, "dd": 16, "mg": 12, "hg": 14, "nh": 15}
 
 
-@dataclass
 class MmInTask:
-    brk: int = 0
-    dumpable: int = 0
-    thp_disabled: bool = False
+    __slots__ = ("brk", "dumpable", "thp_disabled")
+
+    def __init__(self, brk: int = 0, dumpable: int = 0, thp_disabled: bool = False) -> None:
+        self.brk, self.dumpable, self.thp_disabled = brk, dumpable, thp_disabled
 
 
 def collect_in_task(r: Remote) -> MmInTask:

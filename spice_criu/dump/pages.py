@@ -18,7 +18,6 @@ import fcntl
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -56,15 +55,14 @@ class PageRegion(ctypes.Structure):
     _fields_ = [("start", ctypes.c_uint64), ("end", ctypes.c_uint64), ("categories", ctypes.c_uint64)]
 
 
-@dataclass
 class Stats:
-    scanned: int = 0
-    written: int = 0
-    lazy: int = 0
-    sh_scanned: int = 0
-    sh_written: int = 0
-    dump_s: float = 0.0  # memdump: finding and reading pages
-    write_s: float = 0.0  # memwrite: writing them to the images
+    """Page counts and times for stats-dump (memdump: finding and reading pages; memwrite: writing)."""
+
+    __slots__ = ("scanned", "written", "lazy", "sh_scanned", "sh_written", "dump_s", "write_s")
+
+    def __init__(self) -> None:
+        self.scanned = self.written = self.lazy = self.sh_scanned = self.sh_written = 0
+        self.dump_s = self.write_s = 0.0
 
 
 class PagesImage:

@@ -8,7 +8,6 @@ parsing CRIU's proc_parse.c does, so the images carry the same values real CRIU 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 from ..errors import SpiceError
 
@@ -25,30 +24,16 @@ def read_text(path: str, what: str) -> str:
         raise SpiceError("dump", f"{what}: cannot read {path}: {e.strerror}") from None
 
 
-@dataclass
 class Stat:
     """The fields of /proc/PID/stat CRIU's parse_pid_stat keeps (by their proc(5) names)."""
 
-    pid: int
-    comm: str
-    state: str
-    ppid: int
-    pgid: int
-    sid: int
-    flags: int
-    num_threads: int
-    start_time: int
-    start_code: int
-    end_code: int
-    start_stack: int
-    start_data: int
-    end_data: int
-    start_brk: int
-    arg_start: int
-    arg_end: int
-    env_start: int
-    env_end: int
-    exit_code: int
+    __slots__ = ("pid", "comm", "state", "ppid", "pgid", "sid", "flags", "num_threads", "start_time", "start_code",
+                 "end_code", "start_stack", "start_data", "end_data", "start_brk", "arg_start", "arg_end",
+                 "env_start", "env_end", "exit_code")
+
+    def __init__(self, **kw: object) -> None:
+        for k, v in kw.items():
+            setattr(self, k, v)
 
 
 def parse_stat(text: str) -> Stat:
@@ -108,19 +93,16 @@ def children(pid: int, tids: list[int]) -> list[int]:
 # -------------------------------------------------------------------------------- smaps
 
 
-@dataclass
 class MapLine:
     """One /proc/PID/smaps entry: the maps line and its VmFlags."""
 
-    start: int
-    end: int
-    perms: str
-    pgoff: int
-    dev_major: int
-    dev_minor: int
-    inode: int
-    path: str
-    vmflags: list[str] = field(default_factory=list)
+    __slots__ = ("start", "end", "perms", "pgoff", "dev_major", "dev_minor", "inode", "path", "vmflags")
+
+    def __init__(self, start: int, end: int, perms: str, pgoff: int, dev_major: int, dev_minor: int, inode: int,
+                 path: str, vmflags: list[str] | None = None) -> None:
+        self.start, self.end, self.perms, self.pgoff = start, end, perms, pgoff
+        self.dev_major, self.dev_minor, self.inode, self.path = dev_major, dev_minor, inode, path
+        self.vmflags = vmflags or []
 
     @property
     def dev(self) -> int:
@@ -155,13 +137,13 @@ def smaps(pid: int) -> list[MapLine]:
 # -------------------------------------------------------------------------------- fdinfo
 
 
-@dataclass
 class FdInfo:
-    pos: int
-    flags: int  # octal in /proc: f_flags | O_CLOEXEC if close-on-exec
-    mnt_id: int
-    ino: int
-    extra: dict[str, str]
+    """/proc/PID/fdinfo/FD: pos, flags (octal there: f_flags | O_CLOEXEC if close-on-exec), mnt_id, ino."""
+
+    __slots__ = ("pos", "flags", "mnt_id", "ino", "extra")
+
+    def __init__(self, pos: int, flags: int, mnt_id: int, ino: int, extra: dict[str, str]) -> None:
+        self.pos, self.flags, self.mnt_id, self.ino, self.extra = pos, flags, mnt_id, ino, extra
 
 
 def fdinfo(pid: int, fd: int) -> FdInfo:

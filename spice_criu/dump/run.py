@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-import traceback
-from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.message import Message
@@ -27,7 +25,7 @@ from ..images import stats as stats_img
 from ..inject import Remote, TaskGone
 from ..linux import ptrace as pt
 from ..log import log
-from . import creds, files, ids, inventory, mm, pages, proc, seize, shmem, signals, threads, timers, tree
+from . import creds, files, ids, inventory, mm, pages, proc, seccomp, seize, shmem, signals, threads, timers, tree
 from .imgset import ImageSet
 
 X86_64 = 1
@@ -37,19 +35,22 @@ FAULT_ENV = "SPICE_DUMP_FAULT"
 FAULT_STEPS = ("frozen", "in-task", "mappings", "files", "pages", "cores", "images", "commit")
 
 
-@dataclass
 class DumpContext:
-    opts: Options
-    images: ImageSet
-    files: files.FileIds = field(default_factory=files.FileIds)
-    ids: ids.Ids = field(default_factory=ids.Ids)
-    shmem_dev: int = 0
-    page_stats: pages.Stats = field(default_factory=pages.Stats)
-    build_ids: dict[tuple, Any] = field(default_factory=dict)
-    ghosts: dict[tuple[int, int], int] = field(default_factory=dict)
-    memfd_inodes: dict[tuple[int, int], int] = field(default_factory=dict)
-    dumped_files_ids: set[int] = field(default_factory=set)
-    pages_id: int = 0
+    """One dump's options, images and the id/counter state shared by every collector."""
+
+    def __init__(self, opts: Options, images: ImageSet, shmem_dev: int = 0) -> None:
+        self.opts = opts
+        self.images = images
+        self.files = files.FileIds()
+        self.ids = ids.Ids()
+        self.shmem_dev = shmem_dev
+        self.page_stats = pages.Stats()
+        self.build_ids: dict[tuple, Any] = {}
+        self.ghosts: dict[tuple[int, int], int] = {}
+        self.memfd_inodes: dict[tuple[int, int], int] = {}
+        self.dumped_files_ids: set[int] = set()
+        self.pages_id = 0
+        self.seccomp = seccomp.Seccomp()
 
     def next_pages_id(self) -> int:
         self.pages_id += 1
@@ -75,10 +76,11 @@ def fault(step: str) -> None:
 # ------------------------------------------------------------------------------------------ one task
 
 
-@dataclass
 class TaskInTask:
-    threads: dict[int, threads.ThreadInTask]
-    mm: mm.MmInTask
+    __slots__ = ("threads", "mm")
+
+    def __init__(self, per_thread: dict[int, threads.ThreadInTask], mmit: mm.MmInTask) -> None:
+        self.threads, self.mm = per_thread, mmit
 
 
 def _in_task(t: tree.Task, core: Message) -> TaskInTask:
@@ -133,13 +135,8 @@ def dump_task(ctx: DumpContext, t: tree.Task) -> None:
         sps.append(regs.sp)
         threads.fill_thread_info(core, tid, regs, it.threads[tid])
         threads.fill_thread_core(core, pid, tid, it.threads[tid], leader=tid == pid)
-        status = proc.status(pid, tid)
-        creds.fill_creds(core, status, it.threads[tid].secbits)
-        mode = creds.seccomp_mode(status)
-        if mode == 2:
-            raise SpiceError("dump", f"task {pid}: thread {tid} has seccomp filters: not supported")
-        if mode:
-            core.thread_core.seccomp_mode = mode
+        creds.fill_creds(core, proc.status(pid, tid), it.threads[tid].secbits)
+        ctx.seccomp.fill(tid, core.thread_core)
         signals.queue(tid, False, core.thread_core.signals_p)
         cores[tid] = core
     _leader_tc(t, leader)
@@ -181,6 +178,7 @@ def _collect(ctx: DumpContext, frozen: seize.FrozenTree) -> Message:
     o = ctx.opts
     tasks = tree.collect(frozen)
     _check_root(o, tasks[0])
+    ctx.seccomp.collect(tasks)
     fault("frozen")
     for t in tasks:
         if t.state == tree.TASK_DEAD:
@@ -188,7 +186,7 @@ def _collect(ctx: DumpContext, frozen: seize.FrozenTree) -> Message:
         else:
             dump_task(ctx, t)
     ctx.images.add_all("pstree.img", "PSTREE", tree.pstree_entries(tasks))
-    ctx.images.add("seccomp.img", "SECCOMP", inventory.seccomp())
+    ctx.images.add("seccomp.img", "SECCOMP", ctx.seccomp.entry)
     ctx.images.add("timens-0.img", "TIMENS", inventory.timens())
     inventory.check_cgroups([t.pid for t in tasks])
     fault("images")
@@ -251,6 +249,8 @@ def _as_spice_error(e: BaseException) -> SpiceError | None:
     if isinstance(e, ProcessLookupError):
         return SpiceError("dump", f"a task of the tree exited while being dumped ({e})")
     if isinstance(e, Exception):
+        import traceback
+
         log.debug(traceback.format_exc())
         return SpiceError("dump", f"{type(e).__name__}: {e}")
     return None

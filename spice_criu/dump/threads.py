@@ -14,7 +14,6 @@ import ctypes
 import errno
 import os
 import struct
-from dataclasses import dataclass
 from functools import cache
 
 from google.protobuf.message import Message
@@ -43,16 +42,14 @@ EINTR = 4
 _U64 = (1 << 64) - 1
 
 
-@dataclass
 class ThreadInTask:
     """What only the thread itself can report (from injected syscalls)."""
 
-    clear_tid_addr: int = 0
-    pdeath_sig: int = 0
-    ss_sp: int = 0
-    ss_flags: int = 2  # SS_DISABLE
-    ss_size: int = 0
-    secbits: int = 0
+    __slots__ = ("clear_tid_addr", "pdeath_sig", "ss_sp", "ss_flags", "ss_size", "secbits")
+
+    def __init__(self) -> None:
+        self.clear_tid_addr = self.pdeath_sig = self.ss_sp = self.ss_size = self.secbits = 0
+        self.ss_flags = 2  # SS_DISABLE
 
 
 def collect_in_task(r: Remote) -> ThreadInTask:

@@ -8,8 +8,6 @@ that the restore side can rebuild).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from google.protobuf.message import Message
 
 from ..errors import SpiceError
@@ -20,22 +18,17 @@ from .seize import FrozenTree
 TASK_ALIVE, TASK_DEAD, TASK_STOPPED = 1, 2, 3
 
 
-@dataclass
 class Task:
-    """One process of the dumped tree and everything collected about it."""
+    """One process of the dumped tree: pstree fields (ppid 0 for the root), threads (leader first),
+    TASK_* state, and what the collectors attach to it."""
 
-    pid: int
-    ppid: int  # 0 for the root, as in pstree.img
-    pgid: int
-    sid: int
-    tids: list[int]  # leader first
-    state: int
-    stop_signo: int = 0
-    exit_code: int = 0  # wait status of a zombie
-    stat: proc.Stat | None = None
-    children: list[Task] = field(default_factory=list)
-    ids: Message | None = None
-    cores: dict[int, Message] = field(default_factory=dict)  # tid -> core_entry
+    def __init__(self, pid: int, ppid: int, pgid: int, sid: int, tids: list[int], state: int,
+                 stop_signo: int = 0, stat: proc.Stat | None = None, exit_code: int = 0) -> None:
+        self.pid, self.ppid, self.pgid, self.sid, self.tids, self.state = pid, ppid, pgid, sid, tids, state
+        self.stop_signo, self.stat, self.exit_code = stop_signo, stat, exit_code
+        self.children: list[Task] = []
+        self.ids: Message | None = None
+        self.cores: dict[int, Message] = {}
 
     @property
     def leader_core(self) -> Message:
