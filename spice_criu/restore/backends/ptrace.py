@@ -154,15 +154,13 @@ def install_core(task: TaskCtl, ctx: OpenContext) -> int:
 def finish_leader(task: TaskCtl) -> None:
     """The leader's last injected syscall unmaps the trampoline it runs from; at that syscall's exit
     stop it gets its dumped registers instead of returning to the trampoline."""
-    from ...arch import x86
     from ...linux import ptrace
-    from ..threads import final_regs
+    from ..threads import final_regs, set_fpu
 
     leader = task.plan.leader
     task.sys(NR.munmap, task.tramp, TRAMPOLINE_SIZE, what="unmap trampoline")
     ptrace.setregs(task.pid, final_regs(leader))  # at the munmap's syscall-exit stop
-    template = ptrace.get_xstate(task.pid)
-    ptrace.set_xstate(task.pid, x86.xsave_from_image(leader.core.thread_info.fpregs, template))
+    set_fpu(leader)
 
 
 def available() -> bool:
