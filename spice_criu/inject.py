@@ -37,7 +37,6 @@ import os
 import re
 import struct
 import time
-from dataclasses import dataclass
 from typing import NoReturn
 
 from .linux import procvm
@@ -46,6 +45,7 @@ from .linux.mman import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_EXEC, PROT_R
 from .linux.rseq import RSEQ_CS_OFFSET, RseqCs
 from .linux.signals import build_rt_sigframe
 from .linux.syscalls import NR, libc, raise_errno
+from .record import FrozenRecord, Record
 
 WINDOWS = """\
 If the tracer dies while a task is being injected, the task continues by itself:
@@ -122,8 +122,7 @@ def fallback_slots(regs: pt.UserRegs) -> bytes:
 # --- finding code in the task -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Mapping:
+class Mapping(FrozenRecord):
     start: int
     end: int
     perms: str
@@ -144,8 +143,7 @@ def read_maps(pid: int) -> list[Mapping]:
     return out
 
 
-@dataclass
-class Sites:
+class Sites(Record):
     plain: int | None = None  # any `syscall` instruction
     syscall_ret: int | None = None  # `syscall; ret`
     sigreturn: int | None = None  # `mov $15, %rax; syscall`
