@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import sys
 
-import click
-
 from . import CRIU_VERSION
 from .errors import SpiceError
 from .log import log
@@ -63,59 +61,182 @@ def _verbosity(value: str | None) -> int:
     try:
         return int(value)
     except ValueError:
-        raise click.BadParameter(f"bad verbosity {value!r}") from None
+        raise SpiceError("cli", f"bad verbosity {value!r}") from None
 
 
 def _size(value: str) -> int:
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(value[-1:].upper(), 1)
-    return int(value[:-1] if mult > 1 else value) * mult
+    try:
+        return int(value[:-1] if mult > 1 else value) * mult
+    except ValueError:
+        raise SpiceError("cli", f"bad size {value!r}") from None
 
 
+class Opt(Record):
+    """One criu option. kind: str, int, float, bool (with a --no- form), flag (no value),
+    optional (its value only attached: -x / -x=V / -v4), multi (repeatable), choice."""
 
-def _params() -> list[click.Parameter]:
-    return [
-        click.Argument(["action"], required=False),
-        click.Argument(["args"], nargs=-1),
-        click.Option(["-D", "--images-dir"], default=".", help="directory with the images"),
-        click.Option(["-W", "--work-dir"], help="directory for logs, pidfile and stats (default: images dir)"),
-        click.Option(["-o", "--log-file"], help="log file, relative to the work dir ('-' = stdout)"),
-        click.Option(["-v", "--verbosity"], is_flag=False, flag_value="", default=None, help="log level 0..4"),
-        click.Option(["--pidfile"], help="write the root pid here (O_EXCL)"),
-        click.Option(["-t", "--tree"], type=int, help="pid of the tree to dump"),
-        click.Option(["-R", "--leave-running/--no-leave-running"], default=False),
-        click.Option(["-s", "--leave-stopped/--no-leave-stopped"], default=False),
-        click.Option(["-j", "--shell-job/--no-shell-job"], default=False),
-        click.Option(["--tcp-established/--no-tcp-established"], default=False),
-        click.Option(["--tcp-close/--no-tcp-close"], default=False),
-        click.Option(["-x", "--ext-unix-sk"], is_flag=False, flag_value="all", default=None),
-        click.Option(["--no-ext-unix-sk", "no_ext_unix_sk"], is_flag=True, default=False, hidden=True),
-        click.Option(["-l", "--file-locks/--no-file-locks"], default=False),
-        click.Option(["--link-remap/--no-link-remap"], default=False),
-        click.Option(["--timeout"], type=int, default=10, help="freeze timeout (s)"),
-        click.Option(["--ghost-limit"], default="1M"),
-        click.Option(["-d", "--restore-detached/--no-restore-detached", "--daemon"], default=False),
-        click.Option(["-S", "--restore-sibling/--no-restore-sibling"], default=False),
-        click.Option(["-r", "--root"]),
-        click.Option(["--inherit-fd"], multiple=True, help="fd[N]:KEY"),
-        click.Option(["--external"], multiple=True),
-        click.Option(["--display-stats/--no-display-stats"], default=False),
-        click.Option(["--backend"], type=click.Choice(["auto", "ptrace", "kmod"]), default="auto"),
-        click.Option(["--record-working-set/--no-record-working-set"], default=False),
-        click.Option(["--record-timeout"], type=float, default=1.0, help="seconds to run while recording"),
-        click.Option(["--feature"]),
-        click.Option(["--network-lock"], type=click.Choice(["iptables", "nftables", "skip"]), default="iptables"),
-        click.Option(["--status-fd"], type=int),
-        # accepted for compatibility with criu callers; they change nothing spice does
-        click.Option(["--no-default-config"], is_flag=True, hidden=True),
-        click.Option(["--config"], hidden=True),
-        click.Option(["--pre-dump-mode"], hidden=True),
-        click.Option(["--manage-cgroups"], is_flag=False, flag_value="soft", hidden=True),
-        click.Option(["--evasive-devices/--no-evasive-devices"], hidden=True),
-        click.Option(["--skip-in-flight/--no-skip-in-flight"], hidden=True),
-        click.Option(["--log-pid/--no-log-pid"], hidden=True),
-        click.Option(["--extra", "--experimental", "--all", "check_all"], is_flag=True, hidden=True),
-        click.Option(["-V", "--version"], is_flag=True, help="print the CRIU version spice speaks"),
-    ]
+    name: str
+    longs: tuple[str, ...]
+    short: str | None = None
+    kind: str = "str"
+    default: object = None
+    help: str | None = None
+    hidden: bool = False
+    flag_value: str | None = None
+    choices: tuple[str, ...] = ()
+
+
+_O = Opt
+#: criu's options, the single source of both the click command and the fast parser below
+OPTIONS: tuple[Opt, ...] = (
+    _O("images_dir", ("images-dir",), "D", default=".", help="directory with the images"),
+    _O("work_dir", ("work-dir",), "W", help="directory for logs, pidfile and stats (default: images dir)"),
+    _O("log_file", ("log-file",), "o", help="log file, relative to the work dir ('-' = stdout)"),
+    _O("verbosity", ("verbosity",), "v", "optional", flag_value="", help="log level 0..4"),
+    _O("pidfile", ("pidfile",), help="write the root pid here (O_EXCL)"),
+    _O("tree", ("tree",), "t", "int", help="pid of the tree to dump"),
+    _O("leave_running", ("leave-running",), "R", "bool", False),
+    _O("leave_stopped", ("leave-stopped",), "s", "bool", False),
+    _O("shell_job", ("shell-job",), "j", "bool", False),
+    _O("tcp_established", ("tcp-established",), None, "bool", False),
+    _O("tcp_close", ("tcp-close",), None, "bool", False),
+    _O("ext_unix_sk", ("ext-unix-sk",), "x", "optional", flag_value="all"),
+    _O("no_ext_unix_sk", ("no-ext-unix-sk",), None, "flag", False, hidden=True),
+    _O("file_locks", ("file-locks",), "l", "bool", False),
+    _O("link_remap", ("link-remap",), None, "bool", False),
+    _O("timeout", ("timeout",), None, "int", 10, help="freeze timeout (s)"),
+    _O("ghost_limit", ("ghost-limit",), default="1M"),
+    _O("restore_detached", ("restore-detached", "daemon"), "d", "bool", False),
+    _O("restore_sibling", ("restore-sibling",), "S", "bool", False),
+    _O("root", ("root",), "r"),
+    _O("inherit_fd", ("inherit-fd",), None, "multi", help="fd[N]:KEY"),
+    _O("external", ("external",), None, "multi"),
+    _O("display_stats", ("display-stats",), None, "bool", False),
+    _O("backend", ("backend",), None, "choice", "auto", choices=("auto", "ptrace", "kmod")),
+    _O("record_working_set", ("record-working-set",), None, "bool", False),
+    _O("record_timeout", ("record-timeout",), None, "float", 1.0, help="seconds to run while recording"),
+    _O("feature", ("feature",)),
+    _O("network_lock", ("network-lock",), None, "choice", "iptables", choices=("iptables", "nftables", "skip")),
+    _O("status_fd", ("status-fd",), None, "int"),
+    # accepted for compatibility with criu callers; they change nothing spice does
+    _O("no_default_config", ("no-default-config",), None, "flag", False, hidden=True),
+    _O("config", ("config",), hidden=True),
+    _O("pre_dump_mode", ("pre-dump-mode",), hidden=True),
+    _O("manage_cgroups", ("manage-cgroups",), None, "optional", flag_value="soft", hidden=True),
+    _O("evasive_devices", ("evasive-devices",), None, "bool", False, hidden=True),
+    _O("skip_in_flight", ("skip-in-flight",), None, "bool", False, hidden=True),
+    _O("log_pid", ("log-pid",), None, "bool", False, hidden=True),
+    _O("check_all", ("extra", "experimental", "all"), None, "flag", False, hidden=True),
+    _O("version", ("version",), "V", "flag", False, help="print the CRIU version spice speaks"),
+)
+_TYPES = {"int": int, "float": float}
+
+
+def _params() -> list:
+    """The click parameters for OPTIONS (click is imported only when the fast parser gives up)."""
+    import click
+
+    params: list[click.Parameter] = [click.Argument(["action"], required=False), click.Argument(["args"], nargs=-1)]
+    for o in OPTIONS:
+        longs = [f"--{n}" for n in o.longs]
+        decls = [f"-{o.short}"] if o.short else []
+        kw: dict = {"help": o.help, "hidden": o.hidden, "default": o.default}
+        if o.kind == "bool":
+            decls += [f"{longs[0]}/--no-{o.longs[0]}", *longs[1:]]
+        else:
+            decls += longs
+            if o.kind == "flag":
+                kw["is_flag"] = True
+            elif o.kind == "optional":
+                kw.update(is_flag=False, flag_value=o.flag_value)
+            elif o.kind == "multi":
+                kw.update(multiple=True, default=())
+            elif o.kind == "choice":
+                kw["type"] = click.Choice(list(o.choices))
+            elif o.kind in _TYPES:
+                kw["type"] = _TYPES[o.kind]
+        params.append(click.Option([*decls, o.name], **kw))
+    return params
+
+
+def _fast_parse(argv: list[str]) -> dict | None:
+    """getopt_long over OPTIONS, giving what click would. None for anything unusual (help, an
+    unknown option, a bad value, no action), which click then handles with its messages."""
+    longs: dict[str, tuple[Opt, bool]] = {}
+    shorts: dict[str, Opt] = {}
+    kw: dict = {}
+    for o in OPTIONS:
+        kw[o.name] = () if o.kind == "multi" else o.default
+        for n in o.longs:
+            longs[n] = (o, True)
+        if o.kind == "bool":
+            longs[f"no-{o.longs[0]}"] = (o, False)
+        if o.short:
+            shorts[o.short] = o
+    positional: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        i += 1
+        if a == "--":
+            positional += argv[i:]
+            break
+        if a.startswith("--"):
+            name, eq, val = a[2:].partition("=")
+            if name not in longs:
+                return None
+            o, on = longs[name]
+            if o.kind in ("bool", "flag"):
+                if eq:
+                    return None
+                kw[o.name] = on
+                continue
+            if o.kind == "optional":
+                value = val if eq else o.flag_value
+            elif eq:
+                value = val
+            elif i < len(argv):
+                value, i = argv[i], i + 1
+            else:
+                return None
+        elif a.startswith("-") and len(a) > 1:
+            o = shorts.get(a[1])
+            if o is None:
+                return None
+            rest = a[2:]
+            if o.kind in ("bool", "flag"):
+                if rest:
+                    return None  # bundled short flags: leave them to click
+                kw[o.name] = True
+                continue
+            if o.kind == "optional":
+                value = rest or o.flag_value
+            elif rest:
+                value = rest
+            elif i < len(argv):
+                value, i = argv[i], i + 1
+            else:
+                return None
+        else:
+            positional.append(a)
+            continue
+        if o.kind in _TYPES:
+            try:
+                value = _TYPES[o.kind](value)
+            except ValueError:
+                return None
+        elif o.kind == "choice" and value not in o.choices:
+            return None
+        if o.kind == "multi":
+            kw[o.name] = (*kw[o.name], value)
+        else:
+            kw[o.name] = value
+    if not positional and not kw["version"]:
+        return None
+    kw["action"] = positional[0] if positional else None
+    kw["args"] = tuple(positional[1:])
+    return kw
 
 
 def _options(kw: dict) -> Options:
@@ -177,6 +298,8 @@ def _criu_main(**kw) -> None:
         sys.exit(0)
     action = kw["action"]
     if not action:
+        import click
+
         click.echo(click.get_current_context().get_help())
         sys.exit(1)
     if action not in ACTIONS:
@@ -187,13 +310,17 @@ def _criu_main(**kw) -> None:
     sys.exit(run_action(o))
 
 
-criu_command = click.Command(
-    "spice",
-    callback=_criu_main,
-    params=_params(),
-    help="criu-compatible checkpoint/restore: spice ACTION [OPTIONS] (dump, restore, check, swrk, crit ...)",
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+def criu_command():
+    """The click command (help, usage errors, anything the fast parser leaves alone)."""
+    import click
+
+    return click.Command(
+        "spice",
+        callback=_criu_main,
+        params=_params(),
+        help="criu-compatible checkpoint/restore: spice ACTION [OPTIONS] (dump, restore, check, swrk, crit ...)",
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
 
 
 def fail(err: SpiceError) -> int:
@@ -205,6 +332,18 @@ def fail(err: SpiceError) -> int:
     return 1
 
 
+def _click_main(args: list[str]) -> None:
+    import click
+
+    try:
+        criu_command().main(args=args, prog_name="spice", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        print(f"Error (spice/cli): {e.format_message()}", file=sys.stderr)
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "crit":
@@ -212,14 +351,12 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(crit_main(args[1:]))
     try:
-        criu_command.main(args=args, prog_name="spice", standalone_mode=False)
+        kw = _fast_parse(args)
+        if kw is not None:
+            _criu_main(**kw)
+        _click_main(args)
     except SpiceError as e:
         sys.exit(fail(e))
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        print(f"Error (spice/cli): {e.format_message()}", file=sys.stderr)
-        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(1)
     except Exception as e:  # a bug, not bad input: still one criu-style line, the trace in the log
