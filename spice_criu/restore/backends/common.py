@@ -10,10 +10,10 @@ pidfd_getfd in a second one.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 from ...errors import SpiceError
 from ...linux.syscalls import NR
+from ...record import Factory, Record
 from ..files import OpenContext
 from ..mm import FILE_PRIVATE, FILE_SHARED, MEMFD_PRIVATE, SHMEM, VDSO, VSYSCALL, VVAR, MmPlan, VmaPlan
 from ..shmem import shmem_fd
@@ -94,15 +94,14 @@ def same_exe(pid: int, path: str) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-@dataclass
-class MmFiles:
+class MmFiles(Record):
     """The fds, inside the task, of everything its new address space is built from."""
 
     fds: dict[tuple[str, int], int]  # (path, open mode) -> fd: mapped files, pages images, exe, extras
     shm: dict[int, int]  # shmid -> fd of the shared-memory memfd
     exe_path: str
     exe: int  # fd of the new exe, -1 when the task already runs it
-    temp: list[int] = field(default_factory=list)  # every fd above: close them when done
+    temp: list[int] = Factory(list)  # every fd above: close them when done
 
     def fd(self, path: str, mode: int = O_RDONLY) -> int:
         return self.fds[(path, mode)]
