@@ -248,6 +248,51 @@ def collect_runs(pid: int, vmas: list[Message], sps: Iterable[int], stats: Stats
     return runs
 
 
+def unpopulated_below_sp(pid: int, tid: int) -> set[int]:
+    """Pages just below a thread's stack pointer that hold nothing yet. Running syscalls in the
+    thread (inject.Remote) writes a signal frame there and puts the bytes back, which leaves such a
+    page populated with zeros; CRIU, and the task, saw no page there, so the dump must not either."""
+    from ..linux import ptrace as ptr
+
+    sp = ptr.peekuser(tid, ptr.REG_OFFSET["sp"])
+    lo = (sp - 128 - ptr.xstate_size(tid) - 1024) & ~(PAGE - 1)
+    hi = (sp + PAGE - 1) & ~(PAGE - 1)
+    if not 0 < lo < hi <= TASK_SIZE:
+        return set()
+    tables = PageTables(pid)
+    try:
+        present = tables.ranges(lo, hi, skip_file=False)
+    except OSError:
+        return set()
+    finally:
+        tables.close()
+    return {a for a in range(lo, hi, PAGE) if not any(p0 <= a < p1 for p0, p1 in present)}
+
+
+def drop_scratch_pages(pid: int, runs: list[tuple[int, int, int]], untouched: set[int]) -> list[tuple[int, int, int]]:
+    """Runs without the pages of `untouched` that are all zeros now (populated by our own frames)."""
+    if not untouched:
+        return runs
+    zero = bytes(PAGE)
+    drop = set()
+    for vaddr, n, _ in runs:
+        for a in untouched:
+            if vaddr <= a < vaddr + n * PAGE and procvm.read_any(pid, a, PAGE) == zero:
+                drop.add(a)
+    if not drop:
+        return runs
+    out: list[tuple[int, int, int]] = []
+    for vaddr, n, flags in runs:
+        start = vaddr
+        for i in range(n + 1):
+            a = vaddr + i * PAGE
+            if i == n or a in drop:
+                if a > start:
+                    out.append((start, (a - start) // PAGE, flags))
+                start = a + PAGE
+    return out
+
+
 def write_runs(pid: int, runs: list[tuple[int, int, int]], out: PagesImage) -> None:
     """Copy the runs' bytes from the task into the pages image, CHUNK bytes at a time."""
     buf = bytearray(min(CHUNK, sum(n for _, n, _ in runs) * PAGE) or PAGE)

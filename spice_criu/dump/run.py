@@ -77,17 +77,21 @@ def fault(step: str) -> None:
 
 
 class TaskInTask:
-    __slots__ = ("threads", "mm")
+    __slots__ = ("threads", "mm", "untouched")
 
-    def __init__(self, per_thread: dict[int, threads.ThreadInTask], mmit: mm.MmInTask) -> None:
+    def __init__(self, per_thread: dict[int, threads.ThreadInTask], mmit: mm.MmInTask, untouched: set[int]) -> None:
         self.threads, self.mm = per_thread, mmit
+        #: stack pages below the threads' sp that held nothing before spice ran syscalls there
+        self.untouched = untouched
 
 
 def _in_task(t: tree.Task, core: Message) -> TaskInTask:
     """Everything only the task can tell, from syscalls injected into each of its threads."""
     per_thread: dict[int, threads.ThreadInTask] = {}
     mmit = mm.MmInTask()
+    untouched: set[int] = set()
     for tid in t.tids:
+        untouched |= pages.unpopulated_below_sp(t.pid, tid)
         with Remote(tid) as r:
             per_thread[tid] = threads.collect_in_task(r)
             if tid == t.pid:
@@ -96,7 +100,7 @@ def _in_task(t: tree.Task, core: Message) -> TaskInTask:
                 creds.collect_task_in_task(r, core.tc)
                 mmit = mm.collect_in_task(r)
             fault("in-task")
-    return TaskInTask(per_thread, mmit)
+    return TaskInTask(per_thread, mmit, untouched)
 
 
 def _leader_tc(t: tree.Task, core: Message) -> None:
@@ -141,7 +145,7 @@ def dump_task(ctx: DumpContext, t: tree.Task) -> None:
         cores[tid] = core
     _leader_tc(t, leader)
     t0 = time.perf_counter()
-    runs = pages.collect_runs(pid, vmas, sps, ctx.page_stats)
+    runs = pages.drop_scratch_pages(pid, pages.collect_runs(pid, vmas, sps, ctx.page_stats), it.untouched)
     ctx.page_stats.dump_s += time.perf_counter() - t0
     img = pages.PagesImage(ctx.images, f"pagemap-{pid}.img", ctx.next_pages_id(), ctx.page_stats)
     try:
