@@ -146,3 +146,34 @@ def test_dump_images_agree_with_restore_plan(workload_name: str, spice_dumps: Sp
     plan = build_plan(info.images_dir)
     assert [t.pid for t in plan.tasks] == list(info.pids)
     assert plan.pages_total > 0
+
+
+@pytest.mark.parametrize("restorer", ["criu", "spice"])
+def test_stopped_tree_is_dumped_and_restored_stopped(restorer: str, workload_factory) -> None:
+    """A SIGSTOPped tree is dumped as TASK_STOPPED (with its stop signal) and comes back stopped."""
+    import os
+    import signal
+    import time
+
+    wl = workload_factory("tree")
+    pids = wl.pids
+    for p in pids:
+        os.kill(p, signal.SIGSTOP)
+    deadline = time.monotonic() + harness.scaled(10)
+    while not all(process_state(p) == "T" for p in pids):
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    info = harness.dump_workload(wl, wl.rundir / "images", dumper=spice_dumper)
+    from spice_criu.images import codec
+
+    tc = codec.load(info.images_dir / f"core-{info.pid}.img").entries[0].msg.tc
+    assert (tc.task_state, tc.stop_signo) == (3, signal.SIGSTOP)
+    pid = criu_restore(info.images_dir) if restorer == "criu" else spice_restore(info.images_dir)
+    deadline = time.monotonic() + harness.scaled(10)
+    while not all(process_state(p) == "T" for p in info.pids):
+        assert time.monotonic() < deadline, {p: process_state(p) for p in info.pids}
+        time.sleep(0.01)
+    for p in info.pids:
+        os.kill(p, signal.SIGCONT)
+    assert_continues(info, pid)
+    kill_restored(info, pid)
