@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 
 import harness
+from spice import spice_cmd
 
 from spice_criu.images import stats
 
 REPO = Path(__file__).resolve().parent.parent
-SPICE = [sys.executable, "-m", "spice_criu"]
+SPICE = spice_cmd()
 
 
 def _timed(cmd: list[str]) -> float:

@@ -23,10 +23,16 @@ class SpiceFailed(AssertionError):
         self.rc, self.stdout, self.stderr = rc, out, err
 
 
+def spice_cmd() -> list[str]:
+    """The `spice` console script of the venv running the tests (what users run), else -m."""
+    script = Path(sys.executable).parent / "spice"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "spice_criu"]
+
+
 def spice(*args: str, check: bool = True, timeout: float = 120,
           log: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """`python -m spice_criu ARGS` with the interpreter running the tests (the project's venv)."""
-    cmd = [sys.executable, "-m", "spice_criu", *args]
+    """Run `spice ARGS` from the project's venv."""
+    cmd = [*spice_cmd(), *args]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=scaled(timeout), cwd=REPO,
                        stdin=subprocess.DEVNULL)
     if check and p.returncode != 0:
