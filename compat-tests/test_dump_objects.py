@@ -374,3 +374,83 @@ def test_seccomp_filters(compat_tmp: Path, crit_bin: Path) -> None:
     finally:
         prog.kill()
         harness.reap_zombie_children()
+
+
+LOCKS = r'''
+import fcntl, os, struct, sys, time
+
+out = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+pid = os.getpid()
+token = int.from_bytes(os.urandom(4), "little") | 1
+a = os.open("flock.file", os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(a, fcntl.LOCK_EX)
+b = os.open("posix.file", os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.lockf(b, fcntl.LOCK_EX, 10, 10)
+c = os.open("ofd.file", os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.fcntl(c, 37, struct.pack("hhqqi4x", fcntl.F_RDLCK, 0, 0, 0, 0))  # F_OFD_SETLK, whole file
+tick = 0
+while True:
+    tick += 1
+    os.write(out, f"tick={tick} role=main pid={pid} token={token:x}\n".encode())
+    time.sleep(0.1)
+'''
+
+
+class LocksProg(Objects):
+    def __init__(self, base: Path) -> None:
+        import subprocess
+        import sys
+
+        harness.make_subreaper()
+        self.dir = base
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "locks.py").write_text(LOCKS)
+        self.out = base / "locks.out"
+        with open(base / "objects.log", "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-B", "-E", "-s", str(base / "locks.py"), str(self.out)],
+                                         cwd=base, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, close_fds=True)
+        harness._popens[self.proc.pid] = self.proc
+        self.pid = self.proc.pid
+        self.wait_ticks(3)
+
+    def locks(self) -> list[str]:
+        inodes = {os.stat(self.dir / n).st_ino for n in ("flock.file", "posix.file", "ofd.file")}
+        return sorted(ln.split()[1] + " " + ln.split()[3] for ln in Path("/proc/locks").read_text().splitlines()
+                      if int(ln.split()[5].rsplit(":", 1)[1]) in inodes)
+
+
+def test_file_locks(compat_tmp: Path, crit_bin: Path) -> None:
+    """Without --file-locks the dump refuses (CRIU's message) and the task runs on; with it the
+    locks are in filelocks.img as CRIU writes them, and criu restore -l takes them again."""
+    prog = LocksProg(compat_tmp / "objects" / "locks")
+    try:
+        pid = prog.pid
+        held = prog.locks()
+        assert len(held) == 3, held
+        refused = spice("dump", "-t", str(pid), "-D", str(prog.dir), "--leave-running", check=False)
+        assert refused.returncode == 1 and "You can try --file-locks to dump them" in refused.stderr
+        assert harness.process_state(pid) not in ("T", None) and prog.locks() == held
+        os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while harness.process_state(pid) != "T":
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        criu_dir, spice_dir = prog.dir / "criu", prog.dir / "spice"
+        try:
+            harness.criu_dump(pid, criu_dir, leave_running=True, extra_args=["--file-locks"])
+            _spice_dump(prog, spice_dir, "--leave-running", "--file-locks")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        problems = compare_dirs(crit_bin, criu_dir, spice_dir, running=False)
+        assert not problems, "\n".join(problems[:40])
+        images = prog.dir / "images"
+        _spice_dump(prog, images, "--file-locks")
+        harness.reap([pid])
+        start = prog.mark()
+        assert criu_restore(images, extra_args=["--file-locks"]) == pid
+        prog.wait_ticks(2, start)
+        assert prog.locks() == held
+    finally:
+        prog.kill()
+        harness.reap_zombie_children()

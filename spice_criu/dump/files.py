@@ -246,8 +246,38 @@ def _dump_fd(ctx: DumpContext, pid: int, pfd: int, fd: int, files_id: int) -> No
         fe = codec.pb("fdinfo_entry")(id=fid, flags=FD_CLOEXEC if info.flags & O_CLOEXEC else 0,
                                       type=_fd_type(type_name), fd=fd)
         ctx.images.add(f"fdinfo-{files_id}.img", "FDINFO", fe)
+        for line in info.locks:
+            file_lock(ctx, pid, fd, line)
     finally:
         os.close(lfd)
+
+
+# ------------------------------------------------------------------------------------------ file locks
+
+FL_POSIX, FL_FLOCK, FL_OFD = 1, 2, 4
+F_RDLCK, F_WRLCK, F_UNLCK = 0, 1, 2
+LOCK_MAND, LOCK_READ, LOCK_WRITE, LOCK_RW = 32, 64, 128, 192
+_LOCK_KINDS = {"POSIX": FL_POSIX, "FLOCK": FL_FLOCK, "OFDLCK": FL_OFD}
+
+
+def file_lock(ctx: DumpContext, pid: int, fd: int, line: str) -> None:
+    """A lock the fd holds (its fdinfo "lock:" line), as a filelocks.img entry (criu --file-locks)."""
+    # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+    parts = line.split()
+    if len(parts) < 8 or parts[1] not in _LOCK_KINDS:
+        raise SpiceError("dump", f"task {pid}: fd {fd}: unknown file lock [{line}]")
+    if not ctx.opts.file_locks:
+        raise SpiceError("dump", f"task {pid}: fd {fd} holds a file lock: Some file locks are hold by dumping "
+                                 "tasks! You can try --file-locks to dump them.")
+    kind, mand, opt = _LOCK_KINDS[parts[1]], parts[2], parts[3]
+    if mand == "MSNFS":
+        ltype = LOCK_MAND | {"READ": LOCK_READ, "RW": LOCK_RW, "WRITE": LOCK_WRITE}[opt]
+    else:
+        ltype = {"UNLCK": F_UNLCK, "WRITE": F_WRLCK, "READ": F_RDLCK}[opt]
+    start, end = int(parts[6]), parts[7]
+    length = 0 if end.startswith("EOF") else int(end) + 1 - start
+    ctx.images.add("filelocks.img", "FILE_LOCKS", codec.message_class("file_lock_pb2", "file_lock_entry")(
+        flag=kind, type=ltype, pid=pid, fd=fd, start=start, len=length))
 
 
 # ------------------------------------------------------------------------------------------ regular files

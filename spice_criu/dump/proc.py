@@ -140,21 +140,26 @@ def smaps(pid: int) -> list[MapLine]:
 class FdInfo:
     """/proc/PID/fdinfo/FD: pos, flags (octal there: f_flags | O_CLOEXEC if close-on-exec), mnt_id, ino."""
 
-    __slots__ = ("pos", "flags", "mnt_id", "ino", "extra")
+    __slots__ = ("pos", "flags", "mnt_id", "ino", "extra", "locks")
 
-    def __init__(self, pos: int, flags: int, mnt_id: int, ino: int, extra: dict[str, str]) -> None:
+    def __init__(self, pos: int, flags: int, mnt_id: int, ino: int, extra: dict[str, str],
+                 locks: list[str] | None = None) -> None:
         self.pos, self.flags, self.mnt_id, self.ino, self.extra = pos, flags, mnt_id, ino, extra
+        self.locks = locks or []  # the "lock:" lines: file locks this fd holds
 
 
 def fdinfo(pid: int, fd: int) -> FdInfo:
     text = read_text(f"/proc/{pid}/fdinfo/{fd}", f"task {pid} fd {fd}")
     kv: dict[str, str] = {}
+    locks: list[str] = []
     for line in text.splitlines():
         k, sep, v = line.partition(":")
-        if sep and k not in kv:
+        if k == "lock":
+            locks.append(v.strip())
+        elif sep and k not in kv:
             kv[k] = v.strip()
     return FdInfo(int(kv.get("pos", "0")), int(kv.get("flags", "0"), 8), int(kv.get("mnt_id", "-1")),
-                  int(kv.get("ino", "0")), kv)
+                  int(kv.get("ino", "0")), kv, locks)
 
 
 def fds(pid: int) -> list[int]:
