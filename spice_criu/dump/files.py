@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 from ..errors import SpiceError
 from ..images import codec
 from ..linux import kcmp, pidfd
+from ..log import log
 from . import proc
 
 if TYPE_CHECKING:
@@ -110,8 +111,9 @@ class OpenFd:
 #: fd kind -> dumper(fd, file id) -> fd_types name of the entry it wrote
 Dumper = Callable[[OpenFd, int], str]
 DUMPERS: dict[str, Dumper] = {}
-#: modules that register dumpers for more kinds (loaded when present)
-KIND_MODULES = ("pipes", "sockets", "eventfds", "tty")
+#: fd kind -> the module (of this package) that registers its dumper, imported on first need
+KIND_MODULES = {"pipe": "pipes", "fifo": "pipes", "socket": "sockets", "eventfd": "eventfds",
+                "eventpoll": "eventfds", "timerfd": "eventfds", "signalfd": "eventfds", "tty": "tty"}
 
 
 def dumper(kind: str):
@@ -122,8 +124,10 @@ def dumper(kind: str):
     return reg
 
 
-def _load_kind_modules() -> None:
-    for name in KIND_MODULES:
+def _load_kind_module(kind: str) -> None:
+    """Import the module that handles `kind` (all known ones if the kind is not in the table)."""
+    names = [KIND_MODULES[kind]] if kind in KIND_MODULES else sorted(set(KIND_MODULES.values()))
+    for name in names:
         mod = f"{__package__}.{name}"
         if importlib.util.find_spec(mod) is not None:
             importlib.import_module(mod)
@@ -236,13 +240,14 @@ def _dump_fd(ctx: DumpContext, pid: int, pfd: int, fd: int, files_id: int) -> No
         kind = classify(link, st, ctx.shmem_dev)
         fn = DUMPERS.get(kind)
         if fn is None:
-            _load_kind_modules()
+            _load_kind_module(kind)
             fn = DUMPERS.get(kind)
         if fn is None:
             what = socket_details(lfd) if kind == "socket" else kind
             raise SpiceError("dump", f"{of.describe()} ({what}): not supported")
         fid, new = ctx.files.description(pid, fd, st, info.pos)
         type_name = fn(of, fid) if new else ctx.files.kinds[fid]
+        log.debug(f"task {pid} fd {fd}: {link} -> {type_name} file id {fid}{'' if new else ' (shared)'}")
         fe = codec.pb("fdinfo_entry")(id=fid, flags=FD_CLOEXEC if info.flags & O_CLOEXEC else 0,
                                       type=_fd_type(type_name), fd=fd)
         ctx.images.add(f"fdinfo-{files_id}.img", "FDINFO", fe)

@@ -126,6 +126,7 @@ def dump_task(ctx: DumpContext, t: tree.Task) -> None:
     t.ids = ctx.ids.task_ids(pid)
     ctx.images.add(f"ids-{pid}.img", "IDS", t.ids)
     vmas = mm.collect_vmas(ctx, pid)
+    log.debug(f"task {pid}: {len(t.tids)} threads, {len(vmas)} VMAs")
     fault("mappings")
     if t.ids.files_id not in ctx.dumped_files_ids:
         ctx.dumped_files_ids.add(t.ids.files_id)
@@ -152,6 +153,7 @@ def dump_task(ctx: DumpContext, t: tree.Task) -> None:
         pages.write_runs(pid, runs, img)
     finally:
         img.close()
+    log.info(f"task {pid}: {img.pages} pages in {len(img.entries) - 1} runs -> pages-{img.pages_id}.img")
     fault("pages")
     for tid in t.tids:
         ctx.images.add(f"core-{tid}.img", "CORE", cores[tid])
@@ -172,10 +174,13 @@ def _check_root(o: Options, root: tree.Task) -> None:
 def _release(frozen: seize.FrozenTree, o: Options) -> None:
     if o.leave_running:
         frozen.unfreeze()
+        log.info("Tree left running")
     elif o.leave_stopped:
         frozen.leave_stopped()
+        log.info("Tree left stopped")
     else:
         frozen.kill()
+        log.info("Tree killed")
 
 
 def _collect(ctx: DumpContext, frozen: seize.FrozenTree) -> Message:
@@ -207,13 +212,16 @@ def dump(o: Options) -> int:
     frozen: seize.FrozenTree | None = None
     t0 = time.perf_counter()
     try:
+        o.run_script("pre-dump")
         frozen = seize.freeze(o.tree, float(o.timeout))
         t_frozen = time.perf_counter()
         log.info(f"Frozen {len(frozen.tids())} threads of {len(frozen.pids())} processes in "
                  f"{(t_frozen - t0) * 1e3:.1f} ms")
+        o.run_script("query-ext-files")
         inv = _collect(ctx, frozen)
         fault("commit")
         images.commit(inv)
+        o.run_script("post-dump")  # the tree is still frozen: a client may still say no
     except BaseException as e:
         err = _as_spice_error(e)
         if frozen is not None:
