@@ -51,6 +51,8 @@ fw = os.open(fifo, os.O_WRONLY)
 os.write(fw, b"fifo-%d" % token)
 pr, pw = os.pipe()
 os.write(pw, b"pipe-data-%d" % token)
+orphan_r, orphan_w = os.pipe()  # a pipe whose read end is not in the tree: no data entry for it
+os.close(orphan_r)
 # a memfd: fd position and seals, shared mapping, private mapping with a copied page
 mfd = os.memfd_create("spice-objects", os.MFD_ALLOW_SEALING)
 pattern = bytes((i * 7 + token) & 0xFF for i in range(3 * 4096))
@@ -140,21 +142,23 @@ while True:
 
 
 class Objects:
-    """The objects program, run like a harness workload (own session, stdio to a file)."""
+    """A self-checking Python program run like a harness workload (own session, stdio to a file):
+    `python PROGRAM OUTFILE [DIR]`, one tick line per step, FAIL on any inconsistency."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, source: str = "", name: str = "objects", pass_dir: bool = True) -> None:
         import subprocess
         import sys
 
         harness.make_subreaper()
         self.dir = base
         base.mkdir(parents=True, exist_ok=True)
-        (base / "objects.py").write_text(OBJECTS)
-        self.out = base / "objects.out"
+        (base / f"{name}.py").write_text(source or OBJECTS)
+        self.out = base / f"{name}.out"
+        argv = [sys.executable, "-B", "-E", "-s", str(base / f"{name}.py"), str(self.out)]
         with open(base / "objects.log", "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-B", "-E", "-s", str(base / "objects.py"), str(self.out),
-                                          str(base)], cwd=base, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+            self.proc = subprocess.Popen(argv + ([str(base)] if pass_dir else []), cwd=base,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, close_fds=True)
         harness._popens[self.proc.pid] = self.proc
         self.pid = self.proc.pid
         self.wait_ticks(3)
@@ -319,29 +323,10 @@ while True:
 '''
 
 
-class SeccompProg(Objects):
-    def __init__(self, base: Path) -> None:
-        import subprocess
-        import sys
-
-        harness.make_subreaper()
-        self.dir = base
-        base.mkdir(parents=True, exist_ok=True)
-        (base / "seccomp.py").write_text(SECCOMP)
-        self.out = base / "seccomp.out"
-        with open(base / "objects.log", "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-B", "-E", "-s", str(base / "seccomp.py"), str(self.out)],
-                                         cwd=base, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True, close_fds=True)
-        harness._popens[self.proc.pid] = self.proc
-        self.pid = self.proc.pid
-        self.wait_ticks(3)
-
-
 def test_seccomp_filters(compat_tmp: Path, crit_bin: Path) -> None:
     """Two filter chains (the worker thread has one more filter than the main thread): the images
     equal CRIU's, and criu restore of spice's images brings both chains back."""
-    prog = SeccompProg(compat_tmp / "objects" / "seccomp")
+    prog = Objects(compat_tmp / "objects" / "seccomp", SECCOMP, "seccomp", pass_dir=False)
     try:
         pid = prog.pid
         os.kill(pid, signal.SIGSTOP)
@@ -398,21 +383,7 @@ while True:
 
 class LocksProg(Objects):
     def __init__(self, base: Path) -> None:
-        import subprocess
-        import sys
-
-        harness.make_subreaper()
-        self.dir = base
-        base.mkdir(parents=True, exist_ok=True)
-        (base / "locks.py").write_text(LOCKS)
-        self.out = base / "locks.out"
-        with open(base / "objects.log", "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-B", "-E", "-s", str(base / "locks.py"), str(self.out)],
-                                         cwd=base, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True, close_fds=True)
-        harness._popens[self.proc.pid] = self.proc
-        self.pid = self.proc.pid
-        self.wait_ticks(3)
+        super().__init__(base, LOCKS, "locks", pass_dir=False)
 
     def locks(self) -> list[str]:
         inodes = {os.stat(self.dir / n).st_ino for n in ("flock.file", "posix.file", "ofd.file")}
@@ -453,4 +424,69 @@ def test_file_locks(compat_tmp: Path, crit_bin: Path) -> None:
         assert prog.locks() == held
     finally:
         prog.kill()
+        harness.reap_zombie_children()
+
+
+SHARED = r'''
+import mmap, os, sys, time
+
+out = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+token = int.from_bytes(os.urandom(4), "little") | 1
+shm = mmap.mmap(-1, 3 * 4096, mmap.MAP_SHARED)  # one shmem object, mapped in both processes
+shm[4096:4104] = token.to_bytes(8, "little")
+child = os.fork()
+role = "child" if child == 0 else "parent"
+me = os.getpid()
+slot = 0 if child == 0 else 8  # each writes its own counter, reads the other's
+tick = 0
+seen = 0
+while True:
+    tick += 1
+    shm[slot:slot + 8] = tick.to_bytes(8, "little")
+    other = int.from_bytes(shm[8 - slot:16 - slot], "little")
+    if other < seen or int.from_bytes(shm[4096:4104], "little") != token:
+        os.write(out, f"FAIL role={role} pid={me} other went {seen} -> {other}\n".encode())
+        os._exit(1)
+    seen = other
+    os.write(out, f"tick={tick} role={role} pid={me} token={token:x}\n".encode())
+    time.sleep(0.1)
+'''
+
+
+@pytest.mark.parametrize("restorer", ["criu", "spice"])
+def test_shared_memory_between_processes(restorer: str, compat_tmp: Path, crit_bin: Path) -> None:
+    """MAP_SHARED|MAP_ANONYMOUS memory shared by a parent and its child is one memfd in the images
+    (as CRIU writes it) and is shared again after the restore."""
+    prog = Objects(compat_tmp / "objects" / f"shared-{restorer}", SHARED, "shared", pass_dir=False)
+    try:
+        pids = [prog.pid] + [int(c) for c in Path(f"/proc/{prog.pid}/task/{prog.pid}/children").read_text().split()]
+        assert len(pids) == 2
+        for p in pids:
+            os.kill(p, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while not all(harness.process_state(p) == "T" for p in pids):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        criu_dir, spice_dir = prog.dir / "criu", prog.dir / "spice"
+        try:
+            harness.criu_dump(prog.pid, criu_dir, leave_running=True)
+            _spice_dump(prog, spice_dir, "--leave-running")
+        finally:
+            for p in pids:
+                os.kill(p, signal.SIGCONT)
+        problems = compare_dirs(crit_bin, criu_dir, spice_dir, running=False)
+        assert not problems, "\n".join(problems[:40])
+        images = prog.dir / "images"
+        _spice_dump(prog, images)
+        harness.reap(pids)
+        before = prog.lines()
+        start = prog.mark()
+        assert (criu_restore(images) if restorer == "criu" else spice_restore(images)) == prog.pid
+        after = prog.wait_ticks(8, start)
+        for role in ("parent", "child"):
+            last = max(ln.tick for ln in before if ln.role == role)
+            mine = [ln for ln in after if ln.role == role]
+            assert mine and mine[0].tick == last + 1, (role, last, mine[:1])
+    finally:
+        harness.kill_pids([prog.pid])
         harness.reap_zombie_children()

@@ -24,41 +24,38 @@ SPLICE_F_NONBLOCK = 2
 _tee = fresh(libc, "tee", ctypes.c_ssize_t, [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint])
 
 
-def peek(lfd: int, flags: int, what: str) -> tuple[bytes, int]:
-    """(queued bytes, buffer size) of the pipe behind lfd, leaving the data in the pipe."""
-    rfd = lfd
-    if (flags & O_ACCMODE) == O_WRONLY:
-        rfd = os.open(f"/proc/self/fd/{lfd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+def peek(rfd: int, what: str) -> tuple[bytes, int]:
+    """(queued bytes, buffer size) of the pipe behind rfd (a read end), leaving the data in it."""
+    size = fcntl.fcntl(rfd, F_GETPIPE_SZ)
+    r, w = os.pipe2(os.O_CLOEXEC)
     try:
-        size = fcntl.fcntl(rfd, F_GETPIPE_SZ)
-        r, w = os.pipe2(os.O_CLOEXEC)
-        try:
-            if fcntl.fcntl(w, F_SETPIPE_SZ, size) < size:
-                raise SpiceError("dump", f"{what}: can't make a {size}-byte pipe to copy its data")
-            n = _tee(rfd, w, size, SPLICE_F_NONBLOCK)
-            if n < 0:
-                err = ctypes.get_errno()
-                if err != errno.EAGAIN:
-                    raise SpiceError("dump", f"{what}: can't pick the pipe's data: {os.strerror(err)}")
-                n = 0
-            data = b""
-            while len(data) < n:
-                data += os.read(r, n - len(data))
-        finally:
-            os.close(r)
-            os.close(w)
+        if fcntl.fcntl(w, F_SETPIPE_SZ, size) < size:
+            raise SpiceError("dump", f"{what}: can't make a {size}-byte pipe to copy its data")
+        n = _tee(rfd, w, size, SPLICE_F_NONBLOCK)
+        if n < 0:
+            err = ctypes.get_errno()
+            if err != errno.EAGAIN:
+                raise SpiceError("dump", f"{what}: can't pick the pipe's data: {os.strerror(err)}")
+            n = 0
+        data = b""
+        while len(data) < n:
+            data += os.read(r, n - len(data))
     finally:
-        if rfd != lfd:
-            os.close(rfd)
+        os.close(r)
+        os.close(w)
     return data, size
 
 
 def _data(of: OpenFd, image: str, magic: str, pipe_id: int) -> None:
-    done = of.ctx.__dict__.setdefault("pipe_data_done", set())
+    """The pipe's queued data, once, from the first read end met (as CRIU: a pipe whose read end is
+    outside the dumped tree gets no data entry)."""
+    if (of.flags & O_ACCMODE) == O_WRONLY:
+        return
+    done = of.ctx.pipe_data_done
     if (image, pipe_id) in done:
         return
     done.add((image, pipe_id))
-    data, size = peek(of.lfd, of.flags, of.describe())
+    data, size = peek(of.lfd, of.describe())
     of.ctx.images.add(image, magic, codec.pb("pipe_data_entry")(pipe_id=pipe_id, bytes=len(data), size=size), data)
 
 

@@ -51,6 +51,7 @@ class DumpContext:
         self.dumped_files_ids: set[int] = set()
         self.pages_id = 0
         self.seccomp = seccomp.Seccomp()
+        self.pipe_data_done: set[tuple[str, int]] = set()
 
     def next_pages_id(self) -> int:
         self.pages_id += 1
