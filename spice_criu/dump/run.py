@@ -77,6 +77,19 @@ def fault(step: str) -> None:
 # ------------------------------------------------------------------------------------------ one task
 
 
+class _Clock:
+    """Debug-log how long each phase of a task's dump took (what `spice dump -v4` profiles)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.t = time.perf_counter()
+
+    def lap(self, what: str) -> None:
+        now = time.perf_counter()
+        log.debug(f"task {self.pid}: {what}: {(now - self.t) * 1e3:.2f} ms")
+        self.t = now
+
+
 class TaskInTask:
     __slots__ = ("threads", "mm", "untouched")
 
@@ -123,15 +136,19 @@ def dump_task(ctx: DumpContext, t: tree.Task) -> None:
     log.info(f"Dumping task (pid: {pid} comm: {t.stat.comm})")
     leader = codec.pb("core_entry")(mtype=X86_64)
     leader.tc.SetInParent()
+    clock = _Clock(pid)
     it = _in_task(t, leader)
+    clock.lap("syscalls in the task")
     t.ids = ctx.ids.task_ids(pid)
     ctx.images.add(f"ids-{pid}.img", "IDS", t.ids)
     vmas = mm.collect_vmas(ctx, pid)
     log.debug(f"task {pid}: {len(t.tids)} threads, {len(vmas)} VMAs")
+    clock.lap("mappings and their files")
     fault("mappings")
     if t.ids.files_id not in ctx.dumped_files_ids:
         ctx.dumped_files_ids.add(t.ids.files_id)
         files.dump_fds(ctx, pid, t.ids.files_id)
+    clock.lap("fds")
     fault("files")
     cores: dict[int, Message] = {}
     sps = []
@@ -146,6 +163,7 @@ def dump_task(ctx: DumpContext, t: tree.Task) -> None:
         signals.queue(tid, False, core.thread_core.signals_p)
         cores[tid] = core
     _leader_tc(t, leader)
+    clock.lap("registers and thread state")
     t0 = time.perf_counter()
     runs = pages.drop_scratch_pages(pid, pages.collect_runs(pid, vmas, sps, ctx.page_stats), it.untouched)
     ctx.page_stats.dump_s += time.perf_counter() - t0
@@ -155,6 +173,7 @@ def dump_task(ctx: DumpContext, t: tree.Task) -> None:
     finally:
         img.close()
     log.info(f"task {pid}: {img.pages} pages in {len(img.entries) - 1} runs -> pages-{img.pages_id}.img")
+    clock.lap("memory")
     fault("pages")
     for tid in t.tids:
         ctx.images.add(f"core-{tid}.img", "CORE", cores[tid])
