@@ -8,11 +8,15 @@ form, and `-v` takes an optional attached level (`-v4`, `-vvvv`). `spice crit ..
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from . import CRIU_VERSION
 from .errors import SpiceError
 from .log import log
 from .record import Factory, Record
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ACTIONS = ("dump", "restore", "check", "swrk", "pre-dump", "service", "page-server", "lazy-pages", "dedup",
            "cpuinfo", "exec", "show")
@@ -51,6 +55,15 @@ class Options(Record):
     external: list[str] = Factory(list)
     network_lock: str = "iptables"
     status_fd: int | None = None
+    address: str | None = None
+    #: CRIU's action-script points over RPC (notify_scripts): notify(action, pid) raises SpiceError
+    #: when the client answers no; None (the CLI) makes run_script a no-op
+    notify: Callable[[str, int | None], None] | None = None
+
+    def run_script(self, action: str, pid: int | None = None) -> None:
+        """An action-script point (pre-dump, post-dump, post-restore(pid), pre-resume...)."""
+        if self.notify is not None:
+            self.notify(action, pid)
 
 
 def _verbosity(value: str | None) -> int:
@@ -119,6 +132,7 @@ OPTIONS: tuple[Opt, ...] = (
     _O("feature", ("feature",)),
     _O("network_lock", ("network-lock",), None, "choice", "iptables", choices=("iptables", "nftables", "skip")),
     _O("status_fd", ("status-fd",), None, "int"),
+    _O("address", ("address",), help="service: the socket to listen on (default ./criu_service.socket)"),
     # accepted for compatibility with criu callers; they change nothing spice does
     _O("no_default_config", ("no-default-config",), None, "flag", False, hidden=True),
     _O("config", ("config",), hidden=True),
@@ -246,7 +260,7 @@ def _options(kw: dict) -> Options:
     for name in (
         "images_dir work_dir log_file pidfile tree leave_running leave_stopped shell_job tcp_established "
         "tcp_close file_locks link_remap timeout restore_detached restore_sibling root backend "
-        "record_working_set record_timeout display_stats feature network_lock status_fd"
+        "record_working_set record_timeout display_stats feature network_lock status_fd address"
     ).split():
         setattr(o, name, kw[name])
     o.verbosity = _verbosity(kw["verbosity"])
@@ -287,6 +301,10 @@ def run_action(o: Options) -> int:
         from .rpc import serve_swrk
 
         return serve_swrk(int(o.args[0]))
+    if o.action == "service":
+        from .rpc_service import serve
+
+        return serve(o)
     if o.action == "pre-dump":
         raise SpiceError("cli", "pre-dump needs soft-dirty memory tracking, which this kernel lacks")
     raise SpiceError("cli", f"action {o.action} is not supported by spice")

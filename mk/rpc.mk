@@ -1,0 +1,27 @@
+# SPDX-License-Identifier: MIT
+# spice as `criu`: runc, containerd (through runc), podman, crun (libcriu), go-criu and pycriu all exec
+# `criu swrk <fd>` from $PATH. `make install-criu-shim` writes a `criu` that runs this checkout's spice
+# into CRIU_SHIM_DIR; put that directory first in the PATH of whatever runs runc/crun/podman, e.g.
+#   make install-criu-shim && PATH=/usr/local/lib/spice-criu/bin:$PATH runc checkpoint ...
+# (CRIU_SHIM_DIR=/usr/local/sbin replaces criu for everything on the machine). `pip install` of the
+# package also gives a `criu` console script in its bin directory (pyproject.toml [project.scripts]).
+CRIU_SHIM_DIR ?= /usr/local/lib/spice-criu/bin
+SHIM_PY := $(abspath $(VPY))
+
+.PHONY: install-criu-shim uninstall-criu-shim bench-rpc
+
+install-criu-shim:
+	@test -x $(SHIM_PY) || { echo "no $(SHIM_PY): run make setup first" >&2; exit 1; }
+	mkdir -p $(CRIU_SHIM_DIR)
+	printf '#!%s\n# SPDX-License-Identifier: MIT\n# spice-criu installed as criu (make install-criu-shim)\nfrom spice_criu.rpc_criu import main\nmain()\n' \
+		'$(SHIM_PY)' > $(CRIU_SHIM_DIR)/.criu.tmp
+	chmod 755 $(CRIU_SHIM_DIR)/.criu.tmp
+	mv -f $(CRIU_SHIM_DIR)/.criu.tmp $(CRIU_SHIM_DIR)/criu
+	@echo "spice is criu: $(CRIU_SHIM_DIR)/criu (put $(CRIU_SHIM_DIR) first in PATH)"
+
+uninstall-criu-shim:
+	rm -f $(CRIU_SHIM_DIR)/criu
+
+# a restore over RPC (pycriu as the client): spice swrk vs criu swrk, same images, same run
+bench-rpc: setup compat-setup
+	$(VPY) compat-tests/test_rpc_bench.py

@@ -1,0 +1,406 @@
+# SPDX-License-Identifier: MIT
+"""spice's CRIU RPC pieces on real sockets and fds: criu_opts -> Options, the request loop's
+answers (VERSION, FEATURE_CHECK, bad requests, keep_open), NOTIFY round trips, closed stdio.
+The end-to-end tests against real pycriu and real CRIU are compat-tests/test_rpc_*.py."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from spice_criu import CRIU_VERSION
+from spice_criu.errors import SpiceError
+from spice_criu.images.pb import rpc_pb2 as rpc
+from spice_criu.log import log
+from spice_criu.rpc import Conn, _errno_of, feature_answers, work
+from spice_criu.rpc_opts import EBADRQC, BadOptions, options_from_req, peer_dir
+
+ME = os.getpid()
+
+
+@pytest.fixture
+def dirs(tmp_path: Path):
+    images, work_dir = tmp_path / "images", tmp_path / "work"
+    images.mkdir()
+    work_dir.mkdir()
+    fds = [os.open(images, os.O_DIRECTORY), os.open(work_dir, os.O_DIRECTORY)]
+    yield images, work_dir, fds[0], fds[1]
+    for fd in fds:
+        os.close(fd)
+
+
+def opts(**kw) -> rpc.criu_opts:
+    ro = rpc.criu_opts(images_dir_fd=kw.pop("images_dir_fd", -1))
+    for k, v in kw.items():
+        field = getattr(ro, k)
+        if isinstance(v, list):
+            field.extend(v)
+        elif hasattr(field, "CopyFrom") and not isinstance(v, int | str | bool):
+            field.CopyFrom(v)
+        else:
+            setattr(ro, k, v)
+    return ro
+
+
+# ------------------------------------------------------------------------------------------ options
+
+
+def test_dirs_through_the_clients_fds_and_criu_defaults(dirs) -> None:
+    images, work_dir, ifd, wfd = dirs
+    o = options_from_req("dump", opts(images_dir_fd=ifd, work_dir_fd=wfd, pid=1234), ME, swrk=True).o
+    assert Path(o.images_dir) == images and Path(o.work_dir) == work_dir
+    assert o.tree == 1234 and o.log_file == "criu.log" and o.verbosity == 2
+    o = options_from_req("dump", opts(images_dir_fd=ifd, log_file="dump.log", log_level=4), ME, True).o
+    assert o.work_dir == o.images_dir and o.log_file == "dump.log" and o.verbosity == 4
+    assert o.tree == ME  # no pid: the client dumps itself
+    assert options_from_req("dump", opts(images_dir=str(images), log_to_stderr=True), ME, True).o.log_file is None
+
+
+def test_a_deleted_images_dir_is_still_reachable(tmp_path: Path) -> None:
+    d = tmp_path / "gone"
+    d.mkdir()
+    fd = os.open(d, os.O_DIRECTORY)
+    try:
+        (d / "inventory.img").write_bytes(b"x")
+        os.unlink(d / "inventory.img")
+        os.rmdir(d)
+        path = peer_dir(ME, fd, "images directory")
+        assert path.startswith("/proc/self/fd/")
+        assert os.fstat(fd).st_ino == os.stat(path).st_ino
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("ro, with_dir, words", [
+    (dict(log_file="a/b.log"), True, "no subdirs"),
+    (dict(), False, "Neither images_dir_fd nor images_dir"),
+    (dict(images_dir_fd=987), False, "fd 987"),
+    (dict(images_dir="/nonexistent-spice"), False, "not a directory"),
+    (dict(track_mem=True), True, "Tracking memory is not available"),
+    (dict(parent_img="../prev"), True, "Tracking memory is not available"),
+    (dict(empty_ns=0x20000000), True, "only CLONE_NEWNET"),
+])
+def test_bad_options_are_ebadrqc(dirs, ro, with_dir, words) -> None:
+    _, _, ifd, _ = dirs
+    if with_dir:
+        ro = dict(ro, images_dir_fd=ifd)
+    with pytest.raises(BadOptions, match=words) as ei:
+        options_from_req("dump", opts(**ro), ME, swrk=True)
+    assert ei.value.errno == EBADRQC == errno.EBADRQC
+    assert _errno_of(ei.value) == EBADRQC
+
+
+@pytest.mark.parametrize("ro, words", [
+    (dict(lazy_pages=True), "lazy_pages"),
+    (dict(ps=rpc.criu_page_server_info(address="127.0.0.1", port=1)), "page server"),
+    (dict(join_ns=[rpc.join_namespace(ns="ipc", ns_file="/proc/1/ns/ipc")]), "join_ns.*ipc"),
+    (dict(veths=[rpc.criu_veth_pair(if_in="a", if_out="b")]), "veths"),
+    (dict(lsm_profile="apparmor:x"), "lsm_profile"),
+    (dict(manage_cgroups_mode=rpc.FULL), "manage_cgroups_mode full"),
+    (dict(manage_cgroups_mode=rpc.STRICT), "manage_cgroups_mode strict"),
+    (dict(tls=True), "tls"),
+    (dict(freeze_cgroup="/nonexistent/cg"), "freeze_cgroup /nonexistent/cg"),
+])
+def test_what_spice_cannot_do_is_refused_by_name(dirs, ro, words) -> None:
+    _, _, ifd, _ = dirs
+    with pytest.raises(SpiceError, match=words):
+        options_from_req("dump", opts(images_dir_fd=ifd, **ro), ME, swrk=True)
+
+
+def test_swrk_only_options_are_refused_by_the_service(dirs) -> None:
+    _, _, ifd, _ = dirs
+    for ro in (dict(rst_sibling=True), dict(inherit_fd=[rpc.inherit_fd(key="pipe:[1]", fd=0)])):
+        with pytest.raises(BadOptions, match="swrk"):
+            options_from_req("restore", opts(images_dir_fd=ifd, **ro), ME, swrk=False)
+
+
+def test_container_options_map_or_are_harmless(dirs) -> None:
+    """What runc and crun send for a dump and a restore of a host-namespace tree."""
+    images, work_dir, ifd, wfd = dirs
+    common = dict(images_dir_fd=ifd, work_dir_fd=wfd, log_level=4, manage_cgroups=True,
+                  manage_cgroups_mode=rpc.SOFT, notify_scripts=True, shell_job=True, ext_unix_sk=True,
+                  tcp_established=True, file_locks=True, empty_ns=0x40000000, orphan_pts_master=True,
+                  root="/", config_file="/nonexistent/runc.conf",
+                  ext_mnt=[rpc.ext_mount_map(key="/etc/hosts", val="/etc/hosts")],
+                  external=["net[4026531840]:extRootNetNS", "pid[4026531836]:extRootPidNS"])
+    o = options_from_req("dump", opts(**common, log_file="dump.log", pid=42, leave_running=True,
+                                      tcp_skip_in_flight=True, link_remap=True, auto_dedup=True,
+                                      network_lock=rpc.NFTABLES, timeout=7, ghost_limit=4096), ME, True).o
+    assert (o.tree, o.leave_running, o.shell_job, o.ext_unix_sk, o.tcp_established, o.file_locks,
+            o.link_remap) == (42, True, True, True, True, True, True)
+    assert (o.network_lock, o.timeout, o.ghost_limit, o.root, o.log_file) == ("nftables", 7, 4096, "/", "dump.log")
+    assert o.external == common["external"] and Path(o.work_dir) == work_dir
+    r = options_from_req("restore", opts(**common, log_file="restore.log", rst_sibling=True, evasive_devices=True,
+                                         cg_root=[rpc.cgroup_root(path="/x")],
+                                         inherit_fd=[rpc.inherit_fd(key="pipe:[77]", fd=5)],
+                                         exec_cmd=["true"]), ME, True)
+    o = r.o
+    assert o.restore_detached and o.restore_sibling and o.inherit_fd == ["fd[5]:pipe:[77]"]
+    assert r.exec_cmd == ["true"] and Path(o.images_dir) == images
+
+
+def test_config_file_applies_after_the_rpc_options(dirs, tmp_path: Path) -> None:
+    _, _, ifd, _ = dirs
+    conf = tmp_path / "runc.conf"
+    conf.write_text("# comment\nleave-running\ntcp-established\nlog-file from-conf.log\n"
+                    "enable-external-masters\nghost-limit 2M\n\n")
+    o = options_from_req("dump", opts(images_dir_fd=ifd, config_file=str(conf), log_file="dump.log"), ME, True).o
+    assert o.leave_running and o.tcp_established and o.log_file == "from-conf.log" and o.ghost_limit == 2 << 20
+    conf.write_text('log-file "unterminated\n')
+    with pytest.raises(SpiceError, match="runc.conf:1"):
+        options_from_req("dump", opts(images_dir_fd=ifd, config_file=str(conf)), ME, True)
+
+
+def test_feature_answers_are_honest() -> None:
+    from spice_criu.check import FEATURES
+
+    asked = rpc.criu_features(mem_track=True, lazy_pages=True, pidfd_store=True)
+    got = feature_answers(asked)
+    assert got == {"mem_track": False, "lazy_pages": FEATURES["uffd-noncoop"](),
+                   "pidfd_store": FEATURES["pidfd_store"]()}
+    assert feature_answers(rpc.criu_features()) == dict.fromkeys(got, False)
+
+
+def test_errno_of_failures() -> None:
+    assert _errno_of(SpiceError("dump", "No process with pid 999999")) == errno.ESRCH
+    assert _errno_of(SpiceError("restore", "pid 77 is already taken by another process")) == errno.EEXIST
+    assert _errno_of(SpiceError("restore", "something else")) is None
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+
+class Client:
+    """The test's end of a socketpair, with spice's request loop serving the other end in a thread."""
+
+    def __init__(self) -> None:
+        self.sk, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.conn = Conn(theirs, swrk=True)
+        self.rc: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.rc = work(self.conn)
+        finally:
+            self.conn.sk.close()  # as the swrk process exiting would
+
+    def start(self) -> Client:
+        self.thread.start()
+        return self
+
+    def send(self, data: bytes | rpc.criu_req) -> None:
+        self.sk.send(data if isinstance(data, bytes) else data.SerializeToString())
+
+    def recv(self, timeout: float = 10) -> rpc.criu_resp | None:
+        self.sk.settimeout(timeout)
+        data = self.sk.recv(65536)
+        if not data:
+            return None
+        resp = rpc.criu_resp()
+        resp.ParseFromString(data)
+        return resp
+
+    def finish(self) -> int | None:
+        self.sk.shutdown(socket.SHUT_WR)
+        self.thread.join(10)
+        self.sk.close()
+        return self.rc
+
+
+def test_version_and_feature_check_keep_open() -> None:
+    c = Client().start()
+    c.send(rpc.criu_req(type=rpc.VERSION, keep_open=True))
+    v = c.recv()
+    assert (v.type, v.success) == (rpc.VERSION, True)
+    assert (v.version.major_number, v.version.minor_number, v.version.sublevel) == CRIU_VERSION
+    assert not v.version.HasField("gitid")  # a gitid would make clients round up to 4.3
+    c.send(rpc.criu_req(type=rpc.FEATURE_CHECK, features=rpc.criu_features(mem_track=True)))
+    f = c.recv()
+    assert (f.type, f.success) == (rpc.FEATURE_CHECK, True)
+    assert f.features.HasField("mem_track") and not f.features.mem_track
+    assert f.features.HasField("lazy_pages") and f.features.HasField("pidfd_store")
+    assert c.recv() is None  # no keep_open on the second: the session ends
+    assert c.finish() == 0
+
+
+@pytest.mark.parametrize("packet, answer", [
+    (b"\xff\xff\xff", None),  # not a criu_req: no answer
+    (rpc.criu_req(type=rpc.EMPTY).SerializeToString(), rpc.EMPTY),
+    (b"\x08\x4d", rpc.EMPTY),  # type 77
+    (rpc.criu_req(type=rpc.NOTIFY, notify_success=True).SerializeToString(), rpc.EMPTY),
+    (rpc.criu_req(type=rpc.DUMP, keep_open=True, opts=rpc.criu_opts(images_dir_fd=-1)).SerializeToString(), None),
+    (rpc.criu_req(type=rpc.RESTORE, keep_open=True).SerializeToString(), None),
+])
+def test_bad_requests_end_the_session_as_criu(packet: bytes, answer: int | None) -> None:
+    c = Client().start()
+    c.send(packet)
+    resp = c.recv()
+    if answer is None:
+        assert resp is None
+    else:
+        assert (resp.type, resp.success) == (answer, False)
+        assert c.recv() is None
+    assert c.finish() == 255
+
+
+def test_pre_dump_is_answered_honestly() -> None:
+    for t in (rpc.PRE_DUMP, rpc.SINGLE_PRE_DUMP):
+        c = Client().start()
+        c.send(rpc.criu_req(type=t, opts=rpc.criu_opts(images_dir_fd=-1, pid=1)))
+        resp = c.recv()
+        assert (resp.type, resp.success) == (t, False)
+        assert "soft-dirty" in resp.cr_errmsg and resp.cr_errmsg.startswith("Error (spice/rpc): ")
+        assert c.finish() == 255
+
+
+def test_option_errors_reply_ebadrqc_and_first_error() -> None:
+    c = Client().start()
+    c.send(rpc.criu_req(type=rpc.DUMP, opts=rpc.criu_opts(images_dir_fd=-1, pid=1, log_to_stderr=True)))
+    resp = c.recv()
+    assert (resp.type, resp.success, resp.cr_errno) == (rpc.DUMP, False, errno.EBADRQC)
+    assert resp.cr_errmsg == "Error (spice/rpc): Neither images_dir_fd nor images_dir was passed by RPC client"
+    assert resp.dump.HasField("restored") and not resp.dump.restored
+    assert c.finish() == 1
+    c = Client().start()
+    c.send(rpc.criu_req(type=rpc.RESTORE, opts=rpc.criu_opts(images_dir_fd=-1, log_to_stderr=True)))
+    resp = c.recv()
+    assert (resp.type, resp.success, resp.restore.pid) == (rpc.RESTORE, False, -1)
+    assert c.finish() == 1
+
+
+def test_wait_pid_of_a_child_and_of_a_stranger() -> None:
+    p = subprocess.Popen(["sh", "-c", "exit 3"])
+    c = Client().start()
+    c.send(rpc.criu_req(type=rpc.WAIT_PID, pid=p.pid))
+    resp = c.recv()
+    assert (resp.type, resp.success) == (rpc.WAIT_PID, True)
+    assert os.waitstatus_to_exitcode(resp.status) == 3
+    assert c.finish() == 0
+    p.returncode = 3  # reaped by the request
+    c = Client().start()
+    c.send(rpc.criu_req(type=rpc.WAIT_PID, pid=1))
+    resp = c.recv()
+    assert (resp.success, resp.cr_errno) == (False, errno.ECHILD)
+    c.finish()
+
+
+# ------------------------------------------------------------------------------------------ notify
+
+
+def _notify_pair(answers: dict[str, bool], external: list[str] | None = None):
+    """A Conn and a thread answering its NOTIFYs (script -> success); returns (conn, seen, thread)."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    conn = Conn(theirs, swrk=True)
+    seen: list[tuple[str, int | None]] = []
+
+    def answer() -> None:
+        while True:
+            data = mine.recv(65536)
+            if not data:
+                return
+            resp = rpc.criu_resp()
+            resp.ParseFromString(data)
+            assert (resp.type, resp.success) == (rpc.NOTIFY, True)
+            n = resp.notify
+            seen.append((n.script, n.pid if n.HasField("pid") else None))
+            reply = rpc.criu_req(type=rpc.NOTIFY, notify_success=answers.get(n.script, True))
+            if n.script == "query-ext-files" and external:
+                reply.opts.images_dir_fd = -1
+                reply.opts.external.extend(external)
+            mine.send(reply.SerializeToString())
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    return conn, mine, seen, t
+
+
+def test_notify_round_trips() -> None:
+    from spice_criu.cli import Options
+
+    o = Options()
+    conn, mine, seen, t = _notify_pair({"post-restore": False, "pre-resume": False},
+                                       external=["file[1:2]"])
+    o.notify = conn.notifier(o, scripts=True)
+    o.run_script("pre-dump")
+    o.run_script("query-ext-files")
+    assert o.external == ["file[1:2]"]
+    with pytest.raises(SpiceError, match=r"RPC client reported script error \(post-restore\)"):
+        o.run_script("post-restore", 4242)
+    assert conn.notified_pid == 4242
+    o.run_script("pre-resume")  # a no at pre-resume is only logged, as criu does
+    assert seen == [("pre-dump", None), ("query-ext-files", None), ("post-restore", 4242), ("pre-resume", None)]
+    mine.shutdown(socket.SHUT_RDWR)
+    t.join(5)
+    mine.close()
+    with pytest.raises(SpiceError, match="post-dump"):  # the client is gone: a failed action
+        o.run_script("post-dump")
+    conn.sk.close()
+
+
+def test_without_notify_scripts_only_the_pid_is_kept() -> None:
+    from spice_criu.cli import Options
+
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    conn = Conn(theirs, swrk=True)
+    o = Options()
+    o.notify = conn.notifier(o, scripts=False)
+    o.run_script("pre-restore")
+    o.run_script("post-restore", 99)
+    assert conn.notified_pid == 99
+    mine.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        mine.recv(100)  # nothing was sent
+    mine.close()
+    theirs.close()
+
+
+def test_cli_options_run_script_is_a_noop() -> None:
+    from spice_criu.cli import Options
+
+    Options().run_script("post-restore", 1)
+
+
+# ------------------------------------------------------------------------------------------ stdio
+
+
+def test_swrk_survives_closed_stdio(tmp_path: Path) -> None:
+    """pycriu closes fds 0-2 before exec'ing `criu swrk`: spice puts /dev/null there first, so the
+    sockets and files it opens never land on them, and still answers."""
+    out = tmp_path / "out"
+    prog = (
+        "import os, sys\n"
+        "from spice_criu.rpc import guard_stdio\n"
+        "closed = [fd for fd in (0, 1, 2) if not os.path.exists(f'/proc/self/fd/{fd}')]\n"
+        "guard_stdio()\n"
+        "print('to stdout'); print('to stderr', file=sys.stderr)\n"
+        "from spice_criu.log import log\n"
+        "log.error('rpc', 'logged before any log file')\n"
+        "links = [os.readlink(f'/proc/self/fd/{fd}') for fd in (0, 1, 2)]\n"
+        f"open({str(out)!r}, 'w').write(repr((closed, links)))\n"
+    )
+
+    def close_stdio() -> None:
+        for fd in (0, 1, 2):
+            os.close(fd)
+
+    subprocess.run([sys.executable, "-c", prog], preexec_fn=close_stdio, check=True, timeout=60)
+    closed, links = eval(out.read_text())  # noqa: S307 - our own repr
+    assert closed == [0, 1, 2]
+    assert links == ["/dev/null"] * 3
+
+
+def test_log_is_reset_between_requests() -> None:
+    log.first_error = "Error (spice/x): stale"
+    c = Client().start()
+    c.send(rpc.criu_req(type=rpc.PRE_DUMP))
+    resp = c.recv()
+    assert "stale" not in resp.cr_errmsg
+    c.finish()
