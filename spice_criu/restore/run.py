@@ -174,10 +174,12 @@ def restore(o: Options) -> int:
     elif plan.root.sid != plan.root.pid:
         raise SpiceError("restore", f"task {plan.root.pid} is not a session leader: restore with --shell-job")
     backend = choose_backend(o.backend)
+    o.run_script("pre-restore")
     ctls, pages, forking = restore_plan(plan, o, backend)
     restore_time = time.monotonic() - t0
     try:
         fault_point("restore-resume")
+        o.run_script("post-restore", plan.root.pid)
         if o.pidfile:
             write_pidfile(o.pidfile, o.work_dir or o.images_dir, plan.root.pid)
         stats.write(
@@ -185,11 +187,13 @@ def restore(o: Options) -> int:
             pages_compared=0, pages_skipped_cow=0, forking_time=int(forking * 1e6),
             restore_time=int(restore_time * 1e6), pages_restored=pages,
         )
+        o.run_script("pre-resume")
     except BaseException:
         kill_all(ctls)
         raise
     resume(ctls)
     log.info(f"Restore finished successfully. Tasks resumed. ({restore_time * 1e3:.1f} ms)")
+    o.run_script("post-resume")
     if o.display_stats:
         print(stats.display("restore", stats.read(os.path.join(o.work_dir or o.images_dir, "stats-restore"))), end="")
     if not o.restore_detached:
