@@ -228,31 +228,38 @@ def _stop(pids: list[int]) -> None:
         time.sleep(0.005)
 
 
-def dump_both(wl: harness.Workload, base: Path, stopped: bool) -> tuple[Path, Path]:
-    pids = wl.pids
+def dump_both(root: int, pids: list[int], base: Path, stopped: bool, criu_extra: tuple[str, ...] = (),
+              spice_extra: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """`criu dump --leave-running` then `spice dump --leave-running` of the tree at root, into
+    base/criu and base/spice; stopped: SIGSTOP the pids before and SIGCONT them after."""
     criu_dir, spice_dir = base / "criu", base / "spice"
     spice_dir.mkdir(parents=True)
     if stopped:
         _stop(pids)
     try:
-        criu_dump(wl.pid, criu_dir, leave_running=True)
-        spice("dump", "-t", str(wl.pid), "-D", str(spice_dir), "-v4", "-o", "dump.log", "--leave-running",
-              log=spice_dir / "dump.log")
+        criu_dump(root, criu_dir, leave_running=True, extra_args=criu_extra)
+        spice("dump", "-t", str(root), "-D", str(spice_dir), "-v4", "-o", "dump.log", "--leave-running",
+              *spice_extra, log=spice_dir / "dump.log")
         if stopped:
             assert all(harness.process_state(p) == "T" for p in pids), "a stopped tree must stay stopped"
     finally:
         if stopped:
             for p in pids:
                 os.kill(p, signal.SIGCONT)
+    return criu_dir, spice_dir
+
+
+def dump_workload_both(wl: harness.Workload, base: Path, stopped: bool) -> tuple[Path, Path]:
+    dirs = dump_both(wl.pid, wl.pids, base, stopped)
     wl.wait_ticks(3)  # both --leave-running dumps left it running, unharmed
     wl.check()
-    return criu_dir, spice_dir
+    return dirs
 
 
 def test_stopped_process_images_agree(workload_name: str, workload_factory, compat_tmp: Path,
                                       crit_bin: Path) -> None:
     wl = workload_factory(workload_name)
-    criu_dir, spice_dir = dump_both(wl, wl.rundir / "cmp-stopped", stopped=True)
+    criu_dir, spice_dir = dump_workload_both(wl, wl.rundir / "cmp-stopped", stopped=True)
     problems = compare_dirs(crit_bin, criu_dir, spice_dir, running=False)
     assert not problems, "\n".join(problems[:40])
     core = _decode(crit_bin, spice_dir / f"core-{wl.pid}.img")["entries"][0]
@@ -262,7 +269,7 @@ def test_stopped_process_images_agree(workload_name: str, workload_factory, comp
 @pytest.mark.parametrize("name", ["counter", "threads", "tree"])
 def test_running_process_images_agree(name: str, workload_factory, crit_bin: Path) -> None:
     wl = workload_factory(name)
-    criu_dir, spice_dir = dump_both(wl, wl.rundir / "cmp-running", stopped=False)
+    criu_dir, spice_dir = dump_workload_both(wl, wl.rundir / "cmp-running", stopped=False)
     problems = compare_dirs(crit_bin, criu_dir, spice_dir, running=True)
     assert not problems, "\n".join(problems[:40])
     core = _decode(crit_bin, spice_dir / f"core-{wl.pid}.img")["entries"][0]
@@ -272,7 +279,7 @@ def test_running_process_images_agree(name: str, workload_factory, crit_bin: Pat
 def test_comparator_catches_differences(workload_factory, crit_bin: Path, tmp_path: Path) -> None:
     """The comparison is not vacuous: a doctored spice image (one VMA flag, one page byte) is caught."""
     wl = workload_factory("counter")
-    criu_dir, spice_dir = dump_both(wl, wl.rundir / "cmp-doctored", stopped=True)
+    criu_dir, spice_dir = dump_workload_both(wl, wl.rundir / "cmp-doctored", stopped=True)
     from spice_criu.images import codec
 
     mm = spice_dir / f"mm-{wl.pid}.img"

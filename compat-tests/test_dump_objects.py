@@ -10,7 +10,6 @@ continue it; the same stopped process dumped by real CRIU and by spice gives the
 from __future__ import annotations
 
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import harness
 import pytest
 from harness import criu_restore
 from spice import spice, spice_restore
-from test_dump_compare import compare_dirs, decode_all
+from test_dump_compare import compare_dirs, decode_all, dump_both
 
 OBJECTS = r'''
 import ctypes, fcntl, hashlib, mmap, os, resource, signal, stat, struct, sys, threading, time, zlib
@@ -255,17 +254,7 @@ def test_objects_images_hold_the_objects(objects: Objects, crit_bin: Path) -> No
 def test_objects_images_agree_with_criu(objects: Objects, crit_bin: Path) -> None:
     pid = objects.pid
     tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    os.kill(pid, signal.SIGSTOP)
-    deadline = time.monotonic() + 10
-    while harness.process_state(pid) != "T":
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    criu_dir, spice_dir = objects.dir / "criu", objects.dir / "spice"
-    try:
-        harness.criu_dump(pid, criu_dir, leave_running=True)
-        _spice_dump(objects, spice_dir, "--leave-running")
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    criu_dir, spice_dir = dump_both(pid, [pid], objects.dir, stopped=True)
     assert len(tids) == 2
     timers = {
         "CORE": {"entries[*].tc.timers.real.vsec": "an itimer keeps counting down while stopped",
@@ -329,17 +318,7 @@ def test_seccomp_filters(compat_tmp: Path, crit_bin: Path) -> None:
     prog = Objects(compat_tmp / "objects" / "seccomp", SECCOMP, "seccomp", pass_dir=False)
     try:
         pid = prog.pid
-        os.kill(pid, signal.SIGSTOP)
-        deadline = time.monotonic() + 10
-        while harness.process_state(pid) != "T":
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        criu_dir, spice_dir = prog.dir / "criu", prog.dir / "spice"
-        try:
-            harness.criu_dump(pid, criu_dir, leave_running=True)
-            _spice_dump(prog, spice_dir, "--leave-running")
-        finally:
-            os.kill(pid, signal.SIGCONT)
+        criu_dir, spice_dir = dump_both(pid, [pid], prog.dir, stopped=True)
         problems = compare_dirs(crit_bin, criu_dir, spice_dir, running=False)
         assert not problems, "\n".join(problems[:40])
         from test_dump_compare import _decode
@@ -402,17 +381,8 @@ def test_file_locks(compat_tmp: Path, crit_bin: Path) -> None:
         refused = spice("dump", "-t", str(pid), "-D", str(prog.dir), "--leave-running", check=False)
         assert refused.returncode == 1 and "You can try --file-locks to dump them" in refused.stderr
         assert harness.process_state(pid) not in ("T", None) and prog.locks() == held
-        os.kill(pid, signal.SIGSTOP)
-        deadline = time.monotonic() + 10
-        while harness.process_state(pid) != "T":
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        criu_dir, spice_dir = prog.dir / "criu", prog.dir / "spice"
-        try:
-            harness.criu_dump(pid, criu_dir, leave_running=True, extra_args=["--file-locks"])
-            _spice_dump(prog, spice_dir, "--leave-running", "--file-locks")
-        finally:
-            os.kill(pid, signal.SIGCONT)
+        criu_dir, spice_dir = dump_both(pid, [pid], prog.dir, stopped=True, criu_extra=("--file-locks",),
+                                        spice_extra=("--file-locks",))
         problems = compare_dirs(crit_bin, criu_dir, spice_dir, running=False)
         assert not problems, "\n".join(problems[:40])
         images = prog.dir / "images"
@@ -461,19 +431,7 @@ def test_shared_memory_between_processes(restorer: str, compat_tmp: Path, crit_b
     try:
         pids = [prog.pid] + [int(c) for c in Path(f"/proc/{prog.pid}/task/{prog.pid}/children").read_text().split()]
         assert len(pids) == 2
-        for p in pids:
-            os.kill(p, signal.SIGSTOP)
-        deadline = time.monotonic() + 10
-        while not all(harness.process_state(p) == "T" for p in pids):
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        criu_dir, spice_dir = prog.dir / "criu", prog.dir / "spice"
-        try:
-            harness.criu_dump(prog.pid, criu_dir, leave_running=True)
-            _spice_dump(prog, spice_dir, "--leave-running")
-        finally:
-            for p in pids:
-                os.kill(p, signal.SIGCONT)
+        criu_dir, spice_dir = dump_both(prog.pid, pids, prog.dir, stopped=True)
         problems = compare_dirs(crit_bin, criu_dir, spice_dir, running=False)
         assert not problems, "\n".join(problems[:40])
         images = prog.dir / "images"

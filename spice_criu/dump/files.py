@@ -479,25 +479,31 @@ _EXTENTS = 512
 
 
 def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
-    """Data ranges of a file: FIEMAP extents (CRIU's default --ghost-fiemap), else SEEK_DATA/HOLE."""
+    """(offset, length) data ranges of a file: FIEMAP extents (CRIU's default --ghost-fiemap), else
+    SEEK_DATA/SEEK_HOLE."""
     try:
         return _fiemap(fd, size)
     except OSError as e:
         if e.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
             raise
+    return [(lo, hi - lo) for lo, hi in data_segments(fd, size)]
+
+
+def data_segments(fd: int, size: int) -> list[tuple[int, int]]:
+    """[start, end) ranges below `size` that hold data (SEEK_DATA/SEEK_HOLE; the whole file if the
+    filesystem cannot tell)."""
     out = []
-    hole = 0
-    while hole < size:
+    pos = 0
+    while pos < size:
         try:
-            data = os.lseek(fd, hole, os.SEEK_DATA)
+            data = os.lseek(fd, pos, os.SEEK_DATA)
         except OSError as e:
             if e.errno == errno.ENXIO:
                 break
-            if hole == 0:
-                return [(0, size)]
-            raise
+            return [(0, size)]
         hole = os.lseek(fd, data, os.SEEK_HOLE)
-        out.append((data, hole - data))
+        out.append((data, min(hole, size)))
+        pos = hole
     return out
 
 

@@ -10,7 +10,6 @@ addresses). Pages are the ones the inode really holds: data segments (SEEK_DATA)
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 from functools import cache
@@ -20,7 +19,7 @@ from ..errors import SpiceError
 from ..images import codec
 from ..images.pagemap import PE_PRESENT
 from ..linux import mman
-from .files import DELETED, MEMFD_PREFIX, RegParams, add_file
+from .files import DELETED, MEMFD_PREFIX, RegParams, add_file, data_segments
 from .pages import PAGE, PagesImage
 
 if TYPE_CHECKING:
@@ -89,22 +88,6 @@ def _resident(fd: int, size: int) -> bytes:
         mman.munmap(addr, size)
 
 
-def _data_segments(fd: int, size: int) -> list[tuple[int, int]]:
-    out = []
-    pos = 0
-    while pos < size:
-        try:
-            data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as e:
-            if e.errno == errno.ENXIO:
-                break
-            return [(0, size)]
-        hole = os.lseek(fd, data, os.SEEK_HOLE)
-        out.append((data, min(hole, size)))
-        pos = hole
-    return out
-
-
 def dump_contents(ctx: DumpContext, fd: int, shmid: int, size: int) -> None:
     """pagemap-shmem-<shmid>.img and its pages: every resident page of the object's data segments."""
     npages = (size + PAGE - 1) // PAGE
@@ -112,7 +95,7 @@ def dump_contents(ctx: DumpContext, fd: int, shmid: int, size: int) -> None:
     try:
         if npages:
             resident = _resident(fd, npages * PAGE)
-            for lo, hi in _data_segments(fd, npages * PAGE):
+            for lo, hi in data_segments(fd, npages * PAGE):
                 pfn = lo // PAGE
                 end = (hi + PAGE - 1) // PAGE
                 while pfn < end:
