@@ -181,6 +181,7 @@ class NR:
     process_vm_readv = 310
     process_vm_writev = 311
     kcmp = 312
+    seccomp = 317
     getrandom = 318
     memfd_create = 319
     userfaultfd = 323

@@ -13,6 +13,7 @@ import struct
 from ..errors import SpiceError
 from ..linux.syscalls import NR
 from ..log import log
+from . import seccomp
 from .task import TaskCtl
 
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_SET_NAME = 1, 4, 8, 15
@@ -53,7 +54,15 @@ def _current_matches(pid: int, c) -> bool:
 
 
 def install_creds(task: TaskCtl, tid: int, core) -> None:
-    """setgroups/setres[ug]id/capset/bounding/ambient/securebits, as the image says, for one thread."""
+    """setgroups/setres[ug]id/capset/bounding/ambient/securebits, as the image says, for one thread;
+    then its seccomp mode and filters, which go after everything (they could forbid the rest)."""
+    _install_creds(task, tid, core)
+    mode = seccomp.mode_of(core)
+    if mode != seccomp.MODE_DISABLED:
+        seccomp.install(task, tid, mode, task.plan.seccomp.get(tid, []))
+
+
+def _install_creds(task: TaskCtl, tid: int, core) -> None:
     tcore = core.thread_core
     if not tcore.HasField("creds"):
         return

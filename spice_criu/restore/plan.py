@@ -17,6 +17,7 @@ from ..errors import ImageError, SpiceError
 from ..images.imagedir import ImageDir
 from ..record import Factory, Record
 from . import files as F
+from . import seccomp
 from .mm import MmPlan, ShmemPlan, plan_mm
 
 TASK_ALIVE, TASK_DEAD, TASK_STOPPED, TASK_ZOMBIE = 1, 2, 3, 6
@@ -41,6 +42,7 @@ class TaskPlan(Record):
     root: str
     umask: int
     children: list[TaskPlan] = Factory(list)
+    seccomp: dict[int, list[tuple[bytes, int]]] = Factory(dict)  # tid -> filter chain, oldest first
 
     @property
     def leader(self) -> ThreadPlan:
@@ -103,9 +105,7 @@ def _check_thread(pid: int, core: Message, tid: int) -> None:
     x = ti.fpregs.xsave if ti.fpregs.HasField("xsave") else None
     if x is not None and x.HasField("cet") and (x.cet.cet or x.cet.ssp):
         raise SpiceError("restore", f"thread {tid}: CET shadow stack state is not supported")
-    tc = core.thread_core
-    if tc.HasField("seccomp_mode") and tc.seccomp_mode != 0:
-        raise SpiceError("restore", f"thread {tid} of task {pid}: seccomp filters are not supported")
+    seccomp.check_supported(tid, core)
 
 
 def build_plan(images_dir: str | Path, root: str = "/", inherit: dict[str, int] | None = None) -> RestorePlan:
@@ -147,6 +147,7 @@ def build_plan(images_dir: str | Path, root: str = "/", inherit: dict[str, int] 
                 raise SpiceError("restore", f"tasks {other.pid} and {pid} share an fd table: not supported")
             if other.ids.vm_id == ids.vm_id:
                 raise SpiceError("restore", f"tasks {other.pid} and {pid} share memory (CLONE_VM): not supported")
+        filters = seccomp.chains(imgdir, {th.tid: th.core for th in threads})
         fs = imgdir.one(f"fs-{pid}.img")
         mm = plan_mm(imgdir, pid, files, shmems)
         fds = F.plan_fds(imgdir, pid, ids.files_id, files)
@@ -162,6 +163,7 @@ def build_plan(images_dir: str | Path, root: str = "/", inherit: dict[str, int] 
             cwd=F.file_path(files, fs.cwd_id, f"task {pid} cwd"),
             root=F.file_path(files, fs.root_id, f"task {pid} root"),
             umask=fs.umask if fs.HasField("umask") else 0o022,
+            seccomp=filters,
         )
         if i:
             tasks[pe.ppid].children.append(t)

@@ -19,7 +19,9 @@ from .plan import RestorePlan, TaskPlan
 from .task import TRAMPOLINE_SIZE, TaskCtl
 from .threads import clone_args
 
-TRACE_OPTIONS = ptrace.O_TRACESYSGOOD | ptrace.O_TRACEFORK | ptrace.O_TRACECLONE | ptrace.O_EXITKILL
+# SUSPEND_SECCOMP: restored seccomp filters must not filter the syscalls we still inject
+TRACE_OPTIONS = (ptrace.O_TRACESYSGOOD | ptrace.O_TRACEFORK | ptrace.O_TRACECLONE | ptrace.O_EXITKILL
+                 | ptrace.O_SUSPEND_SECCOMP)
 
 
 def _wait_stop(pid: int) -> None:
