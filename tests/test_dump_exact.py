@@ -177,3 +177,20 @@ def test_stack_and_xsave_in_the_image(tmp_path: Path) -> None:
         assert struct.pack("<2I", xmm[60], xmm[61]) == struct.pack("<Q", 0x1111222233334444)
         assert core.thread_core.comm.startswith("fpu") and core.tc.comm == core.thread_core.comm
         assert len(core.tc.sigactions) == 62
+
+
+def test_freeze_timeout_lets_the_tree_go(tmp_path: Path) -> None:
+    """A task that cannot stop (the parent of a vfork, waiting for its frozen child) makes the freeze
+    time out after --timeout: one error line, and parent and child go on as if nothing happened."""
+    import time
+
+    with Target.prog("blocker", "vfork", "1500") as t:
+        t.wait_for("ready")
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        p = dump(t.pid, tmp_path / "img", "--timeout", "1")
+        assert p.returncode == 1 and "Timed out" in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert time.monotonic() - t0 < 10
+        m = t.wait_for(r"done ret=(-?\d+) bad=(\w+)", timeout=10)
+        assert m.group(1) == "0", m.group(0)
+        assert not (tmp_path / "img" / "inventory.img").exists()
