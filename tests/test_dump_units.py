@@ -276,3 +276,38 @@ def test_image_set_abort_cleans_up(tmp_path: Path) -> None:
 def test_image_set_needs_the_directory(tmp_path: Path) -> None:
     with pytest.raises(SpiceError, match="does not exist"):
         ImageSet(tmp_path / "missing")
+
+
+CLONE_VM_PROG = r"""
+#define _GNU_SOURCE
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
+static char stack[65536];
+static int child(void *a) { (void)a; for (;;) pause(); return 0; }
+int main(void) {
+    int pid = clone(child, stack + sizeof(stack), CLONE_VM | SIGCHLD, NULL);
+    printf("%d\n", pid);
+    fflush(stdout);
+    for (;;) pause();
+}
+"""
+
+
+def test_tasks_sharing_memory_are_refused(tmp_path: Path) -> None:
+    """Two processes with one mm (clone(CLONE_VM) without CLONE_THREAD): CRIU refuses, so does spice."""
+    src = tmp_path / "clonevm.c"
+    src.write_text(CLONE_VM_PROG)
+    subprocess.run(["gcc", "-O1", "-o", str(tmp_path / "clonevm"), str(src)], check=True)
+    parent = subprocess.Popen([str(tmp_path / "clonevm")], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        g = ids.Ids()
+        g.task_ids(parent.pid)
+        with pytest.raises(SpiceError, match=f"task {child} shares its memory \\(CLONE_VM\\) with task {parent.pid}"):
+            g.task_ids(child)
+    finally:
+        os.kill(child, 9)
+        parent.kill()
+        parent.wait()

@@ -54,10 +54,16 @@ class Ids:
         seen = self._objs[name]
         for other, oid in seen:
             try:
-                if kcmp.same(pid, other, kind):
-                    return oid
+                shared = kcmp.same(pid, other, kind)
             except OSError as e:
                 raise SpiceError("dump", f"task {pid}: kcmp with {other} failed: {e.strerror}") from None
+            if shared:
+                if name != "files_id":  # CRIU can share only fd tables between processes
+                    what = {"vm_id": "memory (CLONE_VM)", "fs_id": "fs (CLONE_FS)",
+                            "sighand_id": "signal handlers (CLONE_SIGHAND)"}[name]
+                    raise SpiceError("dump", f"task {pid} shares its {what} with "
+                                             f"{'spice' if other == os.getpid() else f'task {other}'}: not supported")
+                return oid
         oid = len({i for _, i in seen}) + 1
         seen.append((pid, oid))
         return oid
