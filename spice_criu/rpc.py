@@ -168,15 +168,17 @@ def _begin(conn: Conn, req: Any, kind: str) -> Any:
     from .rpc_opts import note_harmless, options_from_req
 
     ro = req.opts if req.HasField("opts") else rpc.criu_opts()
-    r = options_from_req(kind, ro, conn.peer, conn.swrk)
-    o = r.o
-    if o.log_file or kind != "check":
-        log.setup(o.verbosity, o.log_file, o.work_dir)
-    else:
-        log.level = o.verbosity
-    log.info(f"RPC: {kind} request from pid {conn.peer}")
+
+    def open_log(o: Any) -> None:
+        if o.log_file or kind != "check":
+            log.setup(o.verbosity, o.log_file, o.work_dir)
+        else:
+            log.level = o.verbosity
+        log.info(f"RPC: {kind} request from pid {conn.peer}")
+
+    r = options_from_req(kind, ro, conn.peer, conn.swrk, ready=open_log)
     note_harmless(ro, kind)
-    o.notify = conn.notifier(o, bool(ro.notify_scripts))
+    r.o.notify = conn.notifier(r.o, bool(ro.notify_scripts))
     return r
 
 

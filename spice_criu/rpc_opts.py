@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 from .cli import OPTIONS, Options, _fast_parse, _options
@@ -168,8 +169,12 @@ def _apply_config(o: Options, path: str) -> None:
             o.ext_unix_sk = given.ext_unix_sk
 
 
-def options_from_req(kind: str, ro: Any, peer: int, swrk: bool) -> RpcOptions:
-    """kind: "dump", "restore" or "check"; ro: the request's criu_opts; peer: the client's pid."""
+def options_from_req(kind: str, ro: Any, peer: int, swrk: bool,
+                     ready: Callable[[Options], None] | None = None) -> RpcOptions:
+    """kind: "dump", "restore" or "check"; ro: the request's criu_opts; peer: the client's pid.
+
+    ready(o) runs once the directories and the log settings are known (to open the log), before the
+    options spice cannot honour are refused, so those refusals are in the request's log."""
     if ro.HasField("log_file") and "/" in ro.log_file:
         raise BadOptions(f"log_file {ro.log_file!r}: no subdirs are allowed in the log file name")
     o = Options(action=kind)
@@ -182,7 +187,6 @@ def options_from_req(kind: str, ro: Any, peer: int, swrk: bool) -> RpcOptions:
     elif kind != "check":
         raise BadOptions("Neither images_dir_fd nor images_dir was passed by RPC client")
     o.work_dir = peer_dir(peer, ro.work_dir_fd, "work directory") if ro.HasField("work_dir_fd") else o.images_dir
-    _check_unsupported(ro, kind, swrk)
     if kind == "dump":
         o.tree = ro.pid if ro.HasField("pid") else peer
     for name in ("leave_running", "leave_stopped", "shell_job", "tcp_established", "tcp_close", "ext_unix_sk",
@@ -212,4 +216,7 @@ def options_from_req(kind: str, ro: Any, peer: int, swrk: bool) -> RpcOptions:
         o.log_file = LOG_FILE
     if ro.HasField("config_file") and ro.config_file:
         _apply_config(o, ro.config_file)
+    if ready is not None:
+        ready(o)
+    _check_unsupported(ro, kind, swrk)
     return RpcOptions(o, list(ro.exec_cmd))

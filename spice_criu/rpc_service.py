@@ -38,16 +38,23 @@ def _listen(path: str) -> socket.socket:
     return sk
 
 
-def _daemonize() -> None:
-    """daemon(1, 0): the caller returns once the socket is listening; stdio goes to /dev/null."""
+def _daemonize() -> int:
+    """daemon(1, 0): stdio to /dev/null, a new session. Returns the write end of a pipe the daemon
+    closes once its pidfile is written: the caller (`spice service -d`) exits only then, so who ran it
+    finds the socket listening and the pidfile in place."""
+    r, w = os.pipe()
     if os.fork():
+        os.close(w)
+        os.read(r, 1)
         os._exit(0)
+    os.close(r)
     os.setsid()
     nul = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(nul, fd)
     if nul > 2:
         os.close(nul)
+    return w
 
 
 def _write_pidfile(path: str) -> None:
@@ -94,10 +101,11 @@ def serve(o: Options) -> int:
     if o.log_file:
         log.setup(o.verbosity, o.log_file, o.work_dir)
     listener = _listen(path)
-    if o.restore_detached:
-        _daemonize()
+    ready = _daemonize() if o.restore_detached else None
     if o.pidfile:
         _write_pidfile(o.pidfile)
+    if ready is not None:
+        os.close(ready)
     log.info(f"The service is ready at {path}")
     signal.signal(signal.SIGCHLD, _reap)
     signal.signal(signal.SIGTERM, _stop)
