@@ -601,3 +601,13 @@ def test_criu_in_path_is_spice(pycriu: Any, tmp_path: Path) -> None:
     finally:
         os.environ["PATH"] = old
     assert pre.cr_errmsg.startswith("Error (spice/rpc): pre-dump needs soft-dirty")  # spice answered
+
+
+def test_rpc_bench_loop_restores_with_both_tools(pycriu: Any, spice_criu: Path, criu_bin: Path,
+                                                 compat_tmp: Path) -> None:
+    """The `make bench-rpc` loop (test_rpc_bench.py), once, every restore checked to continue."""
+    import test_rpc_bench as bench
+
+    out = bench.run(1, compat_tmp / "rpc-bench", spice_criu, criu_bin, pycriu, check_all=True)
+    text = bench.report(out)
+    assert all(x > 0 for w in bench.BENCH_WORKLOADS for t in ("spice", "criu") for x in out[w][t]["cpu"]), text
