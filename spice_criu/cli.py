@@ -298,9 +298,9 @@ def run_action(o: Options) -> int:
         if len(o.args) != 1 or not o.args[0].isdigit():
             print("Usage: criu swrk <fd>", file=sys.stderr)
             return 1
-        from .rpc import serve_swrk
+        from .rpc_criu import swrk
 
-        return serve_swrk(int(o.args[0]))
+        return swrk(int(o.args[0]))
     if o.action == "service":
         from .rpc_service import serve
 

@@ -267,23 +267,12 @@ def handle_version(conn: Conn, req: Any) -> int:
     return 0 if conn.send(resp) else 1
 
 
-def feature_answers(asked: Any) -> dict[str, bool]:
-    """FEATURE_CHECK: every feature present in the reply, true only if asked for and available.
-
-    mem_track is never available: spice has no soft-dirty tracking (no pre-dump). lazy_pages follows
-    the kernel (userfaultfd with non-cooperative events), pidfd_store the kernel's pidfd_getfd."""
-    from .check import FEATURES
-
-    return {
-        "mem_track": False,
-        "lazy_pages": bool(asked.lazy_pages) and FEATURES["uffd-noncoop"](),
-        "pidfd_store": bool(asked.pidfd_store) and FEATURES["pidfd_store"](),
-    }
-
-
 def handle_feature_check(conn: Conn, req: Any) -> int:
+    from .rpc_fast import feature_answers
+
     resp = rpc.criu_resp(type=rpc.FEATURE_CHECK, success=True)
-    for name, value in feature_answers(req.features).items():
+    asked = {n: bool(getattr(req.features, n)) for n in ("mem_track", "lazy_pages", "pidfd_store")}
+    for name, value in feature_answers(asked).items():
         setattr(resp.features, name, value)
     return 0 if conn.send(resp) else 1
 

@@ -11,12 +11,22 @@ from __future__ import annotations
 import sys
 
 
+def swrk(fd: int) -> int:
+    """`criu swrk FD`: a lone VERSION/FEATURE_CHECK without protobuf (rpc_fast), else the RPC server."""
+    from .rpc_fast import try_fast
+
+    rc = try_fast(fd)
+    if rc is not None:
+        return rc
+    from .rpc import serve_swrk
+
+    return serve_swrk(fd)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) == 2 and args[0] == "swrk" and args[1].isdigit():
-        from .rpc import serve_swrk
-
-        sys.exit(serve_swrk(int(args[1])))
+        sys.exit(swrk(int(args[1])))
     from .cli import main as cli_main
 
     cli_main(args)

@@ -19,7 +19,8 @@ from spice_criu import CRIU_VERSION
 from spice_criu.errors import SpiceError
 from spice_criu.images.pb import rpc_pb2 as rpc
 from spice_criu.log import log
-from spice_criu.rpc import Conn, _errno_of, feature_answers, work
+from spice_criu.rpc import Conn, _errno_of, work
+from spice_criu.rpc_fast import feature_answers, feature_reply, parse_simple, try_fast, version_reply
 from spice_criu.rpc_opts import EBADRQC, BadOptions, options_from_req, peer_dir
 
 ME = os.getpid()
@@ -161,11 +162,10 @@ def test_config_file_applies_after_the_rpc_options(dirs, tmp_path: Path) -> None
 def test_feature_answers_are_honest() -> None:
     from spice_criu.check import FEATURES
 
-    asked = rpc.criu_features(mem_track=True, lazy_pages=True, pidfd_store=True)
-    got = feature_answers(asked)
+    got = feature_answers(dict(mem_track=True, lazy_pages=True, pidfd_store=True))
     assert got == {"mem_track": False, "lazy_pages": FEATURES["uffd-noncoop"](),
                    "pidfd_store": FEATURES["pidfd_store"]()}
-    assert feature_answers(rpc.criu_features()) == dict.fromkeys(got, False)
+    assert feature_answers(dict.fromkeys(got, False)) == dict.fromkeys(got, False)
 
 
 def test_errno_of_failures() -> None:
@@ -404,3 +404,66 @@ def test_log_is_reset_between_requests() -> None:
     resp = c.recv()
     assert "stale" not in resp.cr_errmsg
     c.finish()
+
+
+# ------------------------------------------------------------------------------------------ fast path
+
+
+def test_fast_replies_are_the_protobuf_encoding() -> None:
+    want = rpc.criu_resp(type=rpc.VERSION, success=True)
+    want.version.major_number, want.version.minor_number, want.version.sublevel = CRIU_VERSION
+    assert version_reply() == want.SerializeToString()
+    for answers in ({"mem_track": False, "lazy_pages": True, "pidfd_store": True},
+                    {"mem_track": False, "lazy_pages": False, "pidfd_store": False}):
+        want = rpc.criu_resp(type=rpc.FEATURE_CHECK, success=True, features=rpc.criu_features(**answers))
+        assert feature_reply(answers) == want.SerializeToString()
+
+
+@pytest.mark.parametrize("req, want", [
+    (rpc.criu_req(type=rpc.VERSION), (rpc.VERSION, dict(mem_track=False, lazy_pages=False, pidfd_store=False))),
+    (rpc.criu_req(type=rpc.FEATURE_CHECK, features=rpc.criu_features(mem_track=True, pidfd_store=True)),
+     (rpc.FEATURE_CHECK, dict(mem_track=True, lazy_pages=False, pidfd_store=True))),
+    (rpc.criu_req(type=rpc.VERSION, opts=rpc.criu_opts(images_dir_fd=3, log_file="x")),
+     (rpc.VERSION, dict(mem_track=False, lazy_pages=False, pidfd_store=False))),
+    (rpc.criu_req(type=rpc.VERSION, keep_open=True), None),
+    (rpc.criu_req(type=rpc.DUMP, opts=rpc.criu_opts(images_dir_fd=3)), None),
+    (rpc.criu_req(type=rpc.NOTIFY), None),
+])
+def test_fast_parse(req: rpc.criu_req, want) -> None:
+    assert parse_simple(req.SerializeToString()) == want
+
+
+@pytest.mark.parametrize("data", [b"", b"\xff\xff\xff", b"\x08", b"\x08\x0a\x2a\x05ab", b"\x08\x0a\x0f"])
+def test_fast_parse_leaves_what_it_does_not_understand(data: bytes) -> None:
+    assert parse_simple(data) is None
+
+
+def test_fast_path_answers_or_leaves_the_packet() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        a.send(rpc.criu_req(type=rpc.FEATURE_CHECK, features=rpc.criu_features(mem_track=True)).SerializeToString())
+        assert try_fast(b.fileno()) == 0
+        resp = rpc.criu_resp()
+        resp.ParseFromString(a.recv(100))
+        assert (resp.type, resp.success, resp.features.mem_track) == (rpc.FEATURE_CHECK, True, False)
+        dump = rpc.criu_req(type=rpc.DUMP, opts=rpc.criu_opts(images_dir_fd=3)).SerializeToString()
+        a.send(dump)
+        assert try_fast(b.fileno()) is None
+        assert b.recv(100) == dump  # still there for the full server
+
+
+@pytest.mark.parametrize("entry", [["-m", "spice_criu"], ["-m", "spice_criu.rpc_criu"]])
+@pytest.mark.parametrize("rtype", [rpc.VERSION, rpc.CHECK])
+def test_swrk_entry_points(entry: list[str], rtype: int) -> None:
+    """`spice swrk FD` and the `criu` entry: the fast path (VERSION) and the full server (CHECK)."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a:
+        p = subprocess.Popen([sys.executable, *entry, "swrk", str(b.fileno())], pass_fds=[b.fileno()],
+                             stdin=subprocess.DEVNULL)
+        b.close()
+        a.send(rpc.criu_req(type=rtype).SerializeToString())
+        a.settimeout(60)
+        resp = rpc.criu_resp()
+        resp.ParseFromString(a.recv(4096))
+        assert (resp.type, resp.success) == (rtype, True)
+        assert p.wait(60) == 0
