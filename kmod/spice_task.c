@@ -50,6 +50,7 @@ int spice_check_caller(struct spice_ctx *c)
 	struct mm_struct *mm = current->mm;
 
 	c->err_table = SPICE_ERR_CALLER;
+	c->err_index = U32_MAX;
 	if (!mm || current->flags & PF_KTHREAD)
 		return -EINVAL;
 	if (in_compat_syscall() || test_thread_flag(TIF_ADDR32) ||

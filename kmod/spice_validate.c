@@ -453,6 +453,7 @@ static int check_ws(struct spice_ctx *c, u32 policy)
 	int ret;
 
 	c->err_table = SPICE_ERR_HDR;
+	c->err_index = U32_MAX;
 	if (policy > SPICE_PREFAULT_ALL)
 		return -EINVAL;
 	c->err_table = SPICE_ERR_WS;
@@ -501,6 +502,7 @@ static int check_mm(struct spice_ctx *c)
 	u32 i;
 
 	c->err_table = SPICE_ERR_MM;
+	c->err_index = U32_MAX;
 	if (!(c->req->flags & SPICE_RF_MM))
 		return 0;
 	for (i = 0; i < ARRAY_SIZE(vals); i++)
@@ -541,6 +543,7 @@ static int check_task(struct spice_ctx *c)
 	u32 i;
 
 	c->err_table = SPICE_ERR_TASK;
+	c->err_index = U32_MAX;	/* set per entry for the sigactions only */
 	if (t->reserved0)
 		return -EINVAL;
 	/* sigaltstack: SS_DISABLE, or a stack (optionally SS_AUTODISARM) */
@@ -606,6 +609,7 @@ static int check_regs(struct spice_ctx *c)
 	const struct spice_regs *r = &c->req->regs;
 
 	c->err_table = SPICE_ERR_REGS;
+	c->err_index = U32_MAX;
 	if (!(c->req->flags & SPICE_RF_REGS)) {
 		/* the caller returns where it was: that code must survive */
 		if (!ip_in_keep(c, current_pt_regs()->ip))
@@ -630,6 +634,7 @@ int spice_req_validate(struct spice_ctx *c)
 	int ret;
 
 	c->err_table = SPICE_ERR_HDR;
+	c->err_index = U32_MAX;
 	if (h->flags & ~SPICE_RF_KNOWN || h->reserved0)
 		return -EINVAL;
 	for (i = 0; i < ARRAY_SIZE(h->reserved); i++)

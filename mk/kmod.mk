@@ -44,8 +44,24 @@ kmod-test-py: kmod
 	KMOD_CI_OUT=$(KMOD_OUT) KMOD_CI_TIMEOUT=$(KMOD_TIMEOUT) bash $(KMOD_CI) run --ko kmod/spice.ko \
 		--hostfs-exec 'python3 kmod/tests/test_spice_device.py'
 
-kmod-test: kmod-checkpatch kmod-test-c kmod-test-py
+kmod-test: kmod-checkpatch kmod-test-c kmod-test-py kmod-test-compat
 
 kmod-clean:
 	$(MAKE) -C kmod clean
 	rm -f $(KMOD_TEST_BIN)
+
+# The kmod backend against real CRIU 4.2.1 dumps made in the guest (compat-tests/test_kmod_*.py):
+# one guest with XSAVE (-cpu max), 2 vCPUs, 2 GiB, the host's venv and criu through the overlay.
+# Bytecode is compiled on the host first: the guest cannot write it (PYTHONDONTWRITEBYTECODE).
+KMOD_COMPAT_TESTS ?= $(wildcard compat-tests/test_kmod_*.py)
+KMOD_COMPAT_TIMEOUT ?= 1800
+KMOD_GUEST_ENV := SPICE_KMOD_GUEST=1 SPICE_COMPAT_TIMEOUT_SCALE=4 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
+KMOD_GUEST_VM := KMOD_CI_OUT=$(KMOD_OUT) KMOD_CI_CPU=max KMOD_CI_SMP=2 KMOD_CI_MEM=2G
+
+.PHONY: kmod-test-compat bench-kmod
+
+kmod-test-compat: setup compat-setup kmod
+	@echo "== kmod backend tests in the guest: $(KMOD_COMPAT_TESTS)"
+	$(VPY) -m compileall -q spice_criu compat-tests
+	$(KMOD_GUEST_VM) KMOD_CI_TIMEOUT=$(KMOD_COMPAT_TIMEOUT) bash $(KMOD_CI) run --ko kmod/spice.ko \
+		--hostfs-exec '$(KMOD_GUEST_ENV) $(VPY) -m pytest -q -p no:cacheprovider $(KMOD_COMPAT_TESTS)'
