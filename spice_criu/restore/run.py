@@ -20,6 +20,8 @@ from ..images import stats
 from ..linux import prctl, ptrace
 from ..log import log
 from . import creds, signals, threads, timers
+from .backends import kmod
+from .backends import ptrace as ptrace_backend
 from .files import OpenContext, install_fds, install_fs
 from .plan import TASK_STOPPED, RestorePlan, build_plan
 from .task import TaskCtl
@@ -42,16 +44,20 @@ def parse_inherit(specs: list[str]) -> dict[str, int]:
     return out
 
 
-def choose_backend(name: str):
-    from .backends import kmod
-    from .backends import ptrace as ptrace_backend
-
-    if name == "kmod" or (name == "auto" and kmod.available()):
-        if name == "kmod" and not kmod.available():
-            raise SpiceError("restore", f"--backend kmod: {kmod.unavailable_reason()}")
-        log.info("restore backend: kmod (/dev/spice)")
-        return kmod
-    log.info("restore backend: ptrace")
+def choose_backend(name: str, record: bool = False):
+    """--backend auto|ptrace|kmod: kmod when /dev/spice answers SPICE_IOC_VERSION with our ABI."""
+    if name == "ptrace":
+        if record:
+            raise SpiceError("restore", "--record-working-set needs the kmod backend, not --backend ptrace")
+        log.info("restore backend: ptrace")
+        return ptrace_backend
+    usable, why = kmod.probe()
+    if usable:
+        log.info(f"restore backend: kmod ({kmod.DEVICE}, ABI {kmod.ABI_VERSION})")
+        return kmod.Backend(strict=name == "kmod", record=record)
+    if name == "kmod" or record:
+        raise SpiceError("restore", f"{'--backend kmod' if name == 'kmod' else '--record-working-set'}: {why}")
+    log.info(f"restore backend: ptrace ({why})")
     return ptrace_backend
 
 
@@ -164,6 +170,10 @@ def restore_plan(plan: RestorePlan, o: Options, backend) -> tuple[list[TaskCtl],
 
 def restore(o: Options) -> int:
     t0 = time.monotonic()
+    if o.record_working_set:
+        from . import workingset
+
+        workingset.block_stop_signals()
     if o.restore_sibling and not o.restore_detached:
         raise SpiceError("restore", "--restore-sibling only makes sense with --restore-detached")
     plan = build_plan(o.images_dir, root=o.root or "/")
@@ -173,7 +183,7 @@ def restore(o: Options) -> int:
         root.sid, root.pgid = os.getsid(0), os.getpgid(0)
     elif plan.root.sid != plan.root.pid:
         raise SpiceError("restore", f"task {plan.root.pid} is not a session leader: restore with --shell-job")
-    backend = choose_backend(o.backend)
+    backend = choose_backend(o.backend, o.record_working_set)
     o.run_script("pre-restore")
     ctls, pages, forking = restore_plan(plan, o, backend)
     restore_time = time.monotonic() - t0
@@ -194,6 +204,8 @@ def restore(o: Options) -> int:
     resume(ctls)
     log.info(f"Restore finished successfully. Tasks resumed. ({restore_time * 1e3:.1f} ms)")
     o.run_script("post-resume")
+    if o.record_working_set:
+        workingset.record(plan, o.record_timeout)
     if o.display_stats:
         print(stats.display("restore", stats.read(os.path.join(o.work_dir or o.images_dir, "stats-restore"))), end="")
     if not o.restore_detached:
