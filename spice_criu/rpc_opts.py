@@ -121,6 +121,9 @@ def note_harmless(ro: Any, kind: str) -> None:
     if _cg_mode(ro) not in (CG_IGNORE, CG_NONE) or len(ro.cg_root) or ro.HasField("cgroup_props") \
             or ro.HasField("cgroup_props_file") or len(ro.cgroup_dump_controller) or ro.HasField("cgroup_yard"):
         notes.append("cgroup options: tasks stay in (are restored into) the restorer's cgroups")
+    if ro.HasField("root") and ro.root not in ("", "/"):
+        notes.append(f"root {ro.root}: the images hold no mount namespace, so paths are used as dumped "
+                     "(criu ignores root then too; runc/crun send the container's rootfs)")
     if ro.HasField("freeze_cgroup"):
         notes.append(f"freeze_cgroup {ro.freeze_cgroup}: the tree is frozen with ptrace instead")
     if ro.HasField("empty_ns"):
@@ -198,8 +201,6 @@ def options_from_req(kind: str, ro: Any, peer: int, swrk: bool,
         o.timeout = ro.timeout
     if ro.HasField("ghost_limit"):
         o.ghost_limit = ro.ghost_limit
-    if ro.HasField("root") and ro.root:
-        o.root = ro.root
     if ro.HasField("network_lock"):
         o.network_lock = NETWORK_LOCK.get(ro.network_lock, "iptables")
     o.external = list(ro.external)
