@@ -45,16 +45,19 @@ def pycriu(criu_bin: Path) -> Any:
     return mod
 
 
-@pytest.fixture(scope="session")
-def spice_criu(compat_tmp: Path) -> Path:
+def install_criu_shim(shim_dir: Path) -> Path:
     """spice installed as `criu` the way users do it: `make install-criu-shim CRIU_SHIM_DIR=...`."""
-    shim_dir = compat_tmp / "criu-shim"
     p = subprocess.run(["make", "-s", "--no-print-directory", "install-criu-shim", f"CRIU_SHIM_DIR={shim_dir}"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, f"make install-criu-shim failed:\n{p.stdout}\n{p.stderr}"
     shim = shim_dir / "criu"
     assert os.access(shim, os.X_OK), p.stdout
     return shim
+
+
+@pytest.fixture(scope="session")
+def spice_criu(compat_tmp: Path) -> Path:
+    return install_criu_shim(compat_tmp / "criu-shim")
 
 
 # ------------------------------------------------------------------------------------------ client

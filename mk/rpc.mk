@@ -8,7 +8,7 @@
 CRIU_SHIM_DIR ?= /usr/local/lib/spice-criu/bin
 SHIM_PY := $(abspath $(VPY))
 
-.PHONY: install-criu-shim uninstall-criu-shim bench-rpc
+.PHONY: install-criu-shim uninstall-criu-shim bench-rpc rpc-deps
 
 install-criu-shim:
 	@test -x $(SHIM_PY) || { echo "no $(SHIM_PY): run make setup first" >&2; exit 1; }
@@ -25,3 +25,11 @@ uninstall-criu-shim:
 # a restore over RPC (pycriu as the client): spice swrk vs criu swrk, same images, same run
 bench-rpc: setup compat-setup
 	$(VPY) compat-tests/test_rpc_bench.py
+
+# what compat-tests/test_rpc_runc.py needs: runc (Debian's 1.1.x, which execs `criu swrk 3` from $PATH)
+# and a static busybox for the container's rootfs
+rpc-deps:
+	@command -v runc >/dev/null && dpkg -s busybox-static >/dev/null 2>&1 || { \
+		apt-get install -y -q runc busybox-static >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q runc busybox-static >/dev/null; }; }
+	@command -v runc >/dev/null && dpkg -s busybox-static >/dev/null 2>&1
