@@ -72,11 +72,13 @@ class Session:
         self.binary = str(binary)
         self.notes: list[tuple[str, int | None]] = []
         self.exit_code: int | None = None
+        self.swrk_pid = 0
 
     def request(self, req: Any, answer: Callable[[str, int | None, int], bool] | None = None,
                 timeout: float = 120) -> Any:
         comm = sys.modules["pycriu.criu"]._criu_comm_bin(self.binary)
         sk = comm.connect(False)
+        self.swrk_pid = comm.swrk
         sk.settimeout(harness.scaled(timeout))
         resp = None
         try:
@@ -614,3 +616,21 @@ def test_rpc_bench_loop_restores_with_both_tools(pycriu: Any, spice_criu: Path, 
     out = bench.run(1, compat_tmp / "rpc-bench", spice_criu, criu_bin, pycriu, check_all=True)
     text = bench.report(out)
     assert all(x > 0 for w in bench.BENCH_WORKLOADS for t in ("spice", "criu") for x in out[w][t]["cpu"]), text
+
+
+def test_exec_cmd_after_restore(pycriu: Any, spice_criu: Path, counter_dump: harness.DumpInfo) -> None:
+    """criu_opts.exec_cmd: after the reply the swrk process becomes the command, its output in the log."""
+    info = counter_dump
+    marker = info.images_dir.parent / "exec-cmd.marker"
+    marker.unlink(missing_ok=True)
+    cmd = ["sh", "-c", f'echo "exec_cmd ran as $$"; echo $$ > {marker}']
+    s = Session(pycriu, spice_criu)
+    with dir_fd(info.images_dir) as fd:
+        resp = s.request(pycriu.rpc.criu_req(type=pycriu.rpc.RESTORE, opts=_opts(
+            pycriu, fd, rst_sibling=True, log_file="restore-exec.log", exec_cmd=cmd)))
+    assert resp.success and s.exit_code == 0, _log_tail(info.images_dir, "restore-exec.log")
+    assert resp.restore.pid == info.pid
+    assert int(marker.read_text()) == s.swrk_pid  # the command ran in the swrk process itself
+    assert f"exec_cmd ran as {s.swrk_pid}" in (info.images_dir / "restore-exec.log").read_text()
+    harness.assert_continues(info, info.pid)
+    harness.kill_restored(info, info.pid)
