@@ -120,9 +120,9 @@ def drive(case: str, base: Path, shim_dir: Path, criu_dir: Path) -> dict:
         last = _ticks(out)[-1]
         time.sleep(0.2)
         res["quiet_after_dump"] = _ticks(out)[-1] == last
+        env = spice_env if case == "spice" else criu_env
         p = subprocess.run([*runc, "restore", "-d", "--image-path", str(images), "--work-path", str(work), ctr],
-                           cwd=bundle, env=criu_env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           timeout=120)
+                           cwd=bundle, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
         res["restore"] = (p.returncode, p.stderr[-500:])
         res["restore_log"] = (work / "restore.log").read_text() if (work / "restore.log").exists() else ""
         if p.returncode == 0:
@@ -182,6 +182,19 @@ def test_runc_checkpoint_by_spice_restores_under_criu(runc: str, shim_dir: Path,
     assert res["quiet_after_dump"], "the container kept writing after spice's checkpoint"
     assert res["restore"][0] == 0, res
     assert "(spice-criu" not in res["restore_log"] and "Restore finished successfully" in res["restore_log"]
+    assert res["after"] == [res["last"] + 1, res["last"] + 2, res["last"] + 3], res
+    assert res["restored_pid"] == res["pid"] and res["restored_status"] == "running"
+
+
+@pytest.mark.xfail(strict=True, reason="spice restore of a chrooted, capability-dropped task: install_fs must "
+                   "run after the memory (chdir before chroot) and securebits before capset (see the RPC report)")
+def test_runc_checkpoint_and_restore_by_spice(runc: str, shim_dir: Path, criu_bin: Path, tmp_path: Path) -> None:
+    """`runc checkpoint` and `runc restore` both with spice as criu: rst_sibling, post-restore pid,
+    root = runc's criu-root bind mount (ignored: no mount namespace in the images)."""
+    res = _run_case("spice", tmp_path, shim_dir, criu_bin.parent)
+    assert res["checkpoint"][0] == 0, res
+    assert res["restore"][0] == 0, res["restore_log"][-3000:]
+    assert "(spice-criu" in res["restore_log"] and "RPC: notify post-restore" in res["restore_log"]
     assert res["after"] == [res["last"] + 1, res["last"] + 2, res["last"] + 3], res
     assert res["restored_pid"] == res["pid"] and res["restored_status"] == "running"
 
