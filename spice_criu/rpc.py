@@ -17,9 +17,9 @@ a broken session (garbage, unknown type, refused keep_open, pre-dump).
 
 from __future__ import annotations
 
+import _socket as socket  # the C module: `socket` (selectors, enum...) costs start-up on every swrk
 import errno
 import os
-import socket
 import struct
 import sys
 from collections.abc import Callable
