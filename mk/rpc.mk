@@ -28,8 +28,9 @@ bench-rpc: setup compat-setup
 
 # what compat-tests/test_rpc_runc.py needs: runc (Debian's 1.1.x, which execs `criu swrk 3` from $PATH)
 # and a static busybox for the container's rootfs
+RPC_APT := DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=900
 rpc-deps:
 	@command -v runc >/dev/null && dpkg -s busybox-static >/dev/null 2>&1 || { \
-		apt-get install -y -q runc busybox-static >/dev/null 2>&1 || \
-		{ apt-get update -q >/dev/null && apt-get install -y -q runc busybox-static >/dev/null; }; }
+		$(RPC_APT) install -y --no-install-recommends runc busybox-static >/dev/null 2>&1 || \
+		{ $(RPC_APT) update >/dev/null && $(RPC_APT) install -y --no-install-recommends runc busybox-static >/dev/null; }; }
 	@command -v runc >/dev/null && dpkg -s busybox-static >/dev/null 2>&1
