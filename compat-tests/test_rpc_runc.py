@@ -186,8 +186,6 @@ def test_runc_checkpoint_by_spice_restores_under_criu(runc: str, shim_dir: Path,
     assert res["restored_pid"] == res["pid"] and res["restored_status"] == "running"
 
 
-@pytest.mark.xfail(strict=True, reason="spice restore of a chrooted, capability-dropped task: install_fs must "
-                   "run after the memory (chdir before chroot) and securebits before capset (see the RPC report)")
 def test_runc_checkpoint_and_restore_by_spice(runc: str, shim_dir: Path, criu_bin: Path, tmp_path: Path) -> None:
     """`runc checkpoint` and `runc restore` both with spice as criu: rst_sibling, post-restore pid,
     root = runc's criu-root bind mount (ignored: no mount namespace in the images)."""

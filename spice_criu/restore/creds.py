@@ -87,24 +87,28 @@ def _install_creds(task: TaskCtl, tid: int, core) -> None:
     call(NR.setfsgid, c.fsgid, what="setfsgid")
     call(NR.setfsuid, c.fsuid, what="setfsuid")
     hdr = task.put(struct.pack("<Ii", _LINUX_CAPABILITY_VERSION_3, 0))
-    data = b"".join(
-        struct.pack("<III", _word(c.cap_eff, i), _word(c.cap_prm, i), _word(c.cap_inh, i)) for i in range(2)
-    )
-    call(NR.capset, hdr, task.put(data), what="capset")
+    # leaving uid 0 kept the permitted set (KEEP_CAPS) but emptied the effective one: take the
+    # permitted set back into effect for the last privileged step, the final securebits
+    prm = _caps_of(task.pid)["CapPrm"]
+    inh = _caps_of(task.pid)["CapInh"]
+    call(NR.capset, hdr, task.put(_cap_data(prm, prm, inh)), what="capset (regain)")
+    call(NR.prctl, PR_SET_SECUREBITS, c.secbits, 0, 0, 0, what="securebits")
+    call(NR.capset, hdr, task.put(_cap_data(_words(c.cap_eff), _words(c.cap_prm), _words(c.cap_inh))),
+         what="capset")
     call(NR.prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0, what="clear ambient caps")
     amb = _words(c.cap_amb)
     for cap in range(CAP_LAST + 1):
         if amb & (1 << cap):
             call(NR.prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0, what=f"raise ambient cap {cap}")
-    call(NR.prctl, PR_SET_SECUREBITS, c.secbits, 0, 0, 0, what="securebits")
     if c.no_new_privs:
         call(NR.prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, what="no_new_privs")
     task.reset_scratch()
 
 
-def _word(v, i: int) -> int:
-    w = list(v)
-    return w[i] if i < len(w) else 0
+def _cap_data(eff: int, prm: int, inh: int) -> bytes:
+    """The two __user_cap_data_struct words of capset v3."""
+    return b"".join(struct.pack("<III", (eff >> s) & 0xFFFFFFFF, (prm >> s) & 0xFFFFFFFF, (inh >> s) & 0xFFFFFFFF)
+                    for s in (0, 32))
 
 
 def install_task_knobs(task: TaskCtl) -> None:

@@ -384,14 +384,15 @@ def pull_fd(task, ours_fd: int) -> int:
 
 
 def install_fs(task) -> None:
-    """cwd, root and umask."""
+    """cwd, root and umask. Both paths are as seen from the mount namespace's root: chdir first,
+    chroot (which leaves the cwd alone) second."""
     from ..linux.syscalls import NR
 
     t = task.plan
     b = task.batch()
+    b.add(NR.chdir, task.put_str(t.cwd), what=f"chdir({t.cwd})")
     if t.root != "/":
         b.add(NR.chroot, task.put_str(t.root), what=f"chroot({t.root})")
-    b.add(NR.chdir, task.put_str(t.cwd), what=f"chdir({t.cwd})")
     b.add(NR.umask, t.umask, what="umask")
     b.run()
     task.reset_scratch()
