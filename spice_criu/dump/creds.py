@@ -63,11 +63,27 @@ def _read_int(path: str, what: str) -> int:
     return int(proc.read_text(path, what).split()[0])
 
 
+def _limits_file(pid: int) -> list[tuple[int, int]]:
+    """/proc/PID/limits, one line per resource in RLIMIT_* order ("unlimited" = infinity)."""
+    out = []
+    for line in proc.read_text(f"/proc/{pid}/limits", f"task {pid}").splitlines()[1:]:
+        soft, hard = line[26:].split()[:2]
+        out.append(tuple(resource.RLIM_INFINITY if v == "unlimited" else int(v) for v in (soft, hard)))
+    return out
+
+
 def fill_task_knobs(pid: int, tc: Message) -> None:
     """rlimits, personality, loginuid, oom_score_adj (all readable from outside)."""
+    limits: list[tuple[int, int]] | None = None
     for res in range(RLIM_NLIMITS):
         try:
             cur, mx = resource.prlimit(pid, res)
+        except PermissionError:
+            # another uid/gid and no CAP_SYS_RESOURCE (prlimit's rule): the limits file has them too
+            limits = limits or _limits_file(pid)
+            if res >= len(limits):
+                raise SpiceError("dump", f"task {pid}: can't get rlimit {res}") from None
+            cur, mx = limits[res]
         except OSError as e:
             raise SpiceError("dump", f"task {pid}: can't get rlimit {res}: {e.strerror}") from None
         tc.rlimits.rlimits.add(cur=RLIM_INFINITY_IMG if cur == resource.RLIM_INFINITY else cur,

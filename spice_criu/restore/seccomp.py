@@ -9,11 +9,14 @@ the way of the syscalls still injected before the tasks resume.
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
 from ..errors import ImageError, SpiceError
 from ..images.imagedir import ImageDir
 from ..linux.syscalls import NR
-from .task import TaskCtl
+
+if TYPE_CHECKING:
+    from .task import TaskCtl
 
 MODE_DISABLED, MODE_STRICT, MODE_FILTER = 0, 1, 2
 SECCOMP_SET_MODE_STRICT, SECCOMP_SET_MODE_FILTER = 0, 1

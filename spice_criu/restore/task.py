@@ -13,12 +13,15 @@ from __future__ import annotations
 import os
 import struct
 from functools import cache
+from typing import TYPE_CHECKING
 
 from ..errors import SpiceError
 from ..inject import Remote, find_sites
 from ..linux.syscalls import NR
 from ..vma import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PAGE_SIZE
-from .plan import TaskPlan
+
+if TYPE_CHECKING:
+    from .plan import TaskPlan
 
 TRAMPOLINE_CODE = bytes.fromhex("0f05cc")  # syscall; int3
 SCRATCH_PAGES = 64
