@@ -65,3 +65,16 @@ kmod-test-compat: setup compat-setup kmod
 	$(VPY) -m compileall -q spice_criu compat-tests
 	$(KMOD_GUEST_VM) KMOD_CI_TIMEOUT=$(KMOD_COMPAT_TIMEOUT) bash $(KMOD_CI) run --ko kmod/spice.ko \
 		--hostfs-exec '$(KMOD_GUEST_ENV) $(VPY) -m pytest -q -p no:cacheprovider $(KMOD_COMPAT_TESTS)'
+
+# `make bench-kmod`: CRIU vs spice ptrace vs spice kmod in the guest, images on a fresh ext4 disk
+# (virtio-blk) so that drop_caches makes restores read from the disk. BENCH_N restores per tool.
+BENCH_N ?= 10
+KMOD_BENCH_TIMEOUT ?= 5400
+KMOD_BENCH_ARGS ?=
+KMOD_BENCH_DISK := /var/tmp/spice-bench
+
+bench-kmod: setup compat-setup kmod
+	$(VPY) -m compileall -q spice_criu compat-tests
+	$(KMOD_GUEST_VM) KMOD_CI_TIMEOUT=$(KMOD_BENCH_TIMEOUT) bash $(KMOD_CI) run --ko kmod/spice.ko \
+		--disk 4096:$(KMOD_BENCH_DISK) --hostfs-exec 'SPICE_COMPAT_TMP=$(KMOD_BENCH_DISK) \
+		SPICE_COMPAT_TIMEOUT_SCALE=4 BENCH_N=$(BENCH_N) $(VPY) compat-tests/bench_kmod.py $(KMOD_BENCH_ARGS)'

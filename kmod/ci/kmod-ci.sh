@@ -7,6 +7,7 @@
 #   kmod-ci.sh build  [MODULE_DIR]           make -C /usr/src/linux-headers-$KVER M=MODULE_DIR
 #   kmod-ci.sh run --ko X.ko [--ko Y.ko] --initrd-exec STATIC_BIN
 #   kmod-ci.sh run --ko X.ko [--ko Y.ko] --hostfs-exec 'shell command run in $PWD in the guest'
+#              [--disk MIB:PATH]             (hostfs) a fresh ext4 disk of MIB MiB mounted at PATH in the guest
 #   kmod-ci.sh kver                          print the kernel ABI version used (e.g. 6.1.0-56-amd64)
 #   kmod-ci.sh checkpatch FILE...            the kernel's scripts/checkpatch.pl (--strict) on FILEs;
 #                                            fetched once from Debian's linux-source-<major> package
@@ -84,12 +85,13 @@ cmd_build() {
 }
 
 cmd_run() {
-  local kos=() initrd_exec= hostfs_exec=
+  local kos=() initrd_exec= hostfs_exec= disk=
   while (($#)); do
     case "$1" in
       --ko) kos+=("$2"); shift 2 ;;
       --initrd-exec) initrd_exec=$2; shift 2 ;;
       --hostfs-exec) hostfs_exec=$2; shift 2 ;;
+      --disk) disk=$2; shift 2 ;;
       *) die "unknown run argument: $1" ;;
     esac
   done
@@ -129,6 +131,20 @@ cmd_run() {
       echo "$hostfs_exec"
     } >"$OUT/guest-cmd.sh"
     append+=" kmodci.mode=hostfs kmodci.script=$OUT/guest-cmd.sh kmodci.outdir=$OUT"
+    if [ -n "$disk" ]; then
+      # a real block device (virtio-blk, ext4): page-cache behaviour as on a machine with a disk
+      : >"$r/disk.order"
+      for m in virtio_blk ext4; do
+        modprobe -d "$d/root" -S "$v" --show-depends "$m" | awk '$1 == "insmod" {print $2}'
+      done | awk '!seen[$0]++' | while read -r m; do
+        grep -qx "$(basename "$m")" "$r/modules.order" && continue   # already loaded for 9p
+        cp "$m" "$r/modules/"; basename "$m" >>"$r/disk.order"
+      done
+      rm -f "$OUT/disk.img"; truncate -s "${disk%%:*}M" "$OUT/disk.img"
+      mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 "$OUT/disk.img" >/dev/null
+      append+=" kmodci.disk=${disk#*:}"
+      qargs+=(-drive "file=$OUT/disk.img,if=virtio,format=raw,cache=writeback")
+    fi
     qargs+=(-virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
             -virtfs "local,path=$OUT,mount_tag=hostout,security_model=none")
   else
@@ -155,6 +171,7 @@ cmd_run() {
     -kernel "$kernel" -initrd "$OUT/initrd.cpio" -append "$append ${KMOD_CI_APPEND:-}" "${qargs[@]}" \
     </dev/null | tee "$OUT/guest-output.log" || rc=$?
   log "qemu exited rc=$rc after $((SECONDS - t0))s"
+  rm -f "$OUT/disk.img"
 
   # --- result ---
   local res

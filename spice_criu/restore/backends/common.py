@@ -33,6 +33,14 @@ def kernel_areas(maps: list[tuple[int, int, str]]) -> dict[str, tuple[int, int]]
 
 def move_vdso(task: TaskCtl, mm: MmPlan, areas: dict[str, tuple[int, int]]) -> None:
     """mremap the running kernel's [vvar](+[vvar_vclock]) and [vdso] to where the image had them."""
+    b = task.batch()
+    if queue_vdso_moves(b, task, mm, areas):
+        b.run()
+        task.reset_scratch()
+
+
+def queue_vdso_moves(b, task: TaskCtl, mm: MmPlan, areas: dict[str, tuple[int, int]]) -> bool:
+    """Queue the mremaps of move_vdso() on batch b; False when nothing has to move."""
     moves: list[tuple[int, int, int]] = []  # (old, size, new)
     for v in mm.vmas:
         if v.kind == VDSO:
@@ -54,11 +62,10 @@ def move_vdso(task: TaskCtl, mm: MmPlan, areas: dict[str, tuple[int, int]]) -> N
             moves.append((lo, hi - lo, new))
             new += hi - lo
     if not moves or all(old == new for old, _, new in moves):
-        return
+        return False
     # move through a free spot first: a target may overlap an area that has not moved yet
     avoid = [(v.start, v.end) for v in mm.vmas] + list(areas.values()) + [(task.tramp, task.tramp + TRAMPOLINE_SIZE)]
     spot = find_hole(avoid, sum(size for _, size, _ in moves))
-    b = task.batch()
     staged = []
     for old, size, new in moves:
         b.add(NR.mremap, old, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, spot, what="mremap vdso (stage)")
@@ -66,8 +73,7 @@ def move_vdso(task: TaskCtl, mm: MmPlan, areas: dict[str, tuple[int, int]]) -> N
         spot += size
     for old, size, new in staged:
         b.add(NR.mremap, old, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, new, what="mremap vdso")
-    b.run()
-    task.reset_scratch()
+    return True
 
 
 def queue_madvise(b, mm: MmPlan) -> None:
@@ -107,12 +113,13 @@ class MmFiles(Record):
         return self.fds[(path, mode)]
 
 
-def open_mm_files(task: TaskCtl, mm: MmPlan, ctx: OpenContext, extra: tuple[tuple[str, int], ...] = ()) -> MmFiles:
+def open_mm_files(task: TaskCtl, mm: MmPlan, ctx: OpenContext, extra: tuple[tuple[str, int], ...] = (),
+                  b=None) -> MmFiles:
     """Open (in the task, O_CLOEXEC) every file the address space needs, plus `extra` (path, mode).
 
-    Batch 1: the files and a pidfd of the restorer (if there is shared memory); batch 2: the
-    memfds, pulled from the restorer with pidfd_getfd."""
-    b = task.batch()
+    Batch 1 (b, if given, may already hold other calls): the files and a pidfd of the restorer (if
+    there is shared memory); batch 2: the memfds, pulled from the restorer with pidfd_getfd."""
+    b = b if b is not None else task.batch()
     slots: dict[tuple[str, int], int] = {}
 
     def want(path: str, mode: int) -> None:

@@ -35,7 +35,16 @@ from ..files import OpenContext
 from ..mm import ANON, FILE_PRIVATE, FILE_SHARED, MEMFD_PRIVATE, VDSO, VSYSCALL, VVAR, MmPlan, VmaPlan
 from ..task import SCRATCH_PAGES, TRAMPOLINE_SIZE, TaskCtl, parse_maps
 from . import ptrace as ptrace_backend
-from .common import O_RDONLY, O_RDWR, MmFiles, file_mode, kernel_areas, move_vdso, open_mm_files, queue_madvise
+from .common import (
+    O_RDONLY,
+    O_RDWR,
+    MmFiles,
+    file_mode,
+    kernel_areas,
+    open_mm_files,
+    queue_madvise,
+    queue_vdso_moves,
+)
 
 name = "kmod"
 DEVICE = "/dev/spice"
@@ -429,8 +438,8 @@ def _kernel_reason(pid: int) -> str:
 
 class Backend:
     """install_core()/finish_leader() for run.py. strict: --backend kmod (a rejection is an error);
-    otherwise (--backend auto) a request the module rejects in a dry run falls back to the ptrace
-    backend for that task. record: prefault nothing (--record-working-set)."""
+    otherwise (--backend auto) a task whose request the module rejects is restored by the ptrace
+    backend instead. record: prefault nothing (--record-working-set)."""
 
     name = "kmod"
 
@@ -443,8 +452,10 @@ class Backend:
         mm = task.plan.mm
         areas = kernel_areas(parse_maps(task.pid))
         fault_point("restore-mm")
-        move_vdso(task, mm, areas)
-        files = open_mm_files(task, mm, ctx, extra=((DEVICE, O_RDWR),))
+        # one batch: the vDSO moves and the opens; the memfds come in a second one if any
+        b = task.batch()
+        queue_vdso_moves(b, task, mm, areas)
+        files = open_mm_files(task, mm, ctx, extra=((DEVICE, O_RDWR),), b=b)
         dev = files.fd(DEVICE, O_RDWR)
         ws = None
         if not self.record:
@@ -453,11 +464,10 @@ class Backend:
             ws = workingset.load(ctx.imgdir, task.plan.pid)
         req, pages = build_request(task, files, ctx, _keep_ranges(task, mm),
                                    PREFAULT_NONE if self.record else PREFAULT_ALL, ws)
-        if not self.strict and not self._dry_run(task, req, dev):
+        if not self._restore(task, req, dev):  # rejected (the task is unchanged), --backend auto
             self._close(task, files.temp)
             self.fallback.add(task.pid)
             return ptrace_backend.install_core(task, ctx)
-        self._restore(task, req, dev)
         # first syscalls after the call: the loop takes its numbers from memory, so a %rax the module
         # sets on the way out (values that do not fit the ioctl's int) cannot disturb it
         b = task.batch()
@@ -467,9 +477,10 @@ class Backend:
         queue_madvise(b, mm)
         b.run()
         task.reset_scratch()
-        mode = {PREFAULT_NONE: "none", PREFAULT_WS: f"working set ({len(req.ws)} ranges)", PREFAULT_ALL: "all"}
-        log.info(f"task {task.pid}: installed by {DEVICE}: {len(req.vmas)} VMAs, {pages} pages from "
-                 f"{len({f for _, _, _, f in req.sources})} pages image(s), prefault {mode[req.prefault]}")
+        if log.level >= 3:
+            mode = {PREFAULT_NONE: "none", PREFAULT_WS: f"working set ({len(req.ws)} ranges)", PREFAULT_ALL: "all"}
+            log.info(f"task {task.pid}: installed by {DEVICE}: {len(req.vmas)} VMAs, {pages} pages from "
+                     f"{len({f for _, _, _, f in req.sources})} pages image(s), prefault {mode[req.prefault]}")
         return pages
 
     def finish_leader(self, task: TaskCtl) -> None:
@@ -508,23 +519,11 @@ class Backend:
         what = req.describe(table, index) if table else "the request"
         return SpiceError("restore", f"task {task.pid}: {DEVICE} rejected {what}: {os.strerror(-ret)}")
 
-    def _dry_run(self, task: TaskCtl, req: Request, dev: int) -> bool:
-        req.flags |= RF_DRY_RUN
-        data = req.pack()
-        req.flags &= ~RF_DRY_RUN
-        addr, tmp = self._place(task, data)
-        ret = task.remote.syscall(NR.ioctl, dev, IOC_RESTORE, addr)
-        err = self._rejected(task, req, addr, ret) if ret else None
-        if tmp:
-            task.sys(NR.munmap, addr, tmp, what="munmap the request")
-        task.reset_scratch()
-        if err is not None:
-            log.warn("restore", f"{err.message}; restoring task {task.pid} with the ptrace backend")
-            return False
-        return True
-
-    def _restore(self, task: TaskCtl, req: Request, dev: int) -> None:
-        addr, _ = self._place(task, req.pack())
+    def _restore(self, task: TaskCtl, req: Request, dev: int) -> bool:
+        """Inject the ioctl. True: the task is in its restored address space. A rejection leaves it
+        exactly as it was (the module guarantees it, so no dry run is needed first): an error, or
+        with --backend auto a warning and False (the caller falls back to the ptrace backend)."""
+        addr, tmp = self._place(task, req.pack())
         want = REGS.unpack(req.regs)
         ip, sp = want[x86.GP_FIELDS.index("ip")], want[x86.GP_FIELDS.index("sp")]
         before = ptrace.getregs(task.pid)
@@ -536,12 +535,20 @@ class Backend:
                                         f"was torn down{': ' + reason if reason else ''}") from None
         now = ptrace.getregs(task.pid)
         if (now.ip, now.sp) != (ip, sp):  # not in the restored context: rejected, the task is unchanged
-            raise self._rejected(task, req, addr, ret if -4096 < ret < 0 else -errno.EIO)
+            err = self._rejected(task, req, addr, ret if -4096 < ret < 0 else -errno.EIO)
+            if self.strict:
+                raise err
+            log.warn("restore", f"{err.message}; restoring task {task.pid} with the ptrace backend")
+            if tmp:
+                task.sys(NR.munmap, addr, tmp, what="munmap the request")
+            task.reset_scratch()
+            return False
         # later injections run from the stub's context, as with the ptrace backend
         ptrace.setregs(task.pid, before)
         task.reset_scratch()
         if log.level >= 4:
             log.debug(f"task {task.pid}: {DEVICE} {_stats_line()}; {_faults_line(task.pid)}")
+        return True
 
 
 def _stats_line() -> str:
