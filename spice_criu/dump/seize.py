@@ -19,17 +19,16 @@ import errno
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 
 from ..errors import SpiceError
 from ..linux import ptrace as pt
+from ..record import Factory, Record
 
 DEFAULT_TIMEOUT = 10.0  # criu --timeout default
 SEIZE_OPTIONS = pt.O_TRACESYSGOOD  # inject.Remote needs TRACESYSGOOD
 
 
-@dataclass
-class Task:
+class Task(Record):
     """A seized thread."""
 
     tid: int
@@ -38,12 +37,11 @@ class Task:
     stop_sig: int = 0
 
 
-@dataclass
-class Process:
+class Process(Record):
     pid: int
     ppid: int
-    threads: list[int] = field(default_factory=list)  # seized tids, leader first when alive
-    children: list[int] = field(default_factory=list)
+    threads: list[int] = Factory(list)  # seized tids, leader first when alive
+    children: list[int] = Factory(list)
     zombie: bool = False  # could not be seized: already dead, waiting for its parent
     exit_code: int = 0  # wait status of a zombie (from /proc/PID/stat)
     dead_leader: bool = False  # the leader exited but other threads live on
