@@ -20,10 +20,11 @@ from typing import Any
 
 from ..errors import SpiceError
 from ..images import codec
+from ..linux import netlink
+from ..linux.netlink import NLM_F_DUMP, NLM_F_REQUEST
 from .files import OpenFd, add_file, dumper, fown, socket_details
 
 NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
-NLM_F_REQUEST, NLM_F_DUMP, NLMSG_ERROR, NLMSG_DONE = 1, 0x300, 2, 3
 UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_ICONS, UDIAG_SHOW_RQLEN = 1, 2, 4, 8, 0x10
 UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_ICONS, UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 0, 1, 2, 3, 4, 6
 INET_DIAG_SHUTDOWN = 8
@@ -76,29 +77,9 @@ def inet_diag(family: int, proto: int, ino: int) -> tuple[dict[str, Any], dict[i
 
 
 def _diag_raw(msg: bytes) -> list[bytes]:
-    out = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
         nl.settimeout(5)
-        nl.send(msg)
-        while True:
-            buf = nl.recv(1 << 17)
-            off = 0
-            multi = False
-            while off + 16 <= len(buf):
-                length, mtype, flags = struct.unpack_from("=IHH", buf, off)
-                body = buf[off + 16 : off + length]
-                off += (length + 3) & ~3
-                multi = multi or bool(flags & 0x2)
-                if mtype == NLMSG_DONE:
-                    return out
-                if mtype == NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", body)[0]
-                    if err:
-                        raise OSError(err, os.strerror(err))
-                    return out
-                out.append(body)
-            if not multi:
-                return out
+        return netlink.request(nl, msg)
 
 
 # ------------------------------------------------------------------------------------------ options

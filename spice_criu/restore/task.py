@@ -53,6 +53,18 @@ def find_hole(avoid: list[tuple[int, int]], size: int) -> int:
     raise SpiceError("restore", "no room for the restorer trampoline in the task's address space")
 
 
+def wait_first_stop(tid: int) -> None:
+    """Wait until a task or thread we just created (traced from birth) sits in its first stop."""
+    from ..linux import ptrace
+
+    while True:
+        st = ptrace.waitpid(tid)
+        if st.gone:
+            raise SpiceError("restore", f"task {tid} died while being created ({st})")
+        if st.stopped:
+            return
+
+
 @cache
 def _bootstrap_site() -> int:
     """A `syscall` instruction in the restorer's own text: every stub is a fork of the restorer, so
@@ -78,14 +90,7 @@ class TaskCtl:
 
     def adopt_thread(self, tid: int) -> None:
         """A thread just created inside the task (stopped, auto-attached): inject through it too."""
-        from ..linux import ptrace
-
-        while True:
-            st = ptrace.waitpid(tid)
-            if st.gone:
-                raise SpiceError("restore", f"thread {tid} of task {self.pid} died while being created")
-            if st.stopped:
-                break
+        wait_first_stop(tid)
         self.threads[tid] = _remote(tid, self.tramp, (self.scratch, SCRATCH_PAGES * PAGE_SIZE))
 
     # ------------------------------------------------------------------ syscalls in the task

@@ -26,6 +26,8 @@ from typing import Any, ClassVar
 
 from ..errors import ImageError, SpiceError
 from ..images.imagedir import ImageDir
+from ..linux import netlink
+from ..linux.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_ERROR
 from ..log import log
 from .eventfds import restore_file_params
 from .files import FileObj, OpenContext
@@ -267,8 +269,6 @@ def plan_established(sk: Any, imgdir: ImageDir) -> FileObj:
 NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES = 12, 10
 NFT_MSG_GETTABLE, NFT_MSG_DELTABLE = 1, 2
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 1, 4, 0x300
 NFTA_TABLE_NAME = 1
 NFPROTO_UNSPEC, NFPROTO_INET = 0, 1
 
@@ -282,16 +282,6 @@ def _nla_str(kind: int, value: str) -> bytes:
     data = value.encode() + b"\0"
     pad = (4 - len(data) % 4) % 4
     return struct.pack("=HH", 4 + len(data), kind) + data + b"\0" * pad
-
-
-def _nl_messages(buf: bytes):
-    off = 0
-    while off + 16 <= len(buf):
-        length, mtype, _flags, seq, _pid = struct.unpack_from("=IHHII", buf, off)
-        if length < 16:
-            break
-        yield mtype, seq, buf[off + 16 : off + length]
-        off += (length + 3) & ~3
 
 
 def nft_lock_table(run_id: str) -> str:
@@ -309,9 +299,9 @@ def nft_delete_table(family: int, name: str) -> None:
                  + _nlmsg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 3, NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES))
         nl.send(batch)
         while True:
-            for mtype, seq, body in _nl_messages(nl.recv(65536)):
-                if mtype == NLMSG_ERROR and seq == 2:
-                    err = -struct.unpack_from("=i", body)[0]
+            for mtype, _flags, seq, body in netlink.messages(nl.recv(65536)):
+                if mtype == NLMSG_ERROR and seq == 2:  # the answer to the delete itself
+                    err = netlink.error_of(body)
                     if err:
                         raise OSError(err, os.strerror(err))
                     return
@@ -322,21 +312,14 @@ def nft_tables(family: int = NFPROTO_UNSPEC) -> list[str]:
     out = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as nl:
         nl.settimeout(5)
-        nl.send(_nlmsg(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE, NLM_F_REQUEST | NLM_F_DUMP, 1, family))
-        while True:
-            for mtype, _seq, body in _nl_messages(nl.recv(65536)):
-                if mtype == NLMSG_DONE:
-                    return out
-                if mtype == NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", body)[0]
-                    if err:
-                        raise OSError(err, os.strerror(err))
-                    continue
-                off = 4  # nfgenmsg
-                while off + 4 <= len(body):
-                    alen, atype = struct.unpack_from("=HH", body, off)
-                    if alen < 4:
-                        break
-                    if atype & 0x3FFF == NFTA_TABLE_NAME:
-                        out.append(body[off + 4 : off + alen].rstrip(b"\0").decode())
-                    off += (alen + 3) & ~3
+        msg = _nlmsg(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE, NLM_F_REQUEST | NLM_F_DUMP, 1, family)
+        for body in netlink.request(nl, msg, 65536):
+            off = 4  # nfgenmsg
+            while off + 4 <= len(body):
+                alen, atype = struct.unpack_from("=HH", body, off)
+                if alen < 4:
+                    break
+                if atype & 0x3FFF == NFTA_TABLE_NAME:
+                    out.append(body[off + 4 : off + alen].rstrip(b"\0").decode())
+                off += (alen + 3) & ~3
+    return out

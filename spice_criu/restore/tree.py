@@ -16,21 +16,12 @@ from ..errors import SpiceError
 from ..linux import clone3, ptrace
 from ..linux.syscalls import NR
 from .plan import RestorePlan, TaskPlan
-from .task import TRAMPOLINE_SIZE, TaskCtl
+from .task import TRAMPOLINE_SIZE, TaskCtl, wait_first_stop
 from .threads import clone_args
 
 # SUSPEND_SECCOMP: restored seccomp filters must not filter the syscalls we still inject
 TRACE_OPTIONS = (ptrace.O_TRACESYSGOOD | ptrace.O_TRACEFORK | ptrace.O_TRACECLONE | ptrace.O_EXITKILL
                  | ptrace.O_SUSPEND_SECCOMP)
-
-
-def _wait_stop(pid: int) -> None:
-    while True:
-        st = ptrace.waitpid(pid)
-        if st.gone:
-            raise SpiceError("restore", f"task {pid} died while being created ({st})")
-        if st.stopped:
-            return
 
 
 def spawn_root(t: TaskPlan, sibling: bool) -> TaskCtl:
@@ -56,7 +47,7 @@ def spawn_root(t: TaskPlan, sibling: bool) -> TaskCtl:
     try:
         ptrace.seize(pid, TRACE_OPTIONS)
         ptrace.interrupt(pid)
-        _wait_stop(pid)
+        wait_first_stop(pid)
     except BaseException:
         os.close(w)
         os.kill(pid, signal.SIGKILL)
@@ -75,7 +66,7 @@ def spawn_child(parent: TaskCtl, t: TaskPlan) -> TaskCtl:
         raise SpiceError("restore", f"pid {t.pid} is already taken by another process")
     if got != t.pid:
         raise SpiceError("restore", f"can't fork for {t.pid}: {os.strerror(-got) if got < 0 else got}")
-    _wait_stop(t.pid)
+    wait_first_stop(t.pid)
     child = TaskCtl(t, t.pid)
     child.use_trampoline(parent.tramp)
     return child
