@@ -129,9 +129,10 @@ def wait_for_stop(pids: list[int], timeout: float) -> str:
 
 def scan(t: TaskPlan) -> list[Range]:
     """Touched pages of a running restored task, from /proc/PID/pagemap over its dumped VMAs."""
-    from .backends.kmod import is_copy_vma, request_vmas
+    from .backends.kmod import copy_vmas, request_vmas
 
     mm = t.mm
+    copy = copy_vmas(mm)
     out: list[Range] = []
     fd = os.open(f"/proc/{t.pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -143,7 +144,7 @@ def scan(t: TaskPlan) -> list[Range]:
             ents = array.array("Q")
             ents.frombytes(raw[: len(raw) - len(raw) % 8])
             copied = set()
-            if is_copy_vma(v, mm):  # present because the module copied them in
+            if v.start in copy:  # present because the module copied them in
                 for r in v.runs:
                     copied.update(range((r.vaddr - v.start) // PAGE_SIZE, (r.end - v.start) // PAGE_SIZE))
             private = not v.flags & MAP_SHARED

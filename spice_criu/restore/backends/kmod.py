@@ -150,15 +150,50 @@ def is_copy_vma(v: VmaPlan, mm: MmPlan) -> bool:
     image. Page-cache mode is for anonymous private memory (heap, arenas, anonymous mmaps: the
     bulk of a runtime). Copied: the COW pages of private file mappings (so /proc/PID/maps, and a
     later dump, still see the library or file there, as after a CRIU restore), the stack
-    (MAP_GROWSDOWN) and argv/env (/proc/PID/cmdline reads only anonymous memory), and VMAs advised
-    MADV_WIPEONFORK (which needs anonymous memory)."""
+    (MAP_GROWSDOWN) and argv/env (/proc/PID/cmdline reads only anonymous memory), VMAs advised
+    MADV_WIPEONFORK (which needs anonymous memory), and everything with SPICE_KMOD_MODE=copy."""
     if v.kind in (FILE_PRIVATE, MEMFD_PRIVATE):
         return True
     if v.kind != ANON:
         return False
+    if os.environ.get("SPICE_KMOD_MODE") == "copy":
+        return True
     if v.flags & V.MAP_GROWSDOWN or v.madv & (1 << MADV_WIPEONFORK):
         return True
     return any(v.start < hi and lo < v.end for lo, hi in ((mm.arg_start, mm.arg_end), (mm.env_start, mm.env_end)))
+
+
+def _pieces(v: VmaPlan) -> int:
+    """Pages-image mappings a page-cache-mode VMA needs (runs continuing in the file are one)."""
+    n, end, off = 0, -1, -1
+    for r in v.runs:
+        if r.pages_file is None:
+            continue
+        if r.vaddr != end or r.offset != off:
+            n += 1
+        end, off = r.end, r.offset + r.size
+    return n
+
+
+def copy_vmas(mm: MmPlan) -> set[int]:
+    """Start addresses of the VMAs built in copy mode (is_copy_vma), plus, when page-cache mode
+    would split the address space into more kernel VMAs than vm.max_map_count allows (each
+    pages-image mapping in an anonymous VMA adds up to two), the most fragmented VMAs."""
+    vmas = request_vmas(mm)
+    out = {v.start for v in vmas if is_copy_vma(v, mm)}
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            budget = int(f.read()) // 2  # room for the restored process's own later mappings
+    except (OSError, ValueError):
+        budget = 32768
+    cost = {v.start: 2 * _pieces(v) for v in vmas if v.start not in out and v.runs}
+    total = len(vmas) + sum(cost.values())
+    for start, c in sorted(cost.items(), key=lambda kv: -kv[1]):
+        if total <= budget:
+            break
+        out.add(start)
+        total -= c
+    return out
 
 
 def request_vmas(mm: MmPlan) -> list[VmaPlan]:
@@ -179,7 +214,7 @@ class Request:
         self.keep: list[tuple[int, int]] = []
         self.xsave = b""
         self.mm = b"\0" * MM_FMT.size
-        self.task = b""
+        self.task = b"\0" * (TASK_HEAD.size + NSIG * SIGACTION.size)
         self.regs = b"\0" * REGS.size
         self.flags = 0
         self.prefault = PREFAULT_NONE
@@ -248,9 +283,9 @@ def _vma_name(v: VmaPlan) -> str:
     return f"VMA 0x{v.start:x}-0x{v.end:x} ({v.kind} {what})"
 
 
-def _vma_entry(req: Request, v: VmaPlan, mm: MmPlan, files: MmFiles, ctx: OpenContext) -> bytes:
+def _vma_entry(req: Request, v: VmaPlan, copy: bool, files: MmFiles, ctx: OpenContext) -> bytes:
     base = v.flags & (V.MAP_GROWSDOWN | V.MAP_NORESERVE)
-    vflags = VMAF_COPY if is_copy_vma(v, mm) else 0
+    vflags = VMAF_COPY if copy else 0
     if v.kind == ANON:
         if v.flags & V.MAP_SHARED:
             raise SpiceError("restore", f"task {req.pid}: {_vma_name(v)} is shared but not backed by shmem")
@@ -365,8 +400,9 @@ def build_request(task: TaskCtl, files: MmFiles, ctx: OpenContext, keep: list[tu
     mm = plan.mm
     req = Request(plan.pid)
     vmas = request_vmas(mm)
+    copy = copy_vmas(mm)
     for v in vmas:
-        req.vmas.append(_vma_entry(req, v, mm, files, ctx))
+        req.vmas.append(_vma_entry(req, v, v.start in copy, files, ctx))
         req.names[ERR_VMAS].append(_vma_name(v))
     pages = _sources(req, vmas, files)
     if ws:
