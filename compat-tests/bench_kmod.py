@@ -69,7 +69,7 @@ def restore_once(tool: str, info: harness.DumpInfo) -> tuple[float, float, float
     wall = run(restore_cmd(tool, info.images_dir))
     module = (module_ns() - ns0) / 1e9
     inner = stats.read(info.images_dir / "stats-restore").restore.restore_time / 1e6
-    harness.assert_continues(info, info.pid, new_ticks=1)
+    harness.assert_continues(info, info.pid, new_ticks=2)
     harness.kill_restored(info, info.pid)
     return wall, inner, module
 
@@ -108,7 +108,7 @@ def profile_kmod(info: harness.DumpInfo) -> None:
     """Where a kmod restore's time goes: its -v4 log, each line with the time since the last one."""
     run(restore_cmd("kmod", info.images_dir, "-v4"))
     inner = stats.read(info.images_dir / "stats-restore").restore.restore_time / 1e6
-    harness.assert_continues(info, info.pid, new_ticks=1)
+    harness.assert_continues(info, info.pid, new_ticks=2)
     harness.kill_restored(info, info.pid)
     print(f"\n{info.name}: one kmod restore at -v4 (restore_time {inner * 1e3:.1f} ms); ms since the previous line")
     prev = None
@@ -194,7 +194,7 @@ def cold_invocation(info: harness.DumpInfo, tool: str, invoke: Callable[[int], f
         before = majflt(pid)  # read right after the command returns: an upper bound for "before"
     latency = invoke(pid)
     faults = majflt(pid) - before
-    harness.assert_continues(info, pid, new_ticks=1)
+    harness.assert_continues(info, pid, new_ticks=2)
     harness.kill_restored(info, pid)
     return faults, latency, wall
 

@@ -5,7 +5,9 @@
 #   make kmod            build kmod/spice.ko (installs the prerequisites when missing)
 #   make kmod-test       checkpatch + in-guest C tests (restore, errors, fuzz) on two guests
 #                        (qemu64, 1 vCPU: FXSAVE path; max, 2 vCPUs: XSAVE/AVX/PKRU, migrations)
-#                        + in-guest Python test
+#                        + in-guest Python test + the kmod backend's compat tests (kmod-test-compat)
+#   make kmod-test-compat compat-tests/test_kmod_*.py in a guest: real CRIU dumps restored by --backend kmod
+#   make bench-kmod      CRIU vs spice ptrace vs spice kmod in a guest (BENCH_N restores each, cold cache)
 #   make kmod-checkpatch the kernel's checkpatch.pl --strict on the module sources
 KMOD_CI := kmod/ci/kmod-ci.sh
 KMOD_OUT ?= $(CURDIR)/.kmod-ci
