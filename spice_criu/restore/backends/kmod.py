@@ -22,6 +22,7 @@ import errno
 import fcntl
 import os
 import struct
+import time
 
 from ... import vma as V
 from ...arch import x86
@@ -485,6 +486,7 @@ class Backend:
         self.fallback: set[int] = set()
 
     def install_core(self, task: TaskCtl, ctx: OpenContext) -> int:
+        t0 = time.monotonic()
         mm = task.plan.mm
         areas = kernel_areas(parse_maps(task.pid))
         fault_point("restore-mm")
@@ -493,6 +495,7 @@ class Backend:
         queue_vdso_moves(b, task, mm, areas)
         files = open_mm_files(task, mm, ctx, extra=((DEVICE, O_RDWR),), b=b)
         dev = files.fd(DEVICE, O_RDWR)
+        t1 = time.monotonic()
         ws = None
         if not self.record:
             from .. import workingset
@@ -500,10 +503,12 @@ class Backend:
             ws = workingset.load(ctx.imgdir, task.plan.pid)
         req, pages = build_request(task, files, ctx, _keep_ranges(task, mm),
                                    PREFAULT_NONE if self.record else PREFAULT_ALL, ws)
+        t2 = time.monotonic()
         if not self._restore(task, req, dev):  # rejected (the task is unchanged), --backend auto
             self._close(task, files.temp)
             self.fallback.add(task.pid)
             return ptrace_backend.install_core(task, ctx)
+        t3 = time.monotonic()
         # first syscalls after the call: the loop takes its numbers from memory, so a %rax the module
         # sets on the way out (values that do not fit the ioctl's int) cannot disturb it
         b = task.batch()
@@ -517,6 +522,10 @@ class Backend:
             mode = {PREFAULT_NONE: "none", PREFAULT_WS: f"working set ({len(req.ws)} ranges)", PREFAULT_ALL: "all"}
             log.info(f"task {task.pid}: installed by {DEVICE}: {len(req.vmas)} VMAs, {pages} pages from "
                      f"{len({f for _, _, _, f in req.sources})} pages image(s), prefault {mode[req.prefault]}")
+        if log.level >= 4:
+            log.debug(f"task {task.pid}: kmod backend ms: vdso+opens {(t1 - t0) * 1e3:.1f}, request "
+                      f"{(t2 - t1) * 1e3:.1f} ({len(req.pack())} bytes), call {(t3 - t2) * 1e3:.1f}, "
+                      f"closes+madvise {(time.monotonic() - t3) * 1e3:.1f}")
         return pages
 
     def finish_leader(self, task: TaskCtl) -> None:
