@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: MIT
 """`spice restore`: images -> plan -> tasks built by a backend -> everything resumed together.
 
-Order per task (credentials last, registers at the very end):
-fds -> cwd/root/umask -> memory + sigactions (backend) -> threads -> per-thread kernel state,
-signals, names -> timers, rlimits and other knobs -> pending signals -> credentials -> CPU state.
+Order per task (signals blocked throughout; credentials, then seccomp, last; registers and the
+dumped signal masks at the very end): fds -> memory + sigactions (backend; files are opened by
+their mount-namespace paths, so before any chroot) -> cwd/root/umask -> threads -> per-thread
+kernel state, signals, names -> timers, rlimits and other knobs -> pending signals -> credentials
+and seccomp -> CPU state -> masks.
 A failure anywhere kills every task created so far and reaps it: nothing half-restored survives.
 """
 
