@@ -11,6 +11,7 @@
  * vm_mmap(), kernel_read(), access_process_vm(), get_user_pages_remote().
  */
 #include <linux/fs.h>
+#include <linux/fadvise.h>
 #include <linux/mm.h>
 #include <linux/mman.h>
 #include <linux/sched.h>
@@ -176,6 +177,94 @@ static void prefault_range(struct spice_ctx *c, u64 start, u64 nr, bool write)
 	mmap_read_unlock(mm);
 }
 
+/*
+ * Readahead ahead of the prefault (the Spice design's prefetch): every file
+ * range the prefault is going to fault in is handed to POSIX_FADV_WILLNEED
+ * first, merged where the file offsets continue, so that the faults wait for
+ * reads already in flight instead of issuing them one window at a time when
+ * the page cache is cold.  Best effort, like the prefault.
+ */
+struct spice_ra {
+	struct file *f;
+	loff_t off;
+	loff_t len;
+};
+
+static void ra_flush(struct spice_ra *ra)
+{
+	if (ra->f && ra->len)
+		vfs_fadvise(ra->f, ra->off, ra->len, POSIX_FADV_WILLNEED);
+	ra->f = NULL;
+	ra->len = 0;
+}
+
+static void ra_add(struct spice_ra *ra, struct file *f, loff_t off, loff_t len)
+{
+	if (ra->f == f && ra->off + ra->len == off) {
+		ra->len += len;
+		return;
+	}
+	ra_flush(ra);
+	ra->f = f;
+	ra->off = off;
+	ra->len = len;
+}
+
+static u64 src_end(const struct spice_source *s)
+{
+	return s->start + (s->nr_pages << PAGE_SHIFT);
+}
+
+/* [start, end) of VMA vi: its pages-image pieces, or else its file */
+static void ra_range(struct spice_ctx *c, struct spice_ra *ra, u32 vi,
+		     u64 start, u64 end, u32 *si)
+{
+	const struct spice_vma *v = &c->vmas[vi];
+	u32 j;
+
+	if (!(v->prot & PROT_READ))
+		return;
+	if (v->kind != SPICE_VMA_ANON_PRIVATE)
+		ra_add(ra, c->files[v->file],
+		       (v->pgoff << PAGE_SHIFT) + (start - v->start), end - start);
+	if (c->vma_copy[vi])
+		return;	/* its sources were copied in: present */
+	while (*si < c->nsrcs && src_end(&c->srcs[*si]) <= start)
+		(*si)++;
+	for (j = *si; j < c->nsrcs && c->srcs[j].start < end; j++) {
+		const struct spice_source *s = &c->srcs[j];
+		u64 a = max(start, s->start), b = min(end, src_end(s));
+
+		ra_add(ra, c->files[s->file], s->offset + (a - s->start), b - a);
+	}
+}
+
+static void spice_readahead(struct spice_ctx *c)
+{
+	struct spice_ra ra = {};
+	u32 i, si = 0;
+
+	for (i = 0; i < c->nws; i++) {
+		const struct spice_ws *w = &c->ws[i];
+
+		ra_range(c, &ra, c->ws_vma[i], w->start,
+			 w->start + (w->nr_pages << PAGE_SHIFT), &si);
+	}
+	if (c->req->prefault == SPICE_PREFAULT_ALL) {
+		ra_flush(&ra);
+		for (i = 0; i < c->nsrcs; i++) {
+			const struct spice_source *s = &c->srcs[i];
+			u32 vi = c->src_vma[i];
+
+			if (c->vma_copy[vi] || !(c->vmas[vi].prot & PROT_READ))
+				continue;
+			ra_add(&ra, c->files[s->file], s->offset,
+			       s->nr_pages << PAGE_SHIFT);
+		}
+	}
+	ra_flush(&ra);
+}
+
 void spice_prefault(struct spice_ctx *c)
 {
 	u32 policy = c->req->prefault;
@@ -184,6 +273,7 @@ void spice_prefault(struct spice_ctx *c)
 
 	if (policy == SPICE_PREFAULT_NONE)
 		return;
+	spice_readahead(c);
 	for (i = 0; i < c->nws; i++) {
 		const struct spice_ws *w = &c->ws[i];
 		const struct spice_vma *v = &c->vmas[c->ws_vma[i]];
