@@ -178,12 +178,15 @@ def record_working_set(info: harness.DumpInfo, invoke: Callable[[int], float]) -
     return f"{m[1]} pages, {m[2]} written" if m else "?"
 
 
-def cold_invocation(info: harness.DumpInfo, tool: str, invoke: Callable[[int], float]) -> tuple[int, float, float]:
+def cold_invocation(info: harness.DumpInfo, tool: str,
+                    invoke: Callable[[int], float]) -> tuple[int, float, float, float]:
     """Drop the page cache, restore, invoke once: (major faults of the invocation, its latency,
-    restore wall time)."""
+    restore wall time, time inside the module)."""
     drop_caches()
     extra = ("-v4",) if tool.startswith("kmod") else ()
+    ns0 = module_ns()
     wall = run(restore_cmd("kmod" if tool.startswith("kmod") else tool, info.images_dir, *extra))
+    module = (module_ns() - ns0) / 1e9
     pid = info.pid
     if tool.startswith("kmod"):
         # the task's counters when the module returned (its prefault faults are counted there)
@@ -196,7 +199,7 @@ def cold_invocation(info: harness.DumpInfo, tool: str, invoke: Callable[[int], f
     faults = majflt(pid) - before
     harness.assert_continues(info, pid, new_ticks=2)
     harness.kill_restored(info, pid)
-    return faults, latency, wall
+    return faults, latency, wall, module
 
 
 def bench_cold(info: harness.DumpInfo, rounds: int) -> bool:
@@ -204,11 +207,11 @@ def bench_cold(info: harness.DumpInfo, rounds: int) -> bool:
     ws = record_working_set(info, invoke)
     print(f"\n{info.name}: cold page cache (drop_caches before each restore), first invocation after restore; "
           f"working set recorded over one invocation: {ws}")
-    print(f"  {'restore':12} {'major faults':>14} {'invocation ms':>14} {'restore wall ms':>16}")
+    print(f"  {'restore':12} {'major faults':>14} {'invocation ms':>14} {'restore wall ms':>16} {'module ms':>10}")
     ok = True
     aside = info.images_dir / (WS_FILE + ".aside")
     variants = ("kmod+ws", "kmod", "ptrace", "criu")
-    results: dict[str, list[tuple[int, float, float]]] = {v: [] for v in variants}
+    results: dict[str, list[tuple[int, float, float, float]]] = {v: [] for v in variants}
     for _ in range(rounds):
         for v in variants:
             if v == "kmod":
@@ -222,7 +225,9 @@ def bench_cold(info: harness.DumpInfo, rounds: int) -> bool:
         faults = [r[0] for r in results[v]]
         lat = statistics.median(r[1] for r in results[v]) * 1e3
         wall = statistics.median(r[2] for r in results[v]) * 1e3
-        print(f"  {v:12} {'/'.join(map(str, faults)):>14} {lat:14.1f} {wall:16.1f}")
+        module = statistics.median(r[3] for r in results[v]) * 1e3
+        print(f"  {v:12} {'/'.join(map(str, faults)):>14} {lat:14.1f} {wall:16.1f} "
+              f"{f'{module:10.1f}' if v.startswith('kmod') else '':>10}")
         if v == "kmod+ws" and any(faults):
             ok = False
     print(f"  working-set prefault, no major fault in the first invocation: {'PASS' if ok else 'FAIL'}")
@@ -234,6 +239,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=int(os.environ.get("BENCH_N", "10")), help="restores per tool")
     ap.add_argument("--cold-rounds", type=int, default=3)
+    ap.add_argument("--cold-only", action="store_true", help="only the cold page cache part")
     ap.add_argument("workloads", nargs="*", default=harness.WORKLOADS)
     a = ap.parse_args()
     if not os.path.exists("/dev/spice"):
@@ -248,9 +254,9 @@ def main() -> int:
         for name in a.workloads:
             wl = harness.start_workload(name, base / name / "run")
             infos[name] = harness.dump_workload(wl, base / name / "images")
-        meds = {name: bench_restores(info, a.n) for name, info in infos.items()}
+        meds = {} if a.cold_only else {name: bench_restores(info, a.n) for name, info in infos.items()}
         for name in ("pyholder", "httpd"):
-            if name in infos:
+            if name in infos and not a.cold_only:
                 profile_kmod(infos[name])
         for name in ("httpd", "pyholder"):
             if name in infos:
