@@ -7,9 +7,6 @@ and errors read like crit's.
 
 from __future__ import annotations
 
-import re
-from functools import cache
-
 IMG_COMMON = 0x54564319
 IMG_SERVICE = 0x55105940
 RAW = 0
@@ -100,93 +97,53 @@ def head_magic(name: str) -> int | None:
     return IMG_SERVICE if name in SERVICE_IMAGES else IMG_COMMON
 
 
-# File names CRIU writes, to the magic expected inside ("RAW": no header at all).
-_NAME_PATTERNS: list[tuple[str, str]] = [
-    (r"inventory\.img", "INVENTORY"),
-    (r"pstree\.img", "PSTREE"),
-    (r"core-\d+\.img", "CORE"),
-    (r"ids-\d+\.img", "IDS"),
-    (r"mm-\d+\.img", "MM"),
-    (r"vmas-\d+\.img", "VMAS"),
-    (r"pagemap-\d+\.img", "PAGEMAP"),
-    (r"pagemap-shmem-\d+\.img", "PAGEMAP"),
-    (r"pages-\d+\.img", "RAW"),
-    (r"pages-shmem-\d+\.img", "PAGEMAP"),
-    (r"fdinfo-\d+\.img", "FDINFO"),
-    (r"files\.img", "FILES"),
-    (r"fs-\d+\.img", "FS"),
-    (r"timens-\d+\.img", "TIMENS"),
-    (r"pidns-\d+\.img", "PIDNS"),
-    (r"seccomp\.img", "SECCOMP"),
-    (r"cgroup\.img", "CGROUP"),
-    (r"creds-\d+\.img", "CREDS"),
-    (r"sigacts-\d+\.img", "SIGACT"),
-    (r"rlimit-\d+\.img", "RLIMIT"),
-    (r"itimers-\d+\.img", "ITIMERS"),
-    (r"posix-timers-\d+\.img", "POSIX_TIMERS"),
-    (r"signal-[sp]-\d+\.img", "SIGNAL"),
-    (r"utsns-\d+\.img", "UTSNS"),
-    (r"ipcns-var-\d+\.img", "IPC_VAR"),
-    (r"ipcns-shm-\d+\.img", "IPCNS_SHM"),
-    (r"ipcns-msg-\d+\.img", "IPCNS_MSG"),
-    (r"ipcns-sem-\d+\.img", "IPCNS_SEM"),
-    (r"mountpoints-\d+\.img", "MNTS"),
-    (r"netns-\d+\.img", "NETNS"),
-    (r"netdev-\d+\.img", "NETDEV"),
-    (r"userns-\d+\.img", "USERNS"),
-    (r"(ifaddr|route6?|rule|iptables|ip6tables|nftables|netns-ct|netns-exp)-\d+\.img", "RAW"),
-    (r"tmpfs(-dev)?-\d+\.tar\.gz\.img", "RAW"),
-    (r"tmpfs(-dev)?-\d+\.tar\.gz", "RAW"),
-    (r"reg-files\.img", "REG_FILES"),
-    (r"ext-files\.img", "EXT_FILES"),
-    (r"remap-fpath\.img", "REMAP_FPATH"),
-    (r"ghost-file-[0-9a-f]+\.img", "GHOST_FILE"),
-    (r"tcp-stream-[0-9a-f]+\.img", "TCP_STREAM"),
-    (r"pipes\.img", "PIPES"),
-    (r"pipes-data\.img", "PIPES_DATA"),
-    (r"fifo\.img", "FIFO"),
-    (r"fifo-data\.img", "FIFO_DATA"),
-    (r"sk-queues\.img", "SK_QUEUES"),
-    (r"unixsk\.img", "UNIXSK"),
-    (r"inetsk\.img", "INETSK"),
-    (r"packetsk\.img", "PACKETSK"),
-    (r"netlinksk\.img", "NETLINK_SK"),
-    (r"eventfd\.img", "EVENTFD_FILE"),
-    (r"eventpoll\.img", "EVENTPOLL_FILE"),
-    (r"eventpoll-tfd\.img", "EVENTPOLL_TFD"),
-    (r"signalfd\.img", "SIGNALFD"),
-    (r"inotify\.img", "INOTIFY_FILE"),
-    (r"inotify-wd\.img", "INOTIFY_WD"),
-    (r"fanotify\.img", "FANOTIFY_FILE"),
-    (r"fanotify-mark\.img", "FANOTIFY_MARK"),
-    (r"timerfd\.img", "TIMERFD"),
-    (r"tunfile\.img", "TUNFILE"),
-    (r"ns-files\.img", "NS_FILES"),
-    (r"tty\.img", "TTY_FILES"),
-    (r"tty-info\.img", "TTY_INFO"),
-    (r"tty-data\.img", "TTY_DATA"),
-    (r"filelocks\.img", "FILE_LOCKS"),
-    (r"memfd\.img", "MEMFD_INODE"),
-    (r"cpuinfo\.img", "CPUINFO"),
-    (r"binfmt-misc(-\d+)?\.img", "BINFMT_MISC"),
-    (r"autofs-\d+\.img", "AUTOFS"),
-    (r"bpfmap-file\.img", "BPFMAP_FILE"),
-    (r"bpfmap-data\.img", "BPFMAP_DATA"),
-    (r"apparmor\.img", "APPARMOR"),
-    (r"pidfd\.img", "PIDFD"),
-    (r"stats-(dump|restore)", "STATS"),
-    (r"irmap-cache", "IRMAP_CACHE"),
-]
-@cache
-def _name_regex() -> re.Pattern[str]:
-    """One regex with a named group per pattern, compiled on first use (start-up stays cheap)."""
-    return re.compile("|".join(f"(?P<m{i}>{p})" for i, (p, _) in enumerate(_NAME_PATTERNS)))
+# File names CRIU writes, to the magic expected inside ("RAW": no header at all). Matched without
+# regular expressions: `spice restore` looks names up on its start-up path.
+_EXACT: dict[str, str] = {
+    "inventory.img": "INVENTORY", "pstree.img": "PSTREE", "files.img": "FILES", "seccomp.img": "SECCOMP",
+    "cgroup.img": "CGROUP", "reg-files.img": "REG_FILES", "ext-files.img": "EXT_FILES",
+    "remap-fpath.img": "REMAP_FPATH", "pipes.img": "PIPES", "pipes-data.img": "PIPES_DATA",
+    "fifo.img": "FIFO", "fifo-data.img": "FIFO_DATA", "sk-queues.img": "SK_QUEUES", "unixsk.img": "UNIXSK",
+    "inetsk.img": "INETSK", "packetsk.img": "PACKETSK", "netlinksk.img": "NETLINK_SK",
+    "eventfd.img": "EVENTFD_FILE", "eventpoll.img": "EVENTPOLL_FILE", "eventpoll-tfd.img": "EVENTPOLL_TFD",
+    "signalfd.img": "SIGNALFD", "inotify.img": "INOTIFY_FILE", "inotify-wd.img": "INOTIFY_WD",
+    "fanotify.img": "FANOTIFY_FILE", "fanotify-mark.img": "FANOTIFY_MARK", "timerfd.img": "TIMERFD",
+    "tunfile.img": "TUNFILE", "ns-files.img": "NS_FILES", "tty.img": "TTY_FILES", "tty-info.img": "TTY_INFO",
+    "tty-data.img": "TTY_DATA", "filelocks.img": "FILE_LOCKS", "memfd.img": "MEMFD_INODE",
+    "cpuinfo.img": "CPUINFO", "binfmt-misc.img": "BINFMT_MISC", "bpfmap-file.img": "BPFMAP_FILE",
+    "bpfmap-data.img": "BPFMAP_DATA", "apparmor.img": "APPARMOR", "pidfd.img": "PIDFD",
+    "stats-dump": "STATS", "stats-restore": "STATS", "irmap-cache": "IRMAP_CACHE",
+}
+# "<prefix>-<decimal id>.img"
+_NUMBERED: dict[str, str] = {
+    "core": "CORE", "ids": "IDS", "mm": "MM", "vmas": "VMAS", "pagemap": "PAGEMAP", "pagemap-shmem": "PAGEMAP",
+    "pages": "RAW", "pages-shmem": "PAGEMAP", "fdinfo": "FDINFO", "fs": "FS", "timens": "TIMENS",
+    "pidns": "PIDNS", "creds": "CREDS", "sigacts": "SIGACT", "rlimit": "RLIMIT", "itimers": "ITIMERS",
+    "posix-timers": "POSIX_TIMERS", "signal-s": "SIGNAL", "signal-p": "SIGNAL", "utsns": "UTSNS",
+    "ipcns-var": "IPC_VAR", "ipcns-shm": "IPCNS_SHM", "ipcns-msg": "IPCNS_MSG", "ipcns-sem": "IPCNS_SEM",
+    "mountpoints": "MNTS", "netns": "NETNS", "netdev": "NETDEV", "userns": "USERNS", "autofs": "AUTOFS",
+    "binfmt-misc": "BINFMT_MISC", "ifaddr": "RAW", "route": "RAW", "route6": "RAW", "rule": "RAW",
+    "iptables": "RAW", "ip6tables": "RAW", "nftables": "RAW", "netns-ct": "RAW", "netns-exp": "RAW",
+}
+# "<prefix>-<hex id>.img"
+_HEX_NUMBERED: dict[str, str] = {"ghost-file": "GHOST_FILE", "tcp-stream": "TCP_STREAM"}
+_HEX_DIGITS = frozenset("0123456789abcdef")
 
 
-@cache
 def magic_for_filename(filename: str) -> str | None:
     """The magic name CRIU puts in a file of this name, "RAW" for headerless images, None if unknown."""
-    m = _name_regex().fullmatch(filename)
-    if m is None:
+    name = _EXACT.get(filename)
+    if name is not None:
+        return name
+    for tail in (".tar.gz.img", ".tar.gz"):  # tmpfs-<id> / tmpfs-dev-<id> archives
+        if filename.endswith(tail):
+            prefix, _, num = filename[: -len(tail)].rpartition("-")
+            return "RAW" if prefix in ("tmpfs", "tmpfs-dev") and num.isdecimal() else None
+    if not filename.endswith(".img"):
         return None
-    return _NAME_PATTERNS[int(m.lastgroup[1:])][1]
+    prefix, _, num = filename[:-4].rpartition("-")
+    if num.isdecimal() and num.isascii() and prefix in _NUMBERED:
+        return _NUMBERED[prefix]
+    if num and set(num) <= _HEX_DIGITS:
+        return _HEX_NUMBERED.get(prefix)
+    return None
