@@ -7,6 +7,7 @@ inside the task; the kmod backend hands the same table to /dev/spice.
 
 from __future__ import annotations
 
+import bisect
 from pathlib import Path
 
 from .. import vma as V
@@ -78,12 +79,14 @@ class MmPlan(Record):
         return [r for v in self.vmas for r in v.runs]
 
 
-def _clip_runs(runs: list[PageRun], start: int, end: int) -> list[PageRun]:
+def _clip_runs(runs: list[PageRun], ends: list[int], start: int, end: int) -> list[PageRun]:
+    """The parts of `runs` (sorted, disjoint; `ends` their end addresses) inside [start, end)."""
     out = []
-    for r in runs:
+    for i in range(bisect.bisect_right(ends, start), len(runs)):
+        r = runs[i]
+        if r.vaddr >= end:
+            break
         lo, hi = max(r.vaddr, start), min(r.end, end)
-        if lo >= hi:
-            continue
         off = r.offset + (lo - r.vaddr) if r.pages_file else 0
         out.append(PageRun(lo, (hi - lo) // V.PAGE_SIZE, r.flags, r.pages_file, off))
     return out
@@ -107,6 +110,7 @@ def plan_mm(
 
     mm = imgdir.one(f"mm-{pid}.img")
     runs = [r for r in read_runs(imgdir / f"pagemap-{pid}.img") if r.pages_file]
+    ends = [r.end for r in runs]
     where = f"mm-{pid}.img"
     vmas: list[VmaPlan] = []
     prev_end = 0
@@ -145,10 +149,10 @@ def plan_mm(
         elif not st & V.VMA_ANON_PRIVATE:
             raise SpiceError("restore", f"task {pid}: VMA 0x{e.start:x} has unknown status 0x{st:x}")
         if v.kind in (ANON, FILE_PRIVATE, MEMFD_PRIVATE):
-            v.runs = _clip_runs(runs, v.start, v.end)
+            v.runs = _clip_runs(runs, ends, v.start, v.end)
         vmas.append(v)
     # vDSO pages are dumped too but come from the running kernel, not the image
-    covered = sum(r.nr_pages for v in vmas for r in (v.runs or _clip_runs(runs, v.start, v.end)))
+    covered = sum(r.nr_pages for v in vmas for r in (v.runs or _clip_runs(runs, ends, v.start, v.end)))
     total = sum(r.nr_pages for v in vmas for r in v.runs)
     if covered != sum(r.nr_pages for r in runs):
         raise ImageError(imgdir / f"pagemap-{pid}.img", "pages lie outside every VMA")
