@@ -41,6 +41,20 @@ def _maps(pid: int) -> list[str]:
             for ln in Path(f"/proc/{pid}/maps").read_text().splitlines()]
 
 
+def _fds(pid: int) -> list[tuple[str, str]]:
+    """The fd table; new sockets/pipes get new inode numbers (the kind is compared), and the files
+    the workload opens under /proc/self for a moment on every tick are left out."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue  # closed meanwhile
+        if not target.startswith("/proc/"):
+            out.append((fd, re.sub(r":\[\d+\]$", "", target)))
+    return sorted(out)
+
+
 def _snapshot(pid: int) -> dict[str, object]:
     tids = sorted(os.listdir(f"/proc/{pid}/task"))
     return {
@@ -55,9 +69,7 @@ def _snapshot(pid: int) -> dict[str, object]:
         "threads": [(t, Path(f"/proc/{pid}/task/{t}/comm").read_text()) for t in tids],
         "thread_masks": [Path(f"/proc/{pid}/task/{t}/status").read_text().split("SigBlk:")[1].split()[0]
                          for t in tids],
-        # new sockets/pipes get new inode numbers: compare the kind only
-        "fds": sorted((fd, re.sub(r":\[\d+\]$", "", os.readlink(f"/proc/{pid}/fd/{fd}")))
-                      for fd in os.listdir(f"/proc/{pid}/fd")),
+        "fds": _fds(pid),
     }
 
 

