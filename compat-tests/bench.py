@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 SPICE = spice_cmd()
 
 
-def _timed(cmd: list[str]) -> float:
+def timed(cmd: list[str]) -> float:
+    """Wall time of a command run to completion (RuntimeError with its stderr if it fails)."""
     t0 = time.perf_counter()
     p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=REPO)
     dt = time.perf_counter() - t0
@@ -43,7 +44,7 @@ def _restore_once(tool: str, images: Path, info: harness.DumpInfo, backend: str)
         cmd = [str(harness.CRIU_BIN), "restore", "-D", str(images), "-d", "-o", "bench-restore.log"]
     else:
         cmd = [*SPICE, "restore", "-D", str(images), "-d", "-o", "bench-restore.log", "--backend", backend]
-    dt = _timed(cmd)
+    dt = timed(cmd)
     internal = stats.read(images / "stats-restore").restore.restore_time / 1e6
     harness.assert_continues(info, info.pid, new_ticks=2)
     harness.kill_restored(info, info.pid)
@@ -87,7 +88,7 @@ def bench_dump(name: str, base: Path, n: int) -> tuple[float, float] | None:
             else:
                 cmd = [*SPICE, "dump", "-t", str(wl.pid), "-D", str(d), "-R", "-o", "dump.log"]
             try:
-                times[tool].append(_timed(cmd))
+                times[tool].append(timed(cmd))
             except RuntimeError as e:
                 if tool == "spice" and not times["spice"]:
                     print(f"dump    {name:9} spice dump not available: {str(e).splitlines()[-1][:120]}")

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import harness
+from bench import timed
 
 from spice_criu.images import stats
 
@@ -48,15 +49,6 @@ def restore_cmd(tool: str, images: Path, *extra: str) -> list[str]:
     return [*SPICE, "restore", "-D", str(images), "-d", "-o", "bench-restore.log", "--backend", tool, *extra]
 
 
-def run(cmd: list[str]) -> float:
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=REPO)
-    dt = time.perf_counter() - t0
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()[-2000:]}")
-    return dt
-
-
 def module_ns() -> int:
     """Time spent inside SPICE_IOC_RESTORE so far (all restores), from the module's counters."""
     return int(Path("/sys/class/misc/spice/stats/ns_total").read_text())
@@ -66,7 +58,7 @@ def restore_once(tool: str, info: harness.DumpInfo) -> tuple[float, float, float
     """(wall time, the tool's own restore_time, time inside the module), seconds; the restored
     tree checked and killed."""
     ns0 = module_ns()
-    wall = run(restore_cmd(tool, info.images_dir))
+    wall = timed(restore_cmd(tool, info.images_dir))
     module = (module_ns() - ns0) / 1e9
     inner = stats.read(info.images_dir / "stats-restore").restore.restore_time / 1e6
     harness.assert_continues(info, info.pid, new_ticks=2)
@@ -106,7 +98,7 @@ _TS = re.compile(r"^\((\d+\.\d+)\) (.*)$")
 
 def profile_kmod(info: harness.DumpInfo) -> None:
     """Where a kmod restore's time goes: its -v4 log, each line with the time since the last one."""
-    run(restore_cmd("kmod", info.images_dir, "-v4"))
+    timed(restore_cmd("kmod", info.images_dir, "-v4"))
     inner = stats.read(info.images_dir / "stats-restore").restore.restore_time / 1e6
     harness.assert_continues(info, info.pid, new_ticks=2)
     harness.kill_restored(info, info.pid)
@@ -185,7 +177,7 @@ def cold_invocation(info: harness.DumpInfo, tool: str,
     drop_caches()
     extra = ("-v4",) if tool.startswith("kmod") else ()
     ns0 = module_ns()
-    wall = run(restore_cmd("kmod" if tool.startswith("kmod") else tool, info.images_dir, *extra))
+    wall = timed(restore_cmd("kmod" if tool.startswith("kmod") else tool, info.images_dir, *extra))
     module = (module_ns() - ns0) / 1e9
     pid = info.pid
     if tool.startswith("kmod"):

@@ -12,23 +12,11 @@ protobuf encoding of the same answers.
 from __future__ import annotations
 
 from . import CRIU_VERSION
+from .images.wire import decode_varint, encode_varint, length_delimited
 
 VERSION, FEATURE_CHECK = 10, 9
 _MSG_PEEK = 2
 _FEATURES = ("mem_track", "lazy_pages", "pidfd_store")  # criu_features fields 1, 2, 3
-
-
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        if i >= len(buf) or shift > 63:
-            raise ValueError("truncated varint")
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, i
-        shift += 7
 
 
 def _fields(buf: bytes) -> list[tuple[int, int, int | bytes]]:
@@ -36,13 +24,13 @@ def _fields(buf: bytes) -> list[tuple[int, int, int | bytes]]:
     out: list[tuple[int, int, int | bytes]] = []
     i = 0
     while i < len(buf):
-        key, i = _varint(buf, i)
+        key, i = decode_varint(buf, i)
         num, wt = key >> 3, key & 7
         if wt == 0:
-            v, i = _varint(buf, i)
+            v, i = decode_varint(buf, i)
             out.append((num, wt, v))
         elif wt == 2:
-            n, i = _varint(buf, i)
+            n, i = decode_varint(buf, i)
             if i + n > len(buf):
                 raise ValueError("truncated field")
             out.append((num, wt, buf[i : i + n]))
@@ -97,33 +85,17 @@ def feature_answers(asked: dict[str, bool]) -> dict[str, bool]:
     }
 
 
-def _enc_varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        if v:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _sub(num: int, body: bytes) -> bytes:
-    return _enc_varint(num << 3 | 2) + _enc_varint(len(body)) + body
-
-
 def version_reply() -> bytes:
     """criu_resp{type=VERSION, success=true, version{major, minor, sublevel}} (no gitid)."""
     major, minor, sub = CRIU_VERSION
-    body = b"\x08" + _enc_varint(major) + b"\x10" + _enc_varint(minor) + b"\x20" + _enc_varint(sub)
-    return b"\x08" + _enc_varint(VERSION) + b"\x10\x01" + _sub(10, body)
+    body = b"\x08" + encode_varint(major) + b"\x10" + encode_varint(minor) + b"\x20" + encode_varint(sub)
+    return b"\x08" + encode_varint(VERSION) + b"\x10\x01" + length_delimited(10, body)
 
 
 def feature_reply(answers: dict[str, bool]) -> bytes:
     """criu_resp{type=FEATURE_CHECK, success=true, features{mem_track, lazy_pages, pidfd_store}}."""
     body = b"".join(bytes([(i + 1) << 3, int(answers[n])]) for i, n in enumerate(_FEATURES))
-    return b"\x08" + _enc_varint(FEATURE_CHECK) + b"\x10\x01" + _sub(8, body)
+    return b"\x08" + encode_varint(FEATURE_CHECK) + b"\x10\x01" + length_delimited(8, body)
 
 
 def try_fast(fd: int) -> int | None:

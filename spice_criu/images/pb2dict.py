@@ -32,6 +32,7 @@ from google.protobuf.message import Message
 
 from . import codec
 from .pb.criu_opts import CRIU_OPTS
+from .wire import length_delimited
 
 FD = FieldDescriptor
 
@@ -378,19 +379,7 @@ def _scalar_caster(desc: Descriptor, f: FieldDescriptor) -> Callable[[Any, str],
 def _raw_string(f: FieldDescriptor, s: str) -> bytes:
     """A length-delimited wire field carrying s's original (possibly non-UTF-8) bytes."""
     data = s.encode("utf-8", "surrogateescape")
-    return _varint(f.number << 3 | 2) + _varint(len(data)) + data
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+    return length_delimited(f.number, data)
 
 
 def _setter(desc: Descriptor, f: FieldDescriptor) -> Setter:
