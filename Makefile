@@ -30,7 +30,7 @@ unit: setup
 	$(PYTEST) -q tests
 
 # the whole suite: unit tests, real-CRIU compat tests, then the kernel module in qemu
-test: setup lint compat-setup
+test: setup lint compat-setup rpc-deps
 	$(PYTEST) -q tests compat-tests
 	$(MAKE) kmod-test
 
