@@ -118,6 +118,11 @@ def writev(pid: int, remote: Ranges, data: Buffer) -> int:
     return _vm(_writev, pid, addr, remote)
 
 
+def write_from(pid: int, local_addr: int, remote: Ranges) -> int:
+    """Scatter the bytes at local_addr (e.g. a mapped file) to the remote ranges; bytes written."""
+    return _vm(_writev, pid, local_addr, remote) if remote else 0
+
+
 def write(pid: int, addr: int, data: Buffer) -> None:
     if isinstance(data, memoryview) and data.readonly:
         data = bytes(data)

@@ -57,6 +57,8 @@ class Batch:
     def __init__(self, task: TaskCtl) -> None:
         self.task = task
         self.calls: list[tuple[int, tuple[int, ...], str]] = []
+        self._running: list[tuple[int, tuple[int, ...], str]] = []
+        self._table, self._base, self._tid, self._saved = b"", 0, 0, None
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -68,21 +70,34 @@ class Batch:
 
     def run(self, tid: int | None = None) -> list[int]:
         """Execute the queue in the task (leader by default). Raises naming the first failure."""
+        self.start(tid)
+        return self.finish()
+
+    def start(self, tid: int | None = None) -> None:
+        """Set the task running the queue and return at once: the restorer can work in parallel
+        (on another CPU) until finish()."""
         task = self.task
-        calls, self.calls = self.calls, []
-        if not calls:
-            return []
-        table = b"".join(ENTRY.pack(nr, *(list(a) + [0] * (6 - len(a))), 0) for nr, a, _ in calls)
-        base = task.put(table)
-        tid = task.pid if tid is None else tid
+        self._running, self.calls = self.calls, []
+        if not self._running:
+            return
+        self._table = b"".join(ENTRY.pack(nr, *(list(a) + [0] * (6 - len(a))), 0) for nr, a, _ in self._running)
+        self._base = task.put(self._table)
+        self._tid = tid = task.pid if tid is None else tid
         regs = ptrace.getregs(tid)
-        saved = regs.copy()
+        self._saved = regs.copy()
         regs.ip = task.tramp + CODE_OFFSET
-        regs.bx = base
-        regs.r12 = len(calls)
+        regs.bx = self._base
+        regs.r12 = len(self._running)
         regs.orig_ax = _U64
         ptrace.setregs(tid, regs)
         ptrace.cont(tid, 0)
+
+    def finish(self) -> list[int]:
+        """Wait for the queue started by start() to end; its results, in order."""
+        task, calls, tid = self.task, self._running, self._tid
+        self._running = []
+        if not calls:
+            return []
         while True:
             st = ptrace.waitpid(tid)
             if st.gone:
@@ -90,8 +105,8 @@ class Batch:
             if st.stopped and st.stopsig == 19 and not st.event:
                 break
             ptrace.cont(tid, 0)  # an event/unrelated stop: keep the loop going
-        ptrace.setregs(tid, saved)
-        raw = task.remote.read(base, len(table))
+        ptrace.setregs(tid, self._saved)
+        raw = task.remote.read(self._base, len(self._table))
         results = [ENTRY.unpack_from(raw, i * ENTRY.size)[7] for i in range(len(calls))]
         for res, (_, _, what) in zip(results, calls, strict=True):
             if -4096 < res < 0:  # the loop stopped here; later entries never ran

@@ -9,6 +9,7 @@ protections and madvise state, then PR_SET_MM_MAP the mm fields, auxv and exe fi
 
 from __future__ import annotations
 
+import bisect
 import os
 import struct
 
@@ -20,6 +21,7 @@ from ...log import log
 from ..files import OpenContext
 from ..mm import ANON, FILE_PRIVATE, FILE_SHARED, MEMFD_PRIVATE, SHMEM, VDSO, VSYSCALL, VVAR, MmPlan, VmaPlan
 from ..task import TRAMPOLINE_SIZE, TaskCtl, parse_maps
+from . import pagesplit
 from .common import KERNEL_AREAS, O_RDONLY, file_mode, kernel_areas, move_vdso, open_mm_files, queue_madvise
 
 name = "ptrace"
@@ -61,13 +63,14 @@ def _map_flags(v: VmaPlan) -> int:
 def build_vmas(task: TaskCtl, mm: MmPlan, ctx: OpenContext) -> int:
     """Map every VMA, read private pages in, set protections/advice and the mm fields.
 
-    Three batches: open every file the address space needs (and a pidfd of the restorer);
-    pull the shared-memory objects; then everything else. Returns the number of pages read.
+    Batches: open every file the address space needs (and a pidfd of the restorer); pull the
+    shared-memory objects; then everything else (split in three for a large address space, whose
+    pages the task and the restorer load in parallel, see pagesplit). Returns the number of pages read.
     """
     # 1+2: files (VMAs, page images, exe), the shared memory objects pulled from the restorer
     files = open_mm_files(task, mm, ctx)
     fds, shm_fds = files.fds, files.shm
-    runs = mm.private_runs()
+    runs, restorer_runs = pagesplit.split(mm)
     # 3: mappings, pages, protections, advice, mm fields, cleanup
     b = task.batch()
     fixups = []
@@ -87,8 +90,15 @@ def build_vmas(task: TaskCtl, mm: MmPlan, ctx: OpenContext) -> int:
         b.add(NR.mmap, v.start, v.size, prot, flags, fd, off, what=f"mmap 0x{v.start:x}")
         if prot != v.prot:
             fixups.append(v)
-    _queue_populate(b, mm)
+    if restorer_runs:  # the VMAs must exist before the restorer writes into them
+        b.run()
+    _queue_populate(b, mm, runs)
     pages = _queue_page_reads(task, b, runs, fds)
+    if restorer_runs:
+        b.start()
+        pagesplit.write_pages(task.pid, restorer_runs)
+        b.finish()
+        pages += sum(r.nr_pages for r in restorer_runs)
     for v in fixups:
         b.add(NR.mprotect, v.start, v.size, v.prot, what=f"mprotect 0x{v.start:x}")
     queue_madvise(b, mm)
@@ -107,7 +117,7 @@ def build_vmas(task: TaskCtl, mm: MmPlan, ctx: OpenContext) -> int:
     return pages
 
 
-def _queue_populate(b, mm: MmPlan) -> None:
+def _queue_populate(b, mm: MmPlan, runs: list) -> None:
     """Allocate the anonymous pages that are about to be read in, in one pass per range.
 
     preadv() into untouched anonymous memory takes a page fault per 4 KiB page inside
@@ -115,12 +125,12 @@ def _queue_populate(b, mm: MmPlan) -> None:
     resident set is unchanged) without the per-page fault entry: ~20% less time for a 60 MiB heap.
     Only anonymous VMAs: in private file mappings it would first copy the file's pages.
     """
-    for v in mm.vmas:
-        if v.kind != ANON:
-            continue
-        for r in v.runs:
-            if r.pages_file:
-                b.add(NR.madvise, r.vaddr, r.size, MADV_POPULATE_WRITE, what=f"populate 0x{r.vaddr:x}")
+    anon = [(v.start, v.end) for v in mm.vmas if v.kind == ANON]  # sorted, like mm.vmas
+    starts = [lo for lo, _ in anon]
+    for r in runs:
+        i = bisect.bisect_right(starts, r.vaddr) - 1
+        if r.pages_file and i >= 0 and r.vaddr < anon[i][1]:
+            b.add(NR.madvise, r.vaddr, r.size, MADV_POPULATE_WRITE, what=f"populate 0x{r.vaddr:x}")
 
 
 def _queue_page_reads(task: TaskCtl, b, runs: list, fds: dict[tuple[str, int], int]) -> int:
