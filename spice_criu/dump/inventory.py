@@ -31,10 +31,11 @@ def lsm_type() -> int:
     return NO_LSM
 
 
-def inventory(root_ids: Message, network_lock: str) -> Message:
+def inventory(root_ids: Message, network_lock: str, run_id: str | None = None) -> Message:
+    """run_id: the dump run's id (it names the nftables lock table restore removes)."""
     inv = codec.pb("inventory_entry")(img_version=2, fdinfo_per_id=True, ns_per_id=True, root_cg_set=1,
                                       lsmtype=lsm_type(), network_lock_method=NETWORK_LOCK.get(network_lock, 0),
-                                      dump_criu_run_id=str(uuid.uuid4()))
+                                      dump_criu_run_id=run_id or str(uuid.uuid4()))
     inv.root_ids.CopyFrom(root_ids)
     inv.plugins_entry.SetInParent()
     return inv

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 from typing import Any
 
 from google.protobuf.message import Message
@@ -25,14 +26,15 @@ from ..images import stats as stats_img
 from ..inject import Remote, TaskGone
 from ..linux import ptrace as pt
 from ..log import log
-from . import creds, files, ids, inventory, mm, pages, proc, seccomp, seize, shmem, signals, threads, timers, tree
+from . import creds, files, ids, inventory, mm, pages, proc, seccomp, seize, shmem, signals, tcp, threads, timers, tree
 from .imgset import ImageSet
+from .netlock import NetworkLock
 
 X86_64 = 1
 #: SPICE_DUMP_FAULT=<step>[:kill|:stall]: fail (or SIGKILL spice, or stall) at that step, for the
 #: never-lose-the-target tests, like CRIU's CRIU_FAULT
 FAULT_ENV = "SPICE_DUMP_FAULT"
-FAULT_STEPS = ("frozen", "in-task", "mappings", "files", "pages", "cores", "images", "commit")
+FAULT_STEPS = ("frozen", "in-task", "mappings", "files", "tcp-locked", "pages", "cores", "images", "commit")
 
 
 class DumpContext:
@@ -52,6 +54,9 @@ class DumpContext:
         self.pages_id = 0
         self.seccomp = seccomp.Seccomp()
         self.pipe_data_done: set[tuple[str, int]] = set()
+        #: the dump run's id (inventory.img), which also names the nftables lock table
+        self.run_id = str(uuid.uuid4())
+        self.tcp = tcp.TcpDump(NetworkLock(opts.network_lock, self.run_id))
 
     def next_pages_id(self) -> int:
         self.pages_id += 1
@@ -191,7 +196,10 @@ def _check_root(o: Options, root: tree.Task) -> None:
                                  "Consider using --shell-job option")
 
 
-def _release(frozen: seize.FrozenTree, o: Options) -> None:
+def _release(ctx: DumpContext, frozen: seize.FrozenTree, o: Options) -> None:
+    # like criu: only a tree left running gets its connections back (out of repair mode, unlocked);
+    # killed or stopped, they stay silent and locked for the restore
+    ctx.tcp.release(unlock=bool(o.leave_running))
     if o.leave_running:
         frozen.unfreeze()
         log.info("Tree left running")
@@ -219,7 +227,7 @@ def _collect(ctx: DumpContext, frozen: seize.FrozenTree) -> Message:
     ctx.images.add("timens-0.img", "TIMENS", inventory.timens())
     inventory.check_cgroups([t.pid for t in tasks])
     fault("images")
-    return inventory.inventory(ctx.ids.root_ids, o.network_lock)
+    return inventory.inventory(ctx.ids.root_ids, o.network_lock, ctx.run_id)
 
 
 def dump(o: Options) -> int:
@@ -237,6 +245,7 @@ def dump(o: Options) -> int:
         t_frozen = time.perf_counter()
         log.info(f"Frozen {len(frozen.tids())} threads of {len(frozen.pids())} processes in "
                  f"{(t_frozen - t0) * 1e3:.1f} ms")
+        ctx.tcp.lock.begin()  # criu's "Lock network": right after the freeze
         o.run_script("query-ext-files")
         inv = _collect(ctx, frozen)
         fault("commit")
@@ -244,6 +253,10 @@ def dump(o: Options) -> int:
         o.run_script("post-dump")  # the tree is still frozen: a client may still say no
     except BaseException as e:
         err = _as_spice_error(e)
+        try:
+            ctx.tcp.release(unlock=True)  # repair mode off, lock removed, before the tree runs on
+        except Exception as ue:  # noqa: BLE001 - report the original failure
+            log.error("dump", f"unlocking the network after the failure: {ue}")
         if frozen is not None:
             try:
                 frozen.unfreeze()
@@ -255,7 +268,7 @@ def dump(o: Options) -> int:
         if err is not e:
             raise err from None
         raise
-    _release(frozen, o)
+    _release(ctx, frozen, o)
     t_done = time.perf_counter()
     st = ctx.page_stats
     stats_img.write(

@@ -5,10 +5,10 @@ closed, UDP), read through sock_diag and getsockopt() the way CRIU 4.2 records t
 Mirror of restore/sockets.py. A unix socket is a UNIXSK entry (state, type, peer inode, name,
 backlog, shutdown, options); the packets waiting in its receive queue go to sk-queues.img, peeked
 with SO_PEEK_OFF so the socket keeps them. An inet socket is an INETSK entry (addresses, ports,
-state, backlog, IP and TCP options). Established TCP connections (--tcp-established) are refused:
-spice dump does not take the TCP_REPAIR snapshot or the network lock yet (spice restore does
-restore such images written by criu). Sockets with queued file descriptors (SCM_RIGHTS), packet,
-netlink and other families are refused, naming the socket.
+state, backlog, IP and TCP options); an established TCP connection (only with --tcp-established,
+like criu) also gets its TCP_REPAIR snapshot and network lock (tcp.py). Half-closed connections,
+sockets with queued file descriptors (SCM_RIGHTS), packet, netlink and other families are refused,
+naming the socket.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_ICONS, UNIX_DIAG_RQLEN,
 INET_DIAG_SHUTDOWN = 8
 SO_PEEK_OFF, SO_BUF_LOCK, SO_PASSSEC, SO_NO_CHECK = 42, 72, 34, 11
 TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
+TCP_STATES = {2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT", 8: "CLOSE_WAIT",
+              9: "LAST_ACK", 11: "CLOSING", 12: "NEW_SYN_RECV"}
 SIOCINQ = 0x541B
 
 
@@ -216,10 +218,13 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
     except OSError as e:
         raise SpiceError("dump", f"{what}: sock_diag: {e.strerror}") from None
     state = d["state"]
-    if proto == socket.IPPROTO_TCP and state not in (TCP_LISTEN, TCP_CLOSE):
-        hint = "" if of.ctx.opts.tcp_established else " (criu would need --tcp-established)"
-        raise SpiceError("dump", f"{what}: a connected TCP socket{hint}: spice dump cannot checkpoint "
-                         "established TCP connections yet")
+    established = proto == socket.IPPROTO_TCP and state == TCP_ESTABLISHED
+    if proto == socket.IPPROTO_TCP and state not in (TCP_LISTEN, TCP_CLOSE, TCP_ESTABLISHED):
+        name = TCP_STATES.get(state, str(state))
+        raise SpiceError("dump", f"{what}: TCP socket in state {name}: only established connections (and "
+                         "listening or closed sockets) can be dumped")
+    if established and not of.ctx.opts.tcp_established:
+        raise SpiceError("dump", f"{what}: connected TCP socket, consider using --tcp-established option")
     n = 1 if s.family == socket.AF_INET else 4
     e = codec.pb("inet_sk_entry")(id=fid, ino=of.st.st_ino, family=s.family, type=s.type, proto=proto,
                                   state=state, src_port=d["sport"], dst_port=d["dport"], flags=of.flags,
@@ -247,5 +252,7 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
     shut = attrs.get(INET_DIAG_SHUTDOWN)
     if shut and shut[0]:
         e.shutdown = shut[0] & 3
+    if established:
+        of.ctx.tcp.dump(of.ctx, of.lfd, e, what)
     add_file(of.ctx, "INETSK", fid, "isk", e)
     return "INETSK"

@@ -1,0 +1,144 @@
+# SPDX-License-Identifier: MIT
+"""Established TCP connections (--tcp-established), read with TCP_REPAIR as CRIU 4.2 does.
+
+Mirror of restore/tcp.py. Per connection: lock it (netlock.py), switch its socket (our pidfd_getfd
+duplicate) into repair mode (silent: the kernel sends nothing, keepalive and retransmit timers are
+off), then read what libsoccr reads, in its order: TCP_INFO (state, negotiated options, window
+scales), the queue lengths (SIOCOUTQ, SIOCOUTQNSD: the never-sent part, SIOCINQ), the MSS clamp and
+timestamp, the window (TCP_REPAIR_WINDOW), and per queue TCP_QUEUE_SEQ and its bytes, peeked
+(MSG_PEEK) so the socket keeps them; then TCP_NODELAY/TCP_CORK. That is a tcp_stream_entry plus
+the in-queue then out-queue bytes in tcp-stream-<ino hex>.img.
+
+The sockets stay in repair mode and locked after a dump that kills the tree (closing a socket in
+repair mode sends nothing: the peer never learns) and after --leave-stopped; with --leave-running
+or on any failure, release() takes every socket out of repair mode (SO_REUSEADDR back to its
+dumped value, as repair mode changes it) and removes the lock, so the connections carry on.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import struct
+from typing import Any
+
+from ..errors import SpiceError
+from ..images import codec
+from ..log import log
+from .netlock import Conn, NetworkLock
+
+TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ, TCP_TIMESTAMP, TCP_REPAIR_WINDOW = 19, 20, 21, 24, 29
+TCP_RECV_QUEUE, TCP_SEND_QUEUE = 1, 2
+TCPI_OPT_TIMESTAMPS, TCPI_OPT_WSCALE = 1, 4
+SIOCINQ, SIOCOUTQ, SIOCOUTQNSD = 0x541B, 0x5411, 0x894B
+TCP_ESTABLISHED = 1
+
+
+class Repaired:
+    """A socket spice switched into repair mode: our fd on it and what to put back."""
+
+    __slots__ = ("fd", "reuseaddr", "what")
+
+    def __init__(self, fd: int, reuseaddr: bool, what: str) -> None:
+        self.fd, self.reuseaddr, self.what = fd, reuseaddr, what
+
+
+class TcpDump:
+    """The connections of one dump: the network lock and the sockets in repair mode."""
+
+    def __init__(self, lock: NetworkLock) -> None:
+        self.lock = lock
+        self.repaired: list[Repaired] = []
+
+    def dump(self, ctx: Any, lfd: int, e: Any, what: str) -> None:
+        """Lock connection e (an inet_sk_entry already filled, options included), take its state
+        and queues, and add tcp-stream-<ino>.img."""
+        from .run import fault
+
+        conn = Conn(e.family, list(e.src_addr), e.src_port, list(e.dst_addr), e.dst_port)
+        self.lock.lock(conn)
+        r = Repaired(os.dup(lfd), bool(e.opts.reuseaddr), what)
+        try:
+            _setopt(r.fd, TCP_REPAIR, 1)
+        except OSError as err:
+            os.close(r.fd)
+            raise SpiceError("dump", f"{what}: can't turn TCP repair mode on: {err.strerror}") from None
+        self.repaired.append(r)
+        log.info(f"\tTurned repair on for socket {e.ino:x} ({conn})")
+        fault("tcp-locked")
+        try:
+            entry, inq, outq = snapshot(r.fd)
+        except OSError as err:
+            raise SpiceError("dump", f"{what}: reading the connection in repair mode: {err.strerror or err}") from None
+        ctx.images.add(f"tcp-stream-{e.ino:x}.img", "TCP_STREAM", entry, (inq, outq))
+        log.info(f"\tinq {entry.inq_len} bytes seq {entry.inq_seq}, outq {entry.outq_len} bytes "
+                 f"({entry.unsq_len} unsent) seq {entry.outq_seq}, mss_clamp {entry.mss_clamp}")
+
+    def release(self, unlock: bool) -> None:
+        """unlock: repair mode off and the lock removed (the connections carry on, CRIU's order);
+        else everything stays as it is for restore. Either way our fds are closed."""
+        for r in self.repaired:
+            if unlock:
+                try:
+                    _setopt(r.fd, TCP_REPAIR, 0)
+                    _setopt(r.fd, socket.SO_REUSEADDR, int(r.reuseaddr), socket.SOL_SOCKET)
+                except OSError as err:
+                    log.error("dump", f"{r.what}: leaving repair mode: {err.strerror}")
+            os.close(r.fd)
+        self.repaired.clear()
+        if unlock:
+            self.lock.unlock()
+
+
+def _setopt(fd: int, opt: int, value: int, level: int = socket.IPPROTO_TCP) -> None:
+    with socket.socket(fileno=os.dup(fd)) as s:
+        s.setsockopt(level, opt, value)
+
+
+def _ioctl_int(fd: int, req: int) -> int:
+    return struct.unpack("i", fcntl.ioctl(fd, req, bytes(4)))[0]
+
+
+def _queue(s: socket.socket, queue: int, length: int) -> tuple[int, bytes]:
+    """A queue's sequence number and its bytes, peeked in repair mode (one byte more is asked for,
+    to be sure the queue holds exactly `length`)."""
+    s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, queue)
+    seq = struct.unpack("I", s.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ, 4))[0]
+    if not length:
+        return seq, b""
+    data = s.recv(length + 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    if len(data) != length:
+        name = "receive" if queue == TCP_RECV_QUEUE else "send"
+        raise OSError(0, f"the {name} queue holds {len(data)} bytes, expected {length}")
+    return seq, data
+
+
+def snapshot(fd: int) -> tuple[Any, bytes, bytes]:
+    """(tcp_stream_entry, in-queue, out-queue) of a socket in repair mode (libsoccr_save's reads)."""
+    with socket.socket(fileno=os.dup(fd)) as s:
+        info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+        state, options, wscales = info[0], info[5], info[6]
+        if state != TCP_ESTABLISHED:
+            raise OSError(0, f"state {state} (not established) in repair mode")
+        outq, unsq, inq = _ioctl_int(fd, SIOCOUTQ), _ioctl_int(fd, SIOCOUTQNSD), _ioctl_int(fd, SIOCINQ)
+        t = codec.pb("tcp_stream_entry")(inq_len=inq, outq_len=outq, unsq_len=unsq, opt_mask=options,
+                                         snd_wscale=0, mss_clamp=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))
+        if options & TCPI_OPT_WSCALE:
+            t.snd_wscale, t.rcv_wscale = wscales & 0xF, wscales >> 4
+        if options & TCPI_OPT_TIMESTAMPS:
+            t.timestamp = struct.unpack("I", s.getsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP, 4))[0]
+        try:
+            w = struct.unpack("5I", s.getsockopt(socket.IPPROTO_TCP, TCP_REPAIR_WINDOW, 20))
+        except OSError as err:
+            if err.errno != 92:  # ENOPROTOOPT: a kernel before 4.8
+                raise
+        else:
+            t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, t.rcv_wup = w
+        t.inq_seq, in_data = _queue(s, TCP_RECV_QUEUE, inq)
+        t.outq_seq, out_data = _queue(s, TCP_SEND_QUEUE, outq)
+        if s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
+            t.nodelay = True
+        if s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK):
+            t.cork = True
+    return t, in_data, out_data
