@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 from .errors import SpiceError
+
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def _proc_has(path: str) -> bool:

@@ -8,13 +8,13 @@ form, and `-v` takes an optional attached level (`-v4`, `-vvvv`). `spice crit ..
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
 
 from . import CRIU_VERSION
 from .errors import SpiceError
 from .log import log
 from .record import Factory, Record
 
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:
     from collections.abc import Callable
 

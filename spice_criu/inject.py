@@ -34,10 +34,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import re
 import struct
 import time
-from typing import NoReturn
 
 from .linux import procvm
 from .linux import ptrace as pt
@@ -46,6 +44,10 @@ from .linux.rseq import RSEQ_CS_OFFSET, RseqCs
 from .linux.signals import build_rt_sigframe
 from .linux.syscalls import NR, libc, raise_errno
 from .record import FrozenRecord, Record
+
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 WINDOWS = """\
 If the tracer dies while a task is being injected, the task continues by itself:
@@ -181,7 +183,7 @@ def _search_order(m: Mapping) -> int:
     base = os.path.basename(m.path)
     if base.startswith("ld-linux") or base.startswith("ld-musl"):
         return 0
-    if re.match(r"lib(c|c\.musl)[.-]", base):
+    if base.startswith(("libc.", "libc-")):  # glibc, musl (libc.musl-*)
         return 1
     if m.path == "[vdso]":
         return 3

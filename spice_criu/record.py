@@ -9,8 +9,11 @@ and their defaults from class attributes, with no code generation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
 
 _MISSING = object()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 import struct
-from functools import cache
 
 GP_FIELDS = [
     "r15",
@@ -89,7 +88,20 @@ _CPUID_CODE = bytes.fromhex(
 )
 
 
-@cache
+def _once(fn):
+    """functools.cache for a no-argument function, without importing functools at start-up."""
+    memo: list = []
+
+    def get():
+        if not memo:
+            memo.append(fn())
+        return memo[0]
+
+    get.__doc__ = fn.__doc__
+    return get
+
+
+@_once
 def _cpuid_fn():
     buf = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
     buf.write(_CPUID_CODE)
@@ -105,7 +117,7 @@ def cpuid(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
     return out[0], out[1], out[2], out[3]
 
 
-@cache
+@_once
 def xsave_offsets() -> dict[int, tuple[int, int]]:
     """component -> (offset, size) in the standard (non-compacted) xsave format."""
     out = {}

@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import ctypes
 import os
-import signal
-from collections.abc import Sequence
 
+from .signals import SIGCHLD
 from .syscalls import NR, c_long, fresh, libc, pylibc, raise_errno, syscall
+
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 CLONE_NEWTIME = 0x80
 CLONE_VM = 0x100
@@ -78,7 +81,7 @@ def clone3(args: CloneArgs, size: int = CLONE_ARGS_SIZE_VER2) -> int:
     return syscall(NR.clone3, ctypes.addressof(args), size)
 
 
-def make_args(flags: int = 0, exit_signal: int = signal.SIGCHLD, set_tid: Sequence[int] = (),
+def make_args(flags: int = 0, exit_signal: int = SIGCHLD, set_tid: Sequence[int] = (),
               set_tid_addr: int = 0, cgroup_fd: int | None = None, **fields: int) -> CloneArgs:
     """A CloneArgs; set_tid's array must live at set_tid_addr (e.g. in a Remote scratch area)."""
     a = CloneArgs(flags=flags, exit_signal=exit_signal, **fields)
@@ -121,7 +124,7 @@ def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-def fork(set_tid: Sequence[int] = (), flags: int = 0, exit_signal: int = signal.SIGCHLD,
+def fork(set_tid: Sequence[int] = (), flags: int = 0, exit_signal: int = SIGCHLD,
          cgroup_fd: int | None = None) -> int:
     """clone3-based fork usable from Python: returns the child's PID in the parent, 0 in the child.
 

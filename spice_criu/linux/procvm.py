@@ -11,9 +11,15 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from collections.abc import Sequence
 
 from .syscalls import libc, raise_errno
+
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    Ranges = Sequence[tuple[int, int]]
+    Buffer = bytes | bytearray | memoryview | ctypes.Array
 
 IOV_MAX = 1024
 
@@ -27,9 +33,6 @@ _readv = libc._FuncPtr(("process_vm_readv", libc))
 _readv.restype = ctypes.c_ssize_t
 _writev = libc._FuncPtr(("process_vm_writev", libc))
 _writev.restype = ctypes.c_ssize_t
-
-Ranges = Sequence[tuple[int, int]]
-Buffer = bytes | bytearray | memoryview | ctypes.Array
 
 
 def _local(buf: Buffer, writable: bool) -> tuple[int, object]:

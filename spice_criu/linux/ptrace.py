@@ -10,9 +10,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import signal
 
-from .signals import STOP_SIGNALS, Siginfo
+from .signals import SIGTRAP, STOP_SIGNALS, Siginfo
 from .syscalls import NR, RESTART_ERRNOS, c_long, c_ulong, fresh, libc, raise_errno, signed64
 
 TRACEME = 0
@@ -449,7 +448,7 @@ def seccomp_get_filter(tid: int, index: int) -> bytes:
 
 # --- wait -----------------------------------------------------------------------------------------
 
-SYSCALL_STOP = (0x80 | signal.SIGTRAP) << 8 | 0x7F  # raw status of a TRACESYSGOOD syscall stop
+SYSCALL_STOP = (0x80 | SIGTRAP) << 8 | 0x7F  # raw status of a TRACESYSGOOD syscall stop
 
 
 class WaitStatus:
@@ -483,7 +482,7 @@ class WaitStatus:
 
     @property
     def syscall_stop(self) -> bool:
-        return self.stopped and self.stopsig == 0x80 | signal.SIGTRAP and self.event == 0
+        return self.stopped and self.stopsig == 0x80 | SIGTRAP and self.event == 0
 
     @property
     def group_stop(self) -> bool:
@@ -493,7 +492,7 @@ class WaitStatus:
     @property
     def interrupt_stop(self) -> bool:
         """PTRACE_EVENT_STOP caused by PTRACE_INTERRUPT (or a SEIZE/LISTEN notification)."""
-        return self.event == EVENT_STOP and self.stopsig == signal.SIGTRAP
+        return self.event == EVENT_STOP and self.stopsig == SIGTRAP
 
     @property
     def signal_stop(self) -> bool:

@@ -9,9 +9,11 @@ one from saved registers and the xsave area.
 from __future__ import annotations
 
 import ctypes
-import signal
 import struct
-from collections.abc import Iterable
+
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 c_u8 = ctypes.c_uint8
 c_u16 = ctypes.c_uint16
@@ -20,7 +22,10 @@ c_u64 = ctypes.c_uint64
 c_i32 = ctypes.c_int32
 
 NSIG = 64
-STOP_SIGNALS = frozenset((signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU))
+# x86_64 numbers, so that the restore path needs no `signal` module (it pulls in enum at start-up)
+SIGINT, SIGKILL, SIGUSR1, SIGUSR2, SIGTERM, SIGCHLD = 2, 9, 10, 12, 15, 17
+SIGTRAP, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU = 5, 19, 20, 21, 22
+STOP_SIGNALS = frozenset((SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU))
 
 SI_USER = 0
 SI_KERNEL = 0x80

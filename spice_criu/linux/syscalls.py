@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import NoReturn
+
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 libc = ctypes.CDLL(None, use_errno=True)
 # PyDLL: calls keep the GIL (needed where the kernel returns twice, see clone3.fork).

@@ -23,13 +23,16 @@ import fcntl
 import os
 import struct
 import time
-from typing import Any, ClassVar
 
 from ..errors import SpiceError
 from ..images.imagedir import ImageDir
 from ..linux.syscalls import NR, syscall
 from ..record import Factory, Record
 from .files import O_CLOEXEC, FileObj, OpenContext, planner
+
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
 
 F_SETSIG, F_SETOWN_EX = 10, 15
 #: status flags F_SETFL can change (the rest of a file's flags are fixed at creation)

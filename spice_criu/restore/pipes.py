@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import fcntl
 import os
-from typing import Any, ClassVar
 
 from ..errors import SpiceError
 from ..images.imagedir import ImageDir
 from ..record import Factory, Record
 from .files import _NOT_REPLAYED, O_ACCMODE, O_CLOEXEC, O_NONBLOCK, FileObj, OpenContext, planner
+
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
 
 F_SETPIPE_SZ = 1031
 

@@ -11,12 +11,15 @@ import fcntl
 import os
 import socket
 import struct
-from typing import Any, ClassVar
 
 from ..errors import SpiceError
 from ..images.imagedir import ImageDir
 from ..record import Factory
 from .files import FileObj, OpenContext, planner
+
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
 
 TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
 SHUT_BITS = {1: socket.SHUT_RD, 2: socket.SHUT_WR, 3: socket.SHUT_RDWR}

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import struct
-from functools import cache
-from typing import TYPE_CHECKING
 
 from ..errors import SpiceError
 from ..inject import Remote, find_sites
 from ..linux.syscalls import NR
 from ..vma import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PAGE_SIZE
 
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:
     from .plan import TaskPlan
 
@@ -65,14 +64,18 @@ def wait_first_stop(tid: int) -> None:
             return
 
 
-@cache
+_site: list[int] = []
+
+
 def _bootstrap_site() -> int:
     """A `syscall` instruction in the restorer's own text: every stub is a fork of the restorer, so
     the same address works in all of them until their trampolines exist."""
-    site = find_sites(os.getpid()).plain
-    if site is None:
-        raise SpiceError("restore", "no syscall instruction found in the restorer")
-    return site
+    if not _site:
+        site = find_sites(os.getpid()).plain
+        if site is None:
+            raise SpiceError("restore", "no syscall instruction found in the restorer")
+        _site.append(site)
+    return _site[0]
 
 
 def _remote(tid: int, site: int, scratch: tuple[int, int] | None) -> Remote:

@@ -22,7 +22,6 @@ import shutil
 import socket
 import struct
 import subprocess
-from typing import Any, ClassVar
 
 from ..errors import ImageError, SpiceError
 from ..images.imagedir import ImageDir
@@ -31,6 +30,10 @@ from ..linux.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_ERROR
 from ..log import log
 from .eventfds import restore_file_params
 from .files import FileObj, OpenContext
+
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
 
 TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ, TCP_REPAIR_OPTIONS = 19, 20, 21, 22
 TCP_TIMESTAMP, TCP_REPAIR_WINDOW = 24, 29

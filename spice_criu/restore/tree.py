@@ -10,10 +10,10 @@ process groups are joined once every task exists.
 from __future__ import annotations
 
 import os
-import signal
 
 from ..errors import SpiceError
 from ..linux import clone3, ptrace
+from ..linux.signals import SIGCHLD, SIGKILL
 from ..linux.syscalls import NR
 from .plan import RestorePlan, TaskPlan
 from .task import TRAMPOLINE_SIZE, TaskCtl, wait_first_stop
@@ -50,7 +50,7 @@ def spawn_root(t: TaskPlan, sibling: bool) -> TaskCtl:
         wait_first_stop(pid)
     except BaseException:
         os.close(w)
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, SIGKILL)
         raise
     os.close(w)
     return TaskCtl(t, pid)
@@ -59,7 +59,7 @@ def spawn_root(t: TaskPlan, sibling: bool) -> TaskCtl:
 def spawn_child(parent: TaskCtl, t: TaskPlan) -> TaskCtl:
     """clone3(set_tid=[pid]) inside the parent stub: the child comes up traced and stopped."""
     tids = parent.put(clone3.pack_set_tid([t.pid]))
-    args = parent.put(clone_args(0, tids, signal.SIGCHLD))
+    args = parent.put(clone_args(0, tids, SIGCHLD))
     got = parent.remote.syscall(NR.clone3, args, 88)
     parent.reset_scratch()
     if got == -17:

@@ -17,13 +17,16 @@ import fcntl
 import os
 import signal
 import struct
-from typing import Any, ClassVar
 
 from ..errors import ImageError, SpiceError
 from ..images.imagedir import ImageDir
 from ..log import log
 from .eventfds import restore_fown
 from .files import FileObj, OpenContext, Unsupported, planner
+
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
 
 TCSETS, TIOCSWINSZ, TIOCSPGRP, TIOCSLCKTRMIOS = 0x5402, 0x5414, 0x5410, 0x5457
 TTYAUX_MAJOR, PTMX_MINOR = 5, 2
