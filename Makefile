@@ -36,6 +36,7 @@ test: setup lint compat-setup rpc-deps
 
 # spice vs real CRIU, same image dirs, same run (BENCH_N=10 runs per tool)
 bench: setup compat-setup
+	$(VPY) -m compileall -q spice_criu  # fresh bytecode: an installed spice starts from its .pyc
 	$(VPY) compat-tests/bench.py
 
 # checkpoint and restore a sample process
