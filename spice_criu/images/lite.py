@@ -1,0 +1,483 @@
+# SPDX-License-Identifier: MIT
+"""CRIU's protobuf messages without protobuf: a proto2 wire decoder (and encoder) driven by pb/schema.py.
+
+`spice restore` is timed against CRIU, whose schemas are compiled in; importing google.protobuf and
+building the generated classes cost more than the rest of the restore's start-up. The restore path
+therefore decodes images into these light messages, which behave like protobuf's (upb) messages for
+everything it does with them:
+
+- attribute access with proto2 defaults: an unset scalar reads as its default, an unset submessage
+  as an empty instance, a repeated field is a list (bytes as bytes, strings as str, enums as ints);
+- HasField(name) is true only for fields present on the wire (or assigned); IsInitialized() and
+  FindInitializationErrors() report missing required fields with protobuf's paths ("fown.uid");
+- decoding follows upb exactly: last value wins for singular fields, repeated occurrences of a
+  submessage merge, packed and unpacked repeated scalars are both accepted, a field whose wire type
+  does not match its schema is an unknown field, as is an enum value the schema does not name;
+  unknown fields (groups included) are skipped; varints wrap like upb's (int32 truncation, 10-byte
+  limit); a string that is not UTF-8 reads as bytes, as upb gives it; nesting deeper than 100 fails.
+
+Malformed input raises DecodeError (a ValueError) with the byte position; codec turns that into the
+usual ImageError naming the file. Unknown fields are not kept, so SerializeToString() writes only the
+known fields: it is meant for messages built here (stats-restore), where it gives protobuf's bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .pb.schema import ENUMS, MESSAGES
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+MAX_DEPTH = 100  # upb's default recursion limit (submessages and groups)
+_MASK64 = (1 << 64) - 1
+_MASK32 = (1 << 32) - 1
+
+
+class DecodeError(ValueError):
+    """Malformed protobuf wire data."""
+
+
+class EncodeError(ValueError):
+    """A message that cannot be serialized (a required field is missing)."""
+
+
+# value kinds (how a field's value is read); wire type 0: varints
+_U64, _U32, _I64, _I32, _S64, _S32, _BOOL, _ENUM = range(8)
+_F32, _F64, _STR, _BYTES, _MSG = range(8, 13)
+_KINDS = {
+    "uint64": (_U64, 0), "uint32": (_U32, 0), "int64": (_I64, 0), "int32": (_I32, 0), "sint64": (_S64, 0),
+    "sint32": (_S32, 0), "bool": (_BOOL, 0), "enum": (_ENUM, 0),
+    "fixed32": (_F32, 5), "sfixed32": (_F32, 5), "float": (_F32, 5),
+    "fixed64": (_F64, 1), "sfixed64": (_F64, 1), "double": (_F64, 1),
+    "string": (_STR, 2), "bytes": (_BYTES, 2), "message": (_MSG, 2),
+}
+_FIXED_FORMAT = {"fixed32": "I", "sfixed32": "i", "float": "f", "fixed64": "Q", "sfixed64": "q", "double": "d"}
+
+
+class _Field:
+    """One field of a message class, resolved for decoding."""
+
+    __slots__ = ("number", "name", "type", "kind", "wire", "repeated", "required", "packed", "packable",
+                 "default", "bit", "type_name", "fmt", "enum_values", "set")
+
+    def __init__(self, row: tuple, index: int, cls: type) -> None:
+        self.number, self.name, self.type, label, self.packed, self.default, self.type_name = row
+        self.kind, self.wire = _KINDS[self.type]
+        self.repeated = label == "repeated"
+        self.required = label == "required"
+        self.packable = self.repeated and self.wire != 2
+        self.bit = 0 if self.repeated else 1 << index
+        self.fmt = _FIXED_FORMAT.get(self.type)
+        self.enum_values = frozenset(n for _, n in ENUMS[self.type_name]) if self.kind == _ENUM else None
+        self.set = cls.__dict__[self.name].__set__  # the slot's setter: no presence bookkeeping
+
+
+class Message:
+    """Base of the generated light message classes (one per CRIU message, made on first use)."""
+
+    __slots__ = ("_p",)  # presence bits of the singular fields, by declaration index
+    _name: str = ""
+    _fields: tuple[_Field, ...] = ()
+    _by_number: dict[int, _Field] = {}
+    _by_name: dict[str, _Field] = {}
+    _required_mask = 0
+    _subs: tuple[_Field, ...] = ()  # message-typed fields (for required-field checks)
+
+    def __init__(self, **fields: Any) -> None:
+        object.__setattr__(self, "_p", 0)
+        for name, value in fields.items():
+            f = self._by_name.get(name)
+            if f is None:
+                raise ValueError(f'Protocol message {self._name} has no "{name}" field.')
+            setattr(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for slots never set: the proto2 default
+        f = type(self)._by_name.get(name)
+        if f is None:
+            raise AttributeError(f"{type(self)._name} has no field {name!r}")
+        if f.repeated:
+            lst: list = []
+            f.set(self, lst)
+            return lst
+        if f.kind == _MSG:
+            return message_class(f.type_name)()
+        return f.default
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        f = self._by_name.get(name)
+        if f is None:
+            raise AttributeError(f"{self._name} has no field {name!r}")
+        if f.repeated:
+            value = list(value)
+            for v in value:
+                _check_range(f, v)
+        else:
+            _check_range(f, value)
+        f.set(self, value)
+        if not f.repeated:
+            object.__setattr__(self, "_p", self._p | f.bit)
+
+    def HasField(self, name: str) -> bool:  # noqa: N802 - protobuf's name
+        f = self._by_name.get(name)
+        if f is None or f.repeated:
+            raise ValueError(f'Protocol message {self._name} has no singular "{name}" field.')
+        return bool(self._p & f.bit)
+
+    def IsInitialized(self) -> bool:  # noqa: N802
+        if self._p & self._required_mask != self._required_mask:
+            return False
+        return all(m.IsInitialized() for m in self._present_submessages())
+
+    def FindInitializationErrors(self) -> list[str]:  # noqa: N802
+        """Paths of the missing required fields, in protobuf's (upb's) order and notation."""
+        out: list[str] = []
+        self._missing("", out)
+        return out
+
+    def _missing(self, prefix: str, out: list[str]) -> None:
+        p = self._p
+        out += [prefix + f.name for f in self._fields if f.required and not p & f.bit]
+        for f in sorted(self._subs, key=_number):
+            if f.repeated:
+                for i, m in enumerate(getattr(self, f.name)):
+                    m._missing(f"{prefix}{f.name}[{i}].", out)
+            elif p & f.bit:
+                getattr(self, f.name)._missing(f"{prefix}{f.name}.", out)
+
+    def _present_submessages(self):
+        p = self._p
+        for f in self._subs:
+            if f.repeated:
+                yield from getattr(self, f.name)
+            elif p & f.bit:
+                yield getattr(self, f.name)
+
+    def SerializeToString(self) -> bytes:  # noqa: N802
+        if not self.IsInitialized():
+            raise EncodeError(f"Message {self._name} is missing required fields: "
+                              + ",".join(self.FindInitializationErrors()))
+        return self._encode()
+
+    def _encode(self) -> bytes:
+        out = bytearray()
+        p = self._p
+        for f in _by_number_order(type(self)):
+            if f.repeated:
+                values = getattr(self, f.name)
+                if not values:
+                    continue
+                if f.packed:
+                    body = b"".join(_encode_value(f, v) for v in values)
+                    out += _varint(f.number << 3 | 2) + _varint(len(body)) + body
+                else:
+                    key = _varint(f.number << 3 | f.wire)
+                    for v in values:
+                        out += key + _encode_value(f, v)
+            elif p & f.bit:
+                out += _varint(f.number << 3 | f.wire) + _encode_value(f, getattr(self, f.name))
+        return bytes(out)
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in self._fields:
+            if f.repeated:
+                v = getattr(self, f.name)
+                if v:
+                    shown.append(f"{f.name}={v!r}")
+            elif self._p & f.bit:
+                shown.append(f"{f.name}={getattr(self, f.name)!r}")
+        return f"{self._name}({', '.join(shown)})"
+
+
+_RANGES = {"uint64": (0, _MASK64), "uint32": (0, _MASK32), "fixed64": (0, _MASK64), "fixed32": (0, _MASK32),
+           "int64": (-(1 << 63), (1 << 63) - 1), "sint64": (-(1 << 63), (1 << 63) - 1),
+           "sfixed64": (-(1 << 63), (1 << 63) - 1), "int32": (-(1 << 31), (1 << 31) - 1),
+           "sint32": (-(1 << 31), (1 << 31) - 1), "sfixed32": (-(1 << 31), (1 << 31) - 1)}
+
+
+def _check_range(f: _Field, v: Any) -> None:
+    """What protobuf refuses to assign (so that what lite encodes is what protobuf would)."""
+    r = _RANGES.get(f.type)
+    if r is not None and not (isinstance(v, int) and r[0] <= v <= r[1]):
+        raise ValueError(f"Value out of range for {f.name}: {v!r}")
+    if f.kind == _ENUM and v not in f.enum_values:
+        raise ValueError(f"Unknown enum value {v!r} for {f.name}")
+    if f.kind == _MSG and not (isinstance(v, Message) and v._name == f.type_name):
+        raise TypeError(f"{f.name} takes a {f.type_name} message, not {type(v).__name__}")
+
+
+def _number(f: _Field) -> int:
+    return f.number
+
+
+def _by_number_order(cls: type[Message]) -> list[_Field]:
+    return sorted(cls._fields, key=_number)
+
+
+def _varint(n: int) -> bytes:
+    n &= _MASK64
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _encode_value(f: _Field, v: Any) -> bytes:
+    k = f.kind
+    if k in (_U64, _U32, _I64, _I32, _ENUM):
+        return _varint(v)
+    if k == _BOOL:
+        return b"\x01" if v else b"\x00"
+    if k == _S64:
+        return _varint((v << 1) ^ (v >> 63))
+    if k == _S32:
+        return _varint(((v << 1) ^ (v >> 31)) & _MASK32)
+    if k in (_F32, _F64):
+        return struct.pack("<" + f.fmt, v)
+    if k == _MSG:
+        body = v._encode()
+    elif k == _STR and isinstance(v, str):
+        body = v.encode()
+    else:
+        body = bytes(v)
+    return _varint(len(body)) + body
+
+
+_classes: dict[str, type[Message]] = {}
+
+
+def message_class(name: str) -> type[Message]:
+    """The light class of a CRIU message (e.g. "core_entry"), created on first use."""
+    cls = _classes.get(name)
+    if cls is not None:
+        return cls
+    rows = MESSAGES.get(name)
+    if rows is None:
+        raise KeyError(f"no message {name!r} in the schemas")
+    cls = type(name, (Message,), {"__slots__": tuple(r[1] for r in rows), "_name": name})
+    fields = tuple(_Field(r, i, cls) for i, r in enumerate(rows))
+    cls._fields = fields
+    cls._by_number = {f.number: f for f in fields}
+    cls._by_name = {f.name: f for f in fields}
+    cls._required_mask = sum(f.bit for f in fields if f.required)
+    cls._subs = tuple(f for f in fields if f.kind == _MSG)
+    _classes[name] = cls
+    return cls
+
+
+def enum_names(enum: str) -> dict[int, str]:
+    """number -> value name of an enum (the first name of a number, as protobuf's values_by_number)."""
+    out: dict[int, str] = {}
+    for name, number in ENUMS[enum]:
+        out.setdefault(number, name)
+    return out
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def decode(name: str, data: bytes, start: int = 0, end: int | None = None) -> Message:
+    """Decode data[start:end] as message `name`; DecodeError on malformed input (never another error)."""
+    cls = message_class(name)
+    buf = bytes(data)
+    end = len(buf) if end is None else end
+    msg = cls.__new__(cls)
+    object.__setattr__(msg, "_p", 0)
+    try:
+        _merge(msg, buf, start, end, MAX_DEPTH)
+    except IndexError:
+        raise DecodeError("truncated data") from None
+    except (struct.error, OverflowError, RecursionError) as e:  # defensive: none expected
+        raise DecodeError(f"malformed data ({e})") from None
+    return msg
+
+
+def _varint_tail(buf: bytes, pos: int, b: int) -> tuple[int, int]:
+    """The rest of a varint whose first byte b (>= 0x80) came just before pos."""
+    v = b & 0x7F
+    shift = 7
+    while True:
+        b = buf[pos]
+        pos += 1
+        v |= (b & 0x7F) << shift
+        if b < 0x80:
+            return v & _MASK64, pos
+        shift += 7
+        if shift > 63:
+            raise DecodeError(f"varint longer than 10 bytes at byte {pos}")
+
+
+def _small_varint(buf: bytes, pos: int, what: str) -> tuple[int, int]:
+    """A tag or length: at most 5 bytes and 32 bits, as upb reads them."""
+    b = buf[pos]
+    if b < 0x80:
+        return b, pos + 1
+    start = pos
+    v, pos = _varint_tail(buf, pos + 1, b)
+    if pos - start > 5 or v > _MASK32:
+        raise DecodeError(f"bad {what} varint at byte {start}")
+    return v, pos
+
+
+def _scalar(kind: int, v: int) -> Any:
+    if kind == _U64:
+        return v
+    if kind == _U32:
+        return v & _MASK32
+    if kind == _I64:
+        return v - (1 << 64) if v >> 63 else v
+    if kind in (_I32, _ENUM):
+        v &= _MASK32
+        return v - (1 << 32) if v >> 31 else v
+    if kind == _BOOL:
+        return v != 0
+    if kind == _S64:
+        return (v >> 1) ^ -(v & 1)
+    v &= _MASK32  # _S32
+    return (v >> 1) ^ -(v & 1)
+
+
+def _merge(msg: Message, buf: bytes, pos: int, end: int, depth: int) -> None:
+    """Parse buf[pos:end] into msg (protobuf's MergeFromString)."""
+    cls = type(msg)
+    by_number = cls._by_number
+    p = msg._p
+    lists: dict[int, list] = {}
+    while pos < end:
+        key = buf[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _small_varint(buf, pos, "tag")
+        wire = key & 7
+        f = by_number.get(key >> 3)
+        if f is None or (f.wire != wire and not (wire == 2 and f.packable)):
+            pos = _skip(buf, pos, end, key, depth)
+            continue
+        kind = f.kind
+        if wire == 0:
+            b = buf[pos]
+            if b < 0x80:
+                v = b
+                pos += 1
+            else:
+                v, pos = _varint_tail(buf, pos + 1, b)
+            if pos > end:
+                raise DecodeError(f"truncated varint of field {f.name} at byte {pos}")
+            if kind != _U64:
+                v = _scalar(kind, v)
+                if kind == _ENUM and v not in f.enum_values:
+                    continue  # proto2: an unknown enum value is an unknown field
+        elif wire == 2:
+            n, pos = _small_varint(buf, pos, "length")
+            stop = pos + n
+            if stop > end:
+                raise DecodeError(f"field {f.name}: length {n} at byte {pos} runs past the end")
+            if kind == _MSG:
+                if depth <= 0:
+                    raise DecodeError("message nested too deeply")
+                sub = message_class(f.type_name)
+                if f.repeated or not p & f.bit:
+                    v = sub.__new__(sub)
+                    object.__setattr__(v, "_p", 0)
+                else:
+                    v = getattr(msg, f.name)  # a second occurrence merges into the first
+                _merge(v, buf, pos, stop, depth - 1)
+                pos = stop
+            elif kind == _STR:
+                raw = buf[pos:stop]
+                pos = stop
+                try:
+                    v = raw.decode()
+                except UnicodeDecodeError:
+                    v = raw  # upb hands out a string that is not UTF-8 as bytes
+            elif kind == _BYTES:
+                v = buf[pos:stop]
+                pos = stop
+            else:  # packed repeated scalars
+                lst = lists.get(f.number)
+                if lst is None:
+                    lst = lists[f.number] = getattr(msg, f.name)
+                _packed(f, buf, pos, stop, lst)
+                pos = stop
+                continue
+        else:  # fixed 32/64
+            size = 4 if wire == 5 else 8
+            if pos + size > end:
+                raise DecodeError(f"truncated fixed{size * 8} of field {f.name} at byte {pos}")
+            (v,) = struct.unpack_from("<" + f.fmt, buf, pos)
+            pos += size
+        if f.repeated:
+            lst = lists.get(f.number)
+            if lst is None:
+                lst = lists[f.number] = getattr(msg, f.name)
+            lst.append(v)
+        else:
+            f.set(msg, v)
+            p |= f.bit
+    object.__setattr__(msg, "_p", p)
+
+
+def _packed(f: _Field, buf: bytes, pos: int, stop: int, out: list) -> None:
+    if f.wire != 0:
+        size = 4 if f.wire == 5 else 8
+        n, rem = divmod(stop - pos, size)
+        if rem:
+            raise DecodeError(f"packed field {f.name}: {stop - pos} bytes is not a multiple of {size}")
+        out += struct.unpack_from(f"<{n}{f.fmt}", buf, pos)
+        return
+    kind = f.kind
+    while pos < stop:
+        b = buf[pos]
+        if b < 0x80:
+            v = b
+            pos += 1
+        else:
+            v, pos = _varint_tail(buf, pos + 1, b)
+        if pos > stop:
+            raise DecodeError(f"packed field {f.name}: truncated varint at byte {pos}")
+        if kind != _U64:
+            v = _scalar(kind, v)
+            if kind == _ENUM and v not in f.enum_values:
+                continue
+        out.append(v)
+
+
+def _skip(buf: bytes, pos: int, end: int, key: int, depth: int) -> int:
+    """Skip an unknown field's value; returns the position after it."""
+    number, wire = key >> 3, key & 7
+    if number == 0:
+        raise DecodeError(f"field number 0 at byte {pos}")
+    if wire == 0:
+        b = buf[pos]
+        pos = pos + 1 if b < 0x80 else _varint_tail(buf, pos + 1, b)[1]
+    elif wire == 1:
+        pos += 8
+    elif wire == 5:
+        pos += 4
+    elif wire == 2:
+        n, pos = _small_varint(buf, pos, "length")
+        pos += n
+    elif wire == 3:
+        if depth <= 0:
+            raise DecodeError("group nested too deeply")
+        while True:
+            if pos >= end:
+                raise DecodeError(f"group {number} not closed")
+            k, pos = _small_varint(buf, pos, "tag")
+            if k & 7 == 4:
+                if k >> 3 != number:
+                    raise DecodeError(f"group {number} closed by end-group {k >> 3}")
+                break
+            pos = _skip(buf, pos, end, k, depth - 1)
+    else:
+        raise DecodeError(f"wire type {wire} of field {number} at byte {pos}")
+    if pos > end:
+        raise DecodeError(f"field {number} runs past the end")
+    return pos
