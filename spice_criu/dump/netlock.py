@@ -44,6 +44,10 @@ NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER = 1, 2
 NFT_REG_VERDICT, NFT_REG_1, NFT_REG32_00 = 0, 1, 8
 # nft's datatype ids, concatenated 6 bits each (nft's TYPE_BITS) into a set's key type
 TYPE_IPADDR, TYPE_IP6ADDR, TYPE_INET_SERVICE = 7, 8, 13
+#: NFTA_SET_USERDATA of the sets as nft (libnftables in CRIU) writes it for a 4-field concatenated
+#: key: libnftnl TLVs (key byte order; the key's concat description). Only `nft list` reads it; same
+#: bytes for conns4 and conns6, so `nft list table` shows spice's table exactly as CRIU's.
+SET_USERDATA = bytes.fromhex("000400000000031200040d000000010a00000004040000000100")
 
 
 # ------------------------------------------------------------------------------ nfnetlink encoding
@@ -217,7 +221,7 @@ class NetworkLock:
         for set_id, family in enumerate((socket.AF_INET, socket.AF_INET6), start=1):
             name, _nfproto, alen, key_type, _s, _d = _FAMILIES[family]
             msgs.append((NFT_MSG_NEWSET, NLM_F_CREATE, _str(1, t) + _str(2, name) + _be32(3, 0) + _be32(4, key_type)
-                         + _be32(5, 2 * alen + 8) + _be32(10, set_id)))
+                         + _be32(5, 2 * alen + 8) + _be32(10, set_id) + _attr(13, SET_USERDATA)))
             msgs += [rule("output", _conn_rule(family)), rule("input", _conn_rule(family))]
         _batch(msgs, f"creating table inet {t}")
         self.table_made = True

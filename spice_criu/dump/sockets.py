@@ -217,6 +217,10 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
         d, attrs = inet_diag(s.family, proto, of.st.st_ino)
     except OSError as e:
         raise SpiceError("dump", f"{what}: sock_diag: {e.strerror}") from None
+    if d["dport"]:  # a connection: name both ends
+        raw = (struct.pack("<4I", *d["src"]), struct.pack("<4I", *d["dst"]))
+        src, dst = (socket.inet_ntop(s.family, x[:4] if s.family == socket.AF_INET else x) for x in raw)
+        what = f"{of.describe()} ({socket_details(of.lfd)} {src}:{d['sport']} -> {dst}:{d['dport']})"
     state = d["state"]
     established = proto == socket.IPPROTO_TCP and state == TCP_ESTABLISHED
     if proto == socket.IPPROTO_TCP and state not in (TCP_LISTEN, TCP_CLOSE, TCP_ESTABLISHED):
@@ -244,6 +248,8 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
         e.ip_opts.tos = tos
     e.ns_id = of.ctx.ids.root_ids.net_ns_id if of.ctx.ids.root_ids.HasField("net_ns_id") else 0
     if proto == socket.IPPROTO_TCP:
+        if s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK):
+            e.tcp_opts.cork = True
         if s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
             e.tcp_opts.nodelay = True
         e.tcp_opts.keepcnt = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)

@@ -6,8 +6,8 @@ duplicate) into repair mode (silent: the kernel sends nothing, keepalive and ret
 off), then read what libsoccr reads, in its order: TCP_INFO (state, negotiated options, window
 scales), the queue lengths (SIOCOUTQ, SIOCOUTQNSD: the never-sent part, SIOCINQ), the MSS clamp and
 timestamp, the window (TCP_REPAIR_WINDOW), and per queue TCP_QUEUE_SEQ and its bytes, peeked
-(MSG_PEEK) so the socket keeps them; then TCP_NODELAY/TCP_CORK. That is a tcp_stream_entry plus
-the in-queue then out-queue bytes in tcp-stream-<ino hex>.img.
+(MSG_PEEK) so the socket keeps them. That is a tcp_stream_entry plus the in-queue then out-queue
+bytes in tcp-stream-<ino hex>.img.
 
 The sockets stay in repair mode and locked after a dump that kills the tree (closing a socket in
 repair mode sends nothing: the peer never learns) and after --leave-stopped; with --leave-running
@@ -137,8 +137,6 @@ def snapshot(fd: int) -> tuple[Any, bytes, bytes]:
             t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, t.rcv_wup = w
         t.inq_seq, in_data = _queue(s, TCP_RECV_QUEUE, inq)
         t.outq_seq, out_data = _queue(s, TCP_SEND_QUEUE, outq)
-        if s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
-            t.nodelay = True
-        if s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK):
-            t.cork = True
+    # TCP_NODELAY / TCP_CORK: CRIU 4.2 records them in the inet_sk_entry's tcp_opts only (sockets.py),
+    # no longer in tcp_stream_entry (its nodelay/cork fields stay unset)
     return t, in_data, out_data

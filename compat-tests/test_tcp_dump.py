@@ -1,0 +1,327 @@
+# SPDX-License-Identifier: MIT
+"""`spice dump --tcp-established`: an established loopback TCP connection between two processes
+(fdkinds/tcppair.py: data queued both ways, part of it never sent), dumped by spice under CRIU's
+nftables network lock, then restored by real `criu restore --tcp-established` and by spice: the
+connection carries on (both ends check every byte). The lock table spice builds is CRIU's, object
+for object as the kernel reports them; --leave-running gives the connection back and removes the
+lock; a failure after the lock does the same; the images agree with CRIU's for the same connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import fdkinds  # noqa: F401 - registers the tcppair workload
+import harness
+import pytest
+from harness import assert_continues, criu_dump, criu_restore, kill_restored
+from spice import REPO, spice, spice_restore
+
+from spice_criu.linux import netlink
+from spice_criu.linux.netlink import NLM_F_DUMP, NLM_F_REQUEST
+from spice_criu.restore.tcp import NFPROTO_INET, nft_delete_table, nft_lock_table, nft_tables
+
+TCP_ARGS = ("--tcp-established", "--network-lock", "nftables")
+
+
+def _crit(crit: Path, image: Path) -> dict:
+    out = subprocess.run([str(crit), "show", str(image)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def spice_tcp_dumper(pid: int, images: Path, leave_running: bool) -> subprocess.CompletedProcess[str]:
+    images.mkdir(parents=True, exist_ok=True)
+    return spice("dump", "-t", str(pid), "-D", str(images), "-v4", "-o", "dump.log", *TCP_ARGS,
+                 *(["--leave-running"] if leave_running else []))
+
+
+def _table_of(crit: Path, images: Path) -> str:
+    inv = _crit(crit, images / "inventory.img")["entries"][0]
+    assert inv["network_lock_method"] == 1, inv
+    return nft_lock_table(inv["dump_criu_run_id"])
+
+
+def _drop_table(table: str) -> None:
+    if table in nft_tables():
+        nft_delete_table(NFPROTO_INET, table)
+
+
+def _established(crit: Path, images: Path) -> list[dict]:
+    return [e["isk"] for e in _crit(crit, images / "files.img")["entries"]
+            if e["type"] == "INETSK" and e["isk"]["state"] == "ESTABLISHED"]
+
+
+# ------------------------------------------------------------------ the nftables table, as the kernel has it
+
+
+def _attrs(body: bytes, off: int = 4) -> list[tuple[int, bytes]]:
+    out = []
+    while off + 4 <= len(body):
+        alen, atype = struct.unpack_from("=HH", body, off)
+        if alen < 4:
+            break
+        out.append((atype & 0x3FFF, body[off + 4 : off + alen]))
+        off += (alen + 3) & ~3
+    return out
+
+
+def _nla_str(kind: int, value: str) -> bytes:
+    data = value.encode() + b"\0"
+    return struct.pack("=HH", 4 + len(data), kind) + data + b"\0" * (-len(data) % 4)
+
+
+def _nft_dump(mtype: int, attrs: bytes = b"") -> list[bytes]:
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as nl:  # NETLINK_NETFILTER
+        nl.settimeout(5)
+        body = struct.pack("!BBH", NFPROTO_INET, 0, 0) + attrs
+        msg = struct.pack("=IHHII", 16 + len(body), 10 << 8 | mtype, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body
+        return netlink.request(nl, msg, 1 << 17)
+
+
+def table_shape(table: str) -> dict[str, list]:
+    """Chains, rules and sets of an nftables table as the kernel dumps them, minus the table name
+    and the handles; and the keys of the elements of conns4/conns6."""
+    shape: dict[str, list] = {}
+    # (what, NFT_MSG_GET*, attributes dropped: handles)
+    for what, mtype, handle in (("chains", 4, 2), ("rules", 7, 3), ("sets", 10, 16)):
+        items = []
+        for body in _nft_dump(mtype):
+            a = _attrs(body)
+            if dict(a).get(1, b"").rstrip(b"\0").decode() == table:  # NFTA_*_TABLE is attribute 1 in all three
+                items.append([(k, v.hex()) for k, v in a if k not in (1, handle)])
+        shape[what] = items
+    for name in ("conns4", "conns6"):
+        keys = set()
+        for body in _nft_dump(13, _nla_str(1, table) + _nla_str(2, name)):  # NFT_MSG_GETSETELEM
+            for kind, elems in _attrs(body):
+                if kind == 3:  # NFTA_SET_ELEM_LIST_ELEMENTS { ELEM { KEY { VALUE } } }
+                    for _k, elem in _attrs(elems, 0):
+                        for k2, key in _attrs(elem, 0):
+                            if k2 == 1:
+                                keys.add(_attrs(key, 0)[0][1])
+        shape[name] = sorted(keys)
+    return shape
+
+
+def expected_keys(conns: list[dict]) -> list[bytes]:
+    """The conns4 elements CRIU adds for these connections: both directions of each."""
+    keys = set()
+    for c in conns:
+        src, dst = socket.inet_aton(c["src_addr"][0]), socket.inet_aton(c["dst_addr"][0])
+        for a, ap, b, bp in ((src, c["src_port"], dst, c["dst_port"]), (dst, c["dst_port"], src, c["src_port"])):
+            keys.add(a + struct.pack("!H2x", ap) + b + struct.pack("!H2x", bp))
+    return sorted(keys)
+
+
+def test_spice_dump_locks_the_network_like_criu_and_criu_restores_it(criu_bin: Path, crit_bin: Path,
+                                                                     compat_tmp: Path) -> None:
+    base = compat_tmp / "tcp-dump"
+    ref = harness.start_workload("tcppair", base / "criu-ref")
+    ref.wait_ticks(8)
+    ref_info = harness.dump_workload(ref, ref.rundir / "images", extra_args=TCP_ARGS)
+    ref_table = _table_of(crit_bin, ref_info.images_dir)
+    try:
+        criu_shape = table_shape(ref_table)
+    finally:
+        _drop_table(ref_table)  # nobody restores that one
+    assert len(criu_shape["rules"]) == 6 and len(criu_shape["sets"]) == 2, criu_shape
+
+    wl = harness.start_workload("tcppair", base / "tcppair")
+    wl.wait_ticks(8)  # the lagging reader has filled both queues
+    info = harness.dump_workload(wl, wl.rundir / "images", dumper=spice_tcp_dumper)
+    table = _table_of(crit_bin, info.images_dir)
+    try:
+        assert table in nft_tables(), "a killing dump keeps the connections locked for the restore"
+        shape = table_shape(table)
+        for what in ("chains", "rules", "sets"):
+            assert shape[what] == criu_shape[what], f"{what} of spice's lock table differ from CRIU's"
+        conns = _established(crit_bin, info.images_dir)
+        assert len(conns) == 2
+        assert shape["conns4"] == expected_keys(conns) and shape["conns6"] == []
+        assert criu_shape["conns4"] == expected_keys(_established(crit_bin, ref_info.images_dir))
+        streams = [_crit(crit_bin, p)["entries"][0] for p in sorted(info.images_dir.glob("tcp-stream-*.img"))]
+        assert sorted(int(p.stem.split("-")[-1], 16) for p in info.images_dir.glob("tcp-stream-*.img")) == \
+            sorted(c["ino"] for c in conns)
+        assert any(s["inq_len"] for s in streams) and any(s.get("unsq_len") for s in streams), streams
+
+        assert criu_restore(info.images_dir, extra_args=("--tcp-established",)) == info.pid
+        assert table not in nft_tables(), "criu restore removes the lock spice left"
+        cont = assert_continues(info, list(info.pids), new_ticks=10)
+        assert cont.pids == info.roles
+    finally:
+        _drop_table(table)
+        kill_restored(info)
+
+
+def test_spice_dump_of_a_tcp_connection_restores_with_spice(criu_bin: Path, crit_bin: Path,
+                                                            compat_tmp: Path) -> None:
+    wl = harness.start_workload("tcppair", compat_tmp / "tcp-dump" / "tcppair-spice")
+    wl.wait_ticks(8)
+    info = harness.dump_workload(wl, wl.rundir / "images", dumper=spice_tcp_dumper)
+    table = _table_of(crit_bin, info.images_dir)
+    try:
+        assert table in nft_tables()
+        assert spice_restore(info.images_dir, *TCP_ARGS) == info.pid
+        assert table not in nft_tables(), "spice restore removes the lock"
+        cont = assert_continues(info, list(info.pids), new_ticks=10)
+        assert cont.pids == info.roles
+    finally:
+        _drop_table(table)
+        kill_restored(info)
+
+
+# ------------------------------------------------------------------ --leave-running, and CRIU's images of it
+
+#: tcp_stream_entry fields that move on while the connection runs between CRIU's and spice's dump
+MOVING = {"inq_len", "inq_seq", "outq_len", "outq_seq", "unsq_len", "timestamp", "snd_wl1", "snd_wnd",
+          "max_window", "rcv_wnd", "rcv_wup", "extra"}
+#: inet_sk_entry fields that may move: the send queue (backlog of an established socket is
+#: sock_diag's wqueue, as in CRIU); everything else (options, addresses, tcp_opts) must be equal
+MOVING_ISK = {"backlog"}
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "extra":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _logged_table(images: Path) -> str:
+    m = re.search(r"network locked: nftables table inet (\S+)", (images / "dump.log").read_text())
+    assert m, "dump.log names no lock table"
+    return m.group(1)
+
+
+def test_leave_running_keeps_the_connection_and_images_match_criu(criu_bin: Path, crit_bin: Path,
+                                                                  compat_tmp: Path) -> None:
+    wl = harness.start_workload("tcppair", compat_tmp / "tcp-dump" / "tcppair-R")
+    wl.wait_ticks(8)
+    criu_dir, spice_dir = wl.rundir / "criu", wl.rundir / "spice"
+    try:
+        criu_dump(wl.pid, criu_dir, leave_running=True, extra_args=TCP_ARGS)
+        spice_tcp_dumper(wl.pid, spice_dir, leave_running=True)
+        table = _table_of(crit_bin, spice_dir)
+        assert table == _logged_table(spice_dir)
+        assert table not in nft_tables(), "--leave-running removes the lock"
+        wl.wait_ticks(10)  # both ends still exchange and check every byte
+        assert_continues(wl)
+
+        by_port = {}
+        for which, d in (("criu", criu_dir), ("spice", spice_dir)):
+            for c in _established(crit_bin, d):
+                by_port.setdefault(c["src_port"], {})[which] = c
+        assert len(by_port) == 2 and all(len(v) == 2 for v in by_port.values()), by_port
+        for port, pair in by_port.items():
+            c, s = _flat(pair["criu"]), _flat(pair["spice"])
+            diff = {k for k in c.keys() | s.keys() if c.get(k) != s.get(k)} - MOVING_ISK - {"id"}
+            assert not diff, f"inetsk of port {port}: {[(k, c.get(k), s.get(k)) for k in sorted(diff)]}"
+            name = f"tcp-stream-{pair['spice']['ino']:x}.img"
+            cs = _crit(crit_bin, criu_dir / name)["entries"][0]
+            ss = _crit(crit_bin, spice_dir / name)["entries"][0]
+            assert cs.keys() == ss.keys(), (name, cs.keys() ^ ss.keys())
+            diff = {k for k in cs if cs[k] != ss[k]} - MOVING
+            assert not diff, f"{name}: {[(k, cs[k], ss[k]) for k in sorted(diff)]}"
+            # the stream only moved forward in between (sequence numbers mod 2**32)
+            for k in ("inq_seq", "outq_seq"):
+                assert (ss[k] - cs[k]) % 2**32 < 2**31, (name, k, cs[k], ss[k])
+    finally:
+        wl.kill()
+
+
+# ------------------------------------------------------------------ failures
+
+
+def _run_dump(pid: int, images: Path, *extra: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
+    images.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "SPICE_DUMP_FAULT"}
+    if fault:
+        env["SPICE_DUMP_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "spice_criu", "dump", "-t", str(pid), "-D", str(images), "-v4",
+                           "-o", "dump.log", *extra], capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=harness.scaled(120), stdin=subprocess.DEVNULL)
+
+
+def _assert_untouched(wl: harness.Workload) -> None:
+    for p in wl.pids:
+        with open(f"/proc/{p}/status") as f:
+            assert "TracerPid:\t0\n" in f.read(), f"{p} is still traced"
+    wl.wait_ticks(5)  # data flows both ways again: no socket left in repair mode, no packet dropped
+    assert_continues(wl)
+
+
+def test_failure_after_the_lock_gives_the_connection_back(criu_bin: Path, compat_tmp: Path) -> None:
+    wl = harness.start_workload("tcppair", compat_tmp / "tcp-dump" / "tcppair-fault")
+    wl.wait_ticks(8)
+    try:
+        images = wl.rundir / "images-fault"
+        p = _run_dump(wl.pid, images, *TCP_ARGS, fault="tcp-locked")
+        assert p.returncode == 1, p.stderr
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert lines == ["Error (spice/dump): fault injected at step tcp-locked"], p.stderr
+        log = (images / "dump.log").read_text()
+        assert "Turned repair on for socket" in log, "the fault must hit with a socket in repair mode"
+        assert _logged_table(images) not in nft_tables(), "a failed dump removes its lock"
+        assert sorted(x.name for x in images.iterdir() if x.name != "dump.log") == ["spice-dump.partial"]
+        _assert_untouched(wl)
+        # and it can be dumped for real afterwards
+        ok = _run_dump(wl.pid, wl.rundir / "images-after", *TCP_ARGS, "--leave-running")
+        assert ok.returncode == 0, ok.stderr
+        _assert_untouched(wl)
+    finally:
+        wl.kill()
+
+
+def test_iptables_lock_needs_iptables(criu_bin: Path, crit_bin: Path, compat_tmp: Path) -> None:
+    """CRIU's default method: without the iptables tool the dump fails naming it, the tree runs on;
+    with it, the connection is dumped and restored by criu."""
+    wl = harness.start_workload("tcppair", compat_tmp / "tcp-dump" / "tcppair-ipt")
+    wl.wait_ticks(4)
+    try:
+        if shutil.which("iptables") is None:
+            p = _run_dump(wl.pid, wl.rundir / "images", "--tcp-established")
+            assert p.returncode == 1, p.stderr
+            assert "iptables not found: cannot lock TCP connection 127.0.0.1:" in p.stderr, p.stderr
+            assert "Traceback" not in p.stderr
+            _assert_untouched(wl)
+            return
+        info = harness.dump_workload(wl, wl.rundir / "images", dumper=lambda pid, d, lr: spice(
+            "dump", "-t", str(pid), "-D", str(d), "-v4", "-o", "dump.log", "--tcp-established"))
+        assert _crit(crit_bin, info.images_dir / "inventory.img")["entries"][0].get("network_lock_method", 0) == 0
+        try:
+            assert criu_restore(info.images_dir, extra_args=("--tcp-established",)) == info.pid
+            assert_continues(info, list(info.pids), new_ticks=5)
+        finally:
+            kill_restored(info)
+    finally:
+        wl.kill()
+
+
+@pytest.mark.parametrize("lock", ["nftables", "skip"])
+def test_without_tcp_established_the_dump_names_the_connection(lock: str, criu_bin: Path, compat_tmp: Path) -> None:
+    wl = harness.start_workload("tcppair", compat_tmp / "tcp-dump" / f"tcppair-noflag-{lock}")
+    wl.wait_ticks(3)
+    try:
+        images = wl.rundir / "images"
+        p = _run_dump(wl.pid, images, "--network-lock", lock)
+        assert p.returncode == 1, p.stderr
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and re.fullmatch(
+            r"Error \(spice/dump\): task \d+: fd \d+ is socket:\[\d+\] \(TCP 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+.*\): "
+            r"connected TCP socket, consider using --tcp-established option", lines[0]), p.stderr
+        if lock == "nftables":
+            assert _logged_table(images) not in nft_tables()
+        _assert_untouched(wl)
+    finally:
+        wl.kill()
