@@ -1,10 +1,12 @@
 # SPDX-License-Identifier: MIT
 """The remaining fd kinds, `spice dump` -> real `criu restore` and -> `spice restore`: eventfd, epoll,
-timerfd, signalfd, unix socket pairs; and what spice dump refuses (leaving the tree running)."""
+timerfd, signalfd, unix socket pairs; and what spice dump refuses (leaving the tree running): a TCP
+connection without --tcp-established (with it: test_tcp_dump.py)."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,14 +58,16 @@ def test_spice_dump_of_event_fds_restores(evfds_spice_dump: harness.DumpInfo, to
     kill_restored(info, pid)
 
 
-def test_spice_dump_refuses_established_tcp_and_leaves_it_running(criu_bin: Path, compat_tmp: Path) -> None:
+def test_spice_dump_refuses_established_tcp_without_the_flag_and_leaves_it_running(criu_bin: Path,
+                                                                                   compat_tmp: Path) -> None:
+    """As criu: a connected TCP socket needs --tcp-established (test_tcp_dump.py dumps it with it)."""
     wl = harness.start_workload("tcppair", compat_tmp / "fdkinds-dump" / "tcppair")
     images = wl.rundir / "images"
     images.mkdir()
-    p = spice("dump", "-t", str(wl.pid), "-D", str(images), "--tcp-established", "-v4", "-o", "dump.log",
-              check=False)
+    p = spice("dump", "-t", str(wl.pid), "-D", str(images), "-v4", "-o", "dump.log", check=False)
     assert p.returncode == 1
-    assert "cannot checkpoint established TCP connections" in p.stderr, p.stderr
+    assert "connected TCP socket, consider using --tcp-established option" in p.stderr, p.stderr
+    assert re.search(r"fd \d+ is socket:\[\d+\] \(TCP 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+\)", p.stderr), p.stderr
     wl.wait_ticks(3)  # both processes carry on, the connection intact
     assert_continues(wl, wl.pids, new_ticks=2)
     wl.kill()
