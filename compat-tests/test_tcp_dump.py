@@ -30,6 +30,9 @@ from spice_criu.linux.netlink import NLM_F_DUMP, NLM_F_REQUEST
 from spice_criu.restore.tcp import NFPROTO_INET, nft_delete_table, nft_lock_table, nft_tables
 
 TCP_ARGS = ("--tcp-established", "--network-lock", "nftables")
+harness.SPECS.setdefault("tcppair6", harness.WorkloadSpec(
+    "tcppair6", str(Path(fdkinds.__file__).parent / "tcppair6.py"), roles=("server", "client"),
+    constants=("token", "conn"), steps=("seq",)))
 
 
 def _crit(crit: Path, image: Path) -> dict:
@@ -111,11 +114,14 @@ def table_shape(table: str) -> dict[str, list]:
     return shape
 
 
-def expected_keys(conns: list[dict]) -> list[bytes]:
-    """The conns4 elements CRIU adds for these connections: both directions of each."""
+def expected_keys(conns: list[dict], family: str = "INET") -> list[bytes]:
+    """The conns4 (conns6) elements CRIU adds for these connections: both directions of each."""
     keys = set()
+    af = socket.AF_INET if family == "INET" else socket.AF_INET6
     for c in conns:
-        src, dst = socket.inet_aton(c["src_addr"][0]), socket.inet_aton(c["dst_addr"][0])
+        if c["family"] != family:
+            continue
+        src, dst = socket.inet_pton(af, c["src_addr"][0]), socket.inet_pton(af, c["dst_addr"][0])
         for a, ap, b, bp in ((src, c["src_port"], dst, c["dst_port"]), (dst, c["dst_port"], src, c["src_port"])):
             keys.add(a + struct.pack("!H2x", ap) + b + struct.pack("!H2x", bp))
     return sorted(keys)
@@ -161,16 +167,25 @@ def test_spice_dump_locks_the_network_like_criu_and_criu_restores_it(criu_bin: P
         kill_restored(info)
 
 
-def test_spice_dump_of_a_tcp_connection_restores_with_spice(criu_bin: Path, crit_bin: Path,
-                                                            compat_tmp: Path) -> None:
-    wl = harness.start_workload("tcppair", compat_tmp / "tcp-dump" / "tcppair-spice")
+@pytest.mark.parametrize(("name", "tool"), [("tcppair", "spice"), ("tcppair6", "spice"), ("tcppair6", "criu")])
+def test_spice_dump_of_a_tcp_connection_restores(name: str, tool: str, criu_bin: Path, crit_bin: Path,
+                                                 compat_tmp: Path) -> None:
+    wl = harness.start_workload(name, compat_tmp / "tcp-dump" / f"{name}-{tool}")
     wl.wait_ticks(8)
     info = harness.dump_workload(wl, wl.rundir / "images", dumper=spice_tcp_dumper)
     table = _table_of(crit_bin, info.images_dir)
     try:
         assert table in nft_tables()
-        assert spice_restore(info.images_dir, *TCP_ARGS) == info.pid
-        assert table not in nft_tables(), "spice restore removes the lock"
+        conns = _established(crit_bin, info.images_dir)
+        assert len(conns) == 2
+        shape = table_shape(table)
+        assert (shape["conns4"], shape["conns6"]) == (expected_keys(conns, "INET"), expected_keys(conns, "INET6"))
+        assert len(shape["conns4" if name == "tcppair" else "conns6"]) == 2, shape  # both directions
+        if tool == "spice":
+            assert spice_restore(info.images_dir, *TCP_ARGS) == info.pid
+        else:
+            assert criu_restore(info.images_dir, extra_args=("--tcp-established",)) == info.pid
+        assert table not in nft_tables(), f"{tool} restore removes the lock"
         cont = assert_continues(info, list(info.pids), new_ticks=10)
         assert cont.pids == info.roles
     finally:

@@ -2,7 +2,7 @@
 """tcppair: an established loopback TCP connection between two processes of one tree, with data
 always queued in both directions.
 
-    python tcppair.py OUTFILE
+    python tcppair.py OUTFILE        (tcppair6.py: the same over IPv6, ::1)
 
 The server (root) listens on 127.0.0.1 (ephemeral port, SO_REUSEADDR, kept open), forks the
 client, accepts it, and the two exchange, on every ~100 ms tick:
@@ -31,6 +31,7 @@ import sys
 import time
 
 TICK = 0.1
+FAMILY, HOST = socket.AF_INET, "127.0.0.1"  # tcppair6.py: AF_INET6, "::1"
 CHUNK = 8192
 LAG = 6
 
@@ -81,9 +82,9 @@ def sleep_tick(start: float, tick: int) -> float:
 
 def server(out_path: str, token: int) -> None:
     out = Out(out_path, "server")
-    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lst = socket.socket(FAMILY, socket.SOCK_STREAM)
     lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lst.bind(("127.0.0.1", 0))
+    lst.bind((HOST, 0))
     lst.listen(1)
     port = lst.getsockname()[1]
     me = os.getpid()
@@ -120,9 +121,9 @@ def client(out_path: str, token: int, port: int, parent: int) -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:
         os._exit(0)
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s = socket.socket(FAMILY, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    s.connect(("127.0.0.1", port))
+    s.connect((HOST, port))
     name = f"{port}-{s.getsockname()[1]}"
     me = os.getpid()
     tick = 0
