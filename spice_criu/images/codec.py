@@ -4,21 +4,28 @@
 Everything hostile-input-safe: every failure is an ImageError naming the file and the byte offset,
 never an IndexError or a protobuf traceback. Messages are re-encoded by protobuf's canonical proto2
 encoding, which is what CRIU's protobuf-c writes, so decode -> encode reproduces a file byte for byte.
+
+Loading with `lite=True` decodes into spice_criu.images.lite messages instead (same values, presence
+and errors, no protobuf import): what the restore path uses. protobuf itself is imported only when a
+protobuf message class is first needed.
 """
 
 from __future__ import annotations
 
 import importlib
 import struct
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
-
-from google.protobuf.message import DecodeError, Message
 
 from ..errors import ImageError
 from ..record import Record
 from . import magic as M
+
+TYPE_CHECKING = False  # typing and protobuf are not imported at run time
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any
+
+    from google.protobuf.message import Message
 
 _U32 = struct.Struct("<I")
 
@@ -95,6 +102,8 @@ _ENTRY_TYPES: dict[str, tuple[str, str]] = {
 }
 
 _classes: dict[tuple[str, str], type[Message]] = {}
+#: message name -> its pb module, for every message an image holds
+_MODULES: dict[str, str] = {}
 
 
 def message_class(module: str, name: str) -> type[Message]:
@@ -117,10 +126,18 @@ RESTORE_MAGICS = ("INVENTORY", "PSTREE", "CORE", "IDS", "MM", "PAGEMAP", "FDINFO
                   "MEMFD_INODE", "REMAP_FPATH", "PIPES_DATA", "FIFO_DATA", "SK_QUEUES", "TCP_STREAM", "STATS")
 
 
-def preload(magics: tuple[str, ...] = RESTORE_MAGICS) -> None:
-    """Import the generated schemas of these image kinds now."""
+def preload(magics: tuple[str, ...] = RESTORE_MAGICS, lite: bool = False) -> None:
+    """Import the generated schemas of these image kinds now (lite: only build the light classes)."""
     for m in magics:
-        entry_class(m)
+        if lite:
+            _lite().message_class(entry_name(m))
+        else:
+            entry_class(m)
+
+
+def entry_name(magic: str) -> str:
+    """The CRIU message name of an image kind's entries, e.g. "core_entry" for CORE."""
+    return _ENTRY_TYPES[magic][1]
 
 
 def entry_class(magic: str) -> type[Message]:
@@ -129,10 +146,10 @@ def entry_class(magic: str) -> type[Message]:
 
 def pb(name: str) -> type[Message]:
     """Look a message class up by CRIU message name, e.g. pb("vma_entry")."""
-    for mod, msg in _ENTRY_TYPES.values():
-        if msg == name:
-            return message_class(mod, msg)
-    return message_class(*_EXTRA_MESSAGES[name])
+    if not _MODULES:
+        for mod, msg in (*_ENTRY_TYPES.values(), *_EXTRA_MESSAGES.values()):
+            _MODULES.setdefault(msg, mod)
+    return message_class(_MODULES[name], name)
 
 
 _EXTRA_MESSAGES = {
@@ -140,6 +157,12 @@ _EXTRA_MESSAGES = {
     "ghost_chunk_entry": ("ghost_file_pb2", "ghost_chunk_entry"),
     "ipc_msg": ("ipc_msg_pb2", "ipc_msg"),
 }
+
+
+def _lite():
+    from . import lite
+
+    return lite
 
 
 class Entry(Record):
@@ -165,10 +188,12 @@ def _round_up(x: int, y: int) -> int:
 class _Reader:
     """Cursor over an image's bytes; every read is bounds-checked into an ImageError."""
 
-    def __init__(self, data: bytes, path: object) -> None:
-        self.data = memoryview(data)
+    def __init__(self, data: bytes, path: object, lite: bool = False) -> None:
+        self.raw = bytes(data)
+        self.data = memoryview(self.raw)
         self.pos = 0
         self.path = path
+        self.lite = lite
 
     def error(self, msg: str, offset: int | None = None) -> ImageError:
         return ImageError(self.path, msg, self.pos if offset is None else offset)
@@ -191,25 +216,35 @@ class _Reader:
         self.pos += n
         return b
 
-    def message(self, cls: type[Message]) -> Message:
+    def message(self, name: str) -> Message:
+        """The next entry (u32 size + message `name`)."""
         start = self.pos
         size = self.u32("entry size")
         if size > self.left:
             raise self.error(f"entry size {size} exceeds the {self.left} bytes left in the file", start)
-        msg = cls()
-        try:
-            msg.ParseFromString(self.data[self.pos : self.pos + size])
-        except (DecodeError, RuntimeError, ValueError) as e:
-            raise self.error(f"bad {cls.DESCRIPTOR.name} message: {e}", start) from None
+        if self.lite:
+            lite = _lite()
+            try:
+                msg = lite.decode(name, self.raw, self.pos, self.pos + size)
+            except lite.DecodeError as e:
+                raise self.error(f"bad {name} message: {e}", start) from None
+        else:
+            from google.protobuf.message import DecodeError
+
+            msg = pb(name)()
+            try:
+                msg.ParseFromString(self.data[self.pos : self.pos + size])
+            except (DecodeError, RuntimeError, ValueError) as e:
+                raise self.error(f"bad {name} message: {e}", start) from None
         self.pos += size
         return msg
 
 
 def _read_plain(r: _Reader, magic: str, extra: Callable[[_Reader, Message], Any] | None) -> list[Entry]:
-    cls = entry_class(magic)
+    name = entry_name(magic)
     out = []
     while r.left:
-        msg = r.message(cls)
+        msg = r.message(name)
         out.append(Entry(msg, extra(r, msg) if extra else None))
     return out
 
@@ -217,32 +252,29 @@ def _read_plain(r: _Reader, magic: str, extra: Callable[[_Reader, Message], Any]
 def _read_pagemap(r: _Reader) -> list[Entry]:
     if not r.left:
         raise r.error("pagemap image has no pagemap_head")
-    out = [Entry(r.message(pb("pagemap_head")))]
-    cls = entry_class("PAGEMAP")
+    out = [Entry(r.message("pagemap_head"))]
     while r.left:
-        out.append(Entry(r.message(cls)))
+        out.append(Entry(r.message("pagemap_entry")))
     return out
 
 
 def _read_ghost(r: _Reader) -> list[Entry]:
     if not r.left:
         raise r.error("ghost file image has no ghost_file_entry")
-    head = r.message(entry_class("GHOST_FILE"))
+    head = r.message("ghost_file_entry")
     if not head.chunks:
         return [Entry(head, r.take(r.left, "ghost file data"))]
     out = [Entry(head)]
-    cls = pb("ghost_chunk_entry")
     while r.left:
-        chunk = r.message(cls)
+        chunk = r.message("ghost_chunk_entry")
         out.append(Entry(chunk, r.take(chunk.len, "ghost chunk data")))
     return out
 
 
 def _ipc_msgs(r: _Reader, m: Message) -> list[tuple[Message, bytes]]:
-    cls = pb("ipc_msg")
     out = []
     for _ in range(m.qnum):
-        msg = r.message(cls)
+        msg = r.message("ipc_msg")
         data = r.take(_round_up(msg.msize, 8), "ipc message data")
         out.append((msg, data[: msg.msize]))
     return out
@@ -284,9 +316,11 @@ def read_magic(r: _Reader) -> str:
     return name
 
 
-def loads(data: bytes, path: object = "<bytes>", expect: str | None = None) -> Image:
-    """Decode a whole image from bytes; `expect` is the magic its file name calls for."""
-    r = _Reader(data, path)
+def loads(data: bytes, path: object = "<bytes>", expect: str | None = None, lite: bool = False) -> Image:
+    """Decode a whole image from bytes; `expect` is the magic its file name calls for.
+
+    lite: decode into spice_criu.images.lite messages (read-only use; no protobuf import)."""
+    r = _Reader(data, path, lite)
     name = read_magic(r)
     if expect is not None and expect != name:
         raise ImageError(path, f"wrong magic: found {name}, expected {expect}", 0)
@@ -299,7 +333,7 @@ def loads(data: bytes, path: object = "<bytes>", expect: str | None = None) -> I
     return Image(name, entries)
 
 
-def load(path: str | Path, expect: str | None = None) -> Image:
+def load(path: str | Path, expect: str | None = None, lite: bool = False) -> Image:
     """Decode the image at `path`. Errors (missing, unreadable, corrupt) name the file."""
     p = Path(path)
     try:
@@ -311,7 +345,7 @@ def load(path: str | Path, expect: str | None = None) -> Image:
     if expect is None:
         named = M.magic_for_filename(p.name)
         expect = named if named not in (None, "RAW") else None
-    return loads(data, p, expect)
+    return loads(data, p, expect, lite)
 
 
 def count(data: bytes, path: object = "<bytes>") -> tuple[str, int]:

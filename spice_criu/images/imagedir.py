@@ -5,19 +5,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from google.protobuf.message import Message
-
 from ..errors import ImageError, SpiceError
 from . import codec
 from .magic import magic_for_filename
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
 
 #: written first by `spice dump`, removed last: a directory holding it is not restorable.
 PARTIAL_MARKER = "spice-dump.partial"
 
 
 class ImageDir:
-    def __init__(self, path: str | Path) -> None:
+    """lite=True: images decode into spice_criu.images.lite messages (the restore path: no protobuf)."""
+
+    def __init__(self, path: str | Path, lite: bool = False) -> None:
         self.path = Path(path)
+        self.lite = lite
         if not self.path.is_dir():
             raise SpiceError("images", f"{self.path}: images directory does not exist")
         self._cache: dict[str, codec.Image] = {}
@@ -34,7 +39,7 @@ class ImageDir:
             expect = magic_for_filename(name)
             if expect is None:
                 raise ImageError(self.path / name, "unknown image name")
-            img = codec.load(self.path / name, expect=expect)
+            img = codec.load(self.path / name, expect=expect, lite=self.lite)
             for i, e in enumerate(img.entries):
                 if not e.msg.IsInitialized():  # crit shows such images; restoring from them is wrong
                     missing = ", ".join(e.msg.FindInitializationErrors())

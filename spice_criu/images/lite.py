@@ -271,6 +271,11 @@ def message_class(name: str) -> type[Message]:
     return cls
 
 
+def required_fields(msg: Message) -> list[str]:
+    """Names of a message's required fields, in declaration order."""
+    return [f.name for f in type(msg)._fields if f.required]
+
+
 def enum_names(enum: str) -> dict[int, str]:
     """number -> value name of an enum (the first name of a number, as protobuf's values_by_number)."""
     out: dict[int, str] = {}

@@ -54,7 +54,7 @@ def entry_flags(e) -> int:
 
 
 def _own_runs(path: Path) -> tuple[Path, list[PageRun]]:
-    img = codec.load(path, expect="PAGEMAP")
+    img = codec.load(path, expect="PAGEMAP", lite=True)  # read-only: no protobuf needed
     pages_file = path.parent / f"pages-{img.entries[0].msg.pages_id}.img"
     runs = []
     offset = 0

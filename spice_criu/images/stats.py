@@ -1,11 +1,15 @@
 # SPDX-License-Identifier: MIT
-"""stats-dump / stats-restore: the service images podman, zdtm and `--display-stats` read."""
+"""stats-dump / stats-restore: the service images podman, zdtm and `--display-stats` read.
+
+Written and read with spice_criu.images.lite messages (protobuf's exact bytes, without importing it):
+the restore writes stats-restore and must not pay for protobuf.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import codec
+from . import codec, lite
 
 DUMP_LABELS = [
     ("freezing_time", "Freezing time", "us"),
@@ -29,21 +33,19 @@ RESTORE_LABELS = [
 
 def write(workdir: Path, kind: str, **fields: int) -> Path:
     """Write stats-<kind> ("dump" or "restore") into the work dir, CRIU's layout."""
-    stats = codec.entry_class("STATS")()
-    sub = stats.dump if kind == "dump" else stats.restore
-    sub.SetInParent()
-    for k, v in fields.items():
-        setattr(sub, k, int(v))
-    for f in sub.DESCRIPTOR.fields:  # required fields CRIU always writes
-        if f.is_required and not sub.HasField(f.name):
-            setattr(sub, f.name, 0)
+    sub = lite.message_class("dump_stats_entry" if kind == "dump" else "restore_stats_entry")(
+        **{k: int(v) for k, v in fields.items()})
+    for name in lite.required_fields(sub):  # required fields CRIU always writes
+        if not sub.HasField(name):
+            setattr(sub, name, 0)
+    stats = lite.message_class("stats_entry")(**{"dump" if kind == "dump" else "restore": sub})
     path = Path(workdir) / f"stats-{kind}"
     codec.dump(path, codec.make("STATS", [stats]))
     return path
 
 
 def read(path: Path):
-    return codec.load(path, expect="STATS").entries[0].msg
+    return codec.load(path, expect="STATS", lite=True).entries[0].msg
 
 
 def display(kind: str, stats) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ImageError, SpiceError
-from ..images import codec
+from ..images import codec, lite
 from ..images.imagedir import ImageDir
 from ..record import Record
 
@@ -216,7 +216,7 @@ def _plan_reg(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
         if kind != 1:  # LINKED (0) and PROCFS (2) remaps are not produced for host tasks here
             raise SpiceError("files", f"{r.name} (file id {r.id}): remap type {kind} not supported")
         gpath = imgdir / f"ghost-file-{remap_id:x}.img"
-        img = codec.load(gpath, expect="GHOST_FILE")
+        img = codec.load(gpath, expect="GHOST_FILE", lite=imgdir.lite)
         head = img.entries[0].msg
         if head.chunks:
             size = head.size if head.HasField("size") else 0
@@ -281,10 +281,10 @@ def plan_files(imgdir: ImageDir, shmems: dict[int, ShmemPlan]) -> tuple[dict[int
         "shmems": shmems,
         "pipe_data": {},
     }
-    type_names = codec.pb("file_entry").DESCRIPTOR.fields_by_name["type"].enum_type.values_by_number
+    type_names = lite.enum_names("fd_types")  # file_entry.type
     files: dict[int, FileObj] = {}
     for e in imgdir.entries("files.img", optional=False):
-        tname = type_names[e.type].name if e.type in type_names else str(e.type)
+        tname = type_names.get(e.type, str(e.type))
         fn = _planner_for(tname)
         files[e.id] = fn(e, imgdir, state) if fn else Unsupported(e.id, 0, type_name=tname)
     state["files"] = files

@@ -11,14 +11,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from google.protobuf.message import Message
-
 from ..errors import ImageError, SpiceError
 from ..images.imagedir import ImageDir
 from ..record import Factory, Record
 from . import files as F
 from . import seccomp
 from .mm import MmPlan, ShmemPlan, plan_mm
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..images.lite import Message  # images are decoded without protobuf, into its interface
 
 TASK_ALIVE, TASK_DEAD, TASK_STOPPED, TASK_ZOMBIE = 1, 2, 3, 6
 _NS_NAMES = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")
@@ -110,7 +112,7 @@ def _check_thread(pid: int, core: Message, tid: int) -> None:
 
 def build_plan(images_dir: str | Path, root: str = "/", inherit: dict[str, int] | None = None) -> RestorePlan:
     """Read and validate everything needed to restore the image set at `images_dir`."""
-    imgdir = ImageDir(images_dir)
+    imgdir = ImageDir(images_dir, lite=True)  # no protobuf on the restore path
     imgdir.check_restorable()
     inv = _check_inventory(imgdir)
     pstree = imgdir.entries("pstree.img", optional=False)

@@ -172,8 +172,8 @@ def restore_plan(plan: RestorePlan, o: Options, backend) -> tuple[list[TaskCtl],
 
 def restore(o: Options) -> int:
     # restore_time starts where CRIU's does, after start-up: CRIU's schemas are compiled into its
-    # binary, ours are Python modules to import first (the wall time of the command has it all)
-    codec.preload()
+    # binary, ours are a table to import and light classes to build first (protobuf is never imported)
+    codec.preload(lite=True)
     t0 = time.monotonic()
     if o.record_working_set:
         from . import workingset
