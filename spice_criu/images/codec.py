@@ -159,10 +159,17 @@ _EXTRA_MESSAGES = {
 }
 
 
-def _lite():
-    from . import lite
+_lite_module = None
 
-    return lite
+
+def _lite():
+    """spice_criu.images.lite, imported on first use."""
+    global _lite_module
+    if _lite_module is None:
+        from . import lite
+
+        _lite_module = lite
+    return _lite_module
 
 
 class Entry(Record):

@@ -375,7 +375,11 @@ def _merge(msg: Message, buf: bytes, pos: int, end: int, depth: int) -> None:
                 v, pos = _varint_tail(buf, pos + 1, b)
             if pos > end:
                 raise DecodeError(f"truncated varint of field {f.name} at byte {pos}")
-            if kind != _U64:
+            if kind == _U32:
+                v &= _MASK32
+            elif kind == _BOOL:
+                v = v != 0
+            elif kind != _U64:
                 v = _scalar(kind, v)
                 if kind == _ENUM and v not in f.enum_values:
                     continue  # proto2: an unknown enum value is an unknown field
