@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -293,6 +294,24 @@ def test_failure_after_the_lock_gives_the_connection_back(criu_bin: Path, compat
         # and it can be dumped for real afterwards
         ok = _run_dump(wl.pid, wl.rundir / "images-after", *TCP_ARGS, "--leave-running")
         assert ok.returncode == 0, ok.stderr
+        _assert_untouched(wl)
+    finally:
+        wl.kill()
+
+
+def test_sigkill_of_spice_after_the_lock_gives_the_connection_back(criu_bin: Path, compat_tmp: Path) -> None:
+    """spice SIGKILLed with a socket in repair mode and the table in place: the kernel lets the tree
+    go, and spice's guard process puts the socket out of repair mode and removes the lock."""
+    wl = harness.start_workload("tcppair", compat_tmp / "tcp-dump" / "tcppair-kill")
+    wl.wait_ticks(8)
+    try:
+        images = wl.rundir / "images-kill"
+        p = _run_dump(wl.pid, images, *TCP_ARGS, fault="tcp-locked:kill")
+        assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr)
+        log = (images / "dump.log").read_text()
+        assert "Turned repair on for socket" in log, "the kill must hit with a socket in repair mode"
+        assert "the guard unlocks them" in log, log[-2000:]
+        assert _logged_table(images) not in nft_tables(), "the guard removes the lock"
         _assert_untouched(wl)
     finally:
         wl.kill()

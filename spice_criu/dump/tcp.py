@@ -13,12 +13,19 @@ The sockets stay in repair mode and locked after a dump that kills the tree (clo
 repair mode sends nothing: the peer never learns) and after --leave-stopped; with --leave-running
 or on any failure, release() takes every socket out of repair mode (SO_REUSEADDR back to its
 dumped value, as repair mode changes it) and removes the lock, so the connections carry on.
+
+Even if spice itself dies (SIGKILL: the kernel lets the tree go, but a socket would stay in repair
+mode, silent, and its packets dropped, for ever): from the first connection on, a guard process
+holds a duplicate of every socket spice repairs and the lock's description, and puts everything
+back the moment spice's end of their socketpair closes without a "done". CRIU has no such guard.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import signal
 import socket
 import struct
 from typing import Any
@@ -50,15 +57,21 @@ class TcpDump:
     def __init__(self, lock: NetworkLock) -> None:
         self.lock = lock
         self.repaired: list[Repaired] = []
+        self.guard: _Guard | None = None
 
     def dump(self, ctx: Any, lfd: int, e: Any, what: str) -> None:
         """Lock connection e (an inet_sk_entry already filled, options included), take its state
         and queues, and add tcp-stream-<ino>.img."""
         from .run import fault
 
-        conn = Conn(e.family, list(e.src_addr), e.src_port, list(e.dst_addr), e.dst_port)
+        args = (e.family, list(e.src_addr), e.src_port, list(e.dst_addr), e.dst_port)
+        conn = Conn(*args)
+        if self.guard is None:
+            self.guard = _Guard(self.lock)
+        self.guard.send({"conn": args})  # before the lock, so the guard removes it whatever happens
         self.lock.lock(conn)
         r = Repaired(os.dup(lfd), bool(e.opts.reuseaddr), what)
+        self.guard.send({"sk": r.reuseaddr}, r.fd)
         try:
             _setopt(r.fd, TCP_REPAIR, 1)
         except OSError as err:
@@ -89,6 +102,9 @@ class TcpDump:
         self.repaired.clear()
         if unlock:
             self.lock.unlock()
+        if self.guard is not None:
+            self.guard.done()
+            self.guard = None
 
 
 def _setopt(fd: int, opt: int, value: int, level: int = socket.IPPROTO_TCP) -> None:
@@ -140,3 +156,69 @@ def snapshot(fd: int) -> tuple[Any, bytes, bytes]:
     # TCP_NODELAY / TCP_CORK: CRIU 4.2 records them in the inet_sk_entry's tcp_opts only (sockets.py),
     # no longer in tcp_stream_entry (its nodelay/cork fields stay unset)
     return t, in_data, out_data
+
+
+class _Guard:
+    """A child process that unlocks everything if spice dies before saying done (see the top)."""
+
+    def __init__(self, lock: NetworkLock) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 0
+            try:
+                parent.close()
+                _guard_main(child, lock.method, lock.table)
+            except BaseException:  # noqa: BLE001 - the guard must end quietly
+                code = 1
+            finally:
+                os._exit(code)
+        child.close()
+        self.sock, self.pid = parent, pid
+        log.debug(f"tcp guard process {pid}")
+
+    def send(self, msg: dict, fd: int | None = None) -> None:
+        data = json.dumps(msg).encode()
+        if fd is None:
+            self.sock.send(data)
+        else:
+            socket.send_fds(self.sock, [data], [fd])
+
+    def done(self) -> None:
+        """spice took care of everything: the guard drops its references and exits."""
+        try:
+            self.sock.send(b'{"done": true}')
+        except OSError:
+            pass
+        self.sock.close()
+        os.waitpid(self.pid, 0)
+
+
+def _guard_main(sock: socket.socket, method: str, table: str) -> None:
+    """The guard: collect the connections and sockets; at EOF without "done", put them back."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # it ends with spice, not before
+        signal.signal(sig, signal.SIG_IGN)
+    lock = NetworkLock(method, "")
+    lock.table = table
+    fds: list[tuple[int, bool]] = []
+    while True:
+        data, fdlist, _flags, _addr = socket.recv_fds(sock, 4096, 4)
+        if not data:
+            break
+        msg = json.loads(data)
+        if msg.get("done"):
+            return
+        if "conn" in msg:
+            if method == "iptables":
+                lock.locked.append(Conn(*msg["conn"]))
+            lock.table_made = method == "nftables"
+        if fdlist:
+            fds.append((fdlist[0], bool(msg.get("sk"))))
+    log.warn("dump", "spice died with TCP connections locked: the guard unlocks them")
+    for fd, reuse in fds:
+        try:
+            _setopt(fd, TCP_REPAIR, 0)
+            _setopt(fd, socket.SO_REUSEADDR, int(reuse), socket.SOL_SOCKET)
+        except OSError:
+            pass
+    lock.unlock()
