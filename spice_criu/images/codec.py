@@ -178,6 +178,10 @@ class Entry(Record):
     msg: Message
     extra: Any = None
 
+    def __init__(self, msg: Message, extra: Any = None) -> None:  # one per message read: keep it cheap
+        self.msg = msg
+        self.extra = extra
+
 
 class Image(Record):
     magic: str

@@ -61,7 +61,7 @@ class _Field:
     """One field of a message class, resolved for decoding."""
 
     __slots__ = ("number", "name", "type", "kind", "wire", "repeated", "required", "packed", "packable",
-                 "default", "bit", "type_name", "fmt", "enum_values", "set")
+                 "default", "bit", "type_name", "fmt", "enum_values", "set", "sub")
 
     def __init__(self, row: tuple, index: int, cls: type) -> None:
         self.number, self.name, self.type, label, self.packed, self.default, self.type_name = row
@@ -73,6 +73,7 @@ class _Field:
         self.fmt = _FIXED_FORMAT.get(self.type)
         self.enum_values = frozenset(n for _, n in ENUMS[self.type_name]) if self.kind == _ENUM else None
         self.set = cls.__dict__[self.name].__set__  # the slot's setter: no presence bookkeeping
+        self.sub: type[Message] | None = None  # the message class of a message field, once resolved
 
 
 class Message:
@@ -82,6 +83,7 @@ class Message:
     _name: str = ""
     _fields: tuple[_Field, ...] = ()
     _by_number: dict[int, _Field] = {}
+    _by_tag: dict[int, _Field] = {}  # wire tag (number << 3 | wire type) -> field, packed tags included
     _by_name: dict[str, _Field] = {}
     _required_mask = 0
     _subs: tuple[_Field, ...] = ()  # message-typed fields (for required-field checks)
@@ -264,6 +266,8 @@ def message_class(name: str) -> type[Message]:
     fields = tuple(_Field(r, i, cls) for i, r in enumerate(rows))
     cls._fields = fields
     cls._by_number = {f.number: f for f in fields}
+    cls._by_tag = {f.number << 3 | f.wire: f for f in fields}
+    cls._by_tag.update({f.number << 3 | 2: f for f in fields if f.packable})
     cls._by_name = {f.name: f for f in fields}
     cls._required_mask = sum(f.bit for f in fields if f.required)
     cls._subs = tuple(f for f in fields if f.kind == _MSG)
@@ -293,9 +297,8 @@ def decode(name: str, data: bytes, start: int = 0, end: int | None = None) -> Me
     buf = bytes(data)
     end = len(buf) if end is None else end
     msg = cls.__new__(cls)
-    object.__setattr__(msg, "_p", 0)
     try:
-        _merge(msg, buf, start, end, MAX_DEPTH)
+        _merge(msg, 0, buf, start, end, MAX_DEPTH)
     except IndexError:
         raise DecodeError("truncated data") from None
     except (struct.error, OverflowError, RecursionError) as e:  # defensive: none expected
@@ -348,11 +351,9 @@ def _scalar(kind: int, v: int) -> Any:
     return (v >> 1) ^ -(v & 1)
 
 
-def _merge(msg: Message, buf: bytes, pos: int, end: int, depth: int) -> None:
-    """Parse buf[pos:end] into msg (protobuf's MergeFromString)."""
-    cls = type(msg)
-    by_number = cls._by_number
-    p = msg._p
+def _merge(msg: Message, p: int, buf: bytes, pos: int, end: int, depth: int) -> None:
+    """Parse buf[pos:end] into msg, whose presence bits are p (protobuf's MergeFromString)."""
+    by_tag = type(msg)._by_tag
     lists: dict[int, list] = {}
     while pos < end:
         key = buf[pos]
@@ -360,11 +361,11 @@ def _merge(msg: Message, buf: bytes, pos: int, end: int, depth: int) -> None:
             pos += 1
         else:
             key, pos = _small_varint(buf, pos, "tag")
-        wire = key & 7
-        f = by_number.get(key >> 3)
-        if f is None or (f.wire != wire and not (wire == 2 and f.packable)):
+        f = by_tag.get(key)
+        if f is None:  # an unknown field, or a known one with a wire type its type cannot have
             pos = _skip(buf, pos, end, key, depth)
             continue
+        wire = key & 7
         kind = f.kind
         if wire == 0:
             b = buf[pos]
@@ -391,13 +392,13 @@ def _merge(msg: Message, buf: bytes, pos: int, end: int, depth: int) -> None:
             if kind == _MSG:
                 if depth <= 0:
                     raise DecodeError("message nested too deeply")
-                sub = message_class(f.type_name)
                 if f.repeated or not p & f.bit:
+                    sub = f.sub or _resolve(f)
                     v = sub.__new__(sub)
-                    object.__setattr__(v, "_p", 0)
+                    _merge(v, 0, buf, pos, stop, depth - 1)
                 else:
                     v = getattr(msg, f.name)  # a second occurrence merges into the first
-                _merge(v, buf, pos, stop, depth - 1)
+                    _merge(v, v._p, buf, pos, stop, depth - 1)
                 pos = stop
             elif kind == _STR:
                 raw = buf[pos:stop]
@@ -431,6 +432,11 @@ def _merge(msg: Message, buf: bytes, pos: int, end: int, depth: int) -> None:
             f.set(msg, v)
             p |= f.bit
     object.__setattr__(msg, "_p", p)
+
+
+def _resolve(f: _Field) -> type[Message]:
+    f.sub = message_class(f.type_name)
+    return f.sub
 
 
 def _packed(f: _Field, buf: bytes, pos: int, stop: int, out: list) -> None:
