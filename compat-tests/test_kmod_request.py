@@ -193,6 +193,7 @@ def test_backend_choice(monkeypatch) -> None:
     with pytest.raises(SpiceError, match="needs the kmod backend"):
         run.choose_backend("ptrace", record=True)
     monkeypatch.setattr(kmod, "_probe", (True, ""))
+    monkeypatch.setattr(run, "module_loaded", lambda: True)
     b = run.choose_backend("auto")
     assert isinstance(b, kmod.Backend) and not b.strict and not b.record
     b = run.choose_backend("kmod", record=True)

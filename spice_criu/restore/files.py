@@ -10,19 +10,19 @@ deleted "ghost" files and memfds).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ImageError, SpiceError
 from ..images import codec, lite
 from ..images.imagedir import ImageDir
 from ..record import Record
 
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, ClassVar
+
     from .mm import ShmemPlan
 
 O_ACCMODE = 0o3
@@ -84,8 +84,10 @@ class OpenContext:
 
     def close_all(self) -> None:
         for fd in self.opened.values():
-            with contextlib.suppress(OSError):
+            try:
                 os.close(fd)
+            except OSError:
+                pass
         self.opened.clear()
         for fn in reversed(self.cleanup):
             fn()
@@ -322,7 +324,7 @@ def file_path(files: dict[int, FileObj], file_id: int, what: str) -> str:
 
 
 def exists_or_error(path: str, what: str) -> None:
-    if not Path(path).exists():
+    if not os.path.exists(path):
         raise SpiceError("restore", f"{what}: {path} does not exist")
 
 

@@ -8,7 +8,6 @@ inside the task; the kmod backend hands the same table to /dev/spice.
 from __future__ import annotations
 
 import bisect
-from pathlib import Path
 
 from .. import vma as V
 from ..errors import ImageError, SpiceError
@@ -184,5 +183,5 @@ def shmem_pages_file_check(sh: ShmemPlan) -> None:
     for r in sh.runs:
         if r.end > sh.size:
             raise ImageError(
-                r.pages_file or Path("?"), f"shmem {sh.shmid} has pages beyond its {sh.size} bytes"
+                r.pages_file or "?", f"shmem {sh.shmid} has pages beyond its {sh.size} bytes"
             )

@@ -9,7 +9,6 @@ the object named, so a restore never dies half-way on something it could have re
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from ..errors import ImageError, SpiceError
 from ..images.imagedir import ImageDir
@@ -110,7 +109,7 @@ def _check_thread(pid: int, core: Message, tid: int) -> None:
     seccomp.check_supported(tid, core)
 
 
-def build_plan(images_dir: str | Path, root: str = "/", inherit: dict[str, int] | None = None) -> RestorePlan:
+def build_plan(images_dir: str | os.PathLike, root: str = "/", inherit: dict[str, int] | None = None) -> RestorePlan:
     """Read and validate everything needed to restore the image set at `images_dir`."""
     imgdir = ImageDir(images_dir, lite=True)  # no protobuf on the restore path
     imgdir.check_restorable()

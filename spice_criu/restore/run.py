@@ -12,7 +12,6 @@ A failure anywhere kills every task created so far and reaps it: nothing half-re
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 from ..cli import Options
@@ -20,9 +19,9 @@ from ..errors import SpiceError
 from ..faults import fault_point
 from ..images import codec, stats
 from ..linux import prctl, ptrace
+from ..linux.signals import SIGKILL, SIGSTOP
 from ..log import log
 from . import creds, signals, threads, timers
-from .backends import kmod
 from .backends import ptrace as ptrace_backend
 from .files import OpenContext, install_fds, install_fs
 from .plan import TASK_STOPPED, RestorePlan, build_plan
@@ -46,6 +45,10 @@ def parse_inherit(specs: list[str]) -> dict[str, int]:
     return out
 
 
+def module_loaded() -> bool:
+    return os.path.exists("/dev/spice")
+
+
 def choose_backend(name: str, record: bool = False):
     """--backend auto|ptrace|kmod: kmod when /dev/spice answers SPICE_IOC_VERSION with our ABI."""
     if name == "ptrace":
@@ -53,6 +56,11 @@ def choose_backend(name: str, record: bool = False):
             raise SpiceError("restore", "--record-working-set needs the kmod backend, not --backend ptrace")
         log.info("restore backend: ptrace")
         return ptrace_backend
+    if name == "auto" and not record and not module_loaded():
+        log.info("restore backend: ptrace (/dev/spice: module not loaded)")
+        return ptrace_backend  # without the module, its backend need not even be imported
+    from .backends import kmod
+
     usable, why = kmod.probe()
     if usable:
         log.info(f"restore backend: kmod ({kmod.DEVICE}, ABI {kmod.ABI_VERSION})")
@@ -107,7 +115,7 @@ def kill_all(ctls: list[TaskCtl]) -> None:
     so tasks orphaned by the kill are reaped here too): nothing half-restored survives."""
     for c in ctls:
         try:
-            os.kill(c.pid, signal.SIGKILL)
+            os.kill(c.pid, SIGKILL)
         except ProcessLookupError:
             pass
     # a tracer hears of a tracee's death before its parent reaps it, and orphans come to us: wait
@@ -121,7 +129,7 @@ def kill_all(ctls: list[TaskCtl]) -> None:
 
 def resume(ctls: list[TaskCtl]) -> None:
     for c in ctls:
-        stop = signal.SIGSTOP if c.plan.state == TASK_STOPPED else 0
+        stop = SIGSTOP if c.plan.state == TASK_STOPPED else 0
         for tid in c.threads:
             ptrace.detach(tid, stop)
 
