@@ -9,15 +9,18 @@ timestamp, the window (TCP_REPAIR_WINDOW), and per queue TCP_QUEUE_SEQ and its b
 (MSG_PEEK) so the socket keeps them. That is a tcp_stream_entry plus the in-queue then out-queue
 bytes in tcp-stream-<ino hex>.img.
 
-The sockets stay in repair mode and locked after a dump that kills the tree (closing a socket in
-repair mode sends nothing: the peer never learns) and after --leave-stopped; with --leave-running
-or on any failure, release() takes every socket out of repair mode (SO_REUSEADDR back to its
-dumped value, as repair mode changes it) and removes the lock, so the connections carry on.
+Where spice differs from CRIU: under a lock, a socket is in repair mode only while it is read (the
+lock drops whatever the kernel sends meanwhile, the tree is frozen, so the image stays exact),
+because a task finding its socket in repair mode gets EPERM from recv() -- which is what happens if
+spice dies and the kernel lets the tree go. After a dump that kills the tree (closing a socket in
+repair mode sends nothing: the peer never learns) and after --leave-stopped, release() puts every
+socket back into repair mode and leaves the lock, as CRIU leaves them; with --leave-running or on
+any failure it leaves repair mode (SO_REUSEADDR back to its dumped value: the kernel resets it)
+and removes the lock, so the connections carry on.
 
-Even if spice itself dies (SIGKILL: the kernel lets the tree go, but a socket would stay in repair
-mode, silent, and its packets dropped, for ever): from the first connection on, a guard process
-holds a duplicate of every socket spice repairs and the lock's description, and puts everything
-back the moment spice's end of their socketpair closes without a "done". CRIU has no such guard.
+And if spice itself dies (SIGKILL): from the first connection on, a guard process holds a
+duplicate of every socket spice repairs and the lock's description, and puts everything back the
+moment spice's end of their socketpair closes without a "done". CRIU has no such guard.
 """
 
 from __future__ import annotations
@@ -43,16 +46,24 @@ TCP_ESTABLISHED = 1
 
 
 class Repaired:
-    """A socket spice switched into repair mode: our fd on it and what to put back."""
+    """A socket spice switched into repair mode: our fd on it, whether it is in repair mode now, and
+    what to put back."""
 
-    __slots__ = ("fd", "reuseaddr", "what")
+    __slots__ = ("fd", "reuseaddr", "what", "in_repair")
 
     def __init__(self, fd: int, reuseaddr: bool, what: str) -> None:
-        self.fd, self.reuseaddr, self.what = fd, reuseaddr, what
+        self.fd, self.reuseaddr, self.what, self.in_repair = fd, reuseaddr, what, False
+
+    def repair(self, on: bool) -> None:
+        """Repair mode on or off; off puts SO_REUSEADDR back (the kernel resets it)."""
+        _setopt(self.fd, TCP_REPAIR, int(on))
+        self.in_repair = on
+        if not on:
+            _setopt(self.fd, socket.SO_REUSEADDR, int(self.reuseaddr), socket.SOL_SOCKET)
 
 
 class TcpDump:
-    """The connections of one dump: the network lock and the sockets in repair mode."""
+    """The connections of one dump: the network lock and the sockets spice repaired."""
 
     def __init__(self, lock: NetworkLock) -> None:
         self.lock = lock
@@ -61,7 +72,13 @@ class TcpDump:
 
     def dump(self, ctx: Any, lfd: int, e: Any, what: str) -> None:
         """Lock connection e (an inet_sk_entry already filled, options included), take its state
-        and queues, and add tcp-stream-<ino>.img."""
+        and queues, and add tcp-stream-<ino>.img.
+
+        With a lock in place the socket leaves repair mode again right after the snapshot (the lock
+        keeps whatever the kernel still sends from the peer; the tree is frozen): if spice then
+        dies, the tree finds a working socket, and the guard only has to remove the lock. CRIU keeps
+        it in repair mode until the end; spice puts it back into repair mode before a kill, so the
+        close stays silent (release). With --network-lock skip it stays in repair mode, as CRIU."""
         from .run import fault
 
         args = (e.family, list(e.src_addr), e.src_port, list(e.dst_addr), e.dst_port)
@@ -71,33 +88,31 @@ class TcpDump:
         self.guard.send({"conn": args})  # before the lock, so the guard removes it whatever happens
         self.lock.lock(conn)
         r = Repaired(os.dup(lfd), bool(e.opts.reuseaddr), what)
+        self.repaired.append(r)
         self.guard.send({"sk": r.reuseaddr}, r.fd)
         try:
-            _setopt(r.fd, TCP_REPAIR, 1)
-        except OSError as err:
-            os.close(r.fd)
-            raise SpiceError("dump", f"{what}: can't turn TCP repair mode on: {err.strerror}") from None
-        self.repaired.append(r)
-        log.info(f"\tTurned repair on for socket {e.ino:x} ({conn})")
-        fault("tcp-locked")
-        try:
+            r.repair(True)
+            log.info(f"\tTurned repair on for socket {e.ino:x} ({conn})")
             entry, inq, outq = snapshot(r.fd)
+            if self.lock.method != "skip":
+                r.repair(False)
         except OSError as err:
             raise SpiceError("dump", f"{what}: reading the connection in repair mode: {err.strerror or err}") from None
+        fault("tcp-locked")
         ctx.images.add(f"tcp-stream-{e.ino:x}.img", "TCP_STREAM", entry, (inq, outq))
         log.info(f"\tinq {entry.inq_len} bytes seq {entry.inq_seq}, outq {entry.outq_len} bytes "
                  f"({entry.unsq_len} unsent) seq {entry.outq_seq}, mss_clamp {entry.mss_clamp}")
 
     def release(self, unlock: bool) -> None:
-        """unlock: repair mode off and the lock removed (the connections carry on, CRIU's order);
-        else everything stays as it is for restore. Either way our fds are closed."""
+        """unlock: repair mode off and the lock removed, in CRIU's order (the connections carry on);
+        else every socket in repair mode and the lock in place, for the restore (a killed socket
+        closes silently). Either way our fds are closed and the guard dismissed."""
         for r in self.repaired:
-            if unlock:
-                try:
-                    _setopt(r.fd, TCP_REPAIR, 0)
-                    _setopt(r.fd, socket.SO_REUSEADDR, int(r.reuseaddr), socket.SOL_SOCKET)
-                except OSError as err:
-                    log.error("dump", f"{r.what}: leaving repair mode: {err.strerror}")
+            try:
+                if r.in_repair != (not unlock):
+                    r.repair(not unlock)
+            except OSError as err:
+                log.error("dump", f"{r.what}: switching repair mode {'off' if unlock else 'on'}: {err.strerror}")
             os.close(r.fd)
         self.repaired.clear()
         if unlock:
