@@ -213,7 +213,7 @@ def test_field_5_wins_over_field_2_and_writer_writes_both():
 def test_runs_map_present_ranges_to_pages_offsets(tmp_path: Path):
     _write_pagemap(tmp_path, 1, 1, [(0x10000, 2, 4, page(1, 2)), (0x20000, 1, 2, None), (0x30000, 1, 6, page(3))])
     runs = pagemap.read_runs(tmp_path / "pagemap-1.img")
-    pages = tmp_path / "pages-1.img"
+    pages = str(tmp_path / "pages-1.img")  # page files are named by strings
     assert runs == [
         pagemap.PageRun(0x10000, 2, 4, pages, 0),
         pagemap.PageRun(0x20000, 1, 2, None, 0),  # lazy without data here
@@ -242,7 +242,7 @@ def test_parent_chain_resolution(tmp_path: Path):
     (mid / "parent").symlink_to("../0")
     (top / "parent").symlink_to("../1")
     runs = pagemap.read_runs(top / "pagemap-7.img")
-    got = [(r.vaddr, r.nr_pages, r.pages_file.resolve().parent.name, r.offset) for r in runs]
+    got = [(r.vaddr, r.nr_pages, Path(r.pages_file).resolve().parent.name, r.offset) for r in runs]
     assert got == [
         (0x100000, 1, "1", 0),  # from the parent's own pages
         (0x101000, 1, "0", 4096),  # the parent's hole, resolved in the grandparent
@@ -285,7 +285,7 @@ def test_pagemap_errors(tmp_path: Path):
 
 
 def test_stats_write_read_display(tmp_path: Path):
-    p = stats.write(tmp_path, "dump", freezing_time=12, pages_written=564, shpages_written=16)
+    p = Path(stats.write(tmp_path, "dump", freezing_time=12, pages_written=564, shpages_written=16))
     raw = p.read_bytes()
     assert p.name == "stats-dump" and raw[:8] == u32(M.IMG_SERVICE, M.MAGICS["STATS"])
     s = stats.read(p)

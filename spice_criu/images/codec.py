@@ -13,8 +13,8 @@ protobuf message class is first needed.
 from __future__ import annotations
 
 import importlib
+import os
 import struct
-from pathlib import Path
 
 from ..errors import ImageError
 from ..record import Record
@@ -344,17 +344,18 @@ def loads(data: bytes, path: object = "<bytes>", expect: str | None = None, lite
     return Image(name, entries)
 
 
-def load(path: str | Path, expect: str | None = None, lite: bool = False) -> Image:
+def load(path: str | os.PathLike, expect: str | None = None, lite: bool = False) -> Image:
     """Decode the image at `path`. Errors (missing, unreadable, corrupt) name the file."""
-    p = Path(path)
+    p = path
     try:
-        data = p.read_bytes()
+        with open(p, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         raise ImageError(p, "no such image file") from None
     except OSError as e:
         raise ImageError(p, f"cannot read: {e.strerror}") from None
     if expect is None:
-        named = M.magic_for_filename(p.name)
+        named = M.magic_for_filename(os.path.basename(p))
         expect = named if named not in (None, "RAW") else None
     return loads(data, p, expect, lite)
 
@@ -412,5 +413,7 @@ def make(magic: str, messages: Iterable[Message], extras: Iterable[Any] | None =
     return Image(magic, [Entry(m, x) for m, x in zip(msgs, xs, strict=True)])
 
 
-def dump(path: str | Path, image: Image) -> None:
-    Path(path).write_bytes(dumps(image))
+def dump(path: str | os.PathLike, image: Image) -> None:
+    data = dumps(image)
+    with open(path, "wb") as f:
+        f.write(data)

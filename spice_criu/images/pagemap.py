@@ -10,12 +10,14 @@ every CRIU version can read spice's images.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 from ..errors import ImageError
 from ..record import FrozenRecord
 from . import codec
+
+TYPE_CHECKING = False  # paths are strings: pathlib and typing cost the restore's start-up
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
 
 PAGE_SIZE = 4096
 PE_PARENT = 1 << 0
@@ -30,7 +32,7 @@ class PageRun(FrozenRecord):
     vaddr: int
     nr_pages: int
     flags: int
-    pages_file: Path | None
+    pages_file: str | None
     offset: int
 
     @property
@@ -53,9 +55,9 @@ def entry_flags(e) -> int:
     return PE_PARENT if e.in_parent else PE_PRESENT
 
 
-def _own_runs(path: Path) -> tuple[Path, list[PageRun]]:
+def _own_runs(path: str) -> tuple[str, list[PageRun]]:
     img = codec.load(path, expect="PAGEMAP", lite=True)  # read-only: no protobuf needed
-    pages_file = path.parent / f"pages-{img.entries[0].msg.pages_id}.img"
+    pages_file = os.path.join(os.path.dirname(path), f"pages-{img.entries[0].msg.pages_id}.img")
     runs = []
     offset = 0
     last_end = -1
@@ -74,25 +76,28 @@ def _own_runs(path: Path) -> tuple[Path, list[PageRun]]:
         try:
             size = os.stat(pages_file).st_size
         except FileNotFoundError:
-            raise ImageError(pages_file, f"missing (needed by {path.name})") from None
+            raise ImageError(pages_file, f"missing (needed by {os.path.basename(path)})") from None
         if size < offset:
-            raise ImageError(pages_file, f"holds {size} bytes but {path.name} needs {offset}")
+            raise ImageError(pages_file, f"holds {size} bytes but {os.path.basename(path)} needs {offset}")
     return pages_file, runs
 
 
-def read_runs(path: str | Path, depth: int = 0, _seen: frozenset[str] = frozenset()) -> list[PageRun]:
-    """Every range of the pagemap at `path`, PE_PARENT ranges resolved into the parent chain."""
-    path = Path(path)
+def read_runs(path: str | os.PathLike, depth: int = 0, _seen: frozenset[str] = frozenset()) -> list[PageRun]:
+    """Every range of the pagemap at `path`, PE_PARENT ranges resolved into the parent chain.
+
+    Page files are named by strings (pages_file), in the directory `path` is named in."""
+    path = os.fspath(path)
     _, runs = _own_runs(path)
     if not any(r.flags & PE_PARENT for r in runs):
         return runs
     if depth >= _MAX_PARENT_DEPTH:
         raise ImageError(path, "parent image chain too deep")
-    here = os.path.realpath(path.parent)
-    parent = path.parent / "parent" / path.name
-    if os.path.realpath(parent.parent) in _seen | {here}:
-        raise ImageError(path, f"parent image chain loops back to {os.path.realpath(parent.parent)}")
-    if not parent.exists():
+    here = os.path.realpath(os.path.dirname(path))
+    parent_dir = os.path.join(os.path.dirname(path), "parent")
+    parent = os.path.join(parent_dir, os.path.basename(path))
+    if os.path.realpath(parent_dir) in _seen | {here}:
+        raise ImageError(path, f"parent image chain loops back to {os.path.realpath(parent_dir)}")
+    if not os.path.exists(parent):
         raise ImageError(path, f"has PE_PARENT pages but {parent} does not exist")
     prev = read_runs(parent, depth + 1, _seen | {here})
     out: list[PageRun] = []
@@ -101,7 +106,7 @@ def read_runs(path: str | Path, depth: int = 0, _seen: frozenset[str] = frozense
     return out
 
 
-def _from_parent(r: PageRun, prev: list[PageRun], path: Path) -> Iterator[PageRun]:
+def _from_parent(r: PageRun, prev: list[PageRun], path: str) -> Iterator[PageRun]:
     """Split a PE_PARENT range into the pieces the parent's runs hold."""
     addr = r.vaddr
     for p in prev:
@@ -122,10 +127,10 @@ def _from_parent(r: PageRun, prev: list[PageRun], path: Path) -> Iterator[PageRu
 class PagemapWriter:
     """Writes pagemap-*.img and appends page data to its pages-N.img in step."""
 
-    def __init__(self, pagemap_path: Path, pages_id: int) -> None:
+    def __init__(self, pagemap_path: str | os.PathLike, pages_id: int) -> None:
         self.pagemap_path = pagemap_path
         self.pages_id = pages_id
-        self.pages_path = pagemap_path.parent / f"pages-{pages_id}.img"
+        self.pages_path = os.path.join(os.path.dirname(pagemap_path), f"pages-{pages_id}.img")
         self._pages = open(self.pages_path, "ab")  # noqa: SIM115 (closed in close())
         self._entries = [codec.pb("pagemap_head")(pages_id=pages_id)]
         self.pages_written = 0

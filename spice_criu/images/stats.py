@@ -7,7 +7,7 @@ the restore writes stats-restore and must not pay for protobuf.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 from . import codec, lite
 
@@ -31,7 +31,7 @@ RESTORE_LABELS = [
 ]
 
 
-def write(workdir: Path, kind: str, **fields: int) -> Path:
+def write(workdir: str | os.PathLike, kind: str, **fields: int) -> str:
     """Write stats-<kind> ("dump" or "restore") into the work dir, CRIU's layout."""
     sub = lite.message_class("dump_stats_entry" if kind == "dump" else "restore_stats_entry")(
         **{k: int(v) for k, v in fields.items()})
@@ -39,12 +39,12 @@ def write(workdir: Path, kind: str, **fields: int) -> Path:
         if not sub.HasField(name):
             setattr(sub, name, 0)
     stats = lite.message_class("stats_entry")(**{"dump" if kind == "dump" else "restore": sub})
-    path = Path(workdir) / f"stats-{kind}"
+    path = os.path.join(workdir, f"stats-{kind}")
     codec.dump(path, codec.make("STATS", [stats]))
     return path
 
 
-def read(path: Path):
+def read(path: str | os.PathLike):
     return codec.load(path, expect="STATS", lite=True).entries[0].msg
 
 
