@@ -9,6 +9,7 @@ lock; a failure after the lock does the same; the images agree with CRIU's for t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -18,6 +19,8 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import fdkinds  # noqa: F401 - registers the tcppair workload
@@ -35,6 +38,8 @@ for _name in ("tcppair6", "tcppair4in6"):  # tcppair over ::1, and over ::ffff:1
     harness.SPECS.setdefault(_name, harness.WorkloadSpec(
         _name, str(Path(fdkinds.__file__).parent / f"{_name}.py"), roles=("server", "client"),
         constants=("token", "conn"), steps=("seq",)))
+harness.SPECS.setdefault("tcpext", harness.WorkloadSpec(
+    "tcpext", str(Path(fdkinds.__file__).parent / "tcpext.py"), steps=("seq",)))
 
 
 def _crit(crit: Path, image: Path) -> dict:
@@ -196,6 +201,74 @@ def test_spice_dump_of_a_tcp_connection_restores(name: str, tool: str, criu_bin:
     finally:
         _drop_table(table)
         kill_restored(info)
+
+
+class Peer(threading.Thread):
+    """The server end of tcpext's connection, in the test process (outside the dumped tree): answers
+    every message, checks their sequence, and records anything else (EOF, reset, a wrong message)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.lst = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lst.getsockname()[1]
+        self.seen = 0
+        self.errors: list[str] = []
+        self.closing = False
+
+    def run(self) -> None:
+        conn, _ = self.lst.accept()
+        token = None
+        with conn:
+            while True:
+                msg = b""
+                try:
+                    while len(msg) < 16:
+                        part = conn.recv(16 - len(msg))
+                        if not part:
+                            raise ConnectionError("EOF")
+                        msg += part
+                    tok, n = struct.unpack("<QQ", msg)
+                    if (token is not None and tok != token) or n != self.seen + 1:
+                        raise ValueError(f"message {n} (token {tok:x}) after {self.seen}")
+                    token, self.seen = tok, n
+                    conn.sendall(hashlib.sha256(msg).digest()[:16])
+                except (OSError, ValueError) as e:
+                    if not self.closing:
+                        self.errors.append(f"after message {self.seen}: {e}")
+                    return
+
+
+@pytest.mark.parametrize("tool", ["criu", "spice"])
+def test_connection_to_a_peer_outside_the_tree(tool: str, criu_bin: Path, crit_bin: Path, compat_tmp: Path) -> None:
+    """Killed by the dump, the client's end closes without a word (repair mode, under the lock);
+    restored, it carries on with the same peer, which never noticed."""
+    peer = Peer()
+    peer.start()
+    rundir = compat_tmp / "tcp-dump" / f"tcpext-{tool}"
+    rundir.mkdir(parents=True)
+    (rundir / "tcpext.port").write_text(str(peer.port))
+    wl = harness.start_workload("tcpext", rundir)
+    wl.wait_ticks(5)
+    info = harness.dump_workload(wl, wl.rundir / "images", dumper=spice_tcp_dumper)
+    table = _table_of(crit_bin, info.images_dir)
+    try:
+        seen = peer.seen
+        time.sleep(0.5)
+        assert peer.is_alive() and not peer.errors, peer.errors
+        assert peer.seen == seen, "the peer got messages from a dead client"
+        if tool == "spice":
+            assert spice_restore(info.images_dir, *TCP_ARGS) == info.pid
+        else:
+            assert criu_restore(info.images_dir, extra_args=("--tcp-established",)) == info.pid
+        assert table not in nft_tables()
+        assert_continues(info, info.pid, new_ticks=10)
+        assert not peer.errors, peer.errors
+        assert peer.seen >= seen + 10, (seen, peer.seen)
+    finally:
+        peer.closing = True
+        _drop_table(table)
+        kill_restored(info)
+        peer.lst.close()
 
 
 # ------------------------------------------------------------------ --leave-running, and CRIU's images of it
