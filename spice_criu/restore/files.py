@@ -217,7 +217,7 @@ def _plan_reg(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
         kind, remap_id = remap
         if kind != 1:  # LINKED (0) and PROCFS (2) remaps are not produced for host tasks here
             raise SpiceError("files", f"{r.name} (file id {r.id}): remap type {kind} not supported")
-        gpath = imgdir / f"ghost-file-{remap_id:x}.img"
+        gpath = imgdir.file(f"ghost-file-{remap_id:x}.img")
         img = codec.load(gpath, expect="GHOST_FILE", lite=imgdir.lite)
         head = img.entries[0].msg
         if head.chunks:
