@@ -365,3 +365,33 @@ def test_packed_encoding_is_accepted() -> None:
     fixed = struct.pack("<3Q", 1, 2**64 - 1, 5)
     s = lite.decode("sk_opts_entry", _key(16, 2) + lite._varint(len(fixed)) + fixed)
     assert s.so_filter == [1, 2**64 - 1, 5]
+
+
+def test_imagedir_lite_reports_like_protobuf(tmp_path) -> None:
+    from spice_criu.errors import ImageError
+    from spice_criu.images import magic
+    from spice_criu.images.imagedir import ImageDir
+
+    head = struct.pack("<II", magic.head_magic("PSTREE"), magic.MAGICS["PSTREE"])
+    partial = pb_class("pstree_entry")(pid=1, ppid=0).SerializePartialToString()
+    cases = {
+        "missing": head + struct.pack("<I", len(partial)) + partial,
+        "corrupt": head + struct.pack("<I", 3) + b"\x08\x80\x80",
+        "oversized": head + struct.pack("<I", 99) + b"\x08\x01",
+    }
+    seen = {}
+    for what, data in cases.items():
+        (tmp_path / "pstree.img").write_bytes(data)
+        errors = []
+        for lite_mode in (False, True):
+            with pytest.raises(ImageError) as e:
+                ImageDir(tmp_path, lite=lite_mode).entries("pstree.img")
+            errors.append(str(e.value))
+        seen[what] = errors[1]
+        if what == "corrupt":  # same file, offset and message; the detail is lite's own
+            assert errors[0].split(" message: ")[0] == errors[1].split(" message: ")[0], errors
+        else:
+            assert errors[0] == errors[1], errors
+    assert seen["missing"].endswith("pstree.img: entry 0 lacks required fields: pgid, sid")
+    assert "pstree.img at offset 8: bad pstree_entry message: " in seen["corrupt"]
+    assert "pstree.img at offset 8: entry size 99 exceeds" in seen["oversized"]
