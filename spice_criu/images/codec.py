@@ -106,8 +106,12 @@ _classes: dict[tuple[str, str], type[Message]] = {}
 _MODULES: dict[str, str] = {}
 
 
-def message_class(module: str, name: str) -> type[Message]:
-    """A generated message class, importing its module on first use (keeps start-up fast)."""
+def message_class(module: str, name: str, lite: bool = False) -> type[Message]:
+    """A generated message class, importing its module on first use (keeps start-up fast).
+
+    lite: the spice_criu.images.lite class instead (same interface and bytes, no protobuf import)."""
+    if lite:
+        return _lite().message_class(name)
     key = (module, name)
     cls = _classes.get(key)
     if cls is None:
@@ -140,12 +144,14 @@ def entry_name(magic: str) -> str:
     return _ENTRY_TYPES[magic][1]
 
 
-def entry_class(magic: str) -> type[Message]:
-    return message_class(*_ENTRY_TYPES[magic])
+def entry_class(magic: str, lite: bool = False) -> type[Message]:
+    return message_class(*_ENTRY_TYPES[magic], lite=lite)
 
 
-def pb(name: str) -> type[Message]:
-    """Look a message class up by CRIU message name, e.g. pb("vma_entry")."""
+def pb(name: str, lite: bool = False) -> type[Message]:
+    """Look a message class up by CRIU message name, e.g. pb("vma_entry") (lite: see message_class)."""
+    if lite:
+        return _lite().message_class(name)
     if not _MODULES:
         for mod, msg in (*_ENTRY_TYPES.values(), *_EXTRA_MESSAGES.values()):
             _MODULES.setdefault(msg, mod)

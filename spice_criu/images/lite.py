@@ -23,6 +23,7 @@ known fields: it is meant for messages built here (stats-restore), where it give
 
 from __future__ import annotations
 
+import operator
 import struct
 
 from .pb.schema import ENUMS, MESSAGES
@@ -77,9 +78,14 @@ class _Field:
 
 
 class Message:
-    """Base of the generated light message classes (one per CRIU message, made on first use)."""
+    """Base of the generated light message classes (one per CRIU message, made on first use).
 
-    __slots__ = ("_p",)  # presence bits of the singular fields, by declaration index
+    Built like protobuf's: keyword construction, assignment of scalars (type- and range-checked, the
+    same errors), `sub.field = v` making `sub` present in its parent, repeated fields with append /
+    extend / add(), CopyFrom / MergeFrom / SetInParent / Clear / ClearField.
+    """
+
+    __slots__ = ("_p", "_o")  # presence bits of the singular fields (by declaration index); owner link
     _name: str = ""
     _fields: tuple[_Field, ...] = ()
     _by_number: dict[int, _Field] = {}
@@ -90,44 +96,115 @@ class Message:
 
     def __init__(self, **fields: Any) -> None:
         object.__setattr__(self, "_p", 0)
+        object.__setattr__(self, "_o", None)
         for name, value in fields.items():
             f = self._by_name.get(name)
             if f is None:
                 raise ValueError(f'Protocol message {self._name} has no "{name}" field.')
-            setattr(self, name, value)
+            if value is None:
+                continue
+            if f.repeated:
+                getattr(self, name).extend(value)
+            elif f.kind == _MSG:
+                getattr(self, name).CopyFrom(_as_message(f, value))
+            else:
+                setattr(self, name, value)
 
     def __getattr__(self, name: str) -> Any:
         # only reached for slots never set: the proto2 default
         f = type(self)._by_name.get(name)
         if f is None:
-            raise AttributeError(f"{type(self)._name} has no field {name!r}")
+            raise AttributeError(f'Protocol message {type(self)._name} has no "{name}" field.')
         if f.repeated:
-            lst: list = []
+            lst = Repeated(self, f)
             f.set(self, lst)
             return lst
-        if f.kind == _MSG:
-            return message_class(f.type_name)()
+        if f.kind == _MSG:  # an empty child, present in its parent once something is set in it
+            child = (f.sub or _resolve(f))()
+            object.__setattr__(child, "_o", (self, f.bit))
+            f.set(self, child)
+            return child
         return f.default
 
     def __setattr__(self, name: str, value: Any) -> None:
         f = self._by_name.get(name)
         if f is None:
-            raise AttributeError(f"{self._name} has no field {name!r}")
-        if f.repeated:
-            value = list(value)
-            for v in value:
-                _check_range(f, v)
-        else:
-            _check_range(f, value)
-        f.set(self, value)
-        if not f.repeated:
-            object.__setattr__(self, "_p", self._p | f.bit)
+            raise AttributeError(f'Protocol message {self._name} has no "{name}" field.')
+        if f.repeated or f.kind == _MSG:
+            raise AttributeError(f'Assignment not allowed to message or repeated field "{name}" in protocol '
+                                 "message object.")
+        f.set(self, _coerce(self, f, value))
+        object.__setattr__(self, "_p", self._p | f.bit)
+        _touch(self)
 
     def HasField(self, name: str) -> bool:  # noqa: N802 - protobuf's name
         f = self._by_name.get(name)
         if f is None or f.repeated:
             raise ValueError(f'Protocol message {self._name} has no singular "{name}" field.')
         return bool(self._p & f.bit)
+
+    def SetInParent(self) -> None:  # noqa: N802
+        """Make this (empty) submessage present in its parent."""
+        _touch(self)
+
+    def ClearField(self, name: str) -> None:  # noqa: N802
+        f = self._by_name.get(name)
+        if f is None:
+            raise ValueError(f'Protocol message {self._name} has no "{name}" field.')
+        self._drop(f)
+        _touch(self)  # like any change: a child being cleared becomes present in its parent
+
+    def Clear(self) -> None:  # noqa: N802
+        for f in self._fields:
+            self._drop(f)
+        _touch(self)
+
+    def _drop(self, f: _Field) -> None:
+        slot = type(self).__dict__[f.name]
+        try:
+            old = slot.__get__(self)
+        except AttributeError:
+            return
+        if isinstance(old, Message):
+            object.__setattr__(old, "_o", None)  # a child held elsewhere no longer belongs here
+        slot.__delete__(self)
+        object.__setattr__(self, "_p", self._p & ~f.bit)
+
+    def MergeFrom(self, other: Message) -> None:  # noqa: N802
+        if type(other) is not type(self):
+            raise TypeError(f"Parameter to MergeFrom() must be instance of same class: expected {self._name} "
+                            f"got {type(other).__name__}.")
+        p = other._p
+        for f in self._fields:
+            if f.repeated:
+                values = getattr(other, f.name)
+                if values:
+                    getattr(self, f.name).extend(values)
+            elif p & f.bit:
+                if f.kind == _MSG:
+                    getattr(self, f.name).MergeFrom(getattr(other, f.name))
+                else:
+                    f.set(self, getattr(other, f.name))
+                    object.__setattr__(self, "_p", self._p | f.bit)
+        _touch(self)
+
+    def CopyFrom(self, other: Message) -> None:  # noqa: N802
+        if other is self:
+            return
+        self.Clear()
+        self.MergeFrom(other)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        if self._p != other._p:
+            return False
+        for f in self._fields:
+            if (f.repeated or self._p & f.bit) and getattr(self, f.name) != getattr(other, f.name):
+                return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, unhashable like protobuf's
 
     def IsInitialized(self) -> bool:  # noqa: N802
         if self._p & self._required_mask != self._required_mask:
@@ -164,6 +241,9 @@ class Message:
                               + ",".join(self.FindInitializationErrors()))
         return self._encode()
 
+    def SerializePartialToString(self) -> bytes:  # noqa: N802
+        return self._encode()
+
     def _encode(self) -> bytes:
         out = bytearray()
         p = self._p
@@ -189,27 +269,124 @@ class Message:
             if f.repeated:
                 v = getattr(self, f.name)
                 if v:
-                    shown.append(f"{f.name}={v!r}")
+                    shown.append(f"{f.name}={list(v)!r}")
             elif self._p & f.bit:
                 shown.append(f"{f.name}={getattr(self, f.name)!r}")
         return f"{self._name}({', '.join(shown)})"
 
 
+def _touch(msg: Message) -> None:
+    """A submessage was modified: it, and its parents, become present (protobuf's semantics)."""
+    o = getattr(msg, "_o", None)
+    while o is not None:
+        object.__setattr__(msg, "_o", None)
+        msg, bit = o
+        object.__setattr__(msg, "_p", msg._p | bit)
+        o = getattr(msg, "_o", None)
+
+
+class Repeated(list):
+    """A repeated field: a list whose additions are checked like protobuf's (and mark the owner present)."""
+
+    __slots__ = ("_owner", "_field")
+
+    def __init__(self, owner: Message, field: _Field) -> None:
+        super().__init__()
+        self._owner = owner
+        self._field = field
+
+    def _value(self, v: Any) -> Any:
+        f = self._field
+        if f.kind == _MSG:
+            m = (f.sub or _resolve(f))()
+            m.MergeFrom(_as_message(f, v))
+            return m
+        return _coerce(self._owner, f, v)
+
+    def append(self, v: Any) -> None:
+        list.append(self, self._value(v))
+        _touch(self._owner)
+
+    def extend(self, values: Any) -> None:
+        list.extend(self, [self._value(v) for v in values])
+        _touch(self._owner)
+
+    def insert(self, i: int, v: Any) -> None:
+        list.insert(self, i, self._value(v))
+        _touch(self._owner)
+
+    def __iadd__(self, values: Any) -> Repeated:
+        self.extend(values)
+        return self
+
+    def __setitem__(self, i: Any, v: Any) -> None:
+        if self._field.kind == _MSG:
+            raise TypeError("does not support assignment")
+        list.__setitem__(self, i, [self._value(x) for x in v] if isinstance(i, slice) else self._value(v))
+
+    def add(self, **fields: Any) -> Message:
+        """A new message appended to a repeated message field (protobuf's add())."""
+        f = self._field
+        if f.kind != _MSG:
+            raise AttributeError("'RepeatedScalarContainer' object has no attribute 'add'")
+        m = (f.sub or _resolve(f))(**fields)
+        list.append(self, m)
+        _touch(self._owner)
+        return m
+
+
+def _as_message(f: _Field, v: Any) -> Message:
+    sub = f.sub or _resolve(f)
+    if isinstance(v, dict):
+        return sub(**v)
+    if not isinstance(v, sub):
+        raise TypeError(f"Parameter to CopyFrom() must be instance of same class: expected {f.type_name} got "
+                        f"{type(v).__name__}.")
+    return v
+
+
 _RANGES = {"uint64": (0, _MASK64), "uint32": (0, _MASK32), "fixed64": (0, _MASK64), "fixed32": (0, _MASK32),
            "int64": (-(1 << 63), (1 << 63) - 1), "sint64": (-(1 << 63), (1 << 63) - 1),
            "sfixed64": (-(1 << 63), (1 << 63) - 1), "int32": (-(1 << 31), (1 << 31) - 1),
-           "sint32": (-(1 << 31), (1 << 31) - 1), "sfixed32": (-(1 << 31), (1 << 31) - 1)}
+           "sint32": (-(1 << 31), (1 << 31) - 1), "sfixed32": (-(1 << 31), (1 << 31) - 1),
+           "enum": (-(1 << 31), (1 << 31) - 1)}
 
 
-def _check_range(f: _Field, v: Any) -> None:
-    """What protobuf refuses to assign (so that what lite encodes is what protobuf would)."""
-    r = _RANGES.get(f.type)
-    if r is not None and not (isinstance(v, int) and r[0] <= v <= r[1]):
-        raise ValueError(f"Value out of range for {f.name}: {v!r}")
-    if f.kind == _ENUM and v not in f.enum_values:
-        raise ValueError(f"Unknown enum value {v!r} for {f.name}")
-    if f.kind == _MSG and not (isinstance(v, Message) and v._name == f.type_name):
-        raise TypeError(f"{f.name} takes a {f.type_name} message, not {type(v).__name__}")
+def _coerce(msg: Message, f: _Field, v: Any) -> Any:
+    """A scalar value as protobuf stores it, or the error protobuf raises for it."""
+    k = f.kind
+    if k <= _ENUM and k != _BOOL or f.type in ("fixed32", "sfixed32", "fixed64", "sfixed64"):
+        if k == _ENUM and isinstance(v, str):  # an enum takes its value names too
+            names = dict(ENUMS[f.type_name])
+            if v not in names:
+                raise ValueError(f'unknown enum label "{v}"')
+            return names[v]
+        if isinstance(v, bool):
+            raise TypeError(f"Field {msg._name}.{f.name}: Expected an int, got a boolean.")
+        v = operator.index(v)
+        lo, hi = _RANGES[f.type]
+        if not lo <= v <= hi:
+            raise ValueError(f"Value out of range: {v}")
+        if k == _ENUM and v not in f.enum_values:
+            raise ValueError(f"invalid enumerator {v}")
+        return v
+    if k == _BOOL:
+        v = operator.index(v)
+        if not -(1 << 63) <= v < 1 << 63:  # protobuf converts through a C long
+            raise OverflowError("Python int too large to convert to C long")
+        return bool(v)
+    if k == _STR:
+        if isinstance(v, bytes):
+            return v.decode()
+        if not isinstance(v, str):
+            raise TypeError(f"{v!r} has type {type(v).__name__}, but expected one of: bytes, str")
+        return v
+    if k == _BYTES:
+        if not isinstance(v, (bytes, bytearray, memoryview)):
+            raise TypeError(f"{v!r} has type {type(v).__name__}, but expected one of: bytes")
+        return bytes(v)
+    v = float(v)  # float / double
+    return struct.unpack("<f", struct.pack("<f", v))[0] if f.type == "float" else v
 
 
 def _number(f: _Field) -> int:
@@ -278,6 +455,11 @@ def message_class(name: str) -> type[Message]:
 def required_fields(msg: Message) -> list[str]:
     """Names of a message's required fields, in declaration order."""
     return [f.name for f in type(msg)._fields if f.required]
+
+
+def enum_numbers(enum: str) -> dict[str, int]:
+    """value name -> number of an enum (protobuf's values_by_name)."""
+    return dict(ENUMS[enum])
 
 
 def enum_names(enum: str) -> dict[int, str]:
@@ -427,7 +609,7 @@ def _merge(msg: Message, p: int, buf: bytes, pos: int, end: int, depth: int) -> 
             lst = lists.get(f.number)
             if lst is None:
                 lst = lists[f.number] = getattr(msg, f.name)
-            lst.append(v)
+            list.append(lst, v)
         else:
             f.set(msg, v)
             p |= f.bit
@@ -445,7 +627,7 @@ def _packed(f: _Field, buf: bytes, pos: int, stop: int, out: list) -> None:
         n, rem = divmod(stop - pos, size)
         if rem:
             raise DecodeError(f"packed field {f.name}: {stop - pos} bytes is not a multiple of {size}")
-        out += struct.unpack_from(f"<{n}{f.fmt}", buf, pos)
+        list.extend(out, struct.unpack_from(f"<{n}{f.fmt}", buf, pos))
         return
     kind = f.kind
     while pos < stop:
@@ -461,7 +643,7 @@ def _packed(f: _Field, buf: bytes, pos: int, stop: int, out: list) -> None:
             v = _scalar(kind, v)
             if kind == _ENUM and v not in f.enum_values:
                 continue
-        out.append(v)
+        list.append(out, v)
 
 
 def _skip(buf: bytes, pos: int, end: int, key: int, depth: int) -> int:
