@@ -95,7 +95,7 @@ def plan_shmem(imgdir: ImageDir, shmid: int, size: int, cache: dict[int, ShmemPl
     sh = cache.get(shmid)
     if sh is None:
         name = f"pagemap-shmem-{shmid}.img"
-        runs = read_runs(imgdir / name) if imgdir.exists(name) else []
+        runs = read_runs(imgdir.file(name)) if imgdir.exists(name) else []
         sh = cache[shmid] = ShmemPlan(shmid, size, [r for r in runs if r.pages_file])
     sh.size = max(sh.size, size)
     return sh
@@ -108,7 +108,7 @@ def plan_mm(
     from .files import MemfdFile, RegFile  # the file table is planned first
 
     mm = imgdir.one(f"mm-{pid}.img")
-    runs = [r for r in read_runs(imgdir / f"pagemap-{pid}.img") if r.pages_file]
+    runs = [r for r in read_runs(imgdir.file(f"pagemap-{pid}.img")) if r.pages_file]
     ends = [r.end for r in runs]
     where = f"mm-{pid}.img"
     vmas: list[VmaPlan] = []
