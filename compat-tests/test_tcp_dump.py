@@ -22,12 +22,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import fdkinds  # noqa: F401 - registers the tcppair workload
 import harness
 import pytest
 from harness import assert_continues, criu_dump, criu_restore, kill_restored
 from spice import REPO, spice, spice_restore
+from test_rpc_pycriu import pycriu, pycriu_dump, pycriu_restore, spice_criu  # noqa: F401 - fixtures
 
 from spice_criu.linux import netlink
 from spice_criu.linux.netlink import NLM_F_DUMP, NLM_F_REQUEST
@@ -269,6 +271,28 @@ def test_connection_to_a_peer_outside_the_tree(tool: str, criu_bin: Path, crit_b
         _drop_table(table)
         kill_restored(info)
         peer.lst.close()
+
+
+def test_rpc_dump_of_a_tcp_connection_restores_over_real_criu_rpc(pycriu: Any, spice_criu: Path,  # noqa: F811
+                                                                  criu_bin: Path, crit_bin: Path,
+                                                                  compat_tmp: Path) -> None:
+    """pycriu's dump request with tcp_established and network_lock=NFTABLES, served by spice as
+    `criu swrk`; pycriu's restore request (rst_sibling) served by real CRIU."""
+    wl = harness.start_workload("tcppair", compat_tmp / "tcp-dump" / "tcppair-rpc")
+    wl.wait_ticks(8)
+    nftables = pycriu.rpc.criu_network_lock_method.Value("NFTABLES")
+    info = harness.dump_workload(wl, wl.rundir / "images", dumper=lambda pid, d, lr: pycriu_dump(
+        pycriu, spice_criu, pid, d, lr, tcp_established=True, network_lock=nftables))
+    table = _table_of(crit_bin, info.images_dir)
+    try:
+        assert table in nft_tables()
+        pid = pycriu_restore(pycriu, criu_bin, info.images_dir, log_file="restore-criu-rpc.log", tcp_established=True)
+        assert pid == info.pid and harness.parent_of(pid) == os.getpid()
+        assert table not in nft_tables()
+        assert_continues(info, list(info.pids), new_ticks=10)
+    finally:
+        _drop_table(table)
+        kill_restored(info)
 
 
 # ------------------------------------------------------------------ --leave-running, and CRIU's images of it

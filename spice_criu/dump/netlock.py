@@ -276,6 +276,9 @@ class NetworkLock:
         elif self.method == "iptables":
             self._iptables(c, True)
             self.locked.append(c)
+        else:
+            log.info(f"Not locking {c} connection (--network-lock skip)")
+            return
         log.info(f"Locked {c} connection ({self.method})")
 
     def unlock(self) -> None:
