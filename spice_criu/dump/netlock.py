@@ -254,7 +254,7 @@ class NetworkLock:
         for chain, peer_first in (("INPUT", True), ("OUTPUT", False)):
             s, sp, d, dp = c.text(peer_first)
             cmd = [tool, "-w", "-t", "filter", "-I" if lock else "-D", chain, "--protocol", "tcp", "-m", "mark",
-                   "!", "--mark", str(SOCCR_MARK), "--source", s, "--sport", str(sp), "--destination", d,
+                   "!", "--mark", hex(SOCCR_MARK), "--source", s, "--sport", str(sp), "--destination", d,
                    "--dport", str(dp), "-j", "DROP"]
             r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
             if r.returncode:
