@@ -443,6 +443,42 @@ def test_iptables_lock_needs_iptables(criu_bin: Path, crit_bin: Path, compat_tmp
         wl.kill()
 
 
+INFLIGHT = """
+import socket, time
+lst = socket.create_server(("127.0.0.1", 0), backlog=4)
+peer = socket.create_connection(lst.getsockname())  # completed by the kernel, never accept()ed
+open("ready", "w").close()
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_listener_with_connections_not_accepted_is_refused(criu_bin: Path, compat_tmp: Path) -> None:
+    """As criu: connections in a listener's accept queue would be lost, so the dump refuses."""
+    rundir = compat_tmp / "tcp-dump" / "inflight"
+    rundir.mkdir(parents=True)
+    (rundir / "inflight.py").write_text(INFLIGHT)
+    proc = subprocess.Popen([sys.executable, "inflight.py"], cwd=rundir, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + harness.scaled(10)
+        while not (rundir / "ready").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "inflight.py did not start"
+            time.sleep(0.02)
+        p = _run_dump(proc.pid, rundir / "images", *TCP_ARGS)
+        assert p.returncode == 1, p.stderr
+        assert re.fullmatch(r"Error \(spice/dump\): task \d+: fd \d+ is socket:\[\d+\] \(TCP\): 1 in-flight "
+                            r"connection\(s\) not accepted yet: they can be ignored with the --skip-in-flight "
+                            r"option\n", p.stderr), p.stderr
+        assert proc.poll() is None and harness.process_state(proc.pid) in ("S", "R")
+        with open(f"/proc/{proc.pid}/status") as f:
+            assert "TracerPid:\t0\n" in f.read()
+        assert _logged_table(rundir / "images") not in nft_tables()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.mark.parametrize("lock", ["nftables", "skip"])
 def test_without_tcp_established_the_dump_names_the_connection(lock: str, criu_bin: Path, compat_tmp: Path) -> None:
     wl = harness.start_workload("tcppair", compat_tmp / "tcp-dump" / f"tcppair-noflag-{lock}")

@@ -22,6 +22,7 @@ from ..errors import SpiceError
 from ..images import codec
 from ..linux import netlink
 from ..linux.netlink import NLM_F_DUMP, NLM_F_REQUEST
+from ..log import log
 from .files import OpenFd, add_file, dumper, fown, socket_details
 
 NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
@@ -229,6 +230,12 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
                          "listening or closed sockets) can be dumped")
     if established and not of.ctx.opts.tcp_established:
         raise SpiceError("dump", f"{what}: connected TCP socket, consider using --tcp-established option")
+    if proto == socket.IPPROTO_TCP and state == TCP_LISTEN and d["rqueue"]:
+        # connections the kernel completed but the task has not accept()ed: lost on restore (criu too)
+        if not getattr(of.ctx.opts, "skip_in_flight", False):
+            raise SpiceError("dump", f"{what}: {d['rqueue']} in-flight connection(s) not accepted yet: they "
+                             "can be ignored with the --skip-in-flight option")
+        log.info(f"Skipping in-flight connections of {what}")
     n = 1 if s.family == socket.AF_INET else 4
     e = codec.pb("inet_sk_entry")(id=fid, ino=of.st.st_ino, family=s.family, type=s.type, proto=proto,
                                   state=state, src_port=d["sport"], dst_port=d["dport"], flags=of.flags,
