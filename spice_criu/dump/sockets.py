@@ -1,14 +1,14 @@
 # SPDX-License-Identifier: MIT
-"""Sockets: unix (pairs, bound, listening, with their queued packets) and inet (TCP listening or
-closed, UDP), read through sock_diag and getsockopt() the way CRIU 4.2 records them.
+"""Sockets: unix (pairs, bound, listening, with their queued packets) and inet (TCP listening,
+established or closed, UDP), read through sock_diag and getsockopt() the way CRIU 4.2 records them.
 
 Mirror of restore/sockets.py. A unix socket is a UNIXSK entry (state, type, peer inode, name,
 backlog, shutdown, options); the packets waiting in its receive queue go to sk-queues.img, peeked
 with SO_PEEK_OFF so the socket keeps them. An inet socket is an INETSK entry (addresses, ports,
 state, backlog, IP and TCP options); an established TCP connection (only with --tcp-established,
 like criu) also gets its TCP_REPAIR snapshot and network lock (tcp.py). Half-closed connections,
-sockets with queued file descriptors (SCM_RIGHTS), packet, netlink and other families are refused,
-naming the socket.
+listeners holding connections not accept()ed yet (criu's in-flight check), sockets with queued file
+descriptors (SCM_RIGHTS), packet, netlink and other families are refused, naming the socket.
 """
 
 from __future__ import annotations
