@@ -357,6 +357,41 @@ def test_leave_running_keeps_the_connection_and_images_match_criu(criu_bin: Path
         wl.kill()
 
 
+def test_images_of_a_stopped_connection_equal_criu_s(criu_bin: Path, crit_bin: Path, compat_tmp: Path) -> None:
+    """Both processes SIGSTOPped (nothing reads or writes), then CRIU's and spice's -R dumps: the
+    inetsk entries are equal, and so are the tcp-stream images, queue bytes included, except the
+    TCP timestamp clock and snd_wl1, which CRIU's own window probe (sent with seq - 1 when its
+    dump leaves repair mode) really moves on the peer. Both leave the tree stopped, as it was."""
+    wl = harness.start_workload("tcppair", compat_tmp / "tcp-dump" / "tcppair-stopped")
+    wl.wait_ticks(8)
+    dirs = {"criu": wl.rundir / "criu", "spice": wl.rundir / "spice"}
+    try:
+        for p in wl.pids:
+            os.kill(p, signal.SIGSTOP)
+        time.sleep(0.5)  # in-flight segments land
+        criu_dump(wl.pid, dirs["criu"], leave_running=True, extra_args=TCP_ARGS)
+        time.sleep(0.5)
+        spice_tcp_dumper(wl.pid, dirs["spice"], leave_running=True)
+        assert all(harness.process_state(p) == "T" for p in wl.pids), "a stopped tree stays stopped"
+        isk = {k: sorted((e["isk"] for e in _crit(crit_bin, d / "files.img")["entries"] if e["type"] == "INETSK"),
+                         key=lambda e: e["ino"]) for k, d in dirs.items()}
+        assert isk["criu"] == isk["spice"] and len(isk["spice"]) == 3
+        names = sorted(p.name for p in dirs["spice"].glob("tcp-stream-*.img"))
+        assert names == sorted(p.name for p in dirs["criu"].glob("tcp-stream-*.img")) and len(names) == 2
+        for name in names:
+            c, s = (_crit(crit_bin, d / name)["entries"][0] for d in dirs.values())
+            diff = {k for k in c.keys() | s.keys() if c.get(k) != s.get(k)}
+            assert diff <= {"timestamp", "snd_wl1"}, f"{name}: {[(k, c.get(k), s.get(k)) for k in sorted(diff)]}"
+            assert (s["snd_wl1"] - c["snd_wl1"]) % 2**32 in (0, 1, 2**32 - 1), (name, c["snd_wl1"], s["snd_wl1"])
+        assert any(_crit(crit_bin, dirs["spice"] / n)["entries"][0]["outq_len"] for n in names)
+        for p in wl.pids:
+            os.kill(p, signal.SIGCONT)
+        wl.wait_ticks(5)
+        assert_continues(wl)
+    finally:
+        wl.kill()
+
+
 # ------------------------------------------------------------------ failures
 
 
