@@ -4,6 +4,7 @@ connections locked as IPv4, and CRIU's iptables commands (the kernel side is com
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import subprocess
@@ -76,3 +77,14 @@ def test_skip_locks_nothing() -> None:
     lock.begin()
     lock.lock(Conn(socket.AF_INET, [0], 1, [0], 2))
     assert not lock.table_made and not lock.locked
+
+
+def test_nftables_probe_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spice_criu.restore.tcp import nft_tables
+
+    if os.geteuid() != 0:
+        pytest.fail("needs root (CAP_NET_ADMIN) like the rest of the suite")
+    assert netlock.probe_nftables() is True  # this kernel has nf_tables (the compat tests use it)
+    assert f"CRIU-probe-{os.getpid()}" not in nft_tables()
+    monkeypatch.setattr(netlock, "_batch", lambda msgs, what: (_ for _ in ()).throw(SpiceError("x", what)))
+    assert netlock.probe_nftables() is False

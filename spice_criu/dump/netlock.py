@@ -167,6 +167,18 @@ def _batch(msgs: list[tuple[int, int, bytes]], what: str) -> None:
 # ------------------------------------------------------------------------------ the lock
 
 
+def probe_nftables() -> bool:
+    """Whether this kernel takes CRIU's lock table (nf_tables with concatenated set keys): what
+    `criu check --feature network_lock_nftables` reports. Builds and deletes a throw-away table."""
+    lock = NetworkLock("nftables", f"probe-{os.getpid()}")
+    try:
+        lock.begin()
+    except SpiceError:
+        return False
+    lock.unlock()
+    return True
+
+
 class Conn:
     """The addresses of one TCP connection (as sock_diag reports them: u32 words, network order)."""
 
