@@ -301,8 +301,9 @@ def test_rpc_dump_of_a_tcp_connection_restores_over_real_criu_rpc(pycriu: Any, s
 MOVING = {"inq_len", "inq_seq", "outq_len", "outq_seq", "unsq_len", "timestamp", "snd_wl1", "snd_wnd",
           "max_window", "rcv_wnd", "rcv_wup", "extra"}
 #: inet_sk_entry fields that may move: the send queue (backlog of an established socket is
-#: sock_diag's wqueue, as in CRIU); everything else (options, addresses, tcp_opts) must be equal
-MOVING_ISK = {"backlog"}
+#: sock_diag's wqueue, as in CRIU) and the buffer sizes the kernel autotunes; everything else
+#: (options, addresses, tcp_opts) must be equal (and everything is, for a stopped tree: below)
+MOVING_ISK = {"backlog", "opts.so_sndbuf", "opts.so_rcvbuf"}
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, object]:
