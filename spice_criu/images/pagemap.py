@@ -132,7 +132,7 @@ class PagemapWriter:
         self.pages_id = pages_id
         self.pages_path = os.path.join(os.path.dirname(pagemap_path), f"pages-{pages_id}.img")
         self._pages = open(self.pages_path, "ab")  # noqa: SIM115 (closed in close())
-        self._entries = [codec.pb("pagemap_head")(pages_id=pages_id)]
+        self._entries = [codec.pb("pagemap_head", lite=True)(pages_id=pages_id)]
         self.pages_written = 0
 
     def add(self, vaddr: int, data_or_pages: bytes | int, flags: int = PE_PRESENT) -> None:
@@ -155,7 +155,8 @@ class PagemapWriter:
 
 
 def pagemap_entry(vaddr: int, nr_pages: int, flags: int):
-    """Both page-count fields: CRIU < 4.2 reads field 2, CRIU >= 4.2 prefers field 5."""
-    e = codec.entry_class("PAGEMAP")(vaddr=vaddr, flags=flags, nr_pages=nr_pages)
+    """Both page-count fields: CRIU < 4.2 reads field 2, CRIU >= 4.2 prefers field 5 (a lite message:
+    protobuf's bytes without importing protobuf)."""
+    e = codec.entry_class("PAGEMAP", lite=True)(vaddr=vaddr, flags=flags, nr_pages=nr_pages)
     e.compat_nr_pages = nr_pages if nr_pages < 1 << 32 else 0
     return e
