@@ -17,8 +17,13 @@ everything it does with them:
   limit); a string that is not UTF-8 reads as bytes, as upb gives it; nesting deeper than 100 fails.
 
 Malformed input raises DecodeError (a ValueError) with the byte position; codec turns that into the
-usual ImageError naming the file. Unknown fields are not kept, so SerializeToString() writes only the
-known fields: it is meant for messages built here (stats-restore), where it gives protobuf's bytes.
+usual ImageError naming the file.
+
+Messages are also built like protobuf's (keyword construction, checked scalar assignment, a child
+becoming present in its parent when modified, repeated append/extend/add(), CopyFrom, MergeFrom,
+SetInParent, Clear, ClearField) and SerializeToString() gives protobuf's canonical bytes: stats and
+pagemaps are written this way, and so can the dump path be. Unknown fields of decoded messages are
+not kept, so re-encoding a decoded message drops them (protobuf would keep them).
 """
 
 from __future__ import annotations
