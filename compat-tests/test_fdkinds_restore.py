@@ -7,6 +7,7 @@ job on a pty (--shell-job); a pipe to a reader outside the dump (--inherit-fd)."
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ import pytest
 from harness import assert_continues, kill_restored, process_state
 from spice import REPO, spice, spice_restore
 
-from spice_criu.restore.tcp import nft_lock_table, nft_tables
+from spice_criu.linux.pidfd import getfd
+from spice_criu.netfilter import nft_lock_table, nft_tables
 
 TCP_ARGS = ("--tcp-established", "--network-lock", "nftables")
 
@@ -58,6 +60,22 @@ def test_event_fds_restore_and_keep_working(evfds_dump: harness.DumpInfo, crit_b
         assert process_state(pid) is None
 
 
+def _tcp_nodelay_sockets(pids: list[int]) -> int:
+    """How many TCP sockets of these processes have TCP_NODELAY set (read through pidfd_getfd)."""
+    n = 0
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                continue
+            s = socket.socket(fileno=getfd(pid, int(fd)))
+            try:
+                if s.type == socket.SOCK_STREAM and s.family in (socket.AF_INET, socket.AF_INET6):
+                    n += bool(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            finally:
+                s.close()
+    return n
+
+
 def test_tcp_connection_between_two_processes(criu_bin: Path, crit_bin: Path, compat_tmp: Path) -> None:
     wl = harness.start_workload("tcppair", compat_tmp / "fdkinds" / "tcppair")
     wl.wait_ticks(8)  # the lagging reader has filled both queues
@@ -71,11 +89,15 @@ def test_tcp_connection_between_two_processes(criu_bin: Path, crit_bin: Path, co
     try:
         assert spice_restore(info.images_dir, *TCP_ARGS) == info.pid
         assert table not in nft_tables(), "spice restore must remove the dump's network lock"
+        # TCP_NODELAY comes back where the dump saw it (CRIU 4.2 keeps it in the socket's tcp_opts)
+        isks = _crit(crit_bin, info.images_dir / "files.img")["entries"]
+        want = sum(1 for f in isks if f.get("isk", {}).get("tcp_opts", {}).get("nodelay"))
+        assert want >= 1 and _tcp_nodelay_sockets(list(info.pids)) == want
         cont = assert_continues(info, list(info.pids), new_ticks=10)
         assert cont.pids == info.roles
     finally:
         if table in nft_tables():  # a failed restore leaves it (as criu does): don't leave it around
-            from spice_criu.restore.tcp import NFPROTO_INET, nft_delete_table
+            from spice_criu.netfilter import NFPROTO_INET, nft_delete_table
 
             nft_delete_table(NFPROTO_INET, table.removeprefix("inet "))
         kill_restored(info)
@@ -99,7 +121,7 @@ def test_tcp_connection_needs_tcp_established(criu_bin: Path, crit_bin: Path, co
         kill_restored(info, pid)
     finally:
         if table in nft_tables():
-            from spice_criu.restore.tcp import NFPROTO_INET, nft_delete_table
+            from spice_criu.netfilter import NFPROTO_INET, nft_delete_table
 
             nft_delete_table(NFPROTO_INET, table.removeprefix("inet "))
 

@@ -33,7 +33,7 @@ from test_rpc_pycriu import pycriu, pycriu_dump, pycriu_restore, spice_criu  # n
 
 from spice_criu.linux import netlink
 from spice_criu.linux.netlink import NLM_F_DUMP, NLM_F_REQUEST
-from spice_criu.restore.tcp import NFPROTO_INET, nft_delete_table, nft_lock_table, nft_tables
+from spice_criu.netfilter import NFPROTO_INET, nft_delete_table, nft_lock_table, nft_tables
 
 TCP_ARGS = ("--tcp-established", "--network-lock", "nftables")
 for _name in ("tcppair6", "tcppair4in6"):  # tcppair over ::1, and over ::ffff:127.0.0.1
@@ -532,3 +532,16 @@ def test_without_tcp_established_the_dump_names_the_connection(lock: str, criu_b
         _assert_untouched(wl)
     finally:
         wl.kill()
+
+
+@pytest.mark.parametrize("feature", ["network_lock_nftables", "nftables", "tcp_half_closed"])
+def test_check_feature_answers_like_criu_where_spice_can(criu_bin: Path, feature: str) -> None:
+    """`spice check --feature` for the TCP dump's features: the nftables lock as real CRIU reports
+    it on this kernel; half-closed connections, which spice refuses, honestly not supported."""
+    theirs = subprocess.run([str(criu_bin), "check", "--feature", feature], capture_output=True, text=True)
+    ours = spice("check", "--feature", feature, check=False)
+    if feature == "tcp_half_closed":
+        assert ours.returncode == 1 and "is not supported" in ours.stderr, ours.stderr
+    else:
+        assert theirs.returncode == 0, theirs.stdout + theirs.stderr  # this kernel has nf_tables
+        assert ours.returncode == 0 and f"{feature} is supported" in ours.stdout, ours.stdout + ours.stderr

@@ -61,7 +61,18 @@ FEATURES: dict[str, Callable[[], bool]] = {
     "kcmp_epoll": lambda: _kernel_at_least(4, 13),
     "openat2": lambda: _kernel_at_least(5, 6),
     "kmod": lambda: _proc_has("/dev/spice"),
+    # criu: libnftables present / the lock table accepted; spice speaks nfnetlink itself, so both are
+    # whether the kernel takes the lock table (half-closed connections are refused: no tcp_half_closed)
+    "nftables": lambda: _nft_lock(),
+    "network_lock_nftables": lambda: _nft_lock(),
+    "tcp_half_closed": lambda: False,
 }
+
+
+def _nft_lock() -> bool:
+    from .dump.netlock import probe_nftables
+
+    return probe_nftables()
 
 
 def check(o) -> int:

@@ -39,6 +39,7 @@ class Options(Record):
     shell_job: bool = False
     tcp_established: bool = False
     tcp_close: bool = False
+    skip_in_flight: bool = False
     ext_unix_sk: bool = False
     file_locks: bool = False
     link_remap: bool = False
@@ -130,6 +131,8 @@ OPTIONS: tuple[Opt, ...] = (
     _O("record_working_set", ("record-working-set",), None, "bool", False),
     _O("record_timeout", ("record-timeout",), None, "float", 1.0, help="seconds to run while recording"),
     _O("feature", ("feature",)),
+    _O("skip_in_flight", ("skip-in-flight",), None, "bool", False,
+       help="dump: ignore TCP connections not accepted yet"),
     _O("network_lock", ("network-lock",), None, "choice", "iptables", choices=("iptables", "nftables", "skip")),
     _O("status_fd", ("status-fd",), None, "int"),
     _O("address", ("address",), help="service: the socket to listen on (default ./criu_service.socket)"),
@@ -139,7 +142,6 @@ OPTIONS: tuple[Opt, ...] = (
     _O("pre_dump_mode", ("pre-dump-mode",), hidden=True),
     _O("manage_cgroups", ("manage-cgroups",), None, "optional", flag_value="soft", hidden=True),
     _O("evasive_devices", ("evasive-devices",), None, "bool", False, hidden=True),
-    _O("skip_in_flight", ("skip-in-flight",), None, "bool", False, hidden=True),
     _O("log_pid", ("log-pid",), None, "bool", False, hidden=True),
     _O("check_all", ("extra", "experimental", "all"), None, "flag", False, hidden=True),
     _O("version", ("version",), "V", "flag", False, help="print the CRIU version spice speaks"),
@@ -259,7 +261,7 @@ def _options(kw: dict) -> Options:
     o.args = tuple(kw["args"])
     for name in (
         "images_dir work_dir log_file pidfile tree leave_running leave_stopped shell_job tcp_established "
-        "tcp_close file_locks link_remap timeout restore_detached restore_sibling root backend "
+        "tcp_close skip_in_flight file_locks link_remap timeout restore_detached restore_sibling root backend "
         "record_working_set record_timeout display_stats feature network_lock status_fd address"
     ).split():
         setattr(o, name, kw[name])

@@ -195,6 +195,7 @@ def options_from_req(kind: str, ro: Any, peer: int, swrk: bool,
     for name in ("leave_running", "leave_stopped", "shell_job", "tcp_established", "tcp_close", "ext_unix_sk",
                  "file_locks", "link_remap", "display_stats"):
         setattr(o, name, bool(getattr(ro, name)))
+    o.skip_in_flight = bool(ro.tcp_skip_in_flight)
     if len(ro.unix_sk_ino):
         o.ext_unix_sk = True
     if ro.HasField("timeout") and ro.timeout:

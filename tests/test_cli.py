@@ -26,6 +26,7 @@ SAME = [
     ["restore", "--", "-notanoption"],
     ["restore", "-v"],
     ["dump", "--ghost-limit", "2M", "--network-lock", "nftables", "--no-display-stats", "--log-pid"],
+    ["dump", "-t", "1", "--tcp-established", "--skip-in-flight"],
 ]
 LEFT_TO_CLICK = [
     [],
@@ -55,6 +56,11 @@ def test_fast_parser_agrees_with_click(argv: list[str]) -> None:
 @pytest.mark.parametrize("argv", LEFT_TO_CLICK, ids=lambda a: " ".join(a) or "-")
 def test_unusual_input_goes_to_click(argv: list[str]) -> None:
     assert cli._fast_parse(argv) is None
+
+
+def test_skip_in_flight_reaches_the_dump() -> None:
+    assert cli._options(cli._fast_parse(["dump", "-t", "1", "--skip-in-flight"])).skip_in_flight
+    assert not cli._options(cli._fast_parse(["dump", "-t", "1"])).skip_in_flight
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

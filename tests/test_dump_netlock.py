@@ -80,7 +80,7 @@ def test_skip_locks_nothing() -> None:
 
 
 def test_nftables_probe_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    from spice_criu.restore.tcp import nft_tables
+    from spice_criu.netfilter import nft_tables
 
     if os.geteuid() != 0:
         pytest.fail("needs root (CAP_NET_ADMIN) like the rest of the suite")
@@ -88,3 +88,14 @@ def test_nftables_probe_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     assert f"CRIU-probe-{os.getpid()}" not in nft_tables()
     monkeypatch.setattr(netlock, "_batch", lambda msgs, what: (_ for _ in ()).throw(SpiceError("x", what)))
     assert netlock.probe_nftables() is False
+
+
+def test_iptables_rules_match_criu_s_so_unlock_can_delete_them() -> None:
+    """The restore deletes exactly the rule the dump inserted (an unmatched -D leaves the lock)."""
+    from spice_criu.netfilter import iptables_rule
+
+    lock = iptables_rule("iptables", "-I", "INPUT", "127.0.0.1", 80, "127.0.0.2", 4242)
+    unlock = iptables_rule("iptables", "-D", "INPUT", "127.0.0.1", 80, "127.0.0.2", 4242)
+    assert lock[4] == "-I" and unlock[4] == "-D" and lock[:4] + lock[5:] == unlock[:4] + unlock[5:]
+    assert " ".join(lock[5:]) == ("INPUT --protocol tcp -m mark ! --mark 0xc114 --source 127.0.0.1 --sport 80 "
+                                  "--destination 127.0.0.2 --dport 4242 -j DROP")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from spice_criu import netfilter
 from spice_criu.errors import ImageError
 from spice_criu.images import codec
 from spice_criu.restore import eventfds as ev
@@ -99,21 +100,22 @@ def test_tty_inherit_key_is_criu_s() -> None:
 
 
 def test_nft_lock_table_is_truncated_like_criu() -> None:
-    assert tcp.nft_lock_table("8487f80d-b4f9-43aa-b639-b84528fb9df4") == "CRIU-8487f80d-b4f9-43aa-b6"
+    assert netfilter.nft_lock_table("8487f80d-b4f9-43aa-b639-b84528fb9df4") == "CRIU-8487f80d-b4f9-43aa-b6"
 
 
 def test_nft_delete_message_layout() -> None:
-    m = tcp._nlmsg(tcp.NFNL_SUBSYS_NFTABLES << 8 | tcp.NFT_MSG_DELTABLE, 5, 2, tcp.NFPROTO_INET,
-                   attrs=tcp._nla_str(tcp.NFTA_TABLE_NAME, "CRIU-x"))
+    nf = netfilter
+    m = nf.msg(nf.NFNL_SUBSYS_NFTABLES << 8 | nf.NFT_MSG_DELTABLE, 5, 2, nf.NFPROTO_INET,
+               nf.str_attr(nf.NFTA_TABLE_NAME, "CRIU-x"))
     length, mtype, flags, seq, _ = struct.unpack_from("=IHHII", m)
     assert (length, mtype, flags, seq) == (len(m), 0x0A02, 5, 2)
-    assert m[16] == tcp.NFPROTO_INET
+    assert m[16] == nf.NFPROTO_INET
     assert m[20:24] == struct.pack("=HH", 4 + 7, 1) and m[24:31] == b"CRIU-x\0" and len(m) % 4 == 0
 
 
 def test_nft_delete_of_a_missing_table_says_enoent() -> None:
     with pytest.raises(OSError) as e:
-        tcp.nft_delete_table(tcp.NFPROTO_INET, "spice-test-no-such-table")
+        netfilter.nft_delete_table(netfilter.NFPROTO_INET, "spice-test-no-such-table")
     assert e.value.errno == 2
 
 

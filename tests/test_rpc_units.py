@@ -137,6 +137,7 @@ def test_container_options_map_or_are_harmless(dirs) -> None:
     assert (o.tree, o.leave_running, o.shell_job, o.ext_unix_sk, o.tcp_established, o.file_locks,
             o.link_remap) == (42, True, True, True, True, True, True)
     assert (o.network_lock, o.timeout, o.ghost_limit, o.log_file) == ("nftables", 7, 4096, "dump.log")
+    assert o.skip_in_flight  # runc --tcp-skip-in-flight
     assert o.root is None  # no mount namespace in spice's images: criu ignores root then
     assert o.external == common["external"] and Path(o.work_dir) == work_dir
     r = options_from_req("restore", opts(**common, log_file="restore.log", rst_sibling=True, evasive_devices=True,

@@ -25,18 +25,23 @@ import struct
 import subprocess
 
 from ..errors import SpiceError
-from ..linux import netlink
-from ..linux.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR
 from ..log import log
-from ..restore.tcp import NFPROTO_INET, nft_delete_table, nft_lock_table
+from ..netfilter import (
+    NFPROTO_INET,
+    NFPROTO_IPV4,
+    NFPROTO_IPV6,
+    SOCCR_MARK,
+    attr,
+    iptables_rule,
+    nft_delete_table,
+    nft_lock_table,
+    str_attr,
+)
+from ..netfilter import batch as nft_batch
 
-SOCCR_MARK = 0xC114
-NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES = 12, 10
-NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
 NFT_MSG_NEWTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM = 0, 3, 6, 9, 12
 NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x200, 0x400, 0x800
 NLA_F_NESTED = 0x8000
-NFPROTO_UNSPEC, NFPROTO_IPV4, NFPROTO_IPV6 = 0, 2, 10
 NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT = 1, 3
 NF_DROP, NF_ACCEPT = 0, 1
 NFT_META_MARK, NFT_META_NFPROTO, NFT_META_L4PROTO = 3, 15, 16
@@ -53,25 +58,15 @@ SET_USERDATA = bytes.fromhex("000400000000031200040d000000010a000000040400000001
 # ------------------------------------------------------------------------------ nfnetlink encoding
 
 
-def _attr(kind: int, data: bytes) -> bytes:
-    return struct.pack("=HH", 4 + len(data), kind) + data + b"\0" * (-len(data) % 4)
+_attr, _str = attr, str_attr
 
 
 def _nest(kind: int, *parts: bytes) -> bytes:
     return _attr(kind | NLA_F_NESTED, b"".join(parts))
 
 
-def _str(kind: int, value: str) -> bytes:
-    return _attr(kind, value.encode() + b"\0")
-
-
 def _be32(kind: int, value: int) -> bytes:
     return _attr(kind, struct.pack("!I", value))
-
-
-def _msg(mtype: int, flags: int, seq: int, family: int, payload: bytes = b"", res_id: int = 0) -> bytes:
-    body = struct.pack("!BBH", family, 0, res_id) + payload
-    return struct.pack("=IHHII", 16 + len(body), mtype, flags, seq, 0) + body
 
 
 def _expr(name: str, *attrs: bytes) -> bytes:
@@ -137,29 +132,9 @@ def _conn_rule(family: int) -> list[bytes]:
 
 
 def _batch(msgs: list[tuple[int, int, bytes]], what: str) -> None:
-    """Send (type, flags, payload) messages of the inet family as one nftables transaction (all or
-    nothing) and wait for every acknowledgement."""
-    seq0 = 1
-    parts = [_msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq0, NFPROTO_UNSPEC, res_id=NFNL_SUBSYS_NFTABLES)]
-    want = set()
-    for i, (mtype, flags, payload) in enumerate(msgs, start=seq0 + 1):
-        parts.append(_msg(NFNL_SUBSYS_NFTABLES << 8 | mtype, NLM_F_REQUEST | NLM_F_ACK | flags, i, NFPROTO_INET,
-                          payload))
-        want.add(i)
-    parts.append(_msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq0 + len(msgs) + 1, NFPROTO_UNSPEC,
-                      res_id=NFNL_SUBSYS_NFTABLES))
+    """One nftables transaction of the inet family (all or nothing), every message acknowledged."""
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as nl:
-            nl.settimeout(5)
-            nl.send(b"".join(parts))
-            while want:
-                for mtype, _flags, seq, body in netlink.messages(nl.recv(65536)):
-                    if mtype != NLMSG_ERROR:
-                        continue
-                    err = netlink.error_of(body)
-                    if err:
-                        raise OSError(err, os.strerror(err))
-                    want.discard(seq)
+        nft_batch(msgs, NFPROTO_INET)
     except OSError as e:
         raise SpiceError("network-lock", f"nftables: {what}: {e.strerror or e}") from None
 
@@ -265,9 +240,7 @@ class NetworkLock:
         done = []
         for chain, peer_first in (("INPUT", True), ("OUTPUT", False)):
             s, sp, d, dp = c.text(peer_first)
-            cmd = [tool, "-w", "-t", "filter", "-I" if lock else "-D", chain, "--protocol", "tcp", "-m", "mark",
-                   "!", "--mark", hex(SOCCR_MARK), "--source", s, "--sport", str(sp), "--destination", d,
-                   "--dport", str(dp), "-j", "DROP"]
+            cmd = iptables_rule(tool, "-I" if lock else "-D", chain, s, sp, d, dp)
             r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
             if r.returncode:
                 if lock:

@@ -232,7 +232,7 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
         raise SpiceError("dump", f"{what}: connected TCP socket, consider using --tcp-established option")
     if proto == socket.IPPROTO_TCP and state == TCP_LISTEN and d["rqueue"]:
         # connections the kernel completed but the task has not accept()ed: lost on restore (criu too)
-        if not getattr(of.ctx.opts, "skip_in_flight", False):
+        if not of.ctx.opts.skip_in_flight:
             raise SpiceError("dump", f"{what}: {d['rqueue']} in-flight connection(s) not accepted yet: they "
                              "can be ignored with the --skip-in-flight option")
         log.info(f"Skipping in-flight connections of {what}")

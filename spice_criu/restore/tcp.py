@@ -25,9 +25,8 @@ import subprocess
 
 from ..errors import ImageError, SpiceError
 from ..images.imagedir import ImageDir
-from ..linux import netlink
-from ..linux.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_ERROR
 from ..log import log
+from ..netfilter import NFPROTO_INET, iptables_rule, nft_delete_table, nft_lock_table
 from .eventfds import restore_file_params
 from .files import FileObj, OpenContext
 
@@ -127,9 +126,11 @@ class TcpConn(FileObj):
         if t.HasField("snd_wnd"):
             s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_WINDOW,
                          struct.pack("5I", t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, t.rcv_wup))
-        if t.nodelay:
+        # CRIU 4.2 keeps nodelay/cork in the socket's tcp_opts, older ones in the stream
+        topts = e.tcp_opts if e.HasField("tcp_opts") else None
+        if t.nodelay or (topts is not None and topts.nodelay):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if t.cork:
+        if t.cork or (topts is not None and topts.cork):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
         # then the socket's own options, buffer sizes included (after the queues, as CRIU)
         _apply_opts(s, e.opts, self.describe())
@@ -232,8 +233,7 @@ def _iptables_unlock(c: TcpConn) -> None:
     src, dst = _addr(e.family, e.src_addr), _addr(e.family, e.dst_addr)
     for chain, (a, ap, b, bp) in (("INPUT", (dst, e.dst_port, src, e.src_port)),
                                   ("OUTPUT", (src, e.src_port, dst, e.dst_port))):
-        cmd = [tool, "-w", "-t", "filter", "-D", chain, "--protocol", "tcp", "--source", a, "--sport", str(ap),
-               "--destination", b, "--dport", str(bp), "-j", "DROP"]
+        cmd = iptables_rule(tool, "-D", chain, a, ap, b, bp)
         r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
         if r.returncode:
             log.warn("sockets", f"{' '.join(cmd)}: {r.stderr.strip()}")
@@ -264,65 +264,3 @@ def plan_established(sk: Any, imgdir: ImageDir) -> FileObj:
     if t.HasField("unsq_len") and t.unsq_len > t.outq_len:
         raise ImageError(imgdir / name, f"unsent length {t.unsq_len} exceeds the send queue ({t.outq_len})")
     return obj
-
-
-# ---------------------------------------------------------------- nftables over raw nfnetlink
-# (what CRIU does through libnftables: `delete table inet CRIU-<id>`; no library or nft binary needed)
-
-NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES = 12, 10
-NFT_MSG_GETTABLE, NFT_MSG_DELTABLE = 1, 2
-NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
-NFTA_TABLE_NAME = 1
-NFPROTO_UNSPEC, NFPROTO_INET = 0, 1
-
-
-def _nlmsg(mtype: int, flags: int, seq: int, family: int, res_id: int = 0, attrs: bytes = b"") -> bytes:
-    body = struct.pack("!BBH", family, 0, res_id) + attrs
-    return struct.pack("=IHHII", 16 + len(body), mtype, flags, seq, 0) + body
-
-
-def _nla_str(kind: int, value: str) -> bytes:
-    data = value.encode() + b"\0"
-    pad = (4 - len(data) % 4) % 4
-    return struct.pack("=HH", 4 + len(data), kind) + data + b"\0" * pad
-
-
-def nft_lock_table(run_id: str) -> str:
-    """CRIU's lock table name: snprintf("inet CRIU-%s", run id) into a 32-byte buffer."""
-    return ("inet CRIU-" + run_id)[:31].removeprefix("inet ")
-
-
-def nft_delete_table(family: int, name: str) -> None:
-    """`nft delete table <family> <name>` (OSError ENOENT if there is none)."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as nl:
-        nl.settimeout(5)
-        batch = (_nlmsg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 1, NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES)
-                 + _nlmsg(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_DELTABLE, NLM_F_REQUEST | NLM_F_ACK, 2, family,
-                          attrs=_nla_str(NFTA_TABLE_NAME, name))
-                 + _nlmsg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 3, NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES))
-        nl.send(batch)
-        while True:
-            for mtype, _flags, seq, body in netlink.messages(nl.recv(65536)):
-                if mtype == NLMSG_ERROR and seq == 2:  # the answer to the delete itself
-                    err = netlink.error_of(body)
-                    if err:
-                        raise OSError(err, os.strerror(err))
-                    return
-
-
-def nft_tables(family: int = NFPROTO_UNSPEC) -> list[str]:
-    """Names of the nftables tables of a family (`nft list tables`)."""
-    out = []
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as nl:
-        nl.settimeout(5)
-        msg = _nlmsg(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE, NLM_F_REQUEST | NLM_F_DUMP, 1, family)
-        for body in netlink.request(nl, msg, 65536):
-            off = 4  # nfgenmsg
-            while off + 4 <= len(body):
-                alen, atype = struct.unpack_from("=HH", body, off)
-                if alen < 4:
-                    break
-                if atype & 0x3FFF == NFTA_TABLE_NAME:
-                    out.append(body[off + 4 : off + alen].rstrip(b"\0").decode())
-                off += (alen + 3) & ~3
-    return out
