@@ -267,7 +267,7 @@ def test_image_set_marker_protocol(tmp_path: Path) -> None:
 def test_image_set_abort_cleans_up(tmp_path: Path) -> None:
     s = ImageSet(tmp_path)
     s.begin()
-    (s.file("pages-1.img")).write_bytes(b"x" * 4096)
+    Path(s.file("pages-1.img")).write_bytes(b"x" * 4096)
     s.abort("boom")
     assert sorted(p.name for p in tmp_path.iterdir()) == [PARTIAL_MARKER]
     assert "boom" in (tmp_path / PARTIAL_MARKER).read_text()
@@ -311,3 +311,15 @@ def test_tasks_sharing_memory_are_refused(tmp_path: Path) -> None:
         os.kill(child, 9)
         parent.kill()
         parent.wait()
+
+
+def test_run_id_is_a_random_version_4_uuid() -> None:
+    import uuid
+
+    from spice_criu.dump.inventory import new_run_id
+
+    ids = {new_run_id() for _ in range(200)}
+    assert len(ids) == 200
+    for s in ids:
+        u = uuid.UUID(s)
+        assert str(u) == s and u.version == 4 and u.variant == uuid.RFC_4122

@@ -12,9 +12,8 @@ from __future__ import annotations
 import re
 import resource
 
-from google.protobuf.message import Message
-
 from ..errors import SpiceError
+from ..images.lite import Message
 from ..inject import Remote
 from ..linux.syscalls import NR
 from . import proc

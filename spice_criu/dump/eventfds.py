@@ -51,7 +51,7 @@ def _dump_eventfd(of: OpenFd, fid: int) -> str:
     if of.info.extra.get("eventfd-semaphore", "0").strip() not in ("", "0"):
         raise SpiceError("dump", f"{of.describe()}: an EFD_SEMAPHORE eventfd: CRIU's image cannot record "
                          "semaphore mode: not supported")
-    e = codec.pb("eventfd_file_entry")(id=fid, flags=of.flags, counter=int(_field(of, "eventfd-count"), 16))
+    e = codec.pb("eventfd_file_entry", lite=True)(id=fid, flags=of.flags, counter=int(_field(of, "eventfd-count"), 16))
     _owner(e, of)
     add_file(of.ctx, "EVENTFD", fid, "efd", e)
     return "EVENTFD"
@@ -59,7 +59,7 @@ def _dump_eventfd(of: OpenFd, fid: int) -> str:
 
 @dumper("signalfd")
 def _dump_signalfd(of: OpenFd, fid: int) -> str:
-    e = codec.pb("signalfd_entry")(id=fid, flags=of.flags, sigmask=int(_field(of, "sigmask"), 16))
+    e = codec.pb("signalfd_entry", lite=True)(id=fid, flags=of.flags, sigmask=int(_field(of, "sigmask"), 16))
     _owner(e, of)
     add_file(of.ctx, "SIGNALFD", fid, "sgfd", e)
     return "SIGNALFD"
@@ -78,7 +78,7 @@ def _dump_timerfd(of: OpenFd, fid: int) -> str:
         # restorers would take as "disarmed" and the periodic timer would never fire again. Its
         # next expiry is less than one interval away: record one interval.
         vsec, vnsec = isec, insec
-    e = codec.pb("timerfd_entry")(
+    e = codec.pb("timerfd_entry", lite=True)(
         id=fid, flags=of.flags, clockid=int(_field(of, "clockid")), ticks=ticks,
         settime_flags=int(_field(of, "settime flags"), 8), vsec=vsec, vnsec=vnsec, isec=isec, insec=insec,
     )
@@ -89,7 +89,7 @@ def _dump_timerfd(of: OpenFd, fid: int) -> str:
 
 @dumper("eventpoll")
 def _dump_epoll(of: OpenFd, fid: int) -> str:
-    e = codec.pb("eventpoll_file_entry")(id=fid, flags=of.flags)
+    e = codec.pb("eventpoll_file_entry", lite=True)(id=fid, flags=of.flags)
     _owner(e, of)
     seen: dict[int, int] = {}  # tfd number -> registrations met with it (the kernel's toff)
     for m in _TFD.finditer(_fdinfo_text(of)):

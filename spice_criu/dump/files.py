@@ -19,19 +19,21 @@ import importlib.util
 import os
 import stat
 import struct
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-from google.protobuf.message import Message
 
 from ..errors import SpiceError
-from ..images import codec
+from ..images import codec, lite
+from ..images.lite import Message
 from ..linux import kcmp, pidfd
 from ..log import log
 from . import proc
 
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .run import DumpContext
+
+    Dumper = Callable[["OpenFd", int], str]
 
 O_ACCMODE, O_WRONLY, O_APPEND, O_CLOEXEC, O_PATH = 0o3, 0o1, 0o2000, 0o2000000, 0o10000000
 FD_CLOEXEC = 1
@@ -109,7 +111,6 @@ class OpenFd:
 
 
 #: fd kind -> dumper(fd, file id) -> fd_types name of the entry it wrote
-Dumper = Callable[[OpenFd, int], str]
 DUMPERS: dict[str, Dumper] = {}
 #: fd kind -> the module (of this package) that registers its dumper, imported on first need
 KIND_MODULES = {"pipe": "pipes", "fifo": "pipes", "socket": "sockets", "eventfd": "eventfds",
@@ -196,14 +197,14 @@ def fown(lfd: int) -> dict[str, int]:
 
 def add_file(ctx: DumpContext, type_name: str, fid: int, sub: str, msg: Message) -> None:
     """Append a file_entry {type, id, <sub>: msg} to files.img."""
-    fe = codec.pb("file_entry")(type=_fd_type(type_name), id=fid)
+    fe = codec.pb("file_entry", lite=True)(type=_fd_type(type_name), id=fid)
     getattr(fe, sub).CopyFrom(msg)
     ctx.images.add("files.img", "FILES", fe)
     ctx.files.kinds[fid] = type_name
 
 
 def _fd_type(name: str) -> int:
-    return codec.pb("fdinfo_entry").DESCRIPTOR.fields_by_name["type"].enum_type.values_by_name[name].number
+    return lite.enum_numbers("fd_types")[name]
 
 
 # ------------------------------------------------------------------------------------------ fd table
@@ -248,7 +249,7 @@ def _dump_fd(ctx: DumpContext, pid: int, pfd: int, fd: int, files_id: int) -> No
         fid, new = ctx.files.description(pid, fd, st, info.pos)
         type_name = fn(of, fid) if new else ctx.files.kinds[fid]
         log.debug(f"task {pid} fd {fd}: {link} -> {type_name} file id {fid}{'' if new else ' (shared)'}")
-        fe = codec.pb("fdinfo_entry")(id=fid, flags=FD_CLOEXEC if info.flags & O_CLOEXEC else 0,
+        fe = codec.pb("fdinfo_entry", lite=True)(id=fid, flags=FD_CLOEXEC if info.flags & O_CLOEXEC else 0,
                                       type=_fd_type(type_name), fd=fd)
         ctx.images.add(f"fdinfo-{files_id}.img", "FDINFO", fe)
         for line in info.locks:
@@ -281,7 +282,7 @@ def file_lock(ctx: DumpContext, pid: int, fd: int, line: str) -> None:
         ltype = {"UNLCK": F_UNLCK, "WRITE": F_WRLCK, "READ": F_RDLCK}[opt]
     start, end = int(parts[6]), parts[7]
     length = 0 if end.startswith("EOF") else int(end) + 1 - start
-    ctx.images.add("filelocks.img", "FILE_LOCKS", codec.message_class("file_lock_pb2", "file_lock_entry")(
+    ctx.images.add("filelocks.img", "FILE_LOCKS", codec.pb("file_lock_entry", lite=True)(
         flag=kind, type=ltype, pid=pid, fd=fd, start=start, len=length))
 
 
@@ -373,7 +374,7 @@ def reg_entry(ctx: DumpContext, fid: int, fd: int, link: str, st: os.stat_result
         _ghost(ctx, fid, fd, name, st, what)
     else:
         _check_path(name, st, what)
-    r = codec.pb("reg_file_entry")(id=fid, flags=p.flags, pos=p.pos, name=name, mode=st.st_mode)
+    r = codec.pb("reg_file_entry", lite=True)(id=fid, flags=p.flags, pos=p.pos, name=name, mode=st.st_mode)
     for k, v in p.fown.items():
         setattr(r.fown, k, v)
     if stat.S_ISREG(st.st_mode) and should_check_size(p.flags):
@@ -427,7 +428,7 @@ def _ghost(ctx: DumpContext, fid: int, fd: int, name: str, st: os.stat_result, w
         gid = ctx.ghosts[key] = len(ctx.ghosts) + 1
         _ghost_image(ctx, gid, fd, st)
     ctx.images.add("remap-fpath.img", "REMAP_FPATH",
-                   codec.pb("remap_file_path_entry")(orig_id=fid, remap_id=gid, remap_type=REMAP_GHOST))
+                   codec.pb("remap_file_path_entry", lite=True)(orig_id=fid, remap_id=gid, remap_type=REMAP_GHOST))
 
 
 def kdev(dev: int) -> int:
@@ -437,7 +438,7 @@ def kdev(dev: int) -> int:
 
 
 def _ghost_image(ctx: DumpContext, gid: int, fd: int, st: os.stat_result) -> None:
-    g = codec.pb("ghost_file_entry")(uid=st.st_uid, gid=st.st_gid, mode=st.st_mode, dev=kdev(st.st_dev),
+    g = codec.pb("ghost_file_entry", lite=True)(uid=st.st_uid, gid=st.st_gid, mode=st.st_mode, dev=kdev(st.st_dev),
                                      ino=st.st_ino)
     g.atim.tv_sec, g.atim.tv_usec = st.st_atime_ns // 10**9, st.st_atime_ns % 10**9 // 1000
     g.mtim.tv_sec, g.mtim.tv_usec = st.st_mtime_ns // 10**9, st.st_mtime_ns % 10**9 // 1000
@@ -455,7 +456,7 @@ def _ghost_image(ctx: DumpContext, gid: int, fd: int, st: os.stat_result) -> Non
             g.chunks, g.size = True, st.st_size
             ctx.images.add(name, "GHOST_FILE", g)
             for off, length in _data_extents(rfd, st.st_size):
-                ctx.images.add(name, "GHOST_FILE", codec.pb("ghost_chunk_entry")(len=length, off=off),
+                ctx.images.add(name, "GHOST_FILE", codec.pb("ghost_chunk_entry", lite=True)(len=length, off=off),
                                _pread_all(rfd, length, off))
         else:
             ctx.images.add(name, "GHOST_FILE", g, _pread_all(rfd, st.st_size, 0))
@@ -573,4 +574,4 @@ def dump_fs(ctx: DumpContext, pid: int, umask: int) -> None:
     """fs-<pid>.img: cwd and root (as REG entries) and the umask."""
     cwd = fs_file(ctx, pid, "cwd")
     root = fs_file(ctx, pid, "root")
-    ctx.images.add(f"fs-{pid}.img", "FS", codec.pb("fs_entry")(cwd_id=cwd, root_id=root, umask=umask))
+    ctx.images.add(f"fs-{pid}.img", "FS", codec.pb("fs_entry", lite=True)(cwd_id=cwd, root_id=root, umask=umask))

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import os
 
-from google.protobuf.message import Message
-
 from ..errors import SpiceError
 from ..images import codec
+from ..images.lite import Message
 from ..linux import kcmp
 
 #: CRIU's namespace order (the order of its "Add <ns> ns" lines), with the ids field of each
@@ -69,7 +68,7 @@ class Ids:
         return oid
 
     def task_ids(self, pid: int, dumper: bool = False) -> Message:
-        ids = codec.pb("task_kobj_ids_entry")()
+        ids = codec.pb("task_kobj_ids_entry", lite=True)()
         for name, kind in OBJECTS:
             setattr(ids, name, self._obj_id(name, kind, pid))
         for ns, field in NAMESPACES:

@@ -9,38 +9,41 @@ created and leaves only the marker, holding the reason.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from pathlib import Path
-from typing import Any
-
-from google.protobuf.message import Message
+import os
 
 from ..errors import SpiceError
 from ..images import codec
 from ..images.imagedir import PARTIAL_MARKER
+from ..images.lite import Message
+
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
 
 
 class ImageSet:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.is_dir():
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)  # str paths: no pathlib import at start-up
+        if not os.path.isdir(self.path):
             raise SpiceError("dump", f"images directory {self.path} does not exist")
         self._images: dict[str, tuple[str, list[Message], list[Any]]] = {}
-        self.created: list[Path] = []
+        self.created: list[str] = []
         self.committed = False
 
     def begin(self) -> None:
         """Mark the directory partial and drop a previous dump's inventory (it would vouch for a
         mix of old and new images)."""
         try:
-            (self.path / PARTIAL_MARKER).write_text("spice dump in progress\n")
-            (self.path / "inventory.img").unlink(missing_ok=True)
+            self._write_marker("spice dump in progress\n")
+            if os.path.lexists(inv := os.path.join(self.path, "inventory.img")):
+                os.unlink(inv)
         except OSError as e:
             raise SpiceError("dump", f"cannot write to images directory {self.path}: {e.strerror}") from None
 
-    def file(self, name: str) -> Path:
+    def file(self, name: str) -> str:
         """A file this dump creates directly (pages-N.img, ghost files): removed again on failure."""
-        p = self.path / name
+        p = os.path.join(self.path, name)
         self.created.append(p)
         return p
 
@@ -67,13 +70,17 @@ class ImageSet:
         for name, (magic, msgs, extras) in self._images.items():
             self._write(name, codec.make(magic, msgs, extras))
         self._write("inventory.img", codec.make("INVENTORY", [inventory]))
-        (self.path / PARTIAL_MARKER).unlink(missing_ok=True)
+        try:
+            os.unlink(os.path.join(self.path, PARTIAL_MARKER))
+        except FileNotFoundError:
+            pass
         self.committed = True
 
     def _write(self, name: str, image: codec.Image) -> None:
         p = self.file(name)
         try:
-            p.write_bytes(codec.dumps(image))
+            with open(p, "wb") as f:
+                f.write(codec.dumps(image))
         except OSError as e:
             raise SpiceError("dump", f"cannot write {p}: {e.strerror}") from None
 
@@ -81,10 +88,14 @@ class ImageSet:
         """Remove what this dump wrote; leave the marker (with the reason) so nobody restores it."""
         for p in self.created:
             try:
-                p.unlink()
+                os.unlink(p)
             except OSError:
                 pass
         try:
-            (self.path / PARTIAL_MARKER).write_text(f"spice dump failed: {reason}\n")
+            self._write_marker(f"spice dump failed: {reason}\n")
         except OSError:
             pass
+
+    def _write_marker(self, text: str) -> None:
+        with open(os.path.join(self.path, PARTIAL_MARKER), "w") as f:
+            f.write(text)

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
-
-from google.protobuf.message import Message
 
 from ..images import codec
+from ..images.lite import Message
 from ..log import log
 
 NETWORK_LOCK = {"iptables": 0, "nftables": 1, "skip": 2}
@@ -33,9 +31,9 @@ def lsm_type() -> int:
 
 def inventory(root_ids: Message, network_lock: str, run_id: str | None = None) -> Message:
     """run_id: the dump run's id (it names the nftables lock table restore removes)."""
-    inv = codec.pb("inventory_entry")(img_version=2, fdinfo_per_id=True, ns_per_id=True, root_cg_set=1,
+    inv = codec.pb("inventory_entry", lite=True)(img_version=2, fdinfo_per_id=True, ns_per_id=True, root_cg_set=1,
                                       lsmtype=lsm_type(), network_lock_method=NETWORK_LOCK.get(network_lock, 0),
-                                      dump_criu_run_id=run_id or str(uuid.uuid4()))
+                                      dump_criu_run_id=run_id or new_run_id())
     inv.root_ids.CopyFrom(root_ids)
     inv.plugins_entry.SetInParent()
     return inv
@@ -43,7 +41,7 @@ def inventory(root_ids: Message, network_lock: str, run_id: str | None = None) -
 
 def timens() -> Message:
     """timens-0.img: the monotonic and boot clocks at dump time (the tree shares our time namespace)."""
-    e = codec.pb("timens_entry")()
+    e = codec.pb("timens_entry", lite=True)()
     for field, clock in (("monotonic", time.CLOCK_MONOTONIC), ("boottime", time.CLOCK_BOOTTIME)):
         ns = time.clock_gettime_ns(clock)
         ts = getattr(e, field)
@@ -67,3 +65,13 @@ def check_cgroups(pids: list[int]) -> None:
         if _cgroups(pid) != mine:
             log.warn("dump", f"task {pid} is in other cgroups than spice: cgroup.img is not written, the task "
                              "will be restored into the restorer's cgroups")
+
+
+def new_run_id() -> str:
+    """A random (version 4) UUID, as CRIU's dump_criu_run_id; without the uuid module, whose import
+    (platform, re) costs more than a small dump's work."""
+    b = bytearray(os.urandom(16))
+    b[6] = b[6] & 0x0F | 0x40
+    b[8] = b[8] & 0x3F | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -13,18 +13,17 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from typing import TYPE_CHECKING
-
-from google.protobuf.message import Message
 
 from .. import vma as V
 from ..errors import SpiceError
 from ..images import codec
+from ..images.lite import Message
 from ..inject import Remote
 from ..linux.syscalls import NR
 from . import proc
 from .files import O_PATH, RegParams, special_file
 
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:
     from .run import DumpContext
 
@@ -63,7 +62,7 @@ def _merge_vvar(lines: list[proc.MapLine]) -> list[proc.MapLine]:
 
 def collect_vmas(ctx: DumpContext, pid: int) -> list[Message]:
     """Every VMA of the task as a vma_entry; file-backed ones get their file objects dumped."""
-    cls = codec.pb("vma_entry")
+    cls = codec.pb("vma_entry", lite=True)
     out: list[Message] = []
     prev: tuple[tuple[int, int, int], int, int] | None = None  # the last file VMA: dev:ino, status, shmid
     for ml in _merge_vvar(proc.smaps(pid)):
@@ -175,7 +174,7 @@ def _auxv(pid: int) -> list[int]:
 
 def mm_entry(ctx: DumpContext, pid: int, st: proc.Stat, vmas: list[Message], it: MmInTask) -> Message:
     """mm-<pid>.img's entry (the exe link is dumped now, after the fds, as in CRIU)."""
-    m = codec.pb("mm_entry")(
+    m = codec.pb("mm_entry", lite=True)(
         mm_start_code=st.start_code, mm_end_code=st.end_code, mm_start_data=st.start_data,
         mm_end_data=st.end_data, mm_start_stack=st.start_stack, mm_start_brk=st.start_brk, mm_brk=it.brk,
         mm_arg_start=st.arg_start, mm_arg_end=st.arg_end, mm_env_start=st.env_start, mm_env_end=st.env_end,

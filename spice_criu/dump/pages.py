@@ -17,19 +17,19 @@ import errno
 import fcntl
 import os
 import time
-from collections.abc import Iterable
 from functools import cache
-from typing import TYPE_CHECKING
-
-from google.protobuf.message import Message
 
 from .. import vma as V
 from ..errors import SpiceError
 from ..images import codec
+from ..images.lite import Message
 from ..images.pagemap import PE_LAZY, PE_PRESENT, pagemap_entry
 from ..linux import mman, procvm
 
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from .imgset import ImageSet
 
 PAGE = 4096
@@ -75,7 +75,7 @@ class PagesImage:
         self.stats = stats
         path = images.file(f"pages-{pages_id}.img")
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        self.entries: list[Message] = [codec.pb("pagemap_head")(pages_id=pages_id)]
+        self.entries: list[Message] = [codec.pb("pagemap_head", lite=True)(pages_id=pages_id)]
         self.pages = 0
 
     def entry(self, vaddr: int, nr_pages: int, flags: int) -> None:

@@ -56,7 +56,8 @@ def _data(of: OpenFd, image: str, magic: str, pipe_id: int) -> None:
         return
     done.add((image, pipe_id))
     data, size = peek(of.lfd, of.describe())
-    of.ctx.images.add(image, magic, codec.pb("pipe_data_entry")(pipe_id=pipe_id, bytes=len(data), size=size), data)
+    entry = codec.pb("pipe_data_entry", lite=True)(pipe_id=pipe_id, bytes=len(data), size=size)
+    of.ctx.images.add(image, magic, entry, data)
 
 
 @dumper("pipe")
@@ -64,7 +65,7 @@ def dump_pipe(of: OpenFd, fid: int) -> str:
     if of.flags & O_DIRECT:
         raise SpiceError("dump", f"{of.describe()}: packetized (O_DIRECT) pipes: not supported")
     pipe_id = of.st.st_ino
-    p = codec.pb("pipe_entry")(id=fid, pipe_id=pipe_id, flags=of.flags & ~O_DIRECT)
+    p = codec.pb("pipe_entry", lite=True)(id=fid, pipe_id=pipe_id, flags=of.flags & ~O_DIRECT)
     for k, v in fown(of.lfd).items():
         setattr(p.fown, k, v)
     add_file(of.ctx, "PIPE", fid, "pipe", p)
@@ -79,6 +80,6 @@ def dump_fifo(of: OpenFd, fid: int) -> str:
     pipe_id = of.st.st_ino
     regf = ctx.files.new()
     reg_entry(ctx, regf, of.lfd, of.link, of.st, RegParams(of.flags, 0, fown(of.lfd)), of.describe())
-    add_file(ctx, "FIFO", fid, "fifo", codec.pb("fifo_entry")(id=fid, pipe_id=pipe_id, regf_id=regf))
+    add_file(ctx, "FIFO", fid, "fifo", codec.pb("fifo_entry", lite=True)(id=fid, pipe_id=pipe_id, regf_id=regf))
     _data(of, "fifo-data.img", "FIFO_DATA", pipe_id)
     return "FIFO"

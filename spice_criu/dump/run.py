@@ -14,21 +14,23 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
-from typing import Any
-
-from google.protobuf.message import Message
 
 from ..cli import Options
 from ..errors import SpiceError
 from ..images import codec
 from ..images import stats as stats_img
+from ..images.lite import Message
 from ..inject import Remote, TaskGone
 from ..linux import ptrace as pt
 from ..log import log
-from . import creds, files, ids, inventory, mm, pages, proc, seccomp, seize, shmem, signals, tcp, threads, timers, tree
+from . import creds, files, ids, inventory, mm, pages, proc, seccomp, seize, shmem, signals, threads, timers, tree
 from .imgset import ImageSet
-from .netlock import NetworkLock
+
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .tcp import TcpDump
 
 X86_64 = 1
 #: SPICE_DUMP_FAULT=<step>[:kill|:stall]: fail (or SIGKILL spice, or stall) at that step, for the
@@ -55,8 +57,22 @@ class DumpContext:
         self.seccomp = seccomp.Seccomp()
         self.pipe_data_done: set[tuple[str, int]] = set()
         #: the dump run's id (inventory.img), which also names the nftables lock table
-        self.run_id = str(uuid.uuid4())
-        self.tcp = tcp.TcpDump(NetworkLock(opts.network_lock, self.run_id))
+        self.run_id = inventory.new_run_id()
+        self._tcp: TcpDump | None = None
+
+    @property
+    def tcp(self) -> TcpDump:
+        """The network lock and the repaired sockets, made (and their modules imported) on first use."""
+        if self._tcp is None:
+            from .netlock import NetworkLock
+            from .tcp import TcpDump
+
+            self._tcp = TcpDump(NetworkLock(self.opts.network_lock, self.run_id))
+        return self._tcp
+
+    def release_tcp(self, unlock: bool) -> None:
+        if self._tcp is not None:
+            self._tcp.release(unlock)
 
     def next_pages_id(self) -> int:
         self.pages_id += 1
@@ -139,7 +155,7 @@ def _leader_tc(t: tree.Task, core: Message) -> None:
 def dump_task(ctx: DumpContext, t: tree.Task) -> None:
     pid = t.pid
     log.info(f"Dumping task (pid: {pid} comm: {t.stat.comm})")
-    leader = codec.pb("core_entry")(mtype=X86_64)
+    leader = codec.pb("core_entry", lite=True)(mtype=X86_64)
     leader.tc.SetInParent()
     clock = _Clock(pid)
     it = _in_task(t, leader)
@@ -158,7 +174,7 @@ def dump_task(ctx: DumpContext, t: tree.Task) -> None:
     cores: dict[int, Message] = {}
     sps = []
     for tid in t.tids:
-        core = leader if tid == pid else codec.pb("core_entry")(mtype=X86_64)
+        core = leader if tid == pid else codec.pb("core_entry", lite=True)(mtype=X86_64)
         regs = threads.image_regs(pt.getregs(tid))
         sps.append(regs.sp)
         threads.fill_thread_info(core, tid, regs, it.threads[tid])
@@ -199,7 +215,7 @@ def _check_root(o: Options, root: tree.Task) -> None:
 def _release(ctx: DumpContext, frozen: seize.FrozenTree, o: Options) -> None:
     # like criu: only a tree left running gets its connections back (out of repair mode, unlocked);
     # killed or stopped, they stay silent and locked for the restore
-    ctx.tcp.release(unlock=bool(o.leave_running))
+    ctx.release_tcp(unlock=bool(o.leave_running))
     if o.leave_running:
         frozen.unfreeze()
         log.info("Tree left running")
@@ -245,7 +261,8 @@ def dump(o: Options) -> int:
         t_frozen = time.perf_counter()
         log.info(f"Frozen {len(frozen.tids())} threads of {len(frozen.pids())} processes in "
                  f"{(t_frozen - t0) * 1e3:.1f} ms")
-        ctx.tcp.lock.begin()  # criu's "Lock network": right after the freeze
+        if o.network_lock == "nftables":
+            ctx.tcp.lock.begin()  # criu's "Lock network": right after the freeze (iptables: per connection)
         o.run_script("query-ext-files")
         inv = _collect(ctx, frozen)
         fault("commit")
@@ -254,7 +271,7 @@ def dump(o: Options) -> int:
     except BaseException as e:
         err = _as_spice_error(e)
         try:
-            ctx.tcp.release(unlock=True)  # repair mode off, lock removed, before the tree runs on
+            ctx.release_tcp(unlock=True)  # repair mode off, lock removed, before the tree runs on
         except Exception as ue:  # noqa: BLE001 - report the original failure
             log.error("dump", f"unlocking the network after the failure: {ue}")
         if frozen is not None:

@@ -14,10 +14,9 @@ from __future__ import annotations
 import ctypes
 import errno
 
-from google.protobuf.message import Message
-
 from ..errors import SpiceError
 from ..images import codec
+from ..images.lite import Message
 from ..linux import ptrace as pt
 from . import proc
 
@@ -56,7 +55,7 @@ class Seccomp:
     def __init__(self) -> None:
         self.modes: dict[int, int] = {}
         self.position: dict[int, int] = {}
-        self.entry: Message = codec.pb("seccomp_entry")()
+        self.entry: Message = codec.pb("seccomp_entry", lite=True)()
 
     def collect(self, tasks: list) -> None:
         chains: dict[int, list[tuple[bytes, int]]] = {}

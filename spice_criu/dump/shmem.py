@@ -13,7 +13,6 @@ from __future__ import annotations
 import fcntl
 import os
 from functools import cache
-from typing import TYPE_CHECKING
 
 from ..errors import SpiceError
 from ..images import codec
@@ -22,6 +21,7 @@ from ..linux import mman
 from .files import DELETED, MEMFD_PREFIX, RegParams, add_file, data_segments
 from .pages import PAGE, PagesImage
 
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:
     from .run import DumpContext
 
@@ -47,7 +47,7 @@ def memfd_name(link: str) -> str:
 def memfd_file(ctx: DumpContext, fid: int, fd: int, link: str, st: os.stat_result, p: RegParams) -> None:
     """A MEMFD file_entry (an fd of a memfd, or a mapping of shmem), dumping its inode on first use."""
     inode_id = _inode(ctx, fd, memfd_name(link), st)
-    m = codec.message_class("memfd_pb2", "memfd_file_entry")(id=fid, flags=p.flags, pos=p.pos, inode_id=inode_id)
+    m = codec.pb("memfd_file_entry", lite=True)(id=fid, flags=p.flags, pos=p.pos, inode_id=inode_id)
     for k, v in p.fown.items():
         setattr(m.fown, k, v)
     add_file(ctx, "MEMFD", fid, "memfd", m)
@@ -72,7 +72,7 @@ def _inode(ctx: DumpContext, fd: int, name: str, st: os.stat_result) -> int:
             raise SpiceError("dump", f"memfd {name}: F_GET_SEALS: {e.strerror}") from None
     finally:
         os.close(rfd)
-    ctx.images.add("memfd.img", "MEMFD_INODE", codec.pb("memfd_inode_entry")(
+    ctx.images.add("memfd.img", "MEMFD_INODE", codec.pb("memfd_inode_entry", lite=True)(
         name=name, uid=st.st_uid, gid=st.st_gid, size=st.st_size, shmid=shmid, seals=seals, inode_id=iid,
         mode=st.st_mode))
     return iid

@@ -12,8 +12,7 @@ from __future__ import annotations
 import ctypes
 import struct
 
-from google.protobuf.message import Message
-
+from ..images.lite import Message
 from ..inject import Remote
 from ..linux import ptrace as pt
 from ..linux.syscalls import NR

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from typing import Any
 
 from ..errors import SpiceError
 from ..images import codec
@@ -24,6 +23,10 @@ from ..linux import netlink
 from ..linux.netlink import NLM_F_DUMP, NLM_F_REQUEST
 from ..log import log
 from .files import OpenFd, add_file, dumper, fown, socket_details
+
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any
 
 NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
 UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_ICONS, UDIAG_SHOW_RQLEN = 1, 2, 4, 8, 0x10
@@ -147,7 +150,8 @@ def _unix(of: OpenFd, fid: int, s: socket.socket) -> str:
     except OSError as e:
         raise SpiceError("dump", f"{of.describe()}: sock_diag: {e.strerror}") from None
     name = attrs.get(UNIX_DIAG_NAME, b"")
-    e = codec.pb("unix_sk_entry")(id=fid, ino=ino, type=typ, state=state, flags=of.flags, uflags=0, name=name)
+    e = codec.pb("unix_sk_entry", lite=True)(id=fid, ino=ino, type=typ, state=state, flags=of.flags, uflags=0,
+                                             name=name)
     e.peer = struct.unpack("=I", attrs[UNIX_DIAG_PEER])[0] if UNIX_DIAG_PEER in attrs else 0
     rq, wq = struct.unpack("=II", attrs.get(UNIX_DIAG_RQLEN, bytes(8)))
     e.backlog = wq if state == TCP_LISTEN else 0
@@ -199,7 +203,7 @@ def _queue(of: OpenFd, fid: int, s: socket.socket, typ: int) -> None:
             if not data and typ == socket.SOCK_STREAM:
                 break
             of.ctx.images.add("sk-queues.img", "SK_QUEUES",
-                              codec.pb("sk_packet_entry")(id_for=fid, length=len(data)), data)
+                              codec.pb("sk_packet_entry", lite=True)(id_for=fid, length=len(data)), data)
             if typ == socket.SOCK_STREAM and len(data) >= pending:
                 break
     finally:
@@ -237,7 +241,7 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
                              "can be ignored with the --skip-in-flight option")
         log.info(f"Skipping in-flight connections of {what}")
     n = 1 if s.family == socket.AF_INET else 4
-    e = codec.pb("inet_sk_entry")(id=fid, ino=of.st.st_ino, family=s.family, type=s.type, proto=proto,
+    e = codec.pb("inet_sk_entry", lite=True)(id=fid, ino=of.st.st_ino, family=s.family, type=s.type, proto=proto,
                                   state=state, src_port=d["sport"], dst_port=d["dport"], flags=of.flags,
                                   backlog=d["wqueue"], src_addr=d["src"][:n], dst_addr=d["dst"][:n])
     for k, v in fown(of.lfd).items():

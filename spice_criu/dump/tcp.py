@@ -153,7 +153,7 @@ def snapshot(fd: int) -> tuple[Any, bytes, bytes]:
         if state != TCP_ESTABLISHED:
             raise OSError(0, f"state {state} (not established) in repair mode")
         outq, unsq, inq = _ioctl_int(fd, SIOCOUTQ), _ioctl_int(fd, SIOCOUTQNSD), _ioctl_int(fd, SIOCINQ)
-        t = codec.pb("tcp_stream_entry")(inq_len=inq, outq_len=outq, unsq_len=unsq, opt_mask=options,
+        t = codec.pb("tcp_stream_entry", lite=True)(inq_len=inq, outq_len=outq, unsq_len=unsq, opt_mask=options,
                                          snd_wscale=0, mss_clamp=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))
         if options & TCPI_OPT_WSCALE:
             t.snd_wscale, t.rcv_wscale = wscales & 0xF, wscales >> 4

@@ -16,9 +16,8 @@ import os
 import struct
 from functools import cache
 
-from google.protobuf.message import Message
-
 from ..arch import x86
+from ..images.lite import Message
 from ..inject import Remote
 from ..linux import procvm
 from ..linux import ptrace as pt

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import struct
 
-from google.protobuf.message import Message
-
 from ..errors import SpiceError
+from ..images.lite import Message
 from ..inject import Remote
 from ..linux.syscalls import NR
 from . import proc

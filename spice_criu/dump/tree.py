@@ -8,10 +8,9 @@ that the restore side can rebuild).
 
 from __future__ import annotations
 
-from google.protobuf.message import Message
-
 from ..errors import SpiceError
 from ..images import codec
+from ..images.lite import Message
 from . import proc
 from .seize import FrozenTree
 
@@ -81,7 +80,7 @@ def _check_sessions(tasks: list[Task]) -> None:
 
 def zombie_core(t: Task) -> Message:
     """A zombie's core: just its task state, wait status and name (CRIU's dump_one_zombie)."""
-    core = codec.pb("core_entry")(mtype=1)
+    core = codec.pb("core_entry", lite=True)(mtype=1)
     tc = core.tc
     tc.task_state, tc.exit_code, tc.personality, tc.flags, tc.blk_sigset = TASK_DEAD, t.exit_code, 0, 0, 0
     tc.comm = t.stat.comm
@@ -89,5 +88,5 @@ def zombie_core(t: Task) -> Message:
 
 
 def pstree_entries(tasks: list[Task]) -> list[Message]:
-    cls = codec.pb("pstree_entry")
+    cls = codec.pb("pstree_entry", lite=True)
     return [cls(pid=t.pid, ppid=t.ppid, pgid=t.pgid, sid=t.sid, threads=t.tids) for t in tasks]

@@ -53,7 +53,7 @@ def _dump_tty(of: OpenFd, fid: int) -> str:
                          "a shell terminal. Consider using --shell-job option")
     if info_id not in done:
         done.add(info_id)
-        ti = codec.pb("tty_info_entry")(id=info_id, type=TTY_PTY, locked=False, packet_mode=False, sid=sid,
+        ti = codec.pb("tty_info_entry", lite=True)(id=info_id, type=TTY_PTY, locked=False, packet_mode=False, sid=sid,
                                         pgrp=stat_tpgid(of.pid) if is_ctty else 0, rdev=rdev & 0xFFFFFFFF,
                                         dev=of.st.st_dev & 0xFFFFFFFF, uid=of.st.st_uid, gid=of.st.st_gid)
         try:
@@ -68,7 +68,7 @@ def _dump_tty(of: OpenFd, fid: int) -> str:
         ctx.images.add("tty-info.img", "TTY_INFO", ti)
     regf = ctx.files.new()
     reg_entry(ctx, regf, of.lfd, of.link, of.st, RegParams(of.flags, 0, fown(of.lfd)), of.describe())
-    te = codec.pb("tty_file_entry")(id=fid, tty_info_id=info_id, flags=of.flags, regf_id=regf)
+    te = codec.pb("tty_file_entry", lite=True)(id=fid, tty_info_id=info_id, flags=of.flags, regf_id=regf)
     for k, v in fown(of.lfd).items():
         setattr(te.fown, k, v)
     add_file(ctx, "TTY", fid, "tty", te)
