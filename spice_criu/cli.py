@@ -327,7 +327,25 @@ def _criu_main(**kw) -> None:
     o = _options(kw)
     if o.action != "swrk" and o.args and not (o.action == "cpuinfo" and len(o.args) == 1):
         raise SpiceError("cli", f"excessive parameter(s) for command {o.action}: {' '.join(o.args)}")
-    sys.exit(run_action(o))
+    code = run_action(o)
+    if o.action in ("dump", "restore"):
+        _quick_exit(code)
+    sys.exit(code)
+
+
+def _quick_exit(code: int) -> None:
+    """A one-shot dump or restore is complete: leave without the interpreter's teardown (freeing
+    every module and object costs ~9 ms, a sizeable share of a small restore's wall time). All it
+    wrote is closed already; what is still buffered is flushed here."""
+    import os
+
+    log.close()
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def criu_command():
