@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import array
 import os
-import signal
 import time
 
 from ..errors import SpiceError
 from ..images.imagedir import ImageDir
+from ..linux.signals import SIGINT, SIGTERM, SIGUSR1
 from ..log import log
 from ..vma import MAP_SHARED, PAGE_SIZE
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 FILE_NAME = "spice-working-set.json"
 FORMAT, VERSION = "spice-working-set", 1
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (SIGUSR1, SIGINT, SIGTERM)
 PM_PRESENT, PM_SWAP, PM_FILE, PM_EXCLUSIVE = 1 << 63, 1 << 62, 1 << 61, 1 << 56
 
 Range = tuple[int, int, bool]  # start, nr_pages, written
@@ -55,7 +55,8 @@ def digest(imgdir: ImageDir, pid: int) -> str:
     h = hashlib.sha256()
     for name in (f"mm-{pid}.img", f"pagemap-{pid}.img"):
         try:
-            h.update((imgdir / name).read_bytes())
+            with open(imgdir.file(name), "rb") as f:
+                h.update(f.read())
         except OSError:
             h.update(b"-")
     return h.hexdigest()
@@ -63,7 +64,7 @@ def digest(imgdir: ImageDir, pid: int) -> str:
 
 def load(imgdir: ImageDir, pid: int) -> list[Range] | None:
     """The recorded working set of task `pid`, or None (no recording, or a stale/unreadable one)."""
-    path = imgdir / FILE_NAME
+    path = imgdir.file(FILE_NAME)
     if not os.path.exists(path):
         return None
     import json  # only when there is a recording: a restore without one does not pay for it
@@ -100,6 +101,8 @@ def load(imgdir: ImageDir, pid: int) -> list[Range] | None:
 
 def block_stop_signals() -> None:
     """Before the restore starts: the signals that end a recording wait in the pending set."""
+    import signal
+
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
 
@@ -114,6 +117,8 @@ def _alive(pid: int) -> bool:
 
 def wait_for_stop(pids: list[int], timeout: float) -> str:
     """Let the restored tree run until a stop signal reaches us or `timeout` passes."""
+    import signal
+
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
