@@ -57,6 +57,11 @@ class TaskPlan(Record):
     def state(self) -> int:
         return self.tc.task_state
 
+    @property
+    def zombie(self) -> bool:
+        """Dead but not reaped when dumped: restored as a task that exits again with its status."""
+        return self.tc.task_state in (TASK_DEAD, TASK_ZOMBIE)
+
 
 class RestorePlan(Record):
     imgdir: ImageDir
@@ -127,16 +132,23 @@ def build_plan(images_dir: str | os.PathLike, root: str = "/", inherit: dict[str
             raise ImageError(imgdir / "pstree.img", f"bad or duplicate pid {pid}")
         if i and pe.ppid not in tasks:
             raise ImageError(imgdir / "pstree.img", f"task {pid}: parent {pe.ppid} is not listed before it")
-        threads_ids = list(pe.threads) or [pid]
-        if threads_ids[0] != pid:
-            threads_ids = [pid] + [t for t in threads_ids if t != pid]
-        threads = [ThreadPlan(tid, imgdir.one(f"core-{tid}.img")) for tid in threads_ids]
-        leader = threads[0].core
+        leader = imgdir.one(f"core-{pid}.img")
         if not leader.HasField("tc"):
             raise ImageError(imgdir / f"core-{pid}.img", "leader core has no task state (tc)")
         state = leader.tc.task_state
-        if state in (TASK_ZOMBIE, TASK_DEAD):
-            raise SpiceError("restore", f"task {pid} is a zombie: not supported")
+        if state in (TASK_ZOMBIE, TASK_DEAD):  # (CRIU writes no meaningful thread ids for them)
+            if not i:
+                raise SpiceError("restore", f"the root task {pid} is a zombie: nothing to restore")
+            t = _zombie_plan(pe, leader)
+            tasks[pe.ppid].children.append(t)
+            tasks[pid] = t
+            order.append(t)
+            continue
+        threads_ids = list(pe.threads) or [pid]
+        if threads_ids[0] != pid:
+            threads_ids = [pid] + [t for t in threads_ids if t != pid]
+        threads = [ThreadPlan(pid, leader)] + [ThreadPlan(tid, imgdir.one(f"core-{tid}.img"))
+                                               for tid in threads_ids[1:]]
         if state not in (TASK_ALIVE, TASK_STOPPED):
             raise ImageError(imgdir / f"core-{pid}.img", f"unknown task_state {state}")
         for th in threads:
@@ -144,6 +156,8 @@ def build_plan(images_dir: str | os.PathLike, root: str = "/", inherit: dict[str
         ids = imgdir.one(f"ids-{pid}.img")
         _check_namespaces(pid, ids, inv)
         for other in tasks.values():
+            if other.zombie:
+                continue
             if other.ids.files_id == ids.files_id:
                 raise SpiceError("restore", f"tasks {other.pid} and {pid} share an fd table: not supported")
             if other.ids.vm_id == ids.vm_id:
@@ -174,6 +188,14 @@ def build_plan(images_dir: str | os.PathLike, root: str = "/", inherit: dict[str
     plan = RestorePlan(imgdir, inv, order, files, shmems, file_state)
     _check_pids_free(plan)
     return plan
+
+
+def _zombie_plan(pe: Message, core: Message) -> TaskPlan:
+    """A zombie has only its core image (state, exit status, name), as CRIU dumps it: no memory, fds
+    or namespaces to restore; it is created in its place in the tree and exits again."""
+    mm = MmPlan([], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, [], "", None, False, 0)
+    return TaskPlan(pid=pe.pid, ppid=pe.ppid, pgid=pe.pgid, sid=pe.sid, threads=[ThreadPlan(pe.pid, core)],
+                    ids=None, mm=mm, fds=[], cwd="/", root="/", umask=0o022)
 
 
 def _check_sessions(tasks: list[TaskPlan]) -> None:

@@ -26,7 +26,7 @@ from .backends import ptrace as ptrace_backend
 from .files import OpenContext, install_fds, install_fs
 from .plan import TASK_STOPPED, RestorePlan, build_plan
 from .task import TaskCtl
-from .tree import create_tree
+from .tree import create_tree, exit_as_zombie
 
 
 def parse_inherit(specs: list[str]) -> dict[str, int]:
@@ -129,6 +129,8 @@ def kill_all(ctls: list[TaskCtl]) -> None:
 
 def resume(ctls: list[TaskCtl]) -> None:
     for c in ctls:
+        if c.plan.zombie:
+            continue
         stop = SIGSTOP if c.plan.state == TASK_STOPPED else 0
         for tid in c.threads:
             ptrace.detach(tid, stop)
@@ -162,11 +164,17 @@ def restore_plan(plan: RestorePlan, o: Options, backend) -> tuple[list[TaskCtl],
         forking = time.monotonic() - t0
         pages = 0
         for ctl in created:
+            if ctl.plan.zombie:
+                continue
             pages += restore_task(ctl, ctx, backend)
             log.info(f"task {ctl.pid} restored")
             fault_point("restore-task")
         for ctl in created:
-            finish_task(ctl, backend)
+            if ctl.plan.zombie:
+                exit_as_zombie(ctl)
+                log.info(f"task {ctl.pid} restored as a zombie (status {ctl.plan.tc.exit_code:#x})")
+            else:
+                finish_task(ctl, backend)
         ctx.complete()
         fault_point("restore-finish")
         return created, pages, forking

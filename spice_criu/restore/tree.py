@@ -94,3 +94,35 @@ def create_tree(plan: RestorePlan, sibling: bool, created: list[TaskCtl]) -> dic
         if t.pgid != t.pid and os.getpgid(t.pid) != t.pgid:
             ctls[t.pid].sys(NR.setpgid, 0, t.pgid, what=f"setpgid({t.pgid})")
     return ctls
+
+
+RLIMIT_CORE = 4
+_U64 = (1 << 64) - 1
+
+
+def exit_as_zombie(ctl: TaskCtl) -> None:
+    """CRIU's restore_one_zombie: a task that was a zombie when dumped exits again the way it did
+    (exit status, or killed by its signal: default action, unblocked, no core file written), while
+    its parent is still held; the parent reaps it after the resume, as it would have."""
+    status = ctl.plan.tc.exit_code
+    sig = status & 0x7F
+    if sig:
+        ctl.sys(NR.rt_sigaction, sig, ctl.put(bytes(32)), 0, 8, what=f"zombie: SIG_DFL for {sig}")
+        ctl.sys(NR.prlimit64, 0, RLIMIT_CORE, ctl.put(bytes(16)), 0, what="zombie: no core file")
+        ptrace.setsigmask(ctl.pid, 0)
+        nr, args = NR.kill, (ctl.pid, sig)
+    else:
+        nr, args = NR.exit_group, ((status >> 8) & 0xFF, 0)
+    regs = ptrace.getregs(ctl.pid)
+    regs.ip, regs.ax, regs.orig_ax = ctl.tramp, nr, _U64  # the trampoline starts with `syscall`
+    regs.di, regs.si = args
+    ptrace.setregs(ctl.pid, regs)
+    ptrace.cont(ctl.pid, 0)
+    while True:  # as its tracer we hear of the death first; collecting it hands it to its parent
+        st = ptrace.waitpid(ctl.pid)
+        if st.gone:
+            break
+        ptrace.cont(ctl.pid, st.stopsig if st.signal_stop else 0)
+    got = st.termsig if st.signaled else st.exit_code << 8
+    if got != (status & 0xFF7F):
+        raise SpiceError("restore", f"zombie {ctl.pid}: exited with status {got:#x}, not {status:#x}")
