@@ -28,42 +28,33 @@ OPT_NAMES = {1: "hex", 2: "ipadd", 3: "flags", 4: "dev", 5: "odev", 6: "dict", 7
 CRIU_OPTS_EXT = 1018
 
 
-def _varint(b: bytes, i: int) -> tuple[int, int]:
-    r = s = 0
-    while True:
-        c = b[i]
-        i += 1
-        r |= (c & 0x7F) << s
-        s += 7
-        if c < 0x80:
-            return r, i
+def _option_fields(raw: bytes) -> list[tuple[int, int, int | bytes]]:
+    _package_on_path()
+    from spice_criu.images.wire import fields
 
-
-def _fields(raw: bytes):
-    i = 0
-    while i < len(raw):
-        key, i = _varint(raw, i)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            val, i = _varint(raw, i)
-            yield num, val
-        elif wt == 2:
-            n, i = _varint(raw, i)
-            yield num, raw[i : i + n]
-            i += n
-        else:
+    out = fields(raw)
+    for _num, wt, _val in out:
+        if wt not in (0, 2):
             raise ValueError(f"unexpected wire type {wt} in field options")
+    return out
 
 
 def criu_options(raw_field_options: bytes) -> dict[str, object]:
     """Decode the (criu) extension out of serialized FieldOptions."""
     out: dict[str, object] = {}
-    for num, body in _fields(raw_field_options):
+    for num, _wt, body in _option_fields(raw_field_options):
         if num != CRIU_OPTS_EXT:
             continue
-        for onum, val in _fields(body):
+        for onum, _owt, val in _option_fields(body):  # type: ignore[arg-type]
             out[OPT_NAMES[onum]] = val.decode() if isinstance(val, bytes) else bool(val)
     return out
+
+
+def _package_on_path() -> None:
+    """This checkout's spice_criu importable (gen.py runs as a script, maybe outside the venv)."""
+    root = str(OUT.parents[2])
+    if root not in sys.path:
+        sys.path.insert(0, root)
 
 
 _CRIU_OPTION = re.compile(r"\s*\[\(criu\)\.[^\]]*\]")
@@ -84,9 +75,7 @@ TYPE_NAMES = {1: "double", 2: "float", 3: "int64", 4: "uint64", 5: "int32", 6: "
 
 def _pb2_modules() -> list:
     """The generated *_pb2 modules in OUT, imported (from this checkout)."""
-    root = str(OUT.parents[2])
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    _package_on_path()
     importlib.invalidate_caches()
     return [importlib.import_module(f"spice_criu.images.pb.{p.stem}") for p in sorted(OUT.glob("*_pb2.py"))]
 

@@ -12,48 +12,22 @@ protobuf encoding of the same answers.
 from __future__ import annotations
 
 from . import CRIU_VERSION
-from .images.wire import decode_varint, encode_varint, length_delimited
+from .images.wire import encode_varint, fields, length_delimited
 
 VERSION, FEATURE_CHECK = 10, 9
 _MSG_PEEK = 2
 _FEATURES = ("mem_track", "lazy_pages", "pidfd_store")  # criu_features fields 1, 2, 3
 
 
-def _fields(buf: bytes) -> list[tuple[int, int, int | bytes]]:
-    """(field number, wire type, value) of every field; ValueError on anything malformed."""
-    out: list[tuple[int, int, int | bytes]] = []
-    i = 0
-    while i < len(buf):
-        key, i = decode_varint(buf, i)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            v, i = decode_varint(buf, i)
-            out.append((num, wt, v))
-        elif wt == 2:
-            n, i = decode_varint(buf, i)
-            if i + n > len(buf):
-                raise ValueError("truncated field")
-            out.append((num, wt, buf[i : i + n]))
-            i += n
-        elif wt in (1, 5):
-            size = 8 if wt == 1 else 4
-            if i + size > len(buf):
-                raise ValueError("truncated field")
-            i += size
-        else:
-            raise ValueError(f"wire type {wt}")
-    return out
-
-
 def parse_simple(req: bytes) -> tuple[int, dict[str, bool]] | None:
     """(type, features asked) for a VERSION/FEATURE_CHECK request without keep_open, else None."""
     try:
-        fields = _fields(req)
+        top = fields(req)
     except ValueError:
         return None
     rtype = None
     asked = dict.fromkeys(_FEATURES, False)
-    for num, wt, v in fields:
+    for num, wt, v in top:
         if num == 1 and wt == 0:
             rtype = v
         elif num == 4 and wt == 0:
@@ -61,7 +35,7 @@ def parse_simple(req: bytes) -> tuple[int, dict[str, bool]] | None:
                 return None  # keep_open: the full server serves the rest of the session
         elif num == 5 and wt == 2:
             try:
-                for fnum, fwt, fv in _fields(v):  # type: ignore[arg-type]
+                for fnum, fwt, fv in fields(v):  # type: ignore[arg-type]
                     if fwt == 0 and 1 <= fnum <= 3:
                         asked[_FEATURES[fnum - 1]] = bool(fv)
             except ValueError:

@@ -32,6 +32,7 @@ import operator
 import struct
 
 from .pb.schema import ENUMS, MESSAGES
+from .wire import encode_varint as _varint
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -400,16 +401,6 @@ def _number(f: _Field) -> int:
 
 def _by_number_order(cls: type[Message]) -> list[_Field]:
     return sorted(cls._fields, key=_number)
-
-
-def _varint(n: int) -> bytes:
-    n &= _MASK64
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _encode_value(f: _Field, v: Any) -> bytes:
