@@ -90,3 +90,15 @@ def test_write_into_an_unmapped_range_names_task_and_address(tmp_path: Path) -> 
             pagesplit.write_pages(os.getpid(), [PageRun(base, 4, 0, img, 0)])
     finally:
         mman.munmap(base, 4 * P)
+
+
+def test_contiguous_batches_follow_the_files() -> None:
+    """What one preadv/process_vm_writev covers: same file, consecutive bytes, at most `limit` runs."""
+    from spice_criu.images.pagemap import contiguous_batches
+
+    f1, f2 = Path("/img/pages-1.img"), Path("/img/pages-2.img")
+    runs = [PageRun(0x5000, 1, 0, f1, 2 * P), PageRun(0x1000, 2, 0, f1, 0), PageRun(0x9000, 1, 0, f2, 0),
+            PageRun(0x7000, 1, 0, f1, 4 * P), PageRun(0x8000, 1, 0, f1, 5 * P)]
+    got = [[(r.pages_file, r.offset) for r in g] for g in contiguous_batches(runs)]
+    assert got == [[(f1, 0), (f1, 2 * P)], [(f1, 4 * P), (f1, 5 * P)], [(f2, 0)]]
+    assert [len(g) for g in contiguous_batches(runs, limit=1)] == [1, 1, 1, 1, 1]

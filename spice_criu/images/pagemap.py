@@ -44,6 +44,24 @@ class PageRun(FrozenRecord):
         return self.nr_pages * PAGE_SIZE
 
 
+def contiguous_batches(runs: Iterable[PageRun], limit: int = 1 << 30) -> list[list[PageRun]]:
+    """The runs grouped by pages file, in file order, each group at most `limit` runs whose bytes
+    follow each other in the file: one preadv()/process_vm_writev() reads or writes a group."""
+    by_file: dict[str, list[PageRun]] = {}
+    for r in runs:
+        by_file.setdefault(str(r.pages_file), []).append(r)
+    groups: list[list[PageRun]] = []
+    for rs in by_file.values():
+        rs.sort(key=lambda r: r.offset)
+        for r in rs:
+            last = groups[-1] if groups and groups[-1][0].pages_file == r.pages_file else None
+            if last is not None and len(last) < limit and last[-1].offset + last[-1].size == r.offset:
+                last.append(r)
+            else:
+                groups.append([r])
+    return groups
+
+
 def entry_pages(e) -> int:
     return e.nr_pages if e.HasField("nr_pages") else e.compat_nr_pages
 

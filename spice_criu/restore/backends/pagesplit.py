@@ -16,7 +16,7 @@ import errno
 import os
 
 from ...errors import SpiceError
-from ...images.pagemap import PageRun
+from ...images.pagemap import PageRun, contiguous_batches
 from ...linux import mman, procvm
 from ...vma import PAGE_SIZE
 from ..mm import ANON, MmPlan
@@ -53,38 +53,23 @@ def split(mm: MmPlan) -> tuple[list[PageRun], list[PageRun]]:
 
 def write_pages(pid: int, runs: list[PageRun]) -> None:
     """process_vm_writev the runs from their (mapped) pages files into task pid."""
-    by_file: dict[str, list[PageRun]] = {}
-    for r in runs:
-        by_file.setdefault(str(r.pages_file), []).append(r)
-    for path, rs in by_file.items():
-        lo = min(r.offset for r in rs)
-        hi = max(r.offset + r.size for r in rs)
+    for group in contiguous_batches(runs):
+        path = str(group[0].pages_file)
+        lo = group[0].offset
+        size = sum(r.size for r in group)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                base = mman.mmap(0, hi - lo, mman.PROT_READ, mman.MAP_SHARED | mman.MAP_POPULATE, fd, lo)
+                base = mman.mmap(0, size, mman.PROT_READ, mman.MAP_SHARED | mman.MAP_POPULATE, fd, lo)
             finally:
                 os.close(fd)
         except OSError as e:
             raise SpiceError("restore", f"{path}: cannot map pages: {e.strerror}") from None
         try:
-            for group in _contiguous(rs):
-                want = sum(r.size for r in group)
-                if procvm.write_from(pid, base + group[0].offset - lo, [(r.vaddr, r.size) for r in group]) != want:
-                    raise OSError(errno.EFAULT, "short write")
+            if procvm.write_from(pid, base, [(r.vaddr, r.size) for r in group]) != size:
+                raise OSError(errno.EFAULT, "short write")
         except OSError as e:
             raise SpiceError("restore", f"task {pid}: writing pages at 0x{group[0].vaddr:x} from {path} failed: "
                                         f"{e.strerror}") from None
         finally:
-            mman.munmap(base, hi - lo)
-
-
-def _contiguous(runs: list[PageRun]) -> list[list[PageRun]]:
-    """Runs grouped so each group's bytes are contiguous in the pages file (one syscall each)."""
-    groups: list[list[PageRun]] = []
-    for r in sorted(runs, key=lambda r: r.offset):
-        if groups and groups[-1][-1].offset + groups[-1][-1].size == r.offset:
-            groups[-1].append(r)
-        else:
-            groups.append([r])
-    return groups
+            mman.munmap(base, size)

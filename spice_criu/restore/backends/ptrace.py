@@ -16,6 +16,7 @@ import struct
 from ... import vma as V
 from ...errors import SpiceError
 from ...faults import fault_point
+from ...images.pagemap import contiguous_batches
 from ...linux.syscalls import NR
 from ...log import log
 from ..files import OpenContext
@@ -136,26 +137,12 @@ def _queue_populate(b, mm: MmPlan, runs: list) -> None:
 def _queue_page_reads(task: TaskCtl, b, runs: list, fds: dict[tuple[str, int], int]) -> int:
     """preadv() every private page range from its pages-N.img: one call per file-contiguous batch
     of up to IOV_MAX ranges (the ranges of one pagemap are contiguous in its pages file)."""
-    by_file: dict[str, list] = {}
-    for r in runs:
-        by_file.setdefault(str(r.pages_file), []).append(r)
     pages = 0
-    for path, rs in by_file.items():
-        rs.sort(key=lambda r: r.offset)
-        fd = fds[(path, O_RDONLY)]
-        i = 0
-        while i < len(rs):
-            batch = [rs[i]]
-            while (
-                len(batch) < IOV_MAX
-                and i + len(batch) < len(rs)
-                and rs[i + len(batch)].offset == batch[-1].offset + batch[-1].size
-            ):
-                batch.append(rs[i + len(batch)])
-            i += len(batch)
-            iov = task.put(b"".join(struct.pack("<QQ", r.vaddr, r.size) for r in batch))
-            b.add(NR.preadv, fd, iov, len(batch), batch[0].offset, 0, what=f"preadv {path}")
-            pages += sum(r.nr_pages for r in batch)
+    for batch in contiguous_batches(runs, IOV_MAX):
+        path = str(batch[0].pages_file)
+        iov = task.put(b"".join(struct.pack("<QQ", r.vaddr, r.size) for r in batch))
+        b.add(NR.preadv, fds[(path, O_RDONLY)], iov, len(batch), batch[0].offset, 0, what=f"preadv {path}")
+        pages += sum(r.nr_pages for r in batch)
     return pages
 
 
