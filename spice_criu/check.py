@@ -60,13 +60,19 @@ FEATURES: dict[str, Callable[[], bool]] = {
     "ns_pid": lambda: _kernel_at_least(4, 1),
     "kcmp_epoll": lambda: _kernel_at_least(4, 13),
     "openat2": lambda: _kernel_at_least(5, 6),
-    "kmod": lambda: _proc_has("/dev/spice"),
+    "kmod": lambda: _kmod_loaded(),
     # criu: libnftables present / the lock table accepted; spice speaks nfnetlink itself, so both are
     # whether the kernel takes the lock table (half-closed connections are refused: no tcp_half_closed)
     "nftables": lambda: _nft_lock(),
     "network_lock_nftables": lambda: _nft_lock(),
     "tcp_half_closed": lambda: False,
 }
+
+
+def _kmod_loaded() -> bool:
+    from .restore.backends import module_loaded
+
+    return module_loaded()
 
 
 def _nft_lock() -> bool:

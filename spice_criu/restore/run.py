@@ -22,6 +22,7 @@ from ..linux import prctl, ptrace
 from ..linux.signals import SIGKILL, SIGSTOP
 from ..log import log
 from . import creds, signals, threads, timers
+from .backends import DEVICE, module_loaded
 from .backends import ptrace as ptrace_backend
 from .files import OpenContext, install_fds, install_fs
 from .plan import TASK_STOPPED, RestorePlan, build_plan
@@ -45,10 +46,6 @@ def parse_inherit(specs: list[str]) -> dict[str, int]:
     return out
 
 
-def module_loaded() -> bool:
-    return os.path.exists("/dev/spice")
-
-
 def choose_backend(name: str, record: bool = False):
     """--backend auto|ptrace|kmod: kmod when /dev/spice answers SPICE_IOC_VERSION with our ABI."""
     if name == "ptrace":
@@ -57,13 +54,13 @@ def choose_backend(name: str, record: bool = False):
         log.info("restore backend: ptrace")
         return ptrace_backend
     if name == "auto" and not record and not module_loaded():
-        log.info("restore backend: ptrace (/dev/spice: module not loaded)")
+        log.info(f"restore backend: ptrace ({DEVICE}: module not loaded)")
         return ptrace_backend  # without the module, its backend need not even be imported
     from .backends import kmod
 
     usable, why = kmod.probe()
     if usable:
-        log.info(f"restore backend: kmod ({kmod.DEVICE}, ABI {kmod.ABI_VERSION})")
+        log.info(f"restore backend: kmod ({DEVICE}, ABI {kmod.ABI_VERSION})")
         return kmod.Backend(strict=name == "kmod", record=record)
     if name == "kmod" or record:
         raise SpiceError("restore", f"{'--backend kmod' if name == 'kmod' else '--record-working-set'}: {why}")

@@ -35,6 +35,7 @@ from ...log import log
 from ..files import OpenContext
 from ..mm import ANON, FILE_PRIVATE, FILE_SHARED, MEMFD_PRIVATE, VDSO, VSYSCALL, VVAR, MmPlan, VmaPlan
 from ..task import SCRATCH_PAGES, TRAMPOLINE_SIZE, TaskCtl, parse_maps
+from . import DEVICE
 from . import ptrace as ptrace_backend
 from .common import (
     O_RDONLY,
@@ -48,7 +49,6 @@ from .common import (
 )
 
 name = "kmod"
-DEVICE = "/dev/spice"
 STATS_DIR = "/sys/class/misc/spice/stats"
 
 # --- the ABI (kmod/include/uapi/spice.h, version 1); sizes are checked against SPICE_IOC_VERSION ---
