@@ -58,19 +58,16 @@ SET_USERDATA = bytes.fromhex("000400000000031200040d000000010a000000040400000001
 # ------------------------------------------------------------------------------ nfnetlink encoding
 
 
-_attr, _str = attr, str_attr
-
-
 def _nest(kind: int, *parts: bytes) -> bytes:
-    return _attr(kind | NLA_F_NESTED, b"".join(parts))
+    return attr(kind | NLA_F_NESTED, b"".join(parts))
 
 
 def _be32(kind: int, value: int) -> bytes:
-    return _attr(kind, struct.pack("!I", value))
+    return attr(kind, struct.pack("!I", value))
 
 
 def _expr(name: str, *attrs: bytes) -> bytes:
-    return _nest(1, _str(1, name), _nest(2, *attrs))  # NFTA_LIST_ELEM { NFTA_EXPR_NAME, NFTA_EXPR_DATA }
+    return _nest(1, str_attr(1, name), _nest(2, *attrs))  # NFTA_LIST_ELEM { NFTA_EXPR_NAME, NFTA_EXPR_DATA }
 
 
 def _meta(key: int, dreg: int) -> bytes:
@@ -78,7 +75,7 @@ def _meta(key: int, dreg: int) -> bytes:
 
 
 def _cmp_eq(sreg: int, data: bytes) -> bytes:
-    return _expr("cmp", _be32(1, sreg), _be32(2, 0), _nest(3, _attr(1, data)))  # SREG, OP eq, DATA{VALUE}
+    return _expr("cmp", _be32(1, sreg), _be32(2, 0), _nest(3, attr(1, data)))  # SREG, OP eq, DATA{VALUE}
 
 
 def _payload(base: int, offset: int, length: int, dreg: int) -> bytes:
@@ -86,7 +83,7 @@ def _payload(base: int, offset: int, length: int, dreg: int) -> bytes:
 
 
 def _lookup(set_name: str, set_id: int, sreg: int) -> bytes:
-    return _expr("lookup", _str(1, set_name), _be32(2, sreg), _be32(4, set_id))  # SET, SREG, SET_ID
+    return _expr("lookup", str_attr(1, set_name), _be32(2, sreg), _be32(4, set_id))  # SET, SREG, SET_ID
 
 
 def _verdict(code: int) -> bytes:
@@ -196,19 +193,20 @@ class NetworkLock:
         if self.method != "nftables":
             return
         t = self.table
-        chain = lambda name, hook: (NFT_MSG_NEWCHAIN, NLM_F_CREATE, _str(1, t) + _str(3, name)  # noqa: E731
-                                    + _nest(4, _be32(1, hook), _be32(2, 0)) + _str(7, "filter"))
+        chain = lambda name, hook: (NFT_MSG_NEWCHAIN, NLM_F_CREATE, str_attr(1, t) + str_attr(3, name)  # noqa: E731
+                                    + _nest(4, _be32(1, hook), _be32(2, 0)) + str_attr(7, "filter"))
         rule = lambda chain_name, exprs: (NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND,  # noqa: E731
-                                          _str(1, t) + _str(2, chain_name) + _nest(4, *exprs))
+                                          str_attr(1, t) + str_attr(2, chain_name) + _nest(4, *exprs))
         accept_marked = [_meta(NFT_META_MARK, NFT_REG_1), _cmp_eq(NFT_REG_1, struct.pack("=I", SOCCR_MARK)),
                          _verdict(NF_ACCEPT)]
-        msgs = [(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, _str(1, t)),
+        msgs = [(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, str_attr(1, t)),
                 chain("output", NF_INET_LOCAL_OUT), rule("output", accept_marked),
                 chain("input", NF_INET_LOCAL_IN), rule("input", accept_marked)]
         for set_id, family in enumerate((socket.AF_INET, socket.AF_INET6), start=1):
             name, _nfproto, alen, key_type, _s, _d = _FAMILIES[family]
-            msgs.append((NFT_MSG_NEWSET, NLM_F_CREATE, _str(1, t) + _str(2, name) + _be32(3, 0) + _be32(4, key_type)
-                         + _be32(5, 2 * alen + 8) + _be32(10, set_id) + _attr(13, SET_USERDATA)))
+            msgs.append((NFT_MSG_NEWSET, NLM_F_CREATE, str_attr(1, t) + str_attr(2, name) + _be32(3, 0)
+                         + _be32(4, key_type) + _be32(5, 2 * alen + 8) + _be32(10, set_id)
+                         + attr(13, SET_USERDATA)))
             msgs += [rule("output", _conn_rule(family)), rule("input", _conn_rule(family))]
         _batch(msgs, f"creating table inet {t}")
         self.table_made = True
@@ -224,8 +222,8 @@ class NetworkLock:
         if not keys:
             return
         name = _FAMILIES[c.family][0]
-        elems = b"".join(_nest(1, _nest(1, _attr(1, key))) for _fam, key in keys)
-        _batch([(NFT_MSG_NEWSETELEM, NLM_F_CREATE, _str(1, self.table) + _str(2, name) + _nest(3, elems))],
+        elems = b"".join(_nest(1, _nest(1, attr(1, key))) for _fam, key in keys)
+        _batch([(NFT_MSG_NEWSETELEM, NLM_F_CREATE, str_attr(1, self.table) + str_attr(2, name) + _nest(3, elems))],
                f"locking connection {c}")
         self.elements.update(keys)
 
