@@ -63,6 +63,20 @@ CFLAGS = ("-O2", "-g", "-Wall", "-Wextra", "-pthread")
 WORKLOADS = ["counter", "threads", "tree", "pyholder", "httpd"]
 
 
+def unit_test_module(name: str):
+    """A module of tests/ (its helpers and expectations), imported under a name of its own; tests/ is
+    put on sys.path because those modules import each other by name."""
+    import importlib.util
+
+    if str(REPO / "tests") not in sys.path:
+        sys.path.insert(0, str(REPO / "tests"))
+    spec = importlib.util.spec_from_file_location(f"spice_unit_{name}", REPO / "tests" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def scaled(seconds: float) -> float:
     """A timeout stretched by SPICE_COMPAT_TIMEOUT_SCALE (slow guests)."""
     return seconds * TIMEOUT_SCALE

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.util
 import json
 import os
 import random
@@ -50,17 +49,8 @@ from spice_criu.images.crit import crit as spice_crit
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _load_test_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"spice_unit_{name}", REPO / "tests" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-sys.path.insert(0, str(REPO / "tests"))  # the unit test helpers import each other by name
-unit_pb2dict = _load_test_module("test_pb2dict")
-unit_cli = _load_test_module("test_crit_cli")
+unit_pb2dict = harness.unit_test_module("test_pb2dict")
+unit_cli = harness.unit_test_module("test_crit_cli")
 
 GROUPS = [*harness.WORKLOADS, *(f"{w}+leave-running" for w in harness.WORKLOADS), "zoo", "handmade", "crafted"]
 PAYLOAD_KINDS = pb2dict._PAYLOAD_KINDS | {"GHOST_FILE"}

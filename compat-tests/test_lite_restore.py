@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -25,15 +25,7 @@ from spice_criu.images import codec, magic
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _unit(name: str):
-    spec = importlib.util.spec_from_file_location(f"spice_unit_{name}", REPO / "tests" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-assert_same = _unit("test_lite").assert_same
+assert_same = harness.unit_test_module("test_lite").assert_same
 
 
 def _images(d: Path) -> list[Path]:
