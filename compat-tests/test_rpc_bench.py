@@ -38,6 +38,17 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _checked(info: harness.DumpInfo, pid: int, check: bool, wall: float, cpu: float) -> tuple[float, float, float]:
+    """The restored tree is ours and (when checked) continues; killed either way. Returns the sample in ms."""
+    try:
+        assert pid == info.pid and harness.parent_of(pid) == os.getpid()
+        if check:
+            harness.assert_continues(info, pid)
+    finally:
+        harness.kill_restored(info, pid)
+    return wall * 1e3, cpu * 1e3, _stats_restore_ms(info.images_dir)
+
+
 def _restore_once(pycriu: Any, binary: Path, info: harness.DumpInfo, check: bool) -> tuple[float, float, float]:
     """(client wall ms, CPU ms of the swrk process, the tool's own restore_time ms)"""
     c = pycriu.criu()
@@ -49,13 +60,7 @@ def _restore_once(pycriu: Any, binary: Path, info: harness.DumpInfo, check: bool
         pid = c.restore().pid  # returns after pycriu has reaped the swrk process
         wall = time.perf_counter() - t0
         cpu = _cpu() - cpu0
-    try:
-        assert pid == info.pid and harness.parent_of(pid) == os.getpid()
-        if check:
-            harness.assert_continues(info, pid)
-    finally:
-        harness.kill_restored(info, pid)
-    return wall * 1e3, cpu * 1e3, _stats_restore_ms(info.images_dir)
+    return _checked(info, pid, check, wall, cpu)
 
 
 def _cli_restore_once(binary: Path, info: harness.DumpInfo, check: bool) -> tuple[float, float, float]:
@@ -70,13 +75,7 @@ def _cli_restore_once(binary: Path, info: harness.DumpInfo, check: bool) -> tupl
     wall = time.perf_counter() - t0
     cpu = _cpu() - cpu0
     pid = int(pidfile.read_text())
-    try:
-        assert pid == info.pid and harness.parent_of(pid) == os.getpid()
-        if check:
-            harness.assert_continues(info, pid)
-    finally:
-        harness.kill_restored(info, pid)
-    return wall * 1e3, cpu * 1e3, _stats_restore_ms(info.images_dir)
+    return _checked(info, pid, check, wall, cpu)
 
 
 def _version_once(pycriu: Any, binary: Path) -> tuple[float, float]:
