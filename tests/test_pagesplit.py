@@ -39,17 +39,17 @@ def test_small_address_space_is_not_split() -> None:
     assert ctl == [] and task == mm.private_runs()
 
 
-def test_large_address_space_splits_anon_pages_only_and_loses_none() -> None:
+def test_large_address_space_splits_anon_pages_only_and_loses_none(monkeypatch: pytest.MonkeyPatch) -> None:
     f = Path("/img/pages-1.img")
     n = pagesplit.SPLIT_MIN // P
     file_runs = [PageRun(0x100000, n // 4, 0, f, 0)]
     anon_runs = [PageRun(0x10000000, n // 2, 0, f, n // 4 * P), PageRun(0x20000000, n, 0, f, 3 * n // 4 * P)]
     mm = _mm([_vma(0x100000, n // 4, FILE_PRIVATE, file_runs), _vma(0x10000000, n // 2, ANON, anon_runs[:1]),
               _vma(0x20000000, n, ANON, anon_runs[1:])])
+    monkeypatch.setattr(pagesplit.os, "cpu_count", lambda: 1)
+    assert pagesplit.split(mm) == (mm.private_runs(), [])  # one CPU: nothing to share
+    monkeypatch.setattr(pagesplit.os, "cpu_count", lambda: 2)
     task, ctl = pagesplit.split(mm)
-    if os.cpu_count() == 1:
-        assert ctl == []
-        return
     # every page exactly once, at its own file offset
     assert _pages(task) | _pages(ctl) == _pages(mm.private_runs())
     assert not _pages(task) & _pages(ctl)
