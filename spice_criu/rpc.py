@@ -11,6 +11,10 @@ post-resume. A client that answers no fails the operation (pre-/post-resume: onl
 criu). Errors: success=false, cr_errno (EBADRQC for bad options, ESRCH for a missing dump target,
 EEXIST for a taken pid) and cr_errmsg = the first `Error` line of the log.
 
+Requests and replies are spice_criu.images.lite messages (rpc.proto from the generated schema
+table), not protobuf's: importing google.protobuf would cost a swrk DUMP or RESTORE more than the
+rest of its start-up (tests/test_rpc_units.py checks the bytes against protobuf's).
+
 Exit status as criu's: 0 after a successful request, 1 after a failed DUMP/RESTORE/CHECK, 255 for
 a broken session (garbage, unknown type, refused keep_open, pre-dump).
 """
@@ -22,13 +26,31 @@ import errno
 import os
 import struct
 import sys
-from collections.abc import Callable
-from typing import Any
 
 from . import CRIU_VERSION
 from .errors import SpiceError
-from .images.pb import rpc_pb2 as rpc
+from .images.lite import DecodeError, decode, enum_names, enum_numbers, message_class
 from .log import log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing costs a swrk process's start-up
+    from collections.abc import Callable
+    from typing import Any
+
+
+class rpc:  # noqa: N801 - stands for the generated rpc_pb2 module: rpc.criu_resp(...), rpc.DUMP
+    """rpc.proto without protobuf: its messages as lite classes, criu_req_type's values by name."""
+
+    criu_req = message_class("criu_req")
+    criu_resp = message_class("criu_resp")
+    criu_opts = message_class("criu_opts")
+
+
+for _name, _number in enum_numbers("criu_req_type").items():
+    setattr(rpc, _name, _number)
+
+#: criu_req_type number -> name
+REQ_NAMES = enum_names("criu_req_type")
 
 PROTOCOL_ERROR = 255
 #: request types that may keep the connection open for another request (cr-service.c)
@@ -87,19 +109,17 @@ class Conn:
             raise SessionClosed(f"can't receive a request: {e.strerror}") from None
         if not data:
             raise SessionClosed("the client closed the connection")
-        req = rpc.criu_req()
-        try:  # no required-field check: an unknown type (kept as an unknown field) gets criu's EMPTY answer
-            req.MergeFromString(data)
-        except Exception as e:  # noqa: BLE001 - DecodeError and friends: not a criu_req
+        try:  # no required-field check: an unknown type (an unknown field) gets criu's EMPTY answer
+            return decode("criu_req", data)
+        except DecodeError as e:  # not a criu_req
             raise SessionClosed(f"can't parse a request ({len(data)} bytes): {e}") from None
-        return req
 
     def send(self, resp: Any) -> bool:
         try:
             self.sk.send(resp.SerializeToString())
             return True
         except OSError as e:
-            log.error("rpc", f"can't send the {rpc.criu_req_type.Name(resp.type)} response: {e.strerror}")
+            log.error("rpc", f"can't send the {REQ_NAMES[resp.type]} response: {e.strerror}")
             return False
 
     def notifier(self, o: Any, scripts: bool) -> Callable[[str, int | None], None]:
@@ -327,7 +347,7 @@ def work(conn: Conn) -> int:
         except SessionClosed as e:
             log.error("rpc", str(e))
             return PROTOCOL_ERROR
-        name = rpc.criu_req_type.Name(req.type) if req.type in rpc.criu_req_type.values() else str(req.type)
+        name = REQ_NAMES.get(req.type, str(req.type))
         if req.keep_open and req.type not in KEEP_OPEN:
             log.error("rpc", f"keep_open is not allowed for {name} requests")
             return PROTOCOL_ERROR

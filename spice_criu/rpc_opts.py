@@ -12,13 +12,15 @@ malformed values (criu answers those with cr_errno EBADRQC).
 from __future__ import annotations
 
 import os
-import shlex
-from collections.abc import Callable
-from typing import Any
 
 from .cli import OPTIONS, Options, _fast_parse, _options
 from .errors import SpiceError
 from .log import log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing costs a swrk process's start-up
+    from collections.abc import Callable
+    from typing import Any
 
 EBADRQC = 56
 CLONE_NEWNET = 0x40000000
@@ -142,6 +144,7 @@ def note_harmless(ro: Any, kind: str) -> None:
 def _apply_config(o: Options, path: str) -> None:
     """criu applies a request's config_file after the RPC options (a missing file is no error).
     Each line is a long option without its dashes; options spice does not know are logged and skipped."""
+    import shlex
     try:
         with open(path) as f:
             lines = f.read().splitlines()
