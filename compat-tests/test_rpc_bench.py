@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from test_rpc_pycriu import PYCRIU_DIR, REPO, dir_fd
+from test_rpc_pycriu import REPO, dir_fd, load_pycriu
 
 from spice_criu.images import stats
 
@@ -137,14 +137,6 @@ def report(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _pycriu() -> Any:
-    if str(PYCRIU_DIR) not in sys.path:
-        sys.path.append(str(PYCRIU_DIR))
-    import pycriu
-
-    return pycriu
-
-
 def main() -> int:
     n = int(os.environ.get("BENCH_N", "10"))
     criu = harness.ensure_criu()
@@ -154,7 +146,7 @@ def main() -> int:
         shim_dir = base / "shim"
         subprocess.run(["make", "-s", "--no-print-directory", "install-criu-shim", f"CRIU_SHIM_DIR={shim_dir}"],
                        cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-        out = run(n, base, shim_dir / "criu", criu, _pycriu())
+        out = run(n, base, shim_dir / "criu", criu, load_pycriu())
         print(f"restore over RPC (pycriu client, rst_sibling), median of {n}, load {os.getloadavg()[0]:.2f}")
         print(report(out))
     finally:

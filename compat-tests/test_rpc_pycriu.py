@@ -33,9 +33,8 @@ CLONE_NEWNET = 0x40000000
 # ------------------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="session")
-def pycriu(criu_bin: Path) -> Any:
-    """Real pycriu of CRIU 4.2.1 (installed with it by install-criu.sh)."""
+def load_pycriu() -> Any:
+    """Real pycriu of CRIU 4.2.1 (installed with it by install-criu.sh); fails the test if missing."""
     if str(PYCRIU_DIR) not in sys.path:
         sys.path.append(str(PYCRIU_DIR))
     try:
@@ -43,6 +42,11 @@ def pycriu(criu_bin: Path) -> Any:
     except ImportError as e:
         pytest.fail(f"pycriu of CRIU 4.2.1 is missing under {PYCRIU_DIR}: {e}", pytrace=False)
     return mod
+
+
+@pytest.fixture(scope="session")
+def pycriu(criu_bin: Path) -> Any:
+    return load_pycriu()
 
 
 def install_criu_shim(shim_dir: Path) -> Path:

@@ -469,3 +469,133 @@ def test_swrk_entry_points(entry: list[str], rtype: int) -> None:
         resp.ParseFromString(a.recv(4096))
         assert (resp.type, resp.success) == (rtype, True)
         assert p.wait(60) == 0
+
+
+# ------------------------------------------------------------------------------------------ lite messages
+# The server speaks rpc.proto through spice_criu.images.lite (no protobuf import in `criu swrk`): its
+# replies must be protobuf's bytes, its reading of requests protobuf's.
+
+
+def test_lite_rpc_names_are_protobufs() -> None:
+    from spice_criu import rpc as server
+
+    numbers = dict(rpc.criu_req_type.items())
+    assert {n: getattr(server.rpc, n) for n in numbers} == numbers
+    assert {v: n for n, v in numbers.items()} == server.REQ_NAMES
+    for name in ("criu_req", "criu_resp", "criu_opts"):
+        assert type(getattr(server.rpc, name)()).__module__ == "spice_criu.images.lite"
+
+
+def _raw_reply(req: rpc.criu_req) -> tuple[bytes, int | None]:
+    """The bytes the request loop answers req with (one request, no keep_open), and its exit status."""
+    c = Client().start()
+    c.send(req)
+    c.sk.settimeout(10)
+    raw = c.sk.recv(65536)
+    return raw, c.finish()
+
+
+def _pre_dump_error() -> str:
+    from spice_criu.rpc import _NO_PRE_DUMP
+
+    return f"Error (spice/rpc): {_NO_PRE_DUMP}"
+
+
+NO_DIR = "Error (spice/rpc): Neither images_dir_fd nor images_dir was passed by RPC client"
+
+
+@pytest.mark.parametrize("req, want, rc", [
+    (rpc.criu_req(type=rpc.DUMP, opts=rpc.criu_opts(images_dir_fd=-1, pid=1, log_to_stderr=True)),
+     lambda: rpc.criu_resp(type=rpc.DUMP, success=False, dump=rpc.criu_dump_resp(restored=False),
+                           cr_errno=errno.EBADRQC, cr_errmsg=NO_DIR), 1),
+    (rpc.criu_req(type=rpc.RESTORE, opts=rpc.criu_opts(images_dir_fd=-1, log_to_stderr=True)),
+     lambda: rpc.criu_resp(type=rpc.RESTORE, success=False, restore=rpc.criu_restore_resp(pid=-1),
+                           cr_errno=errno.EBADRQC, cr_errmsg=NO_DIR), 1),
+    (rpc.criu_req(type=rpc.VERSION),
+     lambda: rpc.criu_resp(type=rpc.VERSION, success=True, version=rpc.criu_version(
+         major_number=CRIU_VERSION[0], minor_number=CRIU_VERSION[1], sublevel=CRIU_VERSION[2])), 0),
+    (rpc.criu_req(type=rpc.FEATURE_CHECK, features=rpc.criu_features(lazy_pages=True, pidfd_store=True)),
+     lambda: rpc.criu_resp(type=rpc.FEATURE_CHECK, success=True, features=rpc.criu_features(
+         **feature_answers(dict(mem_track=False, lazy_pages=True, pidfd_store=True)))), 0),
+    (rpc.criu_req(type=rpc.EMPTY), lambda: rpc.criu_resp(type=rpc.EMPTY, success=False), 255),
+    (rpc.criu_req(type=rpc.PRE_DUMP), lambda: rpc.criu_resp(type=rpc.PRE_DUMP, success=False,
+                                                           cr_errmsg=_pre_dump_error()), 255),
+    (rpc.criu_req(type=rpc.CPUINFO_DUMP), lambda: rpc.criu_resp(
+        type=rpc.CPUINFO_DUMP, success=False,
+        cr_errmsg="Error (spice/rpc): cpuinfo dump/check is not supported by spice"), 1),
+    (rpc.criu_req(type=rpc.WAIT_PID, pid=1),
+     lambda: rpc.criu_resp(type=rpc.WAIT_PID, success=False, cr_errno=errno.ECHILD), 0),
+], ids=["dump-ebadrqc", "restore-pid-minus-1", "version", "feature-check", "empty", "pre-dump", "cpuinfo",
+        "wait-pid-echild"])
+def test_replies_are_protobufs_bytes(req: rpc.criu_req, want, rc: int) -> None:
+    raw, got_rc = _raw_reply(req)
+    assert raw == want().SerializeToString()
+    assert got_rc == rc
+
+
+def test_wait_pid_reply_is_protobufs_bytes() -> None:
+    p = subprocess.Popen(["sh", "-c", "kill -TERM $$"])
+    raw, rc = _raw_reply(rpc.criu_req(type=rpc.WAIT_PID, pid=p.pid))
+    p.returncode = -15  # reaped by the request
+    want = rpc.criu_resp(type=rpc.WAIT_PID, success=True, status=15)  # signalled by SIGTERM
+    assert (raw, rc) == (want.SerializeToString(), 0)
+
+
+def test_notify_is_protobufs_bytes() -> None:
+    from spice_criu.cli import Options
+
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with mine, theirs:
+        conn = Conn(theirs, swrk=True)
+        o = Options()
+        o.notify = conn.notifier(o, scripts=True)
+        for script, pid in (("post-restore", 4242), ("pre-dump", None), ("post-resume", -1)):
+            answer = rpc.criu_req(type=rpc.NOTIFY, notify_success=True)
+            mine.send(answer.SerializeToString())  # queued before the notification: no thread needed
+            o.run_script(script, pid)
+            want = rpc.criu_resp(type=rpc.NOTIFY, success=True, notify=rpc.criu_notify(script=script, pid=pid))
+            assert mine.recv(65536) == want.SerializeToString()
+
+
+def _lite_read(data: bytes):
+    """data as the server reads a request (Conn.recv on a real socket)."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with mine, theirs:
+        mine.send(data)
+        return Conn(theirs, swrk=True).recv()
+
+
+def test_requests_read_as_protobuf_reads_them() -> None:
+    """Random criu_req (every criu_opts field, nested messages, missing required fields) reads field
+    for field as protobuf reads it."""
+    import random
+
+    from test_lite import assert_same, random_message
+
+    rng = random.Random("rpc-requests")
+    for i in range(200):
+        req = random_message(rpc.criu_req, rng, p=0.3 if i % 2 else 0.9)
+        data = req.SerializePartialToString()
+        assert_same(rpc.criu_req.FromString(data), _lite_read(data))
+
+
+def test_unknown_fields_and_values_are_ignored_as_protobuf_does() -> None:
+    """A newer client's fields (and an unknown request type, an unknown enum value) are skipped."""
+    from test_lite import assert_same
+
+    from spice_criu.images.wire import encode_varint, length_delimited
+
+    def unknown(n: int) -> bytes:
+        return (encode_varint(n << 3) + encode_varint(7) + length_delimited(n + 1, b"new\xff")
+                + encode_varint((n + 2) << 3 | 5) + b"\0\0\0\0" + encode_varint((n + 3) << 3 | 1) + bytes(8)
+                + encode_varint((n + 4) << 3 | 3) + encode_varint(1 << 3) + b"\x01" + encode_varint((n + 4) << 3 | 4))
+
+    opts = rpc.criu_opts(images_dir_fd=5, pid=7, external=["net[1]:x"]).SerializeToString()
+    opts += unknown(900) + encode_varint(64 << 3) + encode_varint(42)  # network_lock 42: not a value
+    for rtype in (rpc.DUMP, 77):
+        data = encode_varint(1 << 3) + encode_varint(rtype) + length_delimited(2, opts) + unknown(200)
+        ref = rpc.criu_req.FromString(data)
+        ours = _lite_read(data)
+        assert_same(ref, ours)
+        assert ours.opts.network_lock == rpc.IPTABLES and not ours.opts.HasField("network_lock")
+        assert ours.type == (rpc.DUMP if rtype == rpc.DUMP else rpc.EMPTY)
