@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""linux.clone3: a Python-continuable fork through clone3, with a chosen PID (set_tid)."""
+"""linux.clone3: clone3 with a chosen PID (set_tid), and spawn_exec (vfork-style clone3 + exec)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import ctypes
 import errno
 import os
 import random
-import threading
 
 import pytest
 
 from spice_criu.linux import clone3
-from spice_criu.linux.syscalls import NR, libc, syscall
 
 
 def free_pid() -> int:
@@ -23,12 +21,6 @@ def free_pid() -> int:
         pid = rnd.randrange(pid_max // 2, pid_max)
         if not os.path.exists(f"/proc/{pid}"):
             return pid
-
-
-def robust_list() -> tuple[int, int]:
-    head, size = ctypes.c_void_p(), ctypes.c_size_t()
-    syscall(NR.get_robust_list, 0, ctypes.addressof(head), ctypes.addressof(size))
-    return head.value or 0, size.value
 
 
 def test_struct_layout():
@@ -42,56 +34,63 @@ def test_struct_layout():
         clone3.make_args(set_tid=[5])
 
 
-def test_fork_with_set_tid_gets_that_pid():
-    libc.pthread_self.restype = ctypes.c_void_p
-    head = robust_list()
-    for _ in range(20):
-        want = free_pid()
-        try:
-            pid = clone3.fork(set_tid=[want])
-        except FileExistsError:
-            continue  # raced with another process taking it
-        if pid == 0:
-            ok = 0
-            ok |= (os.getpid() != want) << 0
-            tid_cache = ctypes.c_int32.from_address(libc.pthread_self() + clone3._TID_OFFSET).value
-            ok |= (tid_cache != want) << 1
-            ok |= (robust_list() != head) << 2
-            ok |= (threading.get_native_id() != want) << 3
-            os._exit(ok)
-        assert pid == want
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        return
-    pytest.fail("no free pid found")
-
-
-def test_fork_without_set_tid_and_errors():
-    pid = clone3.fork()
-    if pid == 0:
-        os._exit(3)
-    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 3
-    with pytest.raises(OSError) as e:
-        clone3.fork(set_tid=[os.getpid()])
-    assert e.value.errno == errno.EEXIST
-    with pytest.raises(ValueError):
-        clone3.fork(flags=clone3.CLONE_VM)
-    stop = threading.Event()
-    th = threading.Thread(target=stop.wait)
-    th.start()
-    try:
-        with pytest.raises(RuntimeError):
-            clone3.fork()
-    finally:
-        stop.set()
-        th.join()
-
-
-def test_raw_clone3_in_a_pid_namespace():
+def test_spawn_exec_in_a_pid_namespace():
     """CLONE_NEWPID child is pid 1 inside; set_tid with two levels picks both pids."""
     outer = free_pid()
-    pid = clone3.fork(flags=clone3.CLONE_NEWPID, set_tid=[1, outer])
-    if pid == 0:
-        os._exit(0 if os.getpid() == 1 else 1)
+    fd = _exe_fd(b'#!/bin/sh\n[ "$$" = 1 ]\n')
+    try:
+        pid = clone3.spawn_exec(fd, [b"sh"], flags=clone3.CLONE_NEWPID, set_tid=[1, outer])
+    finally:
+        os.close(fd)
     assert pid == outer
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+def _sigmask() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1], 16) for line in f if line.startswith("SigBlk:"))
+
+
+def _exe_fd(script: bytes) -> int:
+    """A script in a memfd; not close-on-exec, or the interpreter could not open /dev/fd/N."""
+    fd = os.memfd_create("spawn-test", 0)
+    os.write(fd, script)
+    return fd
+
+
+def test_spawn_exec_runs_the_program_with_the_chosen_pid(tmp_path):
+    """vfork-style clone3 + execveat: the child runs the program in the fd (here a shell script
+    writing its pid, argv and environment) with the PID asked for; our signal mask is untouched."""
+    out = tmp_path / "out"
+    fd = _exe_fd(b'#!/bin/sh\necho "$$ $1 env=$(env | grep -v ^PWD= | grep -c .)" > "$2"\n')
+    mask = _sigmask()
+    try:
+        for _ in range(20):
+            want = free_pid()
+            try:
+                pid = clone3.spawn_exec(fd, [b"sh", b"arg1", str(out).encode()], set_tid=[want])
+            except FileExistsError:
+                continue
+            break
+        else:
+            pytest.fail("no free pid found")
+        assert pid == want
+        assert _sigmask() == mask
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        assert out.read_text().split() == [str(want), "arg1", "env=0"]
+    finally:
+        os.close(fd)
+
+
+def test_spawn_exec_errors():
+    with pytest.raises(OSError) as e:
+        clone3.spawn_exec(0, [b"x"], set_tid=[os.getpid()])
+    assert e.value.errno == errno.EEXIST
+    with pytest.raises(ValueError):
+        clone3.spawn_exec(0, [b"x"], flags=clone3.CLONE_VM)
+    nul = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    try:  # not executable: the exec fails in the child, which exits 127
+        pid = clone3.spawn_exec(nul, [b"x"])
+    finally:
+        os.close(nul)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 127

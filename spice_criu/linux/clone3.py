@@ -1,31 +1,20 @@
 # SPDX-License-Identifier: MIT
 """clone3(2) with `struct clone_args`, including set_tid (restore re-creates tasks with their PIDs).
 
-`fork()` is a fork that returns twice *in Python*, like os.fork(), but through clone3 so that the
-child can get a chosen PID (set_tid, one entry per PID-namespace level) or land in a cgroup.
-
-Caveats of fork() (what os.fork does that a raw clone3 cannot):
-- glibc's own fork bookkeeping is skipped: pthread_atfork handlers do not run and malloc/stdio locks
-  are not reset, so call it only from a single-threaded process (checked: RuntimeError otherwise;
-  this is also what CRIU's restorer assumes). Python-level at-fork hooks (os.register_at_fork) and
-  the interpreter's own reinitialisation do run (PyOS_BeforeFork/AfterFork_*).
-- glibc's cached TID in the thread descriptor is fixed up with CLONE_CHILD_SETTID (located through
-  libc's `_thread_db_pthread_tid` descriptor) and the robust-futex list is re-registered, as glibc's
-  fork does; if the descriptor is missing, pthread mutex owner checks in the child see the old TID.
-- set_tid needs CAP_CHECKPOINT_RESTORE (or CAP_SYS_ADMIN) in the owning user namespace of every
-  PID namespace it names; EEXIST when the PID is taken, EINVAL when above pid_max.
-- CLONE_VM / CLONE_THREAD / a custom stack make no sense here (the child would share or lack the
-  Python stack): use `clone3()` with those only from code that controls the child's first
-  instructions, e.g. inside a target through inject.Remote.
+`spawn_exec()` starts a program as a child with a chosen PID (set_tid, one entry per PID-namespace
+level), the way posix_spawn starts one: vfork-style, so nothing of this (large, Python) process is
+copied. set_tid needs CAP_CHECKPOINT_RESTORE (or CAP_SYS_ADMIN) in the owning user namespace of
+every PID namespace it names; EEXIST when the PID is taken, EINVAL when above pid_max.
+`clone3()` with CLONE_VM / CLONE_THREAD / a custom stack belongs in code that controls the
+child's first instructions, e.g. inside a target through inject.Remote.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 
 from .signals import SIGCHLD
-from .syscalls import NR, c_long, fresh, libc, pylibc, raise_errno, syscall
+from .syscalls import NR, c_long, raise_errno, syscall
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:
@@ -100,56 +89,78 @@ def pack_set_tid(set_tid: Sequence[int]) -> bytes:
     return bytes((ctypes.c_int32 * len(set_tid))(*set_tid))
 
 
-_py_clone3 = fresh(pylibc, "syscall", c_long, [c_long, c_long, c_long])
-_api = ctypes.pythonapi
-for _name in ("PyOS_BeforeFork", "PyOS_AfterFork_Parent", "PyOS_AfterFork_Child"):
-    getattr(_api, _name).restype = None
-    getattr(_api, _name).argtypes = []
+# vfork-style clone3 + execveat, in machine code: the child shares our memory (no page tables
+# copied) and must not run any Python or C library code before its exec, so it never leaves these
+# instructions. long spawn(args rdi, size rsi, fd rdx, argv rcx, envp r8)
+_SPAWN_HEAD = bytes.fromhex(
+    "4989d1"  # mov r9, rdx        (fd; syscall keeps r8-r10)
+    "4989ca"  # mov r10, rcx       (argv)
+    "b8b3010000"  # mov eax, 435 (clone3)
+    "0f05"  # syscall
+    "4885c0"  # test rax, rax
+    "7401"  # jz child
+    "c3"  # ret                   (the parent: pid or -errno)
+    # child: execveat(fd, "", argv, envp, AT_EMPTY_PATH); exit_group(127) if it returns
+    "b842010000"  # mov eax, 322 (execveat)
+    "4c89cf"  # mov rdi, r9
+    "488d35"  # lea rsi, [rip + disp32] -> the NUL byte after the code
+)
+_SPAWN_TAIL = bytes.fromhex(
+    "4c89d2"  # mov rdx, r10
+    "4d89c2"  # mov r10, r8
+    "41b800100000"  # mov r8d, 0x1000 (AT_EMPTY_PATH)
+    "0f05"  # syscall
+    "bf7f000000"  # mov edi, 127
+    "b8e7000000"  # mov eax, 231 (exit_group)
+    "0f05"  # syscall
+    "0f0b"  # ud2
+)
+_spawn_fn: list = []
 
-_pthread_self = fresh(libc, "pthread_self", ctypes.c_void_p, [])
+
+def _spawn_code() -> bytes:
+    disp = len(_SPAWN_TAIL)  # the NUL byte right after the tail, relative to the end of the lea
+    return _SPAWN_HEAD + disp.to_bytes(4, "little") + _SPAWN_TAIL + b"\0"
 
 
-def _tid_offset() -> int | None:
-    try:
-        desc = (ctypes.c_uint32 * 3).in_dll(libc, "_thread_db_pthread_tid")
-    except ValueError:
-        return None
-    return desc[2] if desc[0] == 32 and desc[1] == 1 else None
+def _spawner():
+    if not _spawn_fn:
+        from . import mman
+
+        code = _spawn_code()
+        page = mman.mmap(0, mman.PAGE_SIZE, mman.PROT_READ | mman.PROT_WRITE, mman.MAP_PRIVATE | mman.MAP_ANONYMOUS)
+        ctypes.memmove(page, code, len(code))
+        mman.mprotect(page, mman.PAGE_SIZE, mman.PROT_READ | mman.PROT_EXEC)
+        proto = ctypes.CFUNCTYPE(c_long, ctypes.c_void_p, ctypes.c_size_t, c_long, ctypes.c_void_p, ctypes.c_void_p)
+        _spawn_fn.append(proto(page))
+    return _spawn_fn[0]
 
 
-_TID_OFFSET = _tid_offset()
+_ALL_SIGNALS = (ctypes.c_uint64 * 1)(~0 & (1 << 64) - 1)
+_SIG_SETMASK = 2
 
 
-def _threads() -> int:
-    return len(os.listdir("/proc/self/task"))
-
-
-def fork(set_tid: Sequence[int] = (), flags: int = 0, exit_signal: int = SIGCHLD,
-         cgroup_fd: int | None = None) -> int:
-    """clone3-based fork usable from Python: returns the child's PID in the parent, 0 in the child.
-
-    set_tid=[pid] asks for that PID (innermost PID namespace first for nested namespaces).
-    """
-    if flags & (CLONE_VM | CLONE_THREAD | CLONE_VFORK | CLONE_SETTLS):
-        raise ValueError("fork() cannot share the address space or the thread group")
-    if _threads() != 1:
-        raise RuntimeError("clone3.fork() needs a single-threaded process")
+def spawn_exec(fd: int, argv: Sequence[bytes], set_tid: Sequence[int] = (), flags: int = 0,
+               exit_signal: int = SIGCHLD) -> int:
+    """Start a child that execs the program in `fd` (execveat AT_EMPTY_PATH, empty environment), as
+    posix_spawn does: clone3(CLONE_VM | CLONE_VFORK), so nothing of this process is copied and the
+    call returns once the child has exec'd (or died trying: it exits with 127). Unlike posix_spawn
+    it takes set_tid, CLONE_PARENT... The child starts with every signal blocked (no handler of ours
+    may run in it before the exec) and keeps that mask through the exec. Returns the child's PID."""
+    if flags & (CLONE_VM | CLONE_THREAD | CLONE_VFORK | CLONE_SETTLS | CLONE_SIGHAND):
+        raise ValueError("spawn_exec() sets CLONE_VM | CLONE_VFORK itself and shares nothing else")
     tids = (ctypes.c_int32 * max(1, len(set_tid)))(*set_tid)
-    args = make_args(flags, exit_signal, set_tid, ctypes.addressof(tids) if set_tid else 0, cgroup_fd)
-    if _TID_OFFSET is not None:
-        args.flags |= CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID
-        args.child_tid = _pthread_self() + _TID_OFFSET
-    head, hlen = ctypes.c_void_p(), ctypes.c_size_t()
-    syscall(NR.get_robust_list, 0, ctypes.addressof(head), ctypes.addressof(hlen))
-    _api.PyOS_BeforeFork()
-    ret = _py_clone3(NR.clone3, ctypes.addressof(args), ctypes.sizeof(args))
-    if ret == 0:
-        if head.value:
-            syscall(NR.set_robust_list, head.value, hlen.value)
-        _api.PyOS_AfterFork_Child()
-        return 0
-    err = ctypes.get_errno()
-    _api.PyOS_AfterFork_Parent()
+    args = make_args(flags | CLONE_VM | CLONE_VFORK, exit_signal, set_tid,
+                     ctypes.addressof(tids) if set_tid else 0)
+    arr = (ctypes.c_char_p * (len(argv) + 1))(*argv, None)
+    envp = (ctypes.c_char_p * 1)(None)
+    old = (ctypes.c_uint64 * 1)()
+    syscall(NR.rt_sigprocmask, _SIG_SETMASK, ctypes.addressof(_ALL_SIGNALS), ctypes.addressof(old), 8)
+    try:
+        ret = _spawner()(ctypes.addressof(args), ctypes.sizeof(args), fd, ctypes.addressof(arr),
+                         ctypes.addressof(envp))
+    finally:
+        syscall(NR.rt_sigprocmask, _SIG_SETMASK, ctypes.addressof(old), 0, 8)
     if ret < 0:
-        raise_errno("clone3", err)
+        raise_errno("clone3", -ret)
     return ret

@@ -14,8 +14,6 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 libc = ctypes.CDLL(None, use_errno=True)
-# PyDLL: calls keep the GIL (needed where the kernel returns twice, see clone3.fork).
-pylibc = ctypes.PyDLL(None, use_errno=True)
 
 c_long = ctypes.c_long
 c_ulong = ctypes.c_ulong

@@ -73,7 +73,6 @@ def restore_task(ctl: TaskCtl, ctx: OpenContext, backend) -> int:
     # nothing may be delivered while the task is half-built (its timers fire, signals get queued):
     # everything stays pending until the dumped masks are set, just before resume
     ptrace.setsigmask(ctl.pid, signals.ALL_SIGNALS)
-    threads.unregister_inherited_rseq(ctl)
     install_fds(ctl, ctx)
     pages = backend.install_core(ctl, ctx)  # opens files by their paths: before any chroot
     install_fs(ctl)

@@ -2,7 +2,7 @@
 """The restorer's grip on one task under construction: its threads (all ptrace-stopped), the
 trampoline page it executes injected syscalls from, and scratch memory for syscall arguments.
 
-Every restored task starts as a stopped copy of the restorer. The trampoline (one code page
+Every restored task starts as the stub (stub.py), ptrace-stopped. The trampoline (one code page
 holding `syscall; int3` plus scratch pages) is mapped where the task's dumped address space has a
 hole, so it survives while the old address space is torn down and the new one is built; it is
 the last mapping removed before the task resumes.
@@ -14,9 +14,10 @@ import os
 import struct
 
 from ..errors import SpiceError
-from ..inject import Remote, find_sites
+from ..inject import Remote
 from ..linux.syscalls import NR
 from ..vma import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PAGE_SIZE
+from . import stub
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:
@@ -64,20 +65,6 @@ def wait_first_stop(tid: int) -> None:
             return
 
 
-_site: list[int] = []
-
-
-def _bootstrap_site() -> int:
-    """A `syscall` instruction in the restorer's own text: every stub is a fork of the restorer, so
-    the same address works in all of them until their trampolines exist."""
-    if not _site:
-        site = find_sites(os.getpid()).plain
-        if site is None:
-            raise SpiceError("restore", "no syscall instruction found in the restorer")
-        _site.append(site)
-    return _site[0]
-
-
 def _remote(tid: int, site: int, scratch: tuple[int, int] | None) -> Remote:
     return Remote(tid, site=site, scratch=scratch, scratch_size=0, restore_regs=False, rseq_fixup=False)
 
@@ -86,7 +73,7 @@ class TaskCtl:
     def __init__(self, plan: TaskPlan, pid: int) -> None:
         self.plan = plan
         self.pid = pid
-        self.remote = _remote(pid, _bootstrap_site(), None)  # the leader
+        self.remote = _remote(pid, stub.SYSCALL_SITE, None)  # the leader, still the stub
         self.threads: dict[int, Remote] = {pid: self.remote}
         self.tramp = 0
         self._scratch_used = 0

@@ -15,7 +15,6 @@ from .task import TaskCtl
 CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND = 0x100, 0x200, 0x400, 0x800
 CLONE_THREAD, CLONE_SYSVSEM = 0x10000, 0x40000
 THREAD_FLAGS = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM
-RSEQ_FLAG_UNREGISTER = 1
 _U64 = (1 << 64) - 1
 
 
@@ -35,19 +34,10 @@ def create_thread(task: TaskCtl, tid: int) -> None:
     task.adopt_thread(tid)
 
 
-def unregister_inherited_rseq(task: TaskCtl) -> None:
-    """A forked stub inherits the restorer's rseq area; the kernel would keep writing into it."""
-    conf = ptrace.get_rseq_configuration(task.pid)
-    if conf is not None and conf.rseq_abi_pointer:
-        task.sys(
-            NR.rseq, conf.rseq_abi_pointer, conf.rseq_abi_size, RSEQ_FLAG_UNREGISTER, conf.signature,
-            what="unregister inherited rseq",
-        )
-
-
 def queue_thread_kernel_state(b, th: ThreadPlan) -> None:
-    """Robust futex list and clear-tid address (always: a forked stub carries the restorer's), and
-    the rseq area, registered by the thread itself (these calls act on the calling thread)."""
+    """Robust futex list and clear-tid address (always, zero included: a stub has none, a thread
+    cloned in the task inherits nothing), and the rseq area, registered by the thread itself
+    (these calls act on the calling thread)."""
     tcore = th.core.thread_core
     b.add(NR.set_robust_list, tcore.futex_rla, tcore.futex_rla_len or 24, what="set_robust_list")
     b.add(NR.set_tid_address, th.core.thread_info.clear_tid_addr, what="set_tid_address")

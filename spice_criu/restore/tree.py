@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: MIT
 """The process tree: every task re-created with its original PID, parent, session and group.
 
-The root is a clone3(set_tid) fork of the restorer that parks itself in read() until seized;
-every other task is forked (clone3 with set_tid, injected) by its own parent, so parentage comes
-out right. Session leaders setsid() before forking their children, so those inherit the session;
+The root is started by a vfork-style clone3(set_tid) as the stub (stub.py) and parks in pause()
+until seized; every other task is forked (clone3 with set_tid, injected) by its own parent,
+so parentage comes out right. Session leaders setsid() before forking their children, so those inherit the session;
 process groups are joined once every task exists.
 """
 
@@ -15,6 +15,7 @@ from ..errors import SpiceError
 from ..linux import clone3, ptrace
 from ..linux.signals import SIGCHLD, SIGKILL
 from ..linux.syscalls import NR
+from . import stub
 from .plan import RestorePlan, TaskPlan
 from .task import TRAMPOLINE_SIZE, TaskCtl, wait_first_stop
 from .threads import clone_args
@@ -24,36 +25,34 @@ TRACE_OPTIONS = (ptrace.O_TRACESYSGOOD | ptrace.O_TRACEFORK | ptrace.O_TRACECLON
                  | ptrace.O_SUSPEND_SECCOMP)
 
 
-def spawn_root(t: TaskPlan, sibling: bool) -> TaskCtl:
-    """fork (clone3) the root with its PID; it waits in read() until we hold it under ptrace."""
-    r, w = os.pipe2(os.O_CLOEXEC)
+def spawn_root(t: TaskPlan, sibling: bool, stub_fd: int) -> TaskCtl:
+    """Start the root with its PID as the stub (stub.py), parked in pause() until we hold it
+    under ptrace: a vfork-style clone3(set_tid) + exec, nothing of the restorer copied."""
     try:
         # with CLONE_PARENT the child inherits our exit signal: clone3 wants exit_signal 0 then
-        pid = (clone3.fork(set_tid=[t.pid], flags=clone3.CLONE_PARENT, exit_signal=0) if sibling
-               else clone3.fork(set_tid=[t.pid]))
+        pid = clone3.spawn_exec(stub_fd, [stub.NAME.encode()], set_tid=[t.pid],
+                                flags=clone3.CLONE_PARENT if sibling else 0, exit_signal=0 if sibling else SIGCHLD)
     except OSError as e:
-        os.close(r)
-        os.close(w)
         if e.errno == 17:
             raise SpiceError("restore", f"pid {t.pid} is already taken by another process") from None
         raise SpiceError("restore", f"can't fork for {t.pid}: {e.strerror}") from None
-    if pid == 0:  # the stub: never returns to the restorer's code
-        try:
-            os.close(w)
-            os.read(r, 1)
-        finally:
-            os._exit(127)
-    os.close(r)
     try:
         ptrace.seize(pid, TRACE_OPTIONS)
         ptrace.interrupt(pid)
         wait_first_stop(pid)
+        if not _is_stub(pid):
+            raise SpiceError("restore", f"task {t.pid} could not exec the restore stub")
     except BaseException:
-        os.close(w)
         os.kill(pid, SIGKILL)
         raise
-    os.close(w)
     return TaskCtl(t, pid)
+
+
+def _is_stub(pid: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/exe").startswith(f"/memfd:{stub.NAME}")
+    except OSError:
+        return False
 
 
 def spawn_child(parent: TaskCtl, t: TaskPlan) -> TaskCtl:
@@ -77,19 +76,23 @@ def create_tree(plan: RestorePlan, sibling: bool, created: list[TaskCtl]) -> dic
     (so a failure half-way can kill exactly what exists)."""
     ctls: dict[int, TaskCtl] = {}
     targets = {t.pid: [(v.start, v.end) for v in t.mm.vmas] for t in plan.tasks}
-    for t in plan.tasks:
-        if t is plan.root:
-            ctl = spawn_root(t, sibling)
-        else:
-            ctl = spawn_child(ctls[t.ppid], t)
-        created.append(ctl)
-        ctls[t.pid] = ctl
-        if not ctl.tramp or any(lo < ctl.tramp + TRAMPOLINE_SIZE and hi > ctl.tramp for lo, hi in targets[t.pid]):
-            ctl.map_trampoline(targets[t.pid])
-        if t.sid == t.pid:
-            ctl.sys(NR.setsid, what="setsid")
-        elif t.pgid == t.pid:
-            ctl.sys(NR.setpgid, 0, 0, what="setpgid")
+    stub_fd = stub.memfd()
+    try:
+        for t in plan.tasks:
+            if t is plan.root:
+                ctl = spawn_root(t, sibling, stub_fd)
+            else:
+                ctl = spawn_child(ctls[t.ppid], t)
+            created.append(ctl)
+            ctls[t.pid] = ctl
+            if not ctl.tramp or any(lo < ctl.tramp + TRAMPOLINE_SIZE and hi > ctl.tramp for lo, hi in targets[t.pid]):
+                ctl.map_trampoline(targets[t.pid])
+            if t.sid == t.pid:
+                ctl.sys(NR.setsid, what="setsid")
+            elif t.pgid == t.pid:
+                ctl.sys(NR.setpgid, 0, 0, what="setpgid")
+    finally:
+        os.close(stub_fd)
     for t in plan.tasks:
         if t.pgid != t.pid and os.getpgid(t.pid) != t.pgid:
             ctls[t.pid].sys(NR.setpgid, 0, t.pgid, what=f"setpgid({t.pgid})")
