@@ -12,15 +12,20 @@ import sys
 
 
 def swrk(fd: int) -> int:
-    """`criu swrk FD`: a lone VERSION/FEATURE_CHECK without protobuf (rpc_fast), else the RPC server."""
+    """`criu swrk FD`: a lone VERSION/FEATURE_CHECK without protobuf (rpc_fast), else the RPC server.
+
+    After the full server the process ends right here, without the interpreter's teardown (as a CLI
+    dump or restore does, cli._quick_exit): clients such as pycriu wait for `criu swrk` to exit."""
     from .rpc_fast import try_fast
 
     rc = try_fast(fd)
     if rc is not None:
         return rc
+    from .cli import _quick_exit
     from .rpc import serve_swrk
 
-    return serve_swrk(fd)
+    _quick_exit(serve_swrk(fd))
+    return 1  # not reached
 
 
 def main(argv: list[str] | None = None) -> None:
