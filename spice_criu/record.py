@@ -41,10 +41,12 @@ class Record:
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         fields = self.__fields__
+        if len(args) == len(fields) and not kw:  # the common case: every field, in order
+            self.__dict__.update(zip(fields, args, strict=True))
+            return
         if len(args) > len(fields):
             raise TypeError(f"{type(self).__name__} takes at most {len(fields)} values")
-        for name, value in zip(fields, args, strict=False):
-            setattr(self, name, value)
+        values = dict(zip(fields, args, strict=False))
         for name in fields[len(args) :]:
             value = kw.pop(name, _MISSING)
             if value is _MISSING:
@@ -53,9 +55,10 @@ class Record:
                     raise TypeError(f"{type(self).__name__}: missing {name}")
                 if isinstance(value, Factory):
                     value = value.make()
-            setattr(self, name, value)
+            values[name] = value
         if kw:
             raise TypeError(f"{type(self).__name__}: unknown fields {sorted(kw)}")
+        self.__dict__.update(values)  # not through __setattr__: FrozenRecord may be initialised
 
     def __repr__(self) -> str:
         body = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__fields__)
