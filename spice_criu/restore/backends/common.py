@@ -91,22 +91,13 @@ def file_mode(v: VmaPlan) -> int:
     return O_RDWR if writable or (v.open_flags & 3) == O_RDWR else O_RDONLY
 
 
-def same_exe(pid: int, path: str) -> bool:
-    """The task already runs `path` (a forked stub of the restorer restoring a Python program)."""
-    try:
-        a, b = os.stat(f"/proc/{pid}/exe"), os.stat(path)
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
 class MmFiles(Record):
     """The fds, inside the task, of everything its new address space is built from."""
 
     fds: dict[tuple[str, int], int]  # (path, open mode) -> fd: mapped files, pages images, exe, extras
     shm: dict[int, int]  # shmid -> fd of the shared-memory memfd
     exe_path: str
-    exe: int  # fd of the new exe, -1 when the task already runs it
+    exe: int  # fd of the new exe
     temp: list[int] = Factory(list)  # every fd above: close them when done
 
     def fd(self, path: str, mode: int = O_RDONLY) -> int:
@@ -132,9 +123,7 @@ def open_mm_files(task: TaskCtl, mm: MmPlan, ctx: OpenContext, extra: tuple[tupl
     for path in sorted({str(r.pages_file) for r in mm.private_runs()}):
         want(path, O_RDONLY)
     exe_path = ctx.path(mm.exe_path)
-    same = same_exe(task.pid, exe_path)
-    if not same:
-        want(exe_path, O_RDONLY)
+    want(exe_path, O_RDONLY)  # the task runs the stub: its exe is always replaced
     for path, mode in extra:
         want(path, mode)
     shms = {v.shmem.shmid: v.shmem for v in mm.vmas if v.kind in (SHMEM, MEMFD_PRIVATE) and v.shmem}
@@ -142,7 +131,7 @@ def open_mm_files(task: TaskCtl, mm: MmPlan, ctx: OpenContext, extra: tuple[tupl
     res = b.run()
     task.reset_scratch()
     fds = {key: res[i] for key, i in slots.items()}
-    out = MmFiles(fds, {}, exe_path, -1 if same else fds[(exe_path, O_RDONLY)], list(fds.values()))
+    out = MmFiles(fds, {}, exe_path, fds[(exe_path, O_RDONLY)], list(fds.values()))
     if shms:
         pidfd = res[pidfd_slot]
         b = task.batch()

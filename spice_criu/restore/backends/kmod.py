@@ -412,9 +412,7 @@ def build_request(task: TaskCtl, files: MmFiles, ctx: OpenContext, keep: list[tu
     req.prefault = PREFAULT_WS if req.ws and prefault != PREFAULT_NONE else prefault
     req.keep = keep
     req.names[ERR_KEEP] = [f"kept range 0x{lo:x}-0x{hi:x}" for lo, hi in keep]
-    exe = -1
-    if files.exe >= 0:
-        exe = req.file(files.exe, FILE_EXE, f"exe {files.exe_path}")
+    exe = req.file(files.exe, FILE_EXE, f"exe {files.exe_path}")
     auxv = _auxv(mm.auxv, plan.pid)
     req.mm = MM_FMT.pack(mm.start_code, mm.end_code, mm.start_data, mm.end_data, mm.start_brk, mm.brk,
                          mm.start_stack, mm.arg_start, mm.arg_end, mm.env_start, mm.env_end, len(auxv), exe,
