@@ -9,7 +9,6 @@ membarrier registrations (per process) need a syscall inside the task.
 
 from __future__ import annotations
 
-import re
 import resource
 
 from ..errors import SpiceError
@@ -54,8 +53,11 @@ def atoi(text: str) -> int:
     """C's atoi: the leading decimal digits. CRIU 4.2.1 reads /proc/PID/personality (printed in hex)
     this way ("00040000" -> 40000); spice stores the same value so its images mean what CRIU's mean
     to every restorer (spice restore decodes it back, CRIU restore applies it as CRIU's own)."""
-    m = re.match(r"\s*([+-]?\d+)", text)
-    return int(m.group(1)) & 0xFFFFFFFF if m else 0
+    s = text.lstrip()
+    sign = s[:1] if s[:1] in "+-" else ""
+    digits = s[len(sign):]
+    n = len(digits) - len(digits.lstrip("0123456789"))
+    return int(sign + digits[:n]) & 0xFFFFFFFF if n else 0
 
 
 def _read_int(path: str, what: str) -> int:

@@ -12,7 +12,6 @@ marked partial; success kills the tree (criu's default), or leaves it running or
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 from ..cli import Options
@@ -87,7 +86,7 @@ def fault(step: str) -> None:
     if name != step:
         return
     if action == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), 9)  # SIGKILL (the signal module costs ~5 ms of start-up)
     if action == "stall":
         log.info(f"fault injection: stalling at {step}")
         print(f"spice-dump-stalled {step}", flush=True)

@@ -15,9 +15,9 @@ PTRACE_O_EXITKILL is not used: if spice dies, the kernel detaches and the tree k
 
 from __future__ import annotations
 
+import _signal as signal  # the signal module's enums cost ~5 ms of start-up; ints do here
 import errno
 import os
-import signal
 import time
 
 from ..errors import SpiceError

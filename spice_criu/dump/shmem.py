@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-from functools import cache
 
 from ..errors import SpiceError
 from ..images import codec
 from ..images.pagemap import PE_PRESENT
 from ..linux import mman
+from . import once
 from .files import DELETED, MEMFD_PREFIX, RegParams, add_file, data_segments
 from .pages import PAGE, PagesImage
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 F_GET_SEALS = 1034
 
 
-@cache
+@once
 def shmem_dev() -> int:
     """st_dev of the kernel's internal shmem mount (CRIU's kdat.shmem_dev)."""
     addr = mman.mmap(0, PAGE, mman.PROT_READ, mman.MAP_SHARED | mman.MAP_ANONYMOUS)

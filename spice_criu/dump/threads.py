@@ -14,7 +14,6 @@ import ctypes
 import errno
 import os
 import struct
-from functools import cache
 
 from ..arch import x86
 from ..images.lite import Message
@@ -30,7 +29,7 @@ from ..linux.syscalls import (
     signed64,
     syscall,
 )
-from . import proc
+from . import once, proc
 
 PR_GET_PDEATHSIG, PR_GET_SECUREBITS, PR_GET_TID_ADDRESS = 2, 27, 40
 GDT_ENTRY_TLS_MIN, GDT_ENTRY_TLS_NUM = 12, 3
@@ -82,7 +81,7 @@ def image_regs(regs: pt.UserRegs) -> pt.UserRegs:
     return r
 
 
-@cache
+@once
 def cpu_has_shstk() -> bool:
     """CPUID.(EAX=7,ECX=0):ECX.CET_SS[bit 7]: CRIU then records the (maybe empty) CET state."""
     try:
