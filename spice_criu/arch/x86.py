@@ -9,7 +9,6 @@ offsets CPUID leaf 0xD gives) <-> user_x86_fpregs_entry + user_x86_xsave_entry.
 from __future__ import annotations
 
 import ctypes
-import mmap
 import struct
 
 GP_FIELDS = [
@@ -103,15 +102,13 @@ def _once(fn):
 
 @_once
 def _cpuid_fn():
-    buf = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-    buf.write(_CPUID_CODE)
-    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-    fn = ctypes.CFUNCTYPE(None, ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32))(addr)
-    return buf, fn
+    from ..linux.mman import machine_code
+
+    return machine_code(_CPUID_CODE, None, ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32))
 
 
 def cpuid(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
-    _, fn = _cpuid_fn()
+    fn = _cpuid_fn()
     out = (ctypes.c_uint32 * 4)()
     fn(leaf, subleaf, out)
     return out[0], out[1], out[2], out[3]

@@ -12,7 +12,6 @@ protobuf message class is first needed.
 
 from __future__ import annotations
 
-import importlib
 import os
 import struct
 
@@ -114,7 +113,9 @@ def message_class(module: str, name: str, lite: bool = False) -> type[Message]:
         return _lite().message_class(name)
     key = (module, name)
     cls = _classes.get(key)
-    if cls is None:
+    if cls is None:  # protobuf's classes: the lite path above never needs importlib (nor its warnings)
+        import importlib
+
         mod = importlib.import_module(f"{__package__}.pb.{module}")
         cls = _classes[key] = getattr(mod, name)
     return cls

@@ -125,14 +125,10 @@ def _spawn_code() -> bytes:
 
 def _spawner():
     if not _spawn_fn:
-        from . import mman
+        from .mman import machine_code
 
-        code = _spawn_code()
-        page = mman.mmap(0, mman.PAGE_SIZE, mman.PROT_READ | mman.PROT_WRITE, mman.MAP_PRIVATE | mman.MAP_ANONYMOUS)
-        ctypes.memmove(page, code, len(code))
-        mman.mprotect(page, mman.PAGE_SIZE, mman.PROT_READ | mman.PROT_EXEC)
-        proto = ctypes.CFUNCTYPE(c_long, ctypes.c_void_p, ctypes.c_size_t, c_long, ctypes.c_void_p, ctypes.c_void_p)
-        _spawn_fn.append(proto(page))
+        _spawn_fn.append(machine_code(_spawn_code(), c_long, ctypes.c_void_p, ctypes.c_size_t, c_long,
+                                      ctypes.c_void_p, ctypes.c_void_p))
     return _spawn_fn[0]
 
 

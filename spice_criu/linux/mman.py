@@ -96,6 +96,16 @@ def madvise(addr: int, length: int, advice: int) -> None:
         raise_errno("madvise")
 
 
+def machine_code(code: bytes, restype: type | None, *argtypes: type) -> ctypes._CFuncPtr:
+    """A C-callable function made of `code` (x86-64, SysV calling convention), in a page of its
+    own mapped read+exec (written while still read+write, never both writable and executable)."""
+    size = page_align(len(code))
+    page = mmap(0, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+    ctypes.memmove(page, code, len(code))
+    mprotect(page, size, PROT_READ | PROT_EXEC)
+    return ctypes.CFUNCTYPE(restype, *argtypes)(page)
+
+
 def memfd_create(name: str, flags: int = MFD_CLOEXEC) -> int:
     return os.memfd_create(name, flags)
 
