@@ -33,11 +33,12 @@ from pathlib import Path
 
 import harness
 from bench import timed
+from spice import spice_cmd
 
 from spice_criu.images import stats
 
 REPO = Path(__file__).resolve().parent.parent
-SPICE = [sys.executable, "-m", "spice_criu"]
+SPICE = spice_cmd()  # the console script, as users run it
 TOOLS = ("criu", "ptrace", "kmod")
 WS_FILE = "spice-working-set.json"
 TARGET = 10.0  # kmod restore_time vs CRIU's on pyholder (the target)

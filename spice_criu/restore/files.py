@@ -266,9 +266,7 @@ KIND_MODULES = {
 def _planner_for(type_name: str):
     fn = PLANNERS.get(type_name)
     if fn is None and type_name in KIND_MODULES:
-        import importlib
-
-        importlib.import_module(f"{__package__}.{KIND_MODULES[type_name]}")
+        __import__(f"{__package__}.{KIND_MODULES[type_name]}")  # importlib costs start-up (warnings...)
         fn = PLANNERS.get(type_name)
     return fn
 

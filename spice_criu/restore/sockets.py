@@ -7,9 +7,9 @@ Established TCP connections (TCP_REPAIR, --tcp-established) are planned by tcp.p
 
 from __future__ import annotations
 
+import _socket as socket  # the C module: `socket` imports selectors, enum, array... (~5 ms of start-up)
 import fcntl
 import os
-import socket
 import struct
 
 from ..errors import SpiceError

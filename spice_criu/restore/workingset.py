@@ -26,7 +26,6 @@ digest no longer matches its images (the directory was dumped again) is ignored 
 
 from __future__ import annotations
 
-import array
 import os
 import time
 
@@ -134,6 +133,8 @@ def wait_for_stop(pids: list[int], timeout: float) -> str:
 
 def scan(t: TaskPlan) -> list[Range]:
     """Touched pages of a running restored task, from /proc/PID/pagemap over its dumped VMAs."""
+    import array  # here, not at the top: array imports collections (~3 ms), every kmod restore loads this module
+
     from .backends.kmod import copy_vmas, request_vmas
 
     mm = t.mm
