@@ -10,6 +10,8 @@ new session) and are registered in ``harness.SPECS`` on import, so every harness
 * ``tcppair`` (Python): an established loopback TCP connection between two processes of one tree.
 * ``ttyjob`` (Python): a job whose stdio is the slave of a pty held by the test (--shell-job).
 * ``inherit`` (Python): a task writing to a pipe whose read end the test holds (--inherit-fd).
+* ``tcpclose`` (Python): both ends of a loopback TCP connection in one task, reporting what its
+  sockets look like every tick (--tcp-close).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ _SPECS = (
                          constants=("token", "conn"), steps=("seq",)),
     harness.WorkloadSpec("ttyjob", str(HERE / "ttyjob.py"), constants=("token", "tty"), monotonic=("echo",)),
     harness.WorkloadSpec("inherit", str(HERE / "inherit.py"), constants=("token",), steps=("seq",)),
+    harness.WorkloadSpec("tcpclose", str(HERE / "tcpclose.py"), constants=("token",), steps=("seq",)),
 )
 for _s in _SPECS:
     harness.SPECS.setdefault(_s.name, _s)

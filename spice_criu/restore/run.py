@@ -195,6 +195,8 @@ def restore(o: Options) -> int:
         raise SpiceError("restore", "--restore-sibling only makes sense with --restore-detached")
     plan = build_plan(o.images_dir, root=o.root or "/")
     log.info(f"plan: {len(plan.tasks)} tasks, {plan.pages_total} pages")
+    if plan.inventory.tcp_close and not o.tcp_close:
+        raise SpiceError("restore", "Need to set the --tcp-close options.")  # criu's words (image.c)
     if o.shell_job:
         root = plan.root
         root.sid, root.pgid = os.getsid(0), os.getpgid(0)

@@ -13,10 +13,15 @@ the network lock the dump left (nftables table ``inet CRIU-<dump run id>``, or i
 is removed and repair mode is switched off (which sends a window probe), SO_REUSEADDR back to its
 dumped value, just before the tasks resume. A failed restore leaves the lock in place, as CRIU does.
 Half-closed connections (FIN_WAIT*, CLOSE_WAIT, LAST_ACK, CLOSING) are refused up front.
+
+With --tcp-close (CRIU's option, required when the dump was made with it) no connection is rebuilt:
+each becomes a fresh socket of its kind, unbound, unconnected and shut down, with its file flags
+and options, as CRIU restores it; the lock of a --tcp-established dump is still removed.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -66,9 +71,12 @@ class TcpConn(FileObj):
                 f"{_addr(e.family, e.dst_addr)}:{e.dst_port} (file id {self.id})")
 
     def open(self, ctx: OpenContext) -> int:
+        if ctx.option("tcp_close"):  # a dump with the connection's state, restored closed
+            _finisher(ctx).unlock.append(self)
+            return open_closed(self, ctx)
         if not ctx.option("tcp_established"):
             raise SpiceError("sockets", f"{self.describe()}: connected TCP socket in image: restore with "
-                             "--tcp-established")
+                             "--tcp-established or --tcp-close")
         e = self.e
         s = socket.socket(e.family, e.type, e.proto)
         try:
@@ -82,8 +90,6 @@ class TcpConn(FileObj):
         return fd
 
     def _rebuild(self, s: socket.socket) -> None:
-        from .sockets import _apply_opts
-
         e, t = self.e, self.stream
         # several sockets may share a port (accepted ones and their listener): CRIU sets
         # SO_REUSEADDR on them all and puts the dumped value back at the end; repair mode (set after
@@ -126,22 +132,64 @@ class TcpConn(FileObj):
         if t.HasField("snd_wnd"):
             s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_WINDOW,
                          struct.pack("5I", t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, t.rcv_wup))
-        # CRIU 4.2 keeps nodelay/cork in the socket's tcp_opts, older ones in the stream
-        topts = e.tcp_opts if e.HasField("tcp_opts") else None
-        if t.nodelay or (topts is not None and topts.nodelay):
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if t.cork or (topts is not None and topts.cork):
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-        # then the socket's own options, buffer sizes included (after the queues, as CRIU)
-        _apply_opts(s, e.opts, self.describe())
-        if e.HasField("tcp_opts"):
-            to = e.tcp_opts
-            for opt, v in ((socket.TCP_KEEPCNT, to.keepcnt), (socket.TCP_KEEPIDLE, to.keepidle),
-                           (socket.TCP_KEEPINTVL, to.keepintvl)):
-                if v:
-                    s.setsockopt(socket.IPPROTO_TCP, opt, v)
-        if e.HasField("ip_opts") and e.ip_opts.HasField("tos") and e.ip_opts.tos:
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, e.ip_opts.tos)
+        _socket_opts(s, e, t, self.describe())
+
+
+def _socket_opts(s: socket.socket, e: Any, t: Any, what: str) -> None:
+    """TCP_NODELAY/TCP_CORK, the socket's own options (buffer sizes included: after the queues, as
+    CRIU), keepalive and IP options of inet_sk_entry e (t: its tcp_stream_entry, or None)."""
+    from .sockets import _apply_opts
+
+    # CRIU 4.2 keeps nodelay/cork in the socket's tcp_opts, older ones in the stream
+    topts = e.tcp_opts if e.HasField("tcp_opts") else None
+    if (t is not None and t.nodelay) or (topts is not None and topts.nodelay):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if (t is not None and t.cork) or (topts is not None and topts.cork):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    _apply_opts(s, e.opts, what)
+    if topts is not None:
+        for opt, v in ((socket.TCP_KEEPCNT, topts.keepcnt), (socket.TCP_KEEPIDLE, topts.keepidle),
+                       (socket.TCP_KEEPINTVL, topts.keepintvl)):
+            if v:
+                s.setsockopt(socket.IPPROTO_TCP, opt, v)
+    if e.HasField("ip_opts") and e.ip_opts.HasField("tos") and e.ip_opts.tos:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, e.ip_opts.tos)
+
+
+def open_closed(conn: FileObj, ctx: OpenContext) -> int:
+    """--tcp-close (CRIU's restore_one_tcp with tcp_close): the connection is not rebuilt; the task
+    gets a fresh socket of the same kind, never bound or connected, shut down both ways (reads see
+    end of file at once, like CRIU's), with the dumped file flags and options."""
+    e = conn.e
+    s = socket.socket(e.family, e.type, e.proto)
+    try:
+        if e.family == socket.AF_INET6 and e.HasField("v6only"):
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(e.v6only))
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError as err:
+            if err.errno != errno.ENOTCONN:  # what an unconnected socket answers; shut down anyway
+                raise
+        _socket_opts(s, e, None, conn.describe())
+        fd = s.detach()
+    except OSError as err:
+        s.close()
+        raise SpiceError("sockets", f"{conn.describe()}: {err.strerror or err}") from None
+    restore_file_params(fd, conn.flags, e.fown, conn.describe())
+    log.info(f"{conn.describe()}: restored closed (--tcp-close)")
+    return fd
+
+
+class ClosedTcp(FileObj):
+    """A connected TCP socket of a dump made with --tcp-close (no stream image): restored closed."""
+
+    e: Any = None  # inet_sk_entry
+    kind: ClassVar[str] = "TCP connection"
+
+    describe = TcpConn.describe
+
+    def open(self, ctx: OpenContext) -> int:
+        return open_closed(self, ctx)
 
 
 def _queue_seq(s: socket.socket, queue: int, seq: int) -> None:
@@ -170,12 +218,13 @@ class _Finisher:
     def __init__(self, ctx: OpenContext) -> None:
         self.ctx = ctx
         self.socks: list[tuple[int, bool, TcpConn]] = []
+        self.unlock: list[TcpConn] = []  # dumped with their state, restored closed: only unlocked
 
     def add(self, fd: int, reuseaddr: bool, conn: TcpConn) -> None:
         self.socks.append((os.dup(fd), reuseaddr, conn))
 
     def __call__(self) -> None:
-        network_unlock(self.ctx.imgdir, [c for _, _, c in self.socks])
+        network_unlock(self.ctx.imgdir, [c for _, _, c in self.socks] + self.unlock)
         for fd, reuse, conn in self.socks:
             s = socket.socket(fileno=os.dup(fd))
             try:
@@ -246,6 +295,9 @@ def plan_established(sk: Any, imgdir: ImageDir) -> FileObj:
     """The FileObj for a connected TCP socket of files.img (called by sockets.py's INETSK planner)."""
     from .files import Unsupported
 
+    inv = imgdir.one("inventory.img")
+    if inv.tcp_close:  # dumped with --tcp-close: nothing of the connection was saved
+        return ClosedTcp(sk.id, sk.flags, e=sk)
     obj = TcpConn(sk.id, sk.flags, e=sk)
     if sk.state != TCP_ESTABLISHED:
         state = TCP_STATES.get(sk.state, str(sk.state))
