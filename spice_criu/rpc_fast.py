@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: MIT
-"""A lone VERSION or FEATURE_CHECK answered without importing protobuf.
+"""A lone VERSION or FEATURE_CHECK answered with a few varints, before the RPC server is imported.
 
 runc (go-criu), crun/podman (libcriu) start one `criu swrk` just to ask the version (and sometimes
-the features) before every checkpoint or restore. Importing protobuf and the RPC schema costs several
-times Python's own start-up, so these two requests are decoded and answered here with a few varints;
+the features) before every checkpoint or restore. The server (rpc.py) needs no protobuf either, but
+still the generated schema table and the light message classes: these two requests skip even that;
 anything else (keep_open, another type, a packet this decoder does not fully understand) is left
 unread in the socket for rpc.serve_swrk. tests/test_rpc_units.py checks these bytes against the
 protobuf encoding of the same answers.
