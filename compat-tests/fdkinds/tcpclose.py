@@ -25,7 +25,7 @@ import struct
 import sys
 import time
 
-TICK = 0.1
+from tcppair import sleep_tick  # the same ~100 ms ticks, re-paced after a checkpoint gap
 
 
 def observe(s: socket.socket) -> str:
@@ -86,11 +86,7 @@ def main() -> None:
                 fail(f"tick {tick}: the connection garbled the message ({got!r}, {back!r})")
         os.write(out, f"tick={tick} role=main pid={me} token={token:016x} seq={tick} a={observe(a)} "
                       f"b={observe(b)}\n".encode())
-        delay = start + tick * TICK - time.monotonic()
-        if delay < -1.0:  # restored after a pause: pace from now on
-            start = time.monotonic() - tick * TICK
-        elif delay > 0:
-            time.sleep(delay)
+        start = sleep_tick(start, tick)
 
 
 if __name__ == "__main__":
