@@ -25,7 +25,7 @@ import struct
 import sys
 import time
 
-from tcppair import sleep_tick  # the same ~100 ms ticks, re-paced after a checkpoint gap
+from tcppair import Out, sleep_tick  # the same output and ~100 ms ticks, re-paced after a checkpoint gap
 
 
 def observe(s: socket.socket) -> str:
@@ -50,14 +50,9 @@ def observe(s: socket.socket) -> str:
 
 
 def main() -> None:
-    out = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    out = Out(sys.argv[1], "main")
     token = int.from_bytes(os.urandom(8), "little") | 1
     me = os.getpid()
-
-    def fail(why: str) -> None:
-        os.write(out, f"FAIL role=main pid={me} {why}\n".encode())
-        os._exit(1)
-
     lsn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lsn.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     lsn.bind(("127.0.0.1", 0))
@@ -83,9 +78,8 @@ def main() -> None:
             except OSError as e:
                 got = back = f"{e}".encode()
             if got != msg or back != msg:
-                fail(f"tick {tick}: the connection garbled the message ({got!r}, {back!r})")
-        os.write(out, f"tick={tick} role=main pid={me} token={token:016x} seq={tick} a={observe(a)} "
-                      f"b={observe(b)}\n".encode())
+                out.fail(f"tick {tick}: the connection garbled the message ({got!r}, {back!r})")
+        out.line(f"tick={tick} role=main pid={me} token={token:016x} seq={tick} a={observe(a)} b={observe(b)}")
         start = sleep_tick(start, tick)
 
 
