@@ -323,3 +323,37 @@ def test_run_id_is_a_random_version_4_uuid() -> None:
     for s in ids:
         u = uuid.UUID(s)
         assert str(u) == s and u.version == 4 and u.variant == uuid.RFC_4122
+
+
+def test_write_runs_copies_across_chunks_and_unreadable_pages(tmp_path: Path) -> None:
+    """Runs larger than the copy buffer, a chunk boundary inside a run, and a PROT_NONE page
+    (process_vm_readv stops there: /proc/PID/mem reads it) all land in pages-N.img in order, and
+    the preallocated file ends exactly after the last page."""
+    import ctypes
+
+    from spice_criu.linux import mman
+
+    npages = 2 * pages.CHUNK // pages.PAGE + 40
+    size = npages * pages.PAGE
+    addr = mman.mmap(0, size, mman.PROT_READ | mman.PROT_WRITE, mman.MAP_PRIVATE | mman.MAP_ANONYMOUS)
+    try:
+        for i in range(npages):
+            ctypes.memset(addr + i * pages.PAGE, i % 251 + 1, pages.PAGE)
+        hidden = addr + (npages - 10) * pages.PAGE
+        mman.mprotect(hidden, pages.PAGE, mman.PROT_NONE)
+        runs = [(addr, 3, pages.PE_PRESENT), (addr + 5 * pages.PAGE, npages - 20, pages.PE_PRESENT),
+                (hidden, 2, pages.PE_PRESENT)]
+        images = ImageSet(tmp_path)
+        images.begin()
+        img = pages.PagesImage(images, "pagemap-1.img", 1, pages.Stats())
+        try:
+            pages.write_runs(os.getpid(), runs, img)
+        finally:
+            img.close()
+        mman.mprotect(hidden, pages.PAGE, mman.PROT_READ)
+        want = b"".join(ctypes.string_at(a, n * pages.PAGE) for a, n, _ in runs)
+        assert (tmp_path / "pages-1.img").read_bytes() == want
+        assert [(e.vaddr, e.nr_pages) for e in img.entries[1:]] == [(a, n) for a, n, _ in runs]
+        assert img.pages == sum(n for _, n, _ in runs) and img.stats.written == img.pages
+    finally:
+        mman.munmap(addr, size)

@@ -83,6 +83,12 @@ def readv_into(pid: int, remote: Ranges, buf: bytearray | memoryview | ctypes.Ar
     return _vm(_readv, pid, addr, remote)
 
 
+def read_to(pid: int, local_addr: int, remote: Ranges) -> int:
+    """Gather the remote ranges into the memory at local_addr (e.g. a mapping of ours that stays
+    put: no buffer export per call); returns bytes read, short at the first unreadable range."""
+    return _vm(_readv, pid, local_addr, remote) if remote else 0
+
+
 def read_into(pid: int, addr: int, buf: bytearray | memoryview | ctypes.Array) -> None:
     """Fill buf from addr in pid; OSError(EFAULT) if any byte is not readable."""
     local, _keep = _local(buf, True)
