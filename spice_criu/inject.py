@@ -72,7 +72,11 @@ If the tracer dies while a task is being injected, the task continues by itself:
 _ptrace = libc._FuncPtr(("syscall", libc))
 _ptrace.restype = ctypes.c_long
 _NR_PTRACE = NR.ptrace
-_SETREGS, _GETREGS, _SYSCALL, _PEEKUSER = pt.SETREGS, pt.GETREGS, pt.SYSCALL, pt.PEEKUSER
+_SETREGS, _GETREGS, _SYSCALL, _PEEKUSER, _CONT = pt.SETREGS, pt.GETREGS, pt.SYSCALL, pt.PEEKUSER, pt.CONT
+_ENTRY = struct.Struct("<8Q")
+_RESULT = struct.Struct("<q")
+#: default action "ignore", no side effect: SIGURG, SIGWINCH, SIGCHLD (SIGCONT would resume a stopped group)
+_BATCH_SIGNALS = (23, 28, 17)
 _WALL = pt.WALL
 _SYSCALL_STOP = pt.SYSCALL_STOP
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
@@ -114,6 +118,34 @@ def trampoline_code(code_addr: int, data_addr: int) -> bytes:
     riprel(b"\x48\x8b\x25", "sp")  # mov rsp, [rip+sp]
     riprel(b"\xff\x25", "ip")  # jmp [rip+ip]
     return bytes(out)
+
+
+BATCH_OFFSET = 512  # the batch loop, after the fallback register slots
+BATCH_ENTRY = 64  # bytes per batch table entry: nr, six arguments, result (8 bytes each)
+
+
+def batch_code(code_addr: int, fallback_addr: int) -> tuple[bytes, int]:
+    """The batch loop (rbx = table, r12 = entries): per entry load nr and args, `syscall`, store rax
+    in the entry; then jmp to the fallback (the original context). Returns the code and the offset
+    just after its `syscall` instruction (where the task stops when the last entry signals it)."""
+    loop = bytes.fromhex(
+        "488b03"  # mov rax, [rbx]
+        "488b7b08"  # mov rdi, [rbx+8]
+        "488b7310"  # mov rsi, [rbx+16]
+        "488b5318"  # mov rdx, [rbx+24]
+        "4c8b5320"  # mov r10, [rbx+32]
+        "4c8b4328"  # mov r8, [rbx+40]
+        "4c8b4b30"  # mov r9, [rbx+48]
+    )
+    after_syscall = len(loop) + 2
+    loop += _SYSCALL_INSN + bytes.fromhex(
+        "48894338"  # mov [rbx+56], rax
+        "4883c340"  # add rbx, 64
+        "49ffcc"  # dec r12
+    )
+    loop += b"\x75" + struct.pack("<b", -(len(loop) + 2))  # jnz loop
+    jmp_end = code_addr + len(loop) + 5
+    return loop + b"\xe9" + struct.pack("<i", fallback_addr - jmp_end), after_syscall
 
 
 def fallback_slots(regs: pt.UserRegs) -> bytes:
@@ -242,6 +274,8 @@ class Remote:
         self._stack_saved: tuple[int, bytes] | None = None
         self._redo: tuple[int, int] | None = None
         self._data_addr = 0
+        self._batch_stop = 0  # address after the batch loop's syscall (0: no batch loop)
+        self._tgid = 0
         self._chain: tuple[int, int] | None = None
         self._plain: int | None = None
         info = pt.get_syscall_info(tid)
@@ -289,6 +323,63 @@ class Remote:
         if -4096 < ret < 0:
             raise_errno(f"remote syscall {nr} in {self.tid}", -ret)
         return ret
+
+    def queries(self, calls: list[tuple[int, ...]]) -> list[int]:
+        """Run syscalls that only read state (safe to run twice) in one resumption of the task; returns
+        their raw results. Pointer arguments may use the lower half of the scratch area (the table
+        of calls goes in the upper half).
+
+        The trampoline's batch loop runs them (PTRACE_CONT, no syscall stops) and ends with tgkill of
+        a signal the thread neither blocks nor handles: we see its signal-delivery-stop and suppress
+        the signal; a tracer that died meanwhile leaves the kernel to discard it (ignored, untraced),
+        and the loop jumps to the fallback, the original context. A real signal that comes first is
+        delivered (as by syscall()) and the batch runs again. Without the trampoline, a usable
+        signal, or with a seccomp filter (suspended only while we trace), one injection per call."""
+        size = BATCH_ENTRY * (len(calls) + 1)
+        sig = self._batch_signal() if self._batch_stop and calls and size <= self.scratch_size // 2 else 0
+        if not sig:
+            return [self.syscall(*c) for c in calls]
+        table = self.scratch + self.scratch_size - size
+        entries = [*calls, (NR.tgkill, self._tgid, self.tid, sig)]
+        self.write(table, b"".join(_ENTRY.pack(*((a & _U64) for a in e), *(0,) * (8 - len(e))) for e in entries))
+        last = table + size - BATCH_ENTRY
+        start = self.mapping[0] + BATCH_OFFSET
+        tid = self.tid
+        r = self._inj
+        while True:
+            r.ip, r.sp, r.orig_ax, r.bx, r.r12 = start, self._sp, _U64, table, len(entries)
+            if _ptrace(_NR_PTRACE, _SETREGS, tid, 0, self._inj_ref) or _ptrace(_NR_PTRACE, _CONT, tid, 0, 0):
+                self._failed()
+            st = pt.WaitStatus(tid, _waitpid(tid, _WALL)[1])
+            if st.gone:
+                self.closed = True
+                raise TaskGone(errno.ESRCH, f"task {tid} died: {st}")
+            if st.stopsig == sig and not st.event:
+                at = pt.getregs(tid)
+                if at.bx == last and at.ip == self._batch_stop:
+                    break
+            if st.stopsig and not st.event:
+                self._deliver(st.stopsig)  # a real signal: deliver it, then run the batch again
+            # an event stop (group-stop, interrupt): run the batch again from the start
+        self._at_exit = True  # a stop to leave through _to_signal_stop, like a syscall-exit stop
+        raw = self.read(table, size - BATCH_ENTRY)
+        return [_RESULT.unpack_from(raw, i + 56)[0] for i in range(0, len(raw), BATCH_ENTRY)]
+
+    def _batch_signal(self) -> int:
+        """A signal for the end of a batch: ignored by the thread's process (SIG_DFL ignore or
+        SIG_IGN), not blocked nor pending in the thread; 0 if none (or a seccomp filter is set)."""
+        try:
+            with open(f"/proc/{self.tid}/status", "rb") as f:
+                fields = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
+            self._tgid = int(fields[b"Tgid"])
+            if int(fields.get(b"Seccomp", b"0")) != 0:
+                return 0
+            busy = 0
+            for name in (b"SigBlk", b"SigCgt", b"SigPnd", b"ShdPnd"):
+                busy |= int(fields[name], 16)
+        except (OSError, KeyError, ValueError):
+            return 0
+        return next((s for s in _BATCH_SIGNALS if not busy >> (s - 1) & 1), 0)
 
     def _inject(self, site: int, sp: int, nr: int, a1: int = 0, a2: int = 0, a3: int = 0, a4: int = 0,
                 a5: int = 0, a6: int = 0) -> int:
@@ -483,8 +574,10 @@ class Remote:
         self.mapping = (base, base + size)
         self._data_addr = base + DATA_OFFSET
         code = trampoline_code(base, self._data_addr)
-        page = code.ljust(DATA_OFFSET, b"\xcc") + fallback_slots(self.regs)
+        batch, self._batch_stop = batch_code(base + BATCH_OFFSET, base + len(_SYSCALL_INSN))
+        page = (code.ljust(DATA_OFFSET, b"\xcc") + fallback_slots(self.regs)).ljust(BATCH_OFFSET, b"\xcc") + batch
         self.write(base, page)
+        self._batch_stop += base + BATCH_OFFSET
         # park the task at the fallback: from here on, tracer death is handled by the trampoline
         self._inj.ip = base + len(_SYSCALL_INSN)
         pt.setregs(self.tid, self._inj)
@@ -514,6 +607,7 @@ class Remote:
             raise_errno(f"munmap in task {self.tid}", -ret)
         self.mapping = None
         self._data_addr = 0
+        self._batch_stop = 0
         if self.restore_regs:
             self._to_signal_stop()
             pt.setregs(self.tid, self.regs)

@@ -13,9 +13,13 @@ import resource
 
 from ..errors import SpiceError
 from ..images.lite import Message
-from ..inject import Remote
 from ..linux.syscalls import NR
 from . import proc
+from .intask import Batch
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 PR_GET_CHILD_SUBREAPER = 37
 MEMBARRIER_CMD_GET_REGISTRATIONS = 1 << 9
@@ -40,13 +44,20 @@ def fill_creds(core: Message, status: dict[str, str], secbits: int) -> None:
     c.cap_amb.extend(proc.caps_words(status.get("CapAmb", "0")))
 
 
-def collect_task_in_task(r: Remote, tc: Message) -> None:
+def ask_task_in_task(b: Batch, tc: Message) -> Callable[[], None]:
     """child subreaper and membarrier registrations (prctl / membarrier inside the task)."""
-    r.check(NR.prctl, PR_GET_CHILD_SUBREAPER, r.scratch, 0, 0, 0)
-    tc.child_subreaper = bool(int.from_bytes(r.read(r.scratch, 4), "little"))
-    mask = r.syscall(NR.membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0)
-    if mask > 0:
-        tc.membarrier_registration_mask = mask
+    buf = b.buffer(4)
+    subreaper = b.call(NR.prctl, PR_GET_CHILD_SUBREAPER, buf, 0, 0, 0)
+    membarrier = b.call(NR.membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0)
+
+    def answer() -> None:
+        b.check(subreaper)
+        tc.child_subreaper = bool(int.from_bytes(b.bytes(buf, 4), "little"))
+        mask = b.result(membarrier)
+        if mask > 0:
+            tc.membarrier_registration_mask = mask
+
+    return answer
 
 
 def atoi(text: str) -> int:

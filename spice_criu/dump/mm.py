@@ -18,13 +18,15 @@ from .. import vma as V
 from ..errors import SpiceError
 from ..images import codec
 from ..images.lite import Message
-from ..inject import Remote
 from ..linux.syscalls import NR
 from . import proc
 from .files import O_PATH, RegParams, special_file
+from .intask import Batch
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .run import DumpContext
 
 PR_GET_DUMPABLE, PR_GET_THP_DISABLE = 3, 42
@@ -44,9 +46,16 @@ class MmInTask:
         self.brk, self.dumpable, self.thp_disabled = brk, dumpable, thp_disabled
 
 
-def collect_in_task(r: Remote) -> MmInTask:
-    return MmInTask(brk=r.check(NR.brk, 0), dumpable=r.check(NR.prctl, PR_GET_DUMPABLE, 0, 0, 0, 0),
-                    thp_disabled=bool(r.check(NR.prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0)))
+def ask_in_task(b: Batch) -> Callable[[], MmInTask]:
+    """brk(0), prctl(PR_GET_DUMPABLE) and prctl(PR_GET_THP_DISABLE) inside the task."""
+    calls = (b.call(NR.brk, 0), b.call(NR.prctl, PR_GET_DUMPABLE, 0, 0, 0, 0),
+             b.call(NR.prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0))
+
+    def answer() -> MmInTask:
+        brk, dumpable, thp = (b.check(i) for i in calls)
+        return MmInTask(brk=brk, dumpable=dumpable, thp_disabled=bool(thp))
+
+    return answer
 
 
 def _merge_vvar(lines: list[proc.MapLine]) -> list[proc.MapLine]:

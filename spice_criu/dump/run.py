@@ -24,6 +24,7 @@ from ..linux import ptrace as pt
 from ..log import log
 from . import creds, files, ids, inventory, mm, pages, proc, seccomp, seize, shmem, signals, threads, timers, tree
 from .imgset import ImageSet
+from .intask import SCRATCH_SIZE, Batch
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:
@@ -120,19 +121,26 @@ class TaskInTask:
 
 
 def _in_task(t: tree.Task, core: Message) -> TaskInTask:
-    """Everything only the task can tell, from syscalls injected into each of its threads."""
+    """Everything only the task can tell, from syscalls injected into each of its threads (one
+    batch per thread)."""
     per_thread: dict[int, threads.ThreadInTask] = {}
     mmit = mm.MmInTask()
     untouched: set[int] = set()
     for tid in t.tids:
         untouched |= pages.unpopulated_below_sp(t.pid, tid)
-        with Remote(tid) as r:
-            per_thread[tid] = threads.collect_in_task(r)
+        with Remote(tid, scratch_size=SCRATCH_SIZE) as r:
+            b = Batch(r)
+            thread = threads.ask_in_task(b)
             if tid == t.pid:
-                signals.collect_sigactions(r, core.tc)
-                timers.collect(r, t.pid, core.tc)
-                creds.collect_task_in_task(r, core.tc)
-                mmit = mm.collect_in_task(r)
+                answers = (signals.ask_sigactions(b, core.tc), timers.ask(b, t.pid, core.tc),
+                           creds.ask_task_in_task(b, core.tc))
+                mm_answer = mm.ask_in_task(b)
+            b.run()
+            per_thread[tid] = thread()
+            if tid == t.pid:
+                for answer in answers:
+                    answer()
+                mmit = mm_answer()
             fault("in-task")
     return TaskInTask(per_thread, mmit, untouched)
 

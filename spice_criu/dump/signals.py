@@ -13,25 +13,36 @@ import ctypes
 import struct
 
 from ..images.lite import Message
-from ..inject import Remote
 from ..linux import ptrace as pt
 from ..linux.syscalls import NR
+from .intask import Batch
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 SIGKILL, SIGSTOP = 9, 19
 SIGACTION_SIGNALS = [s for s in range(1, 65) if s not in (SIGKILL, SIGSTOP)]
 _KSIGACTION = struct.Struct("<QQQQ")  # handler, flags, restorer, mask (x86_64 struct sigaction)
 
 
-def collect_sigactions(r: Remote, tc: Message) -> None:
-    """Every signal's disposition, read inside the task into its scratch area in one pass."""
-    base = r.scratch
+def ask_sigactions(b: Batch, tc: Message) -> Callable[[], None]:
+    """Every signal's disposition (rt_sigaction(sig, NULL, &old)), into tc.sigactions once the batch ran."""
     size = _KSIGACTION.size
+    base = b.buffer(size * len(SIGACTION_SIGNALS))
+    first = len(b.calls)
     for i, sig in enumerate(SIGACTION_SIGNALS):
-        r.check(NR.rt_sigaction, sig, 0, base + i * size, 8)
-    raw = r.read(base, size * len(SIGACTION_SIGNALS))
-    for i in range(len(SIGACTION_SIGNALS)):
-        handler, flags, restorer, mask = _KSIGACTION.unpack_from(raw, i * size)
-        tc.sigactions.add(sigaction=handler, flags=flags, restorer=restorer, mask=mask, compat_sigaction=False)
+        b.call(NR.rt_sigaction, sig, 0, base + i * size, 8)
+
+    def answer() -> None:
+        for i in range(len(SIGACTION_SIGNALS)):
+            b.check(first + i)
+        raw = b.bytes(base, size * len(SIGACTION_SIGNALS))
+        for i in range(len(SIGACTION_SIGNALS)):
+            handler, flags, restorer, mask = _KSIGACTION.unpack_from(raw, i * size)
+            tc.sigactions.add(sigaction=handler, flags=flags, restorer=restorer, mask=mask, compat_sigaction=False)
+
+    return answer
 
 
 def queue(tid: int, shared: bool, out: Message) -> None:

@@ -17,7 +17,6 @@ import struct
 
 from ..arch import x86
 from ..images.lite import Message
-from ..inject import Remote
 from ..linux import procvm
 from ..linux import ptrace as pt
 from ..linux.syscalls import (
@@ -30,6 +29,11 @@ from ..linux.syscalls import (
     syscall,
 )
 from . import once, proc
+from .intask import Batch
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 PR_GET_PDEATHSIG, PR_GET_SECUREBITS, PR_GET_TID_ADDRESS = 2, 27, 40
 GDT_ENTRY_TLS_MIN, GDT_ENTRY_TLS_NUM = 12, 3
@@ -50,18 +54,25 @@ class ThreadInTask:
         self.ss_flags = 2  # SS_DISABLE
 
 
-def collect_in_task(r: Remote) -> ThreadInTask:
-    """prctl(PR_GET_TID_ADDRESS / PR_GET_PDEATHSIG / PR_GET_SECUREBITS) and sigaltstack(NULL, &old)."""
-    out = ThreadInTask()
-    buf = r.scratch
-    r.check(NR.prctl, PR_GET_TID_ADDRESS, buf, 0, 0, 0)
-    r.check(NR.prctl, PR_GET_PDEATHSIG, buf + 8, 0, 0, 0)
-    r.check(NR.sigaltstack, 0, buf + 16)
-    out.secbits = r.check(NR.prctl, PR_GET_SECUREBITS, 0, 0, 0, 0)
-    raw = r.read(buf, 40)
-    out.clear_tid_addr, out.pdeath_sig = struct.unpack_from("<Qi", raw, 0)
-    out.ss_sp, out.ss_flags, _, out.ss_size = struct.unpack_from("<QiiQ", raw, 16)
-    return out
+def ask_in_task(b: Batch) -> Callable[[], ThreadInTask]:
+    """prctl(PR_GET_TID_ADDRESS / PR_GET_PDEATHSIG / PR_GET_SECUREBITS) and sigaltstack(NULL, &old);
+    returns what reads the answers once the batch ran."""
+    buf = b.buffer(40)
+    calls = [b.call(NR.prctl, PR_GET_TID_ADDRESS, buf, 0, 0, 0), b.call(NR.prctl, PR_GET_PDEATHSIG, buf + 8, 0, 0, 0),
+             b.call(NR.sigaltstack, 0, buf + 16)]
+    secbits = b.call(NR.prctl, PR_GET_SECUREBITS, 0, 0, 0, 0)
+
+    def answer() -> ThreadInTask:
+        for i in calls:
+            b.check(i)
+        out = ThreadInTask()
+        out.secbits = b.check(secbits)
+        raw = b.bytes(buf, 40)
+        out.clear_tid_addr, out.pdeath_sig = struct.unpack_from("<Qi", raw, 0)
+        out.ss_sp, out.ss_flags, _, out.ss_size = struct.unpack_from("<QiiQ", raw, 16)
+        return out
+
+    return answer
 
 
 # ------------------------------------------------------------------------------------------ registers

@@ -12,9 +12,13 @@ import struct
 
 from ..errors import SpiceError
 from ..images.lite import Message
-from ..inject import Remote
 from ..linux.syscalls import NR
 from . import proc
+from .intask import Batch
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF = 0, 1, 2
 SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD, SIGEV_THREAD_ID = 0, 1, 2, 4
@@ -45,24 +49,35 @@ def parse_posix_timers(text: str) -> list[dict[str, int]]:
     return out
 
 
-def collect(r: Remote, pid: int, tc: Message) -> None:
-    """tc.timers: the three itimers and every POSIX timer, as CRIU's parasite reads them."""
-    buf = r.scratch
-    timers = tc.timers
-    for which, it in ((ITIMER_REAL, timers.real), (ITIMER_VIRTUAL, timers.virt), (ITIMER_PROF, timers.prof)):
-        r.check(NR.getitimer, which, buf)
-        isec, iusec, vsec, vusec = struct.unpack("<qqqq", r.read(buf, 32))
-        it.isec, it.iusec, it.vsec, it.vusec = isec, iusec, vsec, vusec
+def ask(b: Batch, pid: int, tc: Message) -> Callable[[], None]:
+    """tc.timers: the three itimers (getitimer) and every POSIX timer (timer_gettime,
+    timer_getoverrun), as CRIU's parasite reads them."""
+    itimers = []
+    for which in (ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF):
+        buf = b.buffer(32)
+        itimers.append((b.call(NR.getitimer, which, buf), buf))
+    posix = []
     for t in parse_posix_timers(proc.read_text(f"/proc/{pid}/timers", f"task {pid}")):
-        try:
-            r.check(NR.timer_gettime, t["it_id"], buf)
-            overrun = r.check(NR.timer_getoverrun, t["it_id"])
-        except OSError as e:
-            raise SpiceError("dump", f"task {pid}: posix timer {t['it_id']}: {e.strerror}") from None
-        isec, insec, vsec, vnsec = struct.unpack("<qqqq", r.read(buf, 32))
-        p = timers.posix.add(it_id=t["it_id"], clock_id=t.get("clock_id", 0), si_signo=t.get("si_signo", 0),
-                             it_sigev_notify=t.get("it_sigev_notify", SIGEV_NONE),
-                             sival_ptr=t.get("sival_ptr", 0), overrun=overrun,
-                             isec=isec, insec=insec, vsec=vsec, vnsec=vnsec)
-        if "notify_thread_id" in t:
-            p.notify_thread_id = t["notify_thread_id"]
+        buf = b.buffer(32)
+        posix.append((t, b.call(NR.timer_gettime, t["it_id"], buf), b.call(NR.timer_getoverrun, t["it_id"]), buf))
+
+    def answer() -> None:
+        timers = tc.timers
+        for (i, buf), it in zip(itimers, (timers.real, timers.virt, timers.prof), strict=True):
+            b.check(i)
+            it.isec, it.iusec, it.vsec, it.vusec = struct.unpack("<qqqq", b.bytes(buf, 32))
+        for t, get, over, buf in posix:
+            try:
+                b.check(get)
+                overrun = b.check(over)
+            except OSError as e:
+                raise SpiceError("dump", f"task {pid}: posix timer {t['it_id']}: {e.strerror}") from None
+            isec, insec, vsec, vnsec = struct.unpack("<qqqq", b.bytes(buf, 32))
+            p = timers.posix.add(it_id=t["it_id"], clock_id=t.get("clock_id", 0), si_signo=t.get("si_signo", 0),
+                                 it_sigev_notify=t.get("it_sigev_notify", SIGEV_NONE),
+                                 sival_ptr=t.get("sival_ptr", 0), overrun=overrun,
+                                 isec=isec, insec=insec, vsec=vsec, vnsec=vnsec)
+            if "notify_thread_id" in t:
+                p.notify_thread_id = t["notify_thread_id"]
+
+    return answer
