@@ -253,6 +253,8 @@ class Remote:
     scratch:      (addr, size) of caller-owned scratch memory (only with `site`); otherwise a scratch
                   area of `scratch_size` bytes is mapped (and unmapped on close).
     restore_regs: on close, put back the registers the task had at creation (after unmapping ours).
+    maps:         the task's /proc/PID/maps (read_maps), if the caller has them: threads of one process
+                  share them, and the bootstrap needs them only to find code and the stack.
     pin_cpu:      run tracer and task on the task's current CPU until close (each injection is two
                   ptrace stops; cross-CPU wakeups cost several times more, especially in VMs). This
                   changes the task's affinity meanwhile: meant for restore; a dump must not use it,
@@ -261,7 +263,7 @@ class Remote:
 
     def __init__(self, tid: int, *, site: int | None = None, scratch: tuple[int, int] | None = None,
                  scratch_size: int = 4 * PAGE_SIZE, restore_regs: bool = True, rseq_fixup: bool = True,
-                 pin_cpu: bool = False) -> None:
+                 pin_cpu: bool = False, maps: list[Mapping] | None = None) -> None:
         self.tid = tid
         self._affinity: tuple[set[int], set[int]] | None = None
         if pin_cpu:
@@ -275,6 +277,7 @@ class Remote:
         self._redo: tuple[int, int] | None = None
         self._data_addr = 0
         self._batch_stop = 0  # address after the batch loop's syscall (0: no batch loop)
+        self._maps: list[Mapping] | None = None  # the mappings, while only read-only syscalls ran
         self._tgid = 0
         self._chain: tuple[int, int] | None = None
         self._plain: int | None = None
@@ -305,7 +308,7 @@ class Remote:
                 self.mapping = (self.scratch, self.scratch + size)
         else:
             try:
-                self._bootstrap(page_align(scratch_size))
+                self._bootstrap(page_align(scratch_size), maps)
             except BaseException:
                 self._abort()
                 raise
@@ -385,6 +388,7 @@ class Remote:
                 a5: int = 0, a6: int = 0) -> int:
         if self.closed:
             raise ValueError("Remote is closed")
+        self._maps = None  # the syscall may change the mappings
         tid = self.tid
         r = self._inj
         r.ip = site
@@ -550,8 +554,8 @@ class Remote:
             self._stack_saved = None
             self.write(addr, data)
 
-    def _bootstrap(self, scratch_size: int) -> None:
-        maps = read_maps(self.tid)
+    def _bootstrap(self, scratch_size: int, maps: list[Mapping] | None) -> None:
+        maps = read_maps(self.tid) if maps is None else maps
         sites = find_sites(self.tid, maps)
         if sites.syscall_ret is not None:
             self._chain = (sites.syscall_ret, sites.sigreturn)
@@ -588,6 +592,7 @@ class Remote:
         self._sp = self.regs.sp
         self.scratch = base + PAGE_SIZE
         self.scratch_size = scratch_size
+        self._maps = maps  # still what the task has (but ours) at close if only queries() ran
 
     def _unmap(self) -> None:
         """munmap our mapping: from the chain site if we can (the trampoline cannot unmap itself and
@@ -595,7 +600,7 @@ class Remote:
         start, end = self.mapping
         frame_sp = None
         if self._chain is not None:
-            frame_sp = self._chain_frame(read_maps(self.tid))
+            frame_sp = self._chain_frame(self._maps if self._maps is not None else read_maps(self.tid))
         t0 = time.perf_counter_ns()
         if frame_sp is not None:
             ret = self._inject(self._chain[0], frame_sp, NR.munmap, start, end - start)

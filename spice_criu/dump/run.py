@@ -19,7 +19,7 @@ from ..errors import SpiceError
 from ..images import codec
 from ..images import stats as stats_img
 from ..images.lite import Message
-from ..inject import Remote, TaskGone
+from ..inject import Remote, TaskGone, read_maps
 from ..linux import ptrace as pt
 from ..log import log
 from . import creds, files, ids, inventory, mm, pages, proc, seccomp, seize, shmem, signals, threads, timers, tree
@@ -126,9 +126,10 @@ def _in_task(t: tree.Task, core: Message) -> TaskInTask:
     per_thread: dict[int, threads.ThreadInTask] = {}
     mmit = mm.MmInTask()
     untouched: set[int] = set()
+    maps = read_maps(t.pid)  # the threads share them
     for tid in t.tids:
         untouched |= pages.unpopulated_below_sp(t.pid, tid)
-        with Remote(tid, scratch_size=SCRATCH_SIZE) as r:
+        with Remote(tid, scratch_size=SCRATCH_SIZE, maps=maps) as r:
             b = Batch(r)
             thread = threads.ask_in_task(b)
             if tid == t.pid:

@@ -13,8 +13,8 @@ descriptors (SCM_RIGHTS), packet, netlink and other families are refused, naming
 
 from __future__ import annotations
 
+import _socket as socket  # the C module: socket.py's enums and selectors cost ~5 ms of start-up
 import os
-import socket
 import struct
 
 from ..errors import SpiceError
@@ -83,9 +83,12 @@ def inet_diag(family: int, proto: int, ino: int) -> tuple[dict[str, Any], dict[i
 
 
 def _diag_raw(msg: bytes) -> list[bytes]:
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
+    nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+    try:
         nl.settimeout(5)
         return netlink.request(nl, msg)
+    finally:
+        nl.close()
 
 
 # ------------------------------------------------------------------------------------------ options
