@@ -128,18 +128,32 @@ def _isk(state: int, ino: int = 77) -> object:
     return sk
 
 
-def test_half_closed_tcp_is_refused_up_front(tmp_path) -> None:
+def _imgdir(path, tcp_close: bool = False):
     from spice_criu.images.imagedir import ImageDir
 
-    obj = tcp.plan_established(_isk(8), ImageDir(tmp_path))
+    inv = codec.pb("inventory_entry")(img_version=2, fdinfo_per_id=True)
+    if tcp_close:
+        inv.tcp_close = True
+    codec.dump(path / "inventory.img", codec.make("INVENTORY", [inv]))
+    return ImageDir(path)
+
+
+def test_half_closed_tcp_is_refused_up_front(tmp_path) -> None:
+    obj = tcp.plan_established(_isk(8), _imgdir(tmp_path))
     assert isinstance(obj, Unsupported) and "CLOSE_WAIT" in obj.describe()
 
 
 def test_established_tcp_without_its_stream_image_names_it(tmp_path) -> None:
-    from spice_criu.images.imagedir import ImageDir
-
     with pytest.raises(ImageError, match="tcp-stream-4d.img"):
-        tcp.plan_established(_isk(1, ino=0x4D), ImageDir(tmp_path))
+        tcp.plan_established(_isk(1, ino=0x4D), _imgdir(tmp_path))
+
+
+@pytest.mark.parametrize("state", [1, 8])
+def test_connections_of_a_tcp_close_dump_need_no_stream_and_restore_closed(tmp_path, state: int) -> None:
+    """Dumped with --tcp-close (inventory.tcp_close): nothing of the connection is in the images,
+    whatever its state, and it is planned to be restored as a closed socket."""
+    obj = tcp.plan_established(_isk(state, ino=0x4D), _imgdir(tmp_path, tcp_close=True))
+    assert isinstance(obj, tcp.ClosedTcp) and "127.0.0.1" in obj.describe()
 
 
 def test_epoll_with_a_target_listed_twice_is_refused() -> None:
