@@ -278,7 +278,7 @@ class Remote:
         self._data_addr = 0
         self._batch_stop = 0  # address after the batch loop's syscall (0: no batch loop)
         self._maps: list[Mapping] | None = None  # the mappings, while only read-only syscalls ran
-        self._tgid = 0
+        self._self_ids = (0, 0)  # (tgid, tid) as the task itself sees them (its pid namespace)
         self._chain: tuple[int, int] | None = None
         self._plain: int | None = None
         info = pt.get_syscall_info(tid)
@@ -343,7 +343,7 @@ class Remote:
         if not sig:
             return [self.syscall(*c) for c in calls]
         table = self.scratch + self.scratch_size - size
-        entries = [*calls, (NR.tgkill, self._tgid, self.tid, sig)]
+        entries = [*calls, (NR.tgkill, *self._self_ids, sig)]
         self.write(table, b"".join(_ENTRY.pack(*((a & _U64) for a in e), *(0,) * (8 - len(e))) for e in entries))
         last = table + size - BATCH_ENTRY
         start = self.mapping[0] + BATCH_OFFSET
@@ -374,7 +374,9 @@ class Remote:
         try:
             with open(f"/proc/{self.tid}/status", "rb") as f:
                 fields = dict(line.split(b":", 1) for line in f.read().splitlines() if b":" in line)
-            self._tgid = int(fields[b"Tgid"])
+            # tgkill runs inside the task: its own pid namespace's numbers (the last of NStgid/NSpid;
+            # a container's init is 1 there, and the host's numbers name nothing or someone else)
+            self._self_ids = (int(fields[b"NStgid"].split()[-1]), int(fields[b"NSpid"].split()[-1]))
             if int(fields.get(b"Seccomp", b"0")) != 0:
                 return 0
             busy = 0

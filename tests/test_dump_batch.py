@@ -11,6 +11,7 @@ import random
 import re
 import signal
 import subprocess
+import threading
 import time
 
 from progs import Target, seize_stopped, state
@@ -198,3 +199,39 @@ def test_batch_code_encoding():
     assert ins[11].startswith("jne") and "10200" in ins[11]
     assert ins[12].startswith("jmp") and "10002" in ins[12]
     assert len(ins) == 13
+
+
+def test_batch_in_a_task_that_is_init_of_its_own_pid_namespace():
+    """The batch's closing tgkill runs inside the task: it must name the task by the numbers of the
+    task's own pid namespace (there it is pid 1; the host's pid names nothing). Was a hang (runc
+    containers); a watchdog kills the target so that a regression fails instead of hanging."""
+    un = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "sleep", "100"],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        pid = 0
+        while not pid and time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{un.pid}/task/{un.pid}/children") as f:
+                    pid = int(f.read().split()[0])
+                with open(f"/proc/{pid}/comm") as f:
+                    pid = pid if f.read().strip() == "sleep" else 0
+            except (OSError, IndexError, ValueError):
+                time.sleep(0.01)
+        assert pid, "no sleep in its own pid namespace"
+        with open(f"/proc/{pid}/status") as f:
+            assert re.search(rf"^NSpid:\s+{pid}\s+1$", f.read(), re.M)  # pid 1 in there
+        seize_stopped(pid)
+        watchdog = threading.Timer(10, os.kill, (pid, signal.SIGKILL))
+        watchdog.start()
+        try:
+            with Remote(pid) as r:
+                assert r._batch_signal() == SIGURG
+                assert r.queries([(NR.getpid,), (NR.gettid,), (NR.getppid,)]) == [1, 1, 0]
+        finally:
+            watchdog.cancel()
+        pt.detach(pid)
+        assert state(pid) in "SR"
+    finally:
+        un.kill()
+        un.wait()
