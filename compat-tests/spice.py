@@ -29,6 +29,23 @@ def spice_cmd() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "spice_criu"]
 
 
+#: standard modules neither `spice dump` nor `spice restore` has a use for, each costing ~1-3 ms of
+#: start-up here (x20-40 in the TCG guest of the kmod tests): not even pulled in indirectly
+SLOW_STDLIB = frozenset({"typing", "pathlib", "collections", "functools", "importlib", "warnings", "re", "enum",
+                         "inspect", "dataclasses", "mmap", "array", "json", "uuid", "hashlib", "shlex", "signal",
+                         "selectors", "socket"})
+
+
+def spice_importtime(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run the `spice` console script (what users run: `-m` would add runpy's imports) under
+    `python -X importtime`; returns the process and the modules it imported, in order."""
+    script = Path(sys.executable).parent / "spice"
+    assert script.exists(), f"{script}: the venv has no spice script (make setup)"
+    p = subprocess.run([sys.executable, "-X", "importtime", str(script), *args], capture_output=True, text=True,
+                       cwd=REPO, stdin=subprocess.DEVNULL, timeout=scaled(timeout))
+    return p, [ln.split("|")[-1].strip() for ln in p.stderr.splitlines() if ln.startswith("import time:")]
+
+
 def spice(*args: str, check: bool = True, timeout: float = 120,
           log: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run `spice ARGS` from the project's venv."""

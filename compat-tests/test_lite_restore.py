@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import importlib
 import subprocess
-import sys
 from pathlib import Path
 
 import harness
 import pytest
 from harness import DumpInfo, assert_continues, kill_restored
+from spice import SLOW_STDLIB, spice_importtime
 
 from spice_criu.images import codec, magic
 
@@ -76,28 +76,18 @@ def test_lite_decodes_the_zoo_like_protobuf(criu_bin: Path, compat_tmp: Path) ->
     assert _compare_dir(zoo) >= 20
 
 
-def _restore_with_importtime(images: Path, log: str, pidfile: Path) -> subprocess.CompletedProcess[str]:
+def _restore_with_importtime(images: Path, log: str, pidfile: Path) -> tuple[subprocess.CompletedProcess[str],
+                                                                              list[str]]:
     pidfile.unlink(missing_ok=True)
-    script = Path(sys.executable).parent / "spice"  # the console script users run (-m adds runpy's imports)
-    assert script.exists(), f"{script}: the venv has no spice script (make setup)"
-    cmd = [sys.executable, "-X", "importtime", str(script), "restore", "-D", str(images), "-d", "-v4",
-           "-o", log, "--pidfile", str(pidfile), "--backend", "ptrace"]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, stdin=subprocess.DEVNULL,
-                          timeout=harness.scaled(120))
-
-
-#: standard modules a restore has no use for, each costing ~1-3 ms of start-up here (x20-40 in the
-#: TCG guest of the kmod tests): the restore path must not pull them in, not even indirectly
-SLOW_STDLIB = {"typing", "pathlib", "collections", "functools", "importlib", "warnings", "re", "enum", "inspect",
-               "dataclasses", "mmap", "array", "json", "uuid", "hashlib", "shlex", "signal", "selectors"}
+    return spice_importtime("restore", "-D", str(images), "-d", "-v4", "-o", log, "--pidfile", str(pidfile),
+                            "--backend", "ptrace")
 
 
 def test_spice_restore_imports_no_protobuf(workload_name: str, criu_dumps: dict[str, DumpInfo]) -> None:
     info = criu_dumps[workload_name]
     pidfile = info.images_dir / "lite-restore.pid"
-    p = _restore_with_importtime(info.images_dir, "lite-restore.log", pidfile)
+    p, imported = _restore_with_importtime(info.images_dir, "lite-restore.log", pidfile)
     assert p.returncode == 0, (p.stdout, p.stderr[-3000:], harness.log_tail(info.images_dir / "lite-restore.log"))
-    imported = [ln.split("|")[-1].strip() for ln in p.stderr.splitlines() if ln.startswith("import time:")]
     assert "spice_criu.restore.run" in imported and "spice_criu.images.lite" in imported  # really measured
     assert [m for m in imported if "google" in m or m.endswith("_pb2")] == []
     assert sorted(SLOW_STDLIB.intersection(imported)) == []

@@ -161,7 +161,7 @@ def classify(link: str, st: os.stat_result, shmem_dev: int) -> str:
 
 def socket_details(lfd: int) -> str:
     """What a socket is, for error messages: TCP, UDP, unix stream..."""
-    import socket
+    import _socket as socket  # the C module: socket.py imports enum, selectors, array... (~5 ms)
 
     try:
         s = socket.socket(fileno=os.dup(lfd))

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import struct
-from collections.abc import Iterator
+
+TYPE_CHECKING = False  # socket (enum, selectors...) and collections cost start-up: annotations only
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Iterator
 
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x2, 0x4, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3

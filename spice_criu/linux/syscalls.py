@@ -167,6 +167,7 @@ class NR:
     signalfd = 282
     timerfd_create = 283
     eventfd = 284
+    fallocate = 285
     timerfd_settime = 286
     timerfd_gettime = 287
     signalfd4 = 289
