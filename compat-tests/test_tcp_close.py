@@ -7,6 +7,7 @@ SO_REUSEADDR, O_NONBLOCK, what a read gets). For a dump made by real CRIU with -
 for one made with --tcp-established (its lock removed all the same), `spice restore --tcp-close`
 must give the task exactly what `criu restore --tcp-close` gives it, and the task carries on.
 A --tcp-close dump restored without the option is refused before any task exists, as criu does.
+`spice dump --tcp-close` saves what `criu dump --tcp-close` saves, and both tools restore it.
 """
 
 from __future__ import annotations
@@ -119,3 +120,35 @@ def test_an_established_dump_restored_closed_drops_the_lock(criu_bin: Path, crit
     finally:
         if table in nft_tables():
             nft_delete_table(NFPROTO_INET, table)
+
+
+def _inet_entries(crit: Path, images: Path) -> dict[int, dict]:
+    out = subprocess.run([str(crit), "show", str(images / "files.img")], capture_output=True, text=True, check=True)
+    return {e["isk"]["ino"]: {k: v for k, v in e["isk"].items() if k != "id"}
+            for e in json.loads(out.stdout)["entries"] if e["type"] == "INETSK"}
+
+
+def test_spice_dump_with_tcp_close_saves_what_criu_saves(criu_bin: Path, crit_bin: Path, compat_tmp: Path) -> None:
+    """`spice dump --tcp-close`: no connection state, no lock, the inventory says so; the sockets'
+    entries equal those of `criu dump --tcp-close` of the same process (moments apart); real
+    criu and spice restore the images with --tcp-close alike."""
+    wl = harness.start_workload("tcpclose", compat_tmp / "tcp-close" / "spice-dump")
+    wl.wait_ticks(4)
+    criu_dir = wl.rundir / "criu-images"
+    harness.criu_dump(wl.pid, criu_dir, leave_running=True, extra_args=("--tcp-close",))
+    tables = set(nft_tables())
+
+    def dumper(pid: int, images: Path, leave_running: bool) -> subprocess.CompletedProcess[str]:
+        images.mkdir(parents=True, exist_ok=True)
+        return spice("dump", "-t", str(pid), "-D", str(images), "-v4", "-o", "dump.log", "--tcp-close")
+
+    info = harness.dump_workload(wl, wl.rundir / "images", dumper=dumper)
+    assert set(nft_tables()) == tables, "a --tcp-close dump locks nothing"
+    assert _inventory(crit_bin, info.images_dir)["tcp_close"] is True
+    assert not list(info.images_dir.glob("tcp-stream-*.img"))
+    spice_sk, criu_sk = _inet_entries(crit_bin, info.images_dir), _inet_entries(crit_bin, criu_dir)
+    assert spice_sk == criu_sk
+    assert sorted(e["state"] for e in spice_sk.values()) == ["ESTABLISHED", "ESTABLISHED", "LISTEN"]
+    seen = _restore_both_ways(info)
+    assert seen["spice"] == seen["criu"]
+    assert all(a.startswith("st7/ENOTCONN/port0/") and b.startswith("st7/ENOTCONN/port0/") for a, b in seen["spice"])

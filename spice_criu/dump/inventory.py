@@ -29,11 +29,14 @@ def lsm_type() -> int:
     return NO_LSM
 
 
-def inventory(root_ids: Message, network_lock: str, run_id: str | None = None) -> Message:
-    """run_id: the dump run's id (it names the nftables lock table restore removes)."""
+def inventory(root_ids: Message, network_lock: str, run_id: str | None = None, tcp_close: bool = False) -> Message:
+    """run_id: the dump run's id (it names the nftables lock table restore removes); tcp_close: dumped
+    with --tcp-close (no connection state saved), which the restore must then be given too."""
     inv = codec.pb("inventory_entry", lite=True)(img_version=2, fdinfo_per_id=True, ns_per_id=True, root_cg_set=1,
                                       lsmtype=lsm_type(), network_lock_method=NETWORK_LOCK.get(network_lock, 0),
                                       dump_criu_run_id=run_id or new_run_id())
+    if tcp_close:
+        inv.tcp_close = True
     inv.root_ids.CopyFrom(root_ids)
     inv.plugins_entry.SetInParent()
     return inv

@@ -251,7 +251,7 @@ def _collect(ctx: DumpContext, frozen: seize.FrozenTree) -> Message:
     ctx.images.add("timens-0.img", "TIMENS", inventory.timens())
     inventory.check_cgroups([t.pid for t in tasks])
     fault("images")
-    return inventory.inventory(ctx.ids.root_ids, o.network_lock, ctx.run_id)
+    return inventory.inventory(ctx.ids.root_ids, o.network_lock, ctx.run_id, tcp_close=bool(o.tcp_close))
 
 
 def dump(o: Options) -> int:

@@ -235,7 +235,8 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
         name = TCP_STATES.get(state, str(state))
         raise SpiceError("dump", f"{what}: TCP socket in state {name}: only established connections (and "
                          "listening or closed sockets) can be dumped")
-    if established and not of.ctx.opts.tcp_established:
+    tcp_close = established and of.ctx.opts.tcp_close  # CRIU's --tcp-close: the connection is not saved
+    if established and not (of.ctx.opts.tcp_established or tcp_close):
         raise SpiceError("dump", f"{what}: connected TCP socket, consider using --tcp-established option")
     if proto == socket.IPPROTO_TCP and state == TCP_LISTEN and d["rqueue"]:
         # connections the kernel completed but the task has not accept()ed: lost on restore (criu too)
@@ -272,7 +273,7 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
     shut = attrs.get(INET_DIAG_SHUTDOWN)
     if shut and shut[0]:
         e.shutdown = shut[0] & 3
-    if established:
+    if established and not tcp_close:
         of.ctx.tcp.dump(of.ctx, of.lfd, e, what)
     add_file(of.ctx, "INETSK", fid, "isk", e)
     return "INETSK"
