@@ -61,6 +61,11 @@ _KINDS = {
     "fixed64": (_F64, 1), "sfixed64": (_F64, 1), "double": (_F64, 1),
     "string": (_STR, 2), "bytes": (_BYTES, 2), "message": (_MSG, 2),
 }
+_RANGES = {"uint64": (0, _MASK64), "uint32": (0, _MASK32), "fixed64": (0, _MASK64), "fixed32": (0, _MASK32),
+           "int64": (-(1 << 63), (1 << 63) - 1), "sint64": (-(1 << 63), (1 << 63) - 1),
+           "sfixed64": (-(1 << 63), (1 << 63) - 1), "int32": (-(1 << 31), (1 << 31) - 1),
+           "sint32": (-(1 << 31), (1 << 31) - 1), "sfixed32": (-(1 << 31), (1 << 31) - 1),
+           "enum": (-(1 << 31), (1 << 31) - 1)}
 _FIXED_FORMAT = {"fixed32": "I", "sfixed32": "i", "float": "f", "fixed64": "Q", "sfixed64": "q", "double": "d"}
 
 
@@ -68,7 +73,7 @@ class _Field:
     """One field of a message class, resolved for decoding."""
 
     __slots__ = ("number", "name", "type", "kind", "wire", "repeated", "required", "packed", "packable",
-                 "default", "bit", "type_name", "fmt", "enum_values", "set", "sub")
+                 "default", "bit", "type_name", "fmt", "enum_values", "set", "sub", "key", "range")
 
     def __init__(self, row: tuple, index: int, cls: type) -> None:
         self.number, self.name, self.type, label, self.packed, self.default, self.type_name = row
@@ -81,6 +86,9 @@ class _Field:
         self.enum_values = frozenset(n for _, n in ENUMS[self.type_name]) if self.kind == _ENUM else None
         self.set = cls.__dict__[self.name].__set__  # the slot's setter: no presence bookkeeping
         self.sub: type[Message] | None = None  # the message class of a message field, once resolved
+        # encoding: the field's key, and the accepted range of an integer field (None: not one)
+        self.key = _varint(self.number << 3 | (2 if self.packed else self.wire))
+        self.range = _RANGES.get(self.type)
 
 
 class Message:
@@ -94,6 +102,7 @@ class Message:
     __slots__ = ("_p", "_o")  # presence bits of the singular fields (by declaration index); owner link
     _name: str = ""
     _fields: tuple[_Field, ...] = ()
+    _ordered: tuple[_Field, ...] = ()  # _fields by field number
     _by_number: dict[int, _Field] = {}
     _by_tag: dict[int, _Field] = {}  # wire tag (number << 3 | wire type) -> field, packed tags included
     _by_name: dict[str, _Field] = {}
@@ -253,20 +262,23 @@ class Message:
     def _encode(self) -> bytes:
         out = bytearray()
         p = self._p
-        for f in _by_number_order(type(self)):
+        for f in type(self)._ordered:
             if f.repeated:
                 values = getattr(self, f.name)
                 if not values:
                     continue
                 if f.packed:
-                    body = b"".join(_encode_value(f, v) for v in values)
-                    out += _varint(f.number << 3 | 2) + _varint(len(body)) + body
+                    if f.kind in _PLAIN_VARINTS:
+                        body = b"".join(map(_varint, values))
+                    else:
+                        body = b"".join(_encode_value(f, v) for v in values)
+                    out += f.key + _varint(len(body)) + body
                 else:
-                    key = _varint(f.number << 3 | f.wire)
+                    key = f.key
                     for v in values:
                         out += key + _encode_value(f, v)
             elif p & f.bit:
-                out += _varint(f.number << 3 | f.wire) + _encode_value(f, getattr(self, f.name))
+                out += f.key + _encode_value(f, getattr(self, f.name))
         return bytes(out)
 
     def __repr__(self) -> str:
@@ -351,17 +363,10 @@ def _as_message(f: _Field, v: Any) -> Message:
     return v
 
 
-_RANGES = {"uint64": (0, _MASK64), "uint32": (0, _MASK32), "fixed64": (0, _MASK64), "fixed32": (0, _MASK32),
-           "int64": (-(1 << 63), (1 << 63) - 1), "sint64": (-(1 << 63), (1 << 63) - 1),
-           "sfixed64": (-(1 << 63), (1 << 63) - 1), "int32": (-(1 << 31), (1 << 31) - 1),
-           "sint32": (-(1 << 31), (1 << 31) - 1), "sfixed32": (-(1 << 31), (1 << 31) - 1),
-           "enum": (-(1 << 31), (1 << 31) - 1)}
-
-
 def _coerce(msg: Message, f: _Field, v: Any) -> Any:
     """A scalar value as protobuf stores it, or the error protobuf raises for it."""
     k = f.kind
-    if k <= _ENUM and k != _BOOL or f.type in ("fixed32", "sfixed32", "fixed64", "sfixed64"):
+    if f.range is not None:  # an integer field (enums and fixed-size ones included)
         if k == _ENUM and isinstance(v, str):  # an enum takes its value names too
             names = dict(ENUMS[f.type_name])
             if v not in names:
@@ -370,7 +375,7 @@ def _coerce(msg: Message, f: _Field, v: Any) -> Any:
         if isinstance(v, bool):
             raise TypeError(f"Field {msg._name}.{f.name}: Expected an int, got a boolean.")
         v = operator.index(v)
-        lo, hi = _RANGES[f.type]
+        lo, hi = f.range
         if not lo <= v <= hi:
             raise ValueError(f"Value out of range: {v}")
         if k == _ENUM and v not in f.enum_values:
@@ -399,13 +404,12 @@ def _number(f: _Field) -> int:
     return f.number
 
 
-def _by_number_order(cls: type[Message]) -> list[_Field]:
-    return sorted(cls._fields, key=_number)
+_PLAIN_VARINTS = frozenset((_U64, _U32, _I64, _I32, _ENUM))  # encoded as the value itself
 
 
 def _encode_value(f: _Field, v: Any) -> bytes:
     k = f.kind
-    if k in (_U64, _U32, _I64, _I32, _ENUM):
+    if k in _PLAIN_VARINTS:
         return _varint(v)
     if k == _BOOL:
         return b"\x01" if v else b"\x00"
@@ -438,6 +442,7 @@ def message_class(name: str) -> type[Message]:
     cls = type(name, (Message,), {"__slots__": tuple(r[1] for r in rows), "_name": name})
     fields = tuple(_Field(r, i, cls) for i, r in enumerate(rows))
     cls._fields = fields
+    cls._ordered = tuple(sorted(fields, key=_number))  # the encoding order
     cls._by_number = {f.number: f for f in fields}
     cls._by_tag = {f.number << 3 | f.wire: f for f in fields}
     cls._by_tag.update({f.number << 3 | 2: f for f in fields if f.packable})
