@@ -122,21 +122,24 @@ def trampoline_code(code_addr: int, data_addr: int) -> bytes:
 
 BATCH_OFFSET = 512  # the batch loop, after the fallback register slots
 BATCH_ENTRY = 64  # bytes per batch table entry: nr, six arguments, result (8 bytes each)
+#: the head of every batch loop (the dump's here, the restore's in restore/batch.py): the syscall
+#: of the table entry at rbx into its registers
+LOAD_ENTRY = bytes.fromhex(
+    "488b03"  # mov rax, [rbx]
+    "488b7b08"  # mov rdi, [rbx+8]
+    "488b7310"  # mov rsi, [rbx+16]
+    "488b5318"  # mov rdx, [rbx+24]
+    "4c8b5320"  # mov r10, [rbx+32]
+    "4c8b4328"  # mov r8, [rbx+40]
+    "4c8b4b30"  # mov r9, [rbx+48]
+)
 
 
 def batch_code(code_addr: int, fallback_addr: int) -> tuple[bytes, int]:
     """The batch loop (rbx = table, r12 = entries): per entry load nr and args, `syscall`, store rax
     in the entry; then jmp to the fallback (the original context). Returns the code and the offset
     just after its `syscall` instruction (where the task stops when the last entry signals it)."""
-    loop = bytes.fromhex(
-        "488b03"  # mov rax, [rbx]
-        "488b7b08"  # mov rdi, [rbx+8]
-        "488b7310"  # mov rsi, [rbx+16]
-        "488b5318"  # mov rdx, [rbx+24]
-        "4c8b5320"  # mov r10, [rbx+32]
-        "4c8b4328"  # mov r8, [rbx+40]
-        "4c8b4b30"  # mov r9, [rbx+48]
-    )
+    loop = LOAD_ENTRY
     after_syscall = len(loop) + 2
     loop += _SYSCALL_INSN + bytes.fromhex(
         "48894338"  # mov [rbx+56], rax

@@ -15,7 +15,16 @@ import threading
 import time
 
 from progs import Target, seize_stopped, state
-from test_inject import blocked_target, done, in_parallel, memory_digest, resumed_in_time, status_tracer
+from test_inject import (
+    blocked_target,
+    disassemble,
+    done,
+    in_parallel,
+    memory_digest,
+    orphaned,
+    resumed_in_time,
+    status_tracer,
+)
 
 from spice_criu import inject
 from spice_criu.dump.signals import SIGACTION_SIGNALS
@@ -115,24 +124,9 @@ def _orphan_in_batch(pid: int, when: str) -> None:
 def test_orphaned_batch_returns_to_its_context():
     def case(c: tuple[str, str]) -> None:
         mode, when = c
-        rfd, wfd = os.pipe()
-        with blocked_target(mode, 1000, stdin=rfd) as t:
-            os.close(rfd)
-            t.fds.append(wfd)
-            time.sleep(0.3)
-            seize_stopped(t.pid)
-            _orphan_in_batch(t.pid, when)
-            t.detached_after = (time.monotonic() - t.started) * 1000
-            if mode == "read":
-                time.sleep(0.05)
-                os.write(wfd, b"orphan")
-            res = done(t)
-            what = (mode, when, res, t.detached_after)
-            assert res["bad"] == "0", what
-            if mode == "read":
-                assert (res["ret"], res["data"]) == ("6", "orphan"), what
-            else:
-                assert res["ret"] == "0" and resumed_in_time(res, 1000, t), what
+        res, t, what = orphaned(mode, lambda pid: _orphan_in_batch(pid, when), when)
+        if mode != "read":
+            assert res["ret"] == "0" and resumed_in_time(res, 1000, t), what
 
     in_parallel(case, [(m, w) for m in ("sleep", "read", "absclock") for w in ("before", "after")])
 
@@ -180,15 +174,7 @@ def test_tracer_sigkilled_mid_batch_leaves_target_running_correctly():
 def test_batch_code_encoding():
     """The loop: 7 loads from [rbx], syscall, store rax, next entry, dec r12, jnz, jmp fallback."""
     code, stop = inject.batch_code(0x10200, 0x10002)
-    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"spice-batch-{os.getpid()}.bin")
-    with open(path, "wb") as f:
-        f.write(code)
-    try:
-        dis = subprocess.run(["objdump", "-D", "-b", "binary", "-m", "i386:x86-64", "--adjust-vma=0x10200",
-                              path], capture_output=True, text=True, check=True).stdout
-    finally:
-        os.unlink(path)
-    ins = [ln.split("\t")[-1].strip() for ln in dis.splitlines() if re.match(r"\s+[0-9a-f]+:\t", ln)]
+    ins = disassemble(code, 0x10200)
     loads = [re.sub(r"\s+", " ", i) for i in ins[:7]]
     assert loads == ["mov (%rbx),%rax", "mov 0x8(%rbx),%rdi", "mov 0x10(%rbx),%rsi", "mov 0x18(%rbx),%rdx",
                      "mov 0x20(%rbx),%r10", "mov 0x28(%rbx),%r8", "mov 0x30(%rbx),%r9"]

@@ -352,18 +352,22 @@ def test_task_killed_during_injection_raises_taskgone():
         assert r.closed
 
 
-def test_trampoline_encoding():
-    """The fallback is exactly: syscall; lea rsp,[flags]; popfq; 15 movs; mov rsp,[sp]; jmp [ip]."""
-    code = trampoline_code(0x10000, 0x10000 + inject.DATA_OFFSET)
-    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"spice-tramp-{os.getpid()}.bin")
+def disassemble(code: bytes, vma: int) -> list[str]:
+    """The instructions of x86-64 machine code placed at vma, as objdump prints them."""
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"spice-code-{os.getpid()}.bin")
     with open(path, "wb") as f:
         f.write(code)
     try:
-        dis = subprocess.run(["objdump", "-D", "-b", "binary", "-m", "i386:x86-64", "--adjust-vma=0x10000",
+        dis = subprocess.run(["objdump", "-D", "-b", "binary", "-m", "i386:x86-64", f"--adjust-vma={vma:#x}",
                               path], capture_output=True, text=True, check=True).stdout
     finally:
         os.unlink(path)
-    ins = [ln.split("\t")[-1].strip() for ln in dis.splitlines() if re.match(r"\s+[0-9a-f]+:\t", ln)]
+    return [ln.split("\t")[-1].strip() for ln in dis.splitlines() if re.match(r"\s+[0-9a-f]+:\t", ln)]
+
+
+def test_trampoline_encoding():
+    """The fallback is exactly: syscall; lea rsp,[flags]; popfq; 15 movs; mov rsp,[sp]; jmp [ip]."""
+    ins = disassemble(trampoline_code(0x10000, 0x10000 + inject.DATA_OFFSET), 0x10000)
     slot = {n: 0x10000 + inject.DATA_OFFSET + 8 * i for i, n in enumerate(inject.SLOTS)}
     assert ins[0] == "syscall"
     assert ins[1].startswith("lea ") and f"{slot['flags']:#x}" in ins[1] and "%rsp" in ins[1]
@@ -399,33 +403,41 @@ def _orphan_at_exit_stop(pid: int, use_chain: bool) -> None:
     pt.detach(pid)
 
 
+def orphaned(mode: str, orphan, case: object) -> tuple[dict, Target, tuple]:
+    """A blocked target (mode: sleep, read, absclock for 1 s) seized and orphaned by orphan(pid),
+    i.e. left by its tracer mid-injection; its result once it went on, checked for what every mode
+    must show (nothing inconsistent; a read gets the data written after the orphaning)."""
+    rfd, wfd = os.pipe()
+    with blocked_target(mode, 1000, stdin=rfd) as t:
+        os.close(rfd)
+        t.fds.append(wfd)
+        time.sleep(0.3)
+        seize_stopped(t.pid)
+        orphan(t.pid)
+        t.detached_after = (time.monotonic() - t.started) * 1000
+        if mode == "read":
+            time.sleep(0.05)
+            os.write(wfd, b"orphan")
+        res = done(t)
+    what = (mode, case, res, t.detached_after)
+    assert res["bad"] == "0", what
+    if mode == "read":
+        assert (res["ret"], res["data"]) == ("6", "orphan"), what
+    return res, t, what
+
+
 def test_orphaned_task_returns_to_its_context():
     """Tracer "dies" (detach) right after an injected syscall, with the task's registers pointing
     at our trampoline, or at the `syscall; ret` chain used for the final munmap."""
 
     def case(c: tuple[str, bool]) -> None:
         mode, use_chain = c
-        rfd, wfd = os.pipe()
-        with blocked_target(mode, 1000, stdin=rfd) as t:
-            os.close(rfd)
-            t.fds.append(wfd)
-            time.sleep(0.3)
-            seize_stopped(t.pid)
-            _orphan_at_exit_stop(t.pid, use_chain)
-            t.detached_after = (time.monotonic() - t.started) * 1000
-            if mode == "read":
-                time.sleep(0.05)
-                os.write(wfd, b"orphan")
-            res = done(t)
-            what = (mode, use_chain, res, t.detached_after)
-            assert res["bad"] == "0", what
-            if mode == "read":
-                assert (res["ret"], res["data"]) == ("6", "orphan"), what
-            elif mode == "sleep" and use_chain:
-                # documented: rt_sigreturn resets the restart block, so nanosleep starts over
-                assert res["ret"] == "0" and 1290 <= float(res["ms"]) < t.detached_after + 1250, what
-            else:
-                assert res["ret"] == "0" and resumed_in_time(res, 1000, t), what
+        res, t, what = orphaned(mode, lambda pid: _orphan_at_exit_stop(pid, use_chain), use_chain)
+        if mode == "sleep" and use_chain:
+            # documented: rt_sigreturn resets the restart block, so nanosleep starts over
+            assert res["ret"] == "0" and 1290 <= float(res["ms"]) < t.detached_after + 1250, what
+        elif mode != "read":
+            assert res["ret"] == "0" and resumed_in_time(res, 1000, t), what
 
     in_parallel(case, [(m, c) for m in ("sleep", "read", "absclock") for c in (False, True)])
 

@@ -15,6 +15,7 @@ import os
 import struct
 
 from ..errors import SpiceError
+from ..inject import LOAD_ENTRY
 from ..linux import ptrace
 from .task import TaskCtl
 
@@ -24,14 +25,7 @@ CODE_OFFSET = 16  # in the trampoline page, after `syscall; int3`
 CODE = bytes.fromhex(
     "4d85e4"  # test r12, r12
     "7432"  # jz done
-    # loop:
-    "488b03"  # mov rax, [rbx]
-    "488b7b08"  # mov rdi, [rbx+8]
-    "488b7310"  # mov rsi, [rbx+16]
-    "488b5318"  # mov rdx, [rbx+24]
-    "4c8b5320"  # mov r10, [rbx+32]
-    "4c8b4328"  # mov r8, [rbx+40]
-    "4c8b4b30"  # mov r9, [rbx+48]
+) + LOAD_ENTRY + bytes.fromhex(  # loop: the entry's syscall
     "0f05"  # syscall
     "48894338"  # mov [rbx+56], rax
     "483d01f0ffff"  # cmp rax, -4095
