@@ -611,6 +611,19 @@ def _merge(msg: Message, p: int, buf: bytes, pos: int, end: int, depth: int) -> 
             if lst is None:
                 lst = lists[f.number] = getattr(msg, f.name)
             list.append(lst, v)
+            if wire == 0 and key < 0x80 and kind in (_U32, _U64):
+                # the rest of a run of the same unpacked field (CRIU's register arrays): no lookups
+                mask = _MASK32 if kind == _U32 else _MASK64
+                while pos < end and buf[pos] == key:
+                    b = buf[pos + 1]
+                    if b < 0x80:
+                        v = b
+                        pos += 2
+                    else:
+                        v, pos = _varint_tail(buf, pos + 2, b)
+                    if pos > end:
+                        raise DecodeError(f"truncated varint of field {f.name} at byte {pos}")
+                    list.append(lst, v & mask)
         else:
             f.set(msg, v)
             p |= f.bit
