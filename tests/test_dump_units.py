@@ -325,13 +325,20 @@ def test_run_id_is_a_random_version_4_uuid() -> None:
         assert str(u) == s and u.version == 4 and u.variant == uuid.RFC_4122
 
 
-def test_write_runs_copies_across_chunks_and_unreadable_pages(tmp_path: Path) -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_write_runs_copies_across_chunks_and_unreadable_pages(tmp_path: Path, monkeypatch, threads: int) -> None:
     """Runs larger than the copy buffer, a chunk boundary inside a run, and a PROT_NONE page
     (process_vm_readv stops there: /proc/PID/mem reads it) all land in pages-N.img in order, and
-    the preallocated file ends exactly after the last page."""
+    the preallocated file ends exactly after the last page; copied by one thread, or by two (each
+    half of the file: forced here, whatever the size and the CPUs), after and before data the
+    image got through write()."""
     import ctypes
 
     from spice_criu.linux import mman
+
+    if threads == 2:
+        monkeypatch.setattr(pages, "PARALLEL_MIN", 0)
+        monkeypatch.setattr(pages, "_cpus", lambda: 2)
 
     npages = 2 * pages.CHUNK // pages.PAGE + 40
     size = npages * pages.PAGE
@@ -347,12 +354,14 @@ def test_write_runs_copies_across_chunks_and_unreadable_pages(tmp_path: Path) ->
         images.begin()
         img = pages.PagesImage(images, "pagemap-1.img", 1, pages.Stats())
         try:
+            img.write(b"<" * pages.PAGE)
             pages.write_runs(os.getpid(), runs, img)
+            img.write(b">" * pages.PAGE)
         finally:
             img.close()
         mman.mprotect(hidden, pages.PAGE, mman.PROT_READ)
         want = b"".join(ctypes.string_at(a, n * pages.PAGE) for a, n, _ in runs)
-        assert (tmp_path / "pages-1.img").read_bytes() == want
+        assert (tmp_path / "pages-1.img").read_bytes() == b"<" * pages.PAGE + want + b">" * pages.PAGE
         assert [(e.vaddr, e.nr_pages) for e in img.entries[1:]] == [(a, n) for a, n, _ in runs]
         assert img.pages == sum(n for _, n, _ in runs) and img.stats.written == img.pages
     finally:
