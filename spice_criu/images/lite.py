@@ -273,6 +273,8 @@ class Message:
                     else:
                         body = b"".join(_encode_value(f, v) for v in values)
                     out += f.key + _varint(len(body)) + body
+                elif f.kind in _PLAIN_VARINTS:  # CRIU's register arrays: key, value, key, value...
+                    out += f.key + f.key.join(map(_varint, values))
                 else:
                     key = f.key
                     for v in values:
@@ -326,8 +328,18 @@ class Repeated(list):
         _touch(self._owner)
 
     def extend(self, values: Any) -> None:
-        list.extend(self, [self._value(v) for v in values])
+        list.extend(self, self._values(values))
         _touch(self._owner)
+
+    def _values(self, values: Any) -> list:
+        f = self._field
+        if f.range is not None and f.kind != _ENUM:  # plain integers: one pass to check them all
+            vals = list(values)
+            lo, hi = f.range
+            if all(type(v) is int and lo <= v <= hi for v in vals):
+                return vals
+            values = vals
+        return [self._value(v) for v in values]
 
     def insert(self, i: int, v: Any) -> None:
         list.insert(self, i, self._value(v))
@@ -340,7 +352,7 @@ class Repeated(list):
     def __setitem__(self, i: Any, v: Any) -> None:
         if self._field.kind == _MSG:
             raise TypeError("does not support assignment")
-        list.__setitem__(self, i, [self._value(x) for x in v] if isinstance(i, slice) else self._value(v))
+        list.__setitem__(self, i, self._values(v) if isinstance(i, slice) else self._value(v))
 
     def add(self, **fields: Any) -> Message:
         """A new message appended to a repeated message field (protobuf's add())."""
