@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 import struct
 
+from .. import once
+
 GP_FIELDS = [
     "r15",
     "r14",
@@ -87,20 +89,7 @@ _CPUID_CODE = bytes.fromhex(
 )
 
 
-def _once(fn):
-    """functools.cache for a no-argument function, without importing functools at start-up."""
-    memo: list = []
-
-    def get():
-        if not memo:
-            memo.append(fn())
-        return memo[0]
-
-    get.__doc__ = fn.__doc__
-    return get
-
-
-@_once
+@once
 def _cpuid_fn():
     from ..linux.mman import machine_code
 
@@ -114,7 +103,7 @@ def cpuid(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
     return out[0], out[1], out[2], out[3]
 
 
-@_once
+@once
 def xsave_offsets() -> dict[int, tuple[int, int]]:
     """component -> (offset, size) in the standard (non-compacted) xsave format."""
     out = {}

@@ -17,6 +17,7 @@ import fcntl
 import os
 import time
 
+from .. import once
 from .. import vma as V
 from ..errors import SpiceError
 from ..images import codec
@@ -24,7 +25,6 @@ from ..images.lite import Message
 from ..images.pagemap import PE_LAZY, PE_PRESENT, pagemap_entry
 from ..linux import mman, procvm
 from ..linux.syscalls import NR, syscall
-from . import once
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:

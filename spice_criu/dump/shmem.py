@@ -13,11 +13,11 @@ from __future__ import annotations
 import fcntl
 import os
 
+from .. import once
 from ..errors import SpiceError
 from ..images import codec
 from ..images.pagemap import PE_PRESENT
 from ..linux import mman
-from . import once
 from .files import DELETED, MEMFD_PREFIX, RegParams, add_file, data_segments
 from .pages import PAGE, PagesImage
 

@@ -15,6 +15,7 @@ import errno
 import os
 import struct
 
+from .. import once
 from ..arch import x86
 from ..images.lite import Message
 from ..linux import procvm
@@ -28,7 +29,7 @@ from ..linux.syscalls import (
     signed64,
     syscall,
 )
-from . import once, proc
+from . import proc
 from .intask import Batch
 
 TYPE_CHECKING = False
