@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import struct
 import time
+
+import pytest
 
 from spice_criu.linux import clone3
 from spice_criu.restore import stub
@@ -64,3 +67,53 @@ def test_stub_sleeps_in_pause_with_one_page_of_its_own():
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+def _runs_the_stub(fd: int) -> str:
+    """Start the stub from fd, check it sleeps in pause() running exactly that file; its exe link."""
+    pid = clone3.spawn_exec(fd, [stub.NAME.encode()])
+    try:
+        assert _wait_state(pid, "S") == "S"
+        with open(f"/proc/{pid}/syscall") as f:
+            assert f.read().split()[0] == "34"  # pause
+        a, b = os.stat(f"/proc/{pid}/exe"), os.fstat(fd)
+        assert (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        return os.readlink(f"/proc/{pid}/exe")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def test_stub_where_memfds_are_noexec_by_default():
+    """vm.memfd_noexec = 1 (Linux 6.3+): memfds are noexec unless asked for with MFD_EXEC."""
+    knob = "/proc/sys/vm/memfd_noexec"
+    if not os.path.exists(knob):
+        pytest.skip("this kernel has no vm.memfd_noexec (before 6.3): every memfd is executable")
+    with open(knob) as f:
+        old = f.read().strip()
+    try:
+        with open(knob, "w") as f:
+            f.write("1")
+        fd = stub.memfd()
+        try:
+            assert _runs_the_stub(fd).startswith(f"/memfd:{stub.NAME}")
+        finally:
+            os.close(fd)
+    finally:
+        with open(knob, "w") as f:
+            f.write(old)
+
+
+def test_stub_from_a_temporary_file_where_memfds_cannot_be_executed(monkeypatch):
+    """vm.memfd_noexec = 2 refuses executable memfds (EACCES): the stub goes to an O_TMPFILE."""
+
+    def refused(name: str, flags: int = 0) -> int:
+        raise PermissionError(errno.EACCES, "memfd_create refused")
+
+    monkeypatch.setattr(stub.os, "memfd_create", refused)
+    fd = stub.memfd()
+    try:
+        exe = _runs_the_stub(fd)
+        assert exe.endswith("(deleted)") and not exe.startswith("/memfd:")
+    finally:
+        os.close(fd)

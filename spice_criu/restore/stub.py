@@ -11,8 +11,11 @@ runs past pause(): the restorer seizes it there and injects everything else.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
+
+from ..errors import SpiceError
 
 BASE = 0x10000  # the stub's one page; restore code moves around it like around any other mapping
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
@@ -43,13 +46,46 @@ def elf() -> bytes:
     return ehdr + load + stack + _CODE
 
 
+MFD_EXEC = 0x10  # Linux 6.3: an executable memfd even where vm.memfd_noexec = 1 makes them noexec
+#: where the stub goes when memfds cannot be executed at all (vm.memfd_noexec = 2): an unnamed
+#: O_TMPFILE in the first of these that allows it
+TMPFILE_DIRS = ("/dev/shm", "/tmp", "/run", "/var/tmp")
+
+
 def memfd() -> int:
-    """A close-on-exec memfd holding the stub, for exec() in a freshly forked task."""
-    fd = os.memfd_create(NAME, os.MFD_CLOEXEC)
+    """A close-on-exec fd holding the stub, for execveat() in a freshly started task: a memfd
+    (asked for executable: Linux 6.3's vm.memfd_noexec=1 makes them noexec by default), or, where
+    executable memfds are refused, an unnamed temporary file. Its exec may still fail (a noexec
+    mount): spawn_root then says the task could not exec the stub."""
+    try:
+        fd = os.memfd_create(NAME, os.MFD_CLOEXEC | MFD_EXEC)
+    except OSError as e:
+        if e.errno != errno.EINVAL:  # EACCES/EPERM: vm.memfd_noexec = 2
+            return _tmpfile()
+        fd = os.memfd_create(NAME, os.MFD_CLOEXEC)  # before 6.3: no MFD_EXEC, every memfd executable
+    return _filled(fd)
+
+
+def _tmpfile() -> int:
+    """The stub in an unnamed temporary file, opened read-only (a file open for writing cannot be
+    executed: ETXTBSY)."""
+    why = "no directory"
+    for d in TMPFILE_DIRS:
+        try:
+            w = _filled(os.open(d, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o700))
+            try:
+                return os.open(f"/proc/self/fd/{w}", os.O_RDONLY | os.O_CLOEXEC)
+            finally:
+                os.close(w)
+        except OSError as e:
+            why = f"{d}: {e.strerror}"
+    raise SpiceError("restore", f"nowhere to put the restore stub (executable memfds are refused; {why})")
+
+
+def _filled(fd: int) -> int:
     try:
         os.write(fd, elf())
     except BaseException:
         os.close(fd)
         raise
     return fd
-

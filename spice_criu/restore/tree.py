@@ -40,7 +40,7 @@ def spawn_root(t: TaskPlan, sibling: bool, stub_fd: int) -> TaskCtl:
         ptrace.seize(pid, TRACE_OPTIONS)
         ptrace.interrupt(pid)
         wait_first_stop(pid)
-        if not _is_stub(pid):
+        if not _is_stub(pid, stub_fd):
             raise SpiceError("restore", f"task {t.pid} could not exec the restore stub")
     except BaseException:
         os.kill(pid, SIGKILL)
@@ -48,11 +48,13 @@ def spawn_root(t: TaskPlan, sibling: bool, stub_fd: int) -> TaskCtl:
     return TaskCtl(t, pid)
 
 
-def _is_stub(pid: int) -> bool:
+def _is_stub(pid: int, stub_fd: int) -> bool:
+    """The task runs the stub (its exe is the file behind stub_fd)."""
     try:
-        return os.readlink(f"/proc/{pid}/exe").startswith(f"/memfd:{stub.NAME}")
+        a, b = os.stat(f"/proc/{pid}/exe"), os.fstat(stub_fd)
     except OSError:
         return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def spawn_child(parent: TaskCtl, t: TaskPlan) -> TaskCtl:
