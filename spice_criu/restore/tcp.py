@@ -60,7 +60,7 @@ def _addr(family: int, words) -> str:
 
 class TcpConn(FileObj):
     e: Any = None  # inet_sk_entry
-    stream: Any = None  # tcp_stream_entry
+    stream: Any = None  # tcp_stream_entry; None: dumped with --tcp-close, nothing of it saved
     inq: bytes = b""
     outq: bytes = b""
     kind: ClassVar[str] = "TCP connection"
@@ -71,22 +71,29 @@ class TcpConn(FileObj):
                 f"{_addr(e.family, e.dst_addr)}:{e.dst_port} (file id {self.id})")
 
     def open(self, ctx: OpenContext) -> int:
-        if ctx.option("tcp_close"):  # a dump with the connection's state, restored closed
-            _finisher(ctx).unlock.append(self)
-            return open_closed(self, ctx)
-        if not ctx.option("tcp_established"):
+        # restored closed without its state (run.py insists on --tcp-close for such a dump), or by choice
+        closed = self.stream is None or ctx.option("tcp_close")
+        if not closed and not ctx.option("tcp_established"):
             raise SpiceError("sockets", f"{self.describe()}: connected TCP socket in image: restore with "
                              "--tcp-established or --tcp-close")
         e = self.e
         s = socket.socket(e.family, e.type, e.proto)
         try:
-            self._rebuild(s)
+            if closed:
+                self._shut(s)
+            else:
+                self._rebuild(s)
             fd = s.detach()
         except OSError as err:
             s.close()
             raise SpiceError("sockets", f"{self.describe()}: {err.strerror or err}") from None
         restore_file_params(fd, self.flags, e.fown, self.describe())
-        _finisher(ctx).add(fd, bool(e.opts.reuseaddr), self)
+        if not closed:
+            _finisher(ctx).add(fd, bool(e.opts.reuseaddr), self)
+        else:
+            log.info(f"{self.describe()}: restored closed (--tcp-close)")
+            if self.stream is not None:  # dumped with its state, under the dump's network lock
+                _finisher(ctx).unlock.append(self)
         return fd
 
     def _rebuild(self, s: socket.socket) -> None:
@@ -135,6 +142,21 @@ class TcpConn(FileObj):
         _socket_opts(s, e, t, self.describe())
 
 
+    def _shut(self, s: socket.socket) -> None:
+        """--tcp-close (CRIU's restore_one_tcp with tcp_close): the connection is not rebuilt; the
+        task gets a fresh socket of the same kind, never bound or connected, shut down both ways
+        (reads see end of file at once, like CRIU's), with the dumped options."""
+        e = self.e
+        if e.family == socket.AF_INET6 and e.HasField("v6only"):
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(e.v6only))
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError as err:
+            if err.errno != errno.ENOTCONN:  # what an unconnected socket answers; shut down anyway
+                raise
+        _socket_opts(s, e, None, self.describe())
+
+
 def _socket_opts(s: socket.socket, e: Any, t: Any, what: str) -> None:
     """TCP_NODELAY/TCP_CORK, the socket's own options (buffer sizes included: after the queues, as
     CRIU), keepalive and IP options of inet_sk_entry e (t: its tcp_stream_entry, or None)."""
@@ -154,42 +176,6 @@ def _socket_opts(s: socket.socket, e: Any, t: Any, what: str) -> None:
                 s.setsockopt(socket.IPPROTO_TCP, opt, v)
     if e.HasField("ip_opts") and e.ip_opts.HasField("tos") and e.ip_opts.tos:
         s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, e.ip_opts.tos)
-
-
-def open_closed(conn: FileObj, ctx: OpenContext) -> int:
-    """--tcp-close (CRIU's restore_one_tcp with tcp_close): the connection is not rebuilt; the task
-    gets a fresh socket of the same kind, never bound or connected, shut down both ways (reads see
-    end of file at once, like CRIU's), with the dumped file flags and options."""
-    e = conn.e
-    s = socket.socket(e.family, e.type, e.proto)
-    try:
-        if e.family == socket.AF_INET6 and e.HasField("v6only"):
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(e.v6only))
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError as err:
-            if err.errno != errno.ENOTCONN:  # what an unconnected socket answers; shut down anyway
-                raise
-        _socket_opts(s, e, None, conn.describe())
-        fd = s.detach()
-    except OSError as err:
-        s.close()
-        raise SpiceError("sockets", f"{conn.describe()}: {err.strerror or err}") from None
-    restore_file_params(fd, conn.flags, e.fown, conn.describe())
-    log.info(f"{conn.describe()}: restored closed (--tcp-close)")
-    return fd
-
-
-class ClosedTcp(FileObj):
-    """A connected TCP socket of a dump made with --tcp-close (no stream image): restored closed."""
-
-    e: Any = None  # inet_sk_entry
-    kind: ClassVar[str] = "TCP connection"
-
-    describe = TcpConn.describe
-
-    def open(self, ctx: OpenContext) -> int:
-        return open_closed(self, ctx)
 
 
 def _queue_seq(s: socket.socket, queue: int, seq: int) -> None:
@@ -295,10 +281,9 @@ def plan_established(sk: Any, imgdir: ImageDir) -> FileObj:
     """The FileObj for a connected TCP socket of files.img (called by sockets.py's INETSK planner)."""
     from .files import Unsupported
 
-    inv = imgdir.one("inventory.img")
-    if inv.tcp_close:  # dumped with --tcp-close: nothing of the connection was saved
-        return ClosedTcp(sk.id, sk.flags, e=sk)
     obj = TcpConn(sk.id, sk.flags, e=sk)
+    if imgdir.one("inventory.img").tcp_close:  # dumped with --tcp-close: nothing of it was saved
+        return obj
     if sk.state != TCP_ESTABLISHED:
         state = TCP_STATES.get(sk.state, str(sk.state))
         return Unsupported(sk.id, sk.flags, type_name=f"{obj.describe()} in state {state}: only established "
