@@ -42,7 +42,7 @@ def _wait_state(pid: int, want: str) -> str:
 
 
 def test_stub_sleeps_in_pause_with_one_page_of_its_own():
-    fd = stub.memfd()
+    fd = stub.program()
     try:
         pid = clone3.spawn_exec(fd, [stub.NAME.encode()])
     finally:
@@ -94,7 +94,7 @@ def test_stub_where_memfds_are_noexec_by_default():
     try:
         with open(knob, "w") as f:
             f.write("1")
-        fd = stub.memfd()
+        fd = stub.program()
         try:
             assert _runs_the_stub(fd).startswith(f"/memfd:{stub.NAME}")
         finally:
@@ -111,7 +111,7 @@ def test_stub_from_a_temporary_file_where_memfds_cannot_be_executed(monkeypatch)
         raise PermissionError(errno.EACCES, "memfd_create refused")
 
     monkeypatch.setattr(stub.os, "memfd_create", refused)
-    fd = stub.memfd()
+    fd = stub.program()
     try:
         exe = _runs_the_stub(fd)
         assert exe.endswith("(deleted)") and not exe.startswith("/memfd:")

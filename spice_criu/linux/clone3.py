@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 
+from .. import once
 from .signals import SIGCHLD
 from .syscalls import NR, c_long, raise_errno, syscall
 
@@ -115,7 +116,6 @@ _SPAWN_TAIL = bytes.fromhex(
     "0f05"  # syscall
     "0f0b"  # ud2
 )
-_spawn_fn: list = []
 
 
 def _spawn_code() -> bytes:
@@ -123,16 +123,15 @@ def _spawn_code() -> bytes:
     return _SPAWN_HEAD + disp.to_bytes(4, "little") + _SPAWN_TAIL + b"\0"
 
 
+@once
 def _spawner():
-    if not _spawn_fn:
-        from .mman import machine_code
+    from .mman import machine_code
 
-        _spawn_fn.append(machine_code(_spawn_code(), c_long, ctypes.c_void_p, ctypes.c_size_t, c_long,
-                                      ctypes.c_void_p, ctypes.c_void_p))
-    return _spawn_fn[0]
+    return machine_code(_spawn_code(), c_long, ctypes.c_void_p, ctypes.c_size_t, c_long, ctypes.c_void_p,
+                        ctypes.c_void_p)
 
 
-_ALL_SIGNALS = (ctypes.c_uint64 * 1)(~0 & (1 << 64) - 1)
+_ALL_SIGNALS = (ctypes.c_uint64 * 1)((1 << 64) - 1)
 _SIG_SETMASK = 2
 
 

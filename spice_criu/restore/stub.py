@@ -29,18 +29,16 @@ _CODE = bytes.fromhex(
     "ebf7"  # jmp loop
 )
 NAME = "spice-stub"
-_CODE_OFF = 64 + 2 * 56  # after the ELF header and the two program headers
+_CODE_OFF = _EHDR.size + 2 * _PHDR.size  # after the ELF header and the two program headers
 SYSCALL_SITE = BASE + _CODE_OFF + 5  # the stub's `syscall`: where the first injections run
 
 
 def elf() -> bytes:
     """The stub's executable: one read+exec PT_LOAD holding the headers and the code, and a
     non-executable stack (PT_GNU_STACK)."""
-    code_off = _EHDR.size + 2 * _PHDR.size
-    assert code_off == _CODE_OFF
-    size = code_off + len(_CODE)
+    size = _CODE_OFF + len(_CODE)
     ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # 64-bit, little endian, SysV
-    ehdr = _EHDR.pack(ident, 2, 62, 1, BASE + code_off, _EHDR.size, 0, 0, _EHDR.size, _PHDR.size, 2, 0, 0, 0)
+    ehdr = _EHDR.pack(ident, 2, 62, 1, BASE + _CODE_OFF, _EHDR.size, 0, 0, _EHDR.size, _PHDR.size, 2, 0, 0, 0)
     load = _PHDR.pack(_PT_LOAD, _PF_R | _PF_X, 0, BASE, BASE, size, size, 0x1000)
     stack = _PHDR.pack(_PT_GNU_STACK, _PF_R | _PF_W, 0, 0, 0, 0, 0, 16)
     return ehdr + load + stack + _CODE
@@ -52,7 +50,7 @@ MFD_EXEC = 0x10  # Linux 6.3: an executable memfd even where vm.memfd_noexec = 1
 TMPFILE_DIRS = ("/dev/shm", "/tmp", "/run", "/var/tmp")
 
 
-def memfd() -> int:
+def program() -> int:
     """A close-on-exec fd holding the stub, for execveat() in a freshly started task: a memfd
     (asked for executable: Linux 6.3's vm.memfd_noexec=1 makes them noexec by default), or, where
     executable memfds are refused, an unnamed temporary file. Its exec may still fail (a noexec

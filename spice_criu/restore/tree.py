@@ -2,9 +2,9 @@
 """The process tree: every task re-created with its original PID, parent, session and group.
 
 The root is started by a vfork-style clone3(set_tid) as the stub (stub.py) and parks in pause()
-until seized; every other task is forked (clone3 with set_tid, injected) by its own parent,
-so parentage comes out right. Session leaders setsid() before forking their children, so those inherit the session;
-process groups are joined once every task exists.
+until seized; every other task is forked (clone3 with set_tid, injected) by its own parent, so
+parentage comes out right. Session leaders setsid() before forking their children, so those
+inherit the session; process groups are joined once every task exists.
 """
 
 from __future__ import annotations
@@ -25,26 +25,31 @@ TRACE_OPTIONS = (ptrace.O_TRACESYSGOOD | ptrace.O_TRACEFORK | ptrace.O_TRACECLON
                  | ptrace.O_SUSPEND_SECCOMP)
 
 
-def spawn_root(t: TaskPlan, sibling: bool, stub_fd: int) -> TaskCtl:
+def spawn_root(t: TaskPlan, sibling: bool) -> TaskCtl:
     """Start the root with its PID as the stub (stub.py), parked in pause() until we hold it
     under ptrace: a vfork-style clone3(set_tid) + exec, nothing of the restorer copied."""
+    stub_fd = stub.program()
     try:
-        # with CLONE_PARENT the child inherits our exit signal: clone3 wants exit_signal 0 then
-        pid = clone3.spawn_exec(stub_fd, [stub.NAME.encode()], set_tid=[t.pid],
-                                flags=clone3.CLONE_PARENT if sibling else 0, exit_signal=0 if sibling else SIGCHLD)
-    except OSError as e:
-        if e.errno == 17:
-            raise SpiceError("restore", f"pid {t.pid} is already taken by another process") from None
-        raise SpiceError("restore", f"can't fork for {t.pid}: {e.strerror}") from None
-    try:
-        ptrace.seize(pid, TRACE_OPTIONS)
-        ptrace.interrupt(pid)
-        wait_first_stop(pid)
-        if not _is_stub(pid, stub_fd):
-            raise SpiceError("restore", f"task {t.pid} could not exec the restore stub")
-    except BaseException:
-        os.kill(pid, SIGKILL)
-        raise
+        try:
+            # with CLONE_PARENT the child inherits our exit signal: clone3 wants exit_signal 0 then
+            pid = clone3.spawn_exec(stub_fd, [stub.NAME.encode()], set_tid=[t.pid],
+                                    flags=clone3.CLONE_PARENT if sibling else 0,
+                                    exit_signal=0 if sibling else SIGCHLD)
+        except OSError as e:
+            if e.errno == 17:
+                raise SpiceError("restore", f"pid {t.pid} is already taken by another process") from None
+            raise SpiceError("restore", f"can't fork for {t.pid}: {e.strerror}") from None
+        try:
+            ptrace.seize(pid, TRACE_OPTIONS)
+            ptrace.interrupt(pid)
+            wait_first_stop(pid)
+            if not _is_stub(pid, stub_fd):
+                raise SpiceError("restore", f"task {t.pid} could not exec the restore stub")
+        except BaseException:
+            os.kill(pid, SIGKILL)
+            raise
+    finally:
+        os.close(stub_fd)
     return TaskCtl(t, pid)
 
 
@@ -78,23 +83,19 @@ def create_tree(plan: RestorePlan, sibling: bool, created: list[TaskCtl]) -> dic
     (so a failure half-way can kill exactly what exists)."""
     ctls: dict[int, TaskCtl] = {}
     targets = {t.pid: [(v.start, v.end) for v in t.mm.vmas] for t in plan.tasks}
-    stub_fd = stub.memfd()
-    try:
-        for t in plan.tasks:
-            if t is plan.root:
-                ctl = spawn_root(t, sibling, stub_fd)
-            else:
-                ctl = spawn_child(ctls[t.ppid], t)
-            created.append(ctl)
-            ctls[t.pid] = ctl
-            if not ctl.tramp or any(lo < ctl.tramp + TRAMPOLINE_SIZE and hi > ctl.tramp for lo, hi in targets[t.pid]):
-                ctl.map_trampoline(targets[t.pid])
-            if t.sid == t.pid:
-                ctl.sys(NR.setsid, what="setsid")
-            elif t.pgid == t.pid:
-                ctl.sys(NR.setpgid, 0, 0, what="setpgid")
-    finally:
-        os.close(stub_fd)
+    for t in plan.tasks:
+        if t is plan.root:
+            ctl = spawn_root(t, sibling)
+        else:
+            ctl = spawn_child(ctls[t.ppid], t)
+        created.append(ctl)
+        ctls[t.pid] = ctl
+        if not ctl.tramp or any(lo < ctl.tramp + TRAMPOLINE_SIZE and hi > ctl.tramp for lo, hi in targets[t.pid]):
+            ctl.map_trampoline(targets[t.pid])
+        if t.sid == t.pid:
+            ctl.sys(NR.setsid, what="setsid")
+        elif t.pgid == t.pid:
+            ctl.sys(NR.setpgid, 0, 0, what="setpgid")
     for t in plan.tasks:
         if t.pgid != t.pid and os.getpgid(t.pid) != t.pgid:
             ctls[t.pid].sys(NR.setpgid, 0, t.pgid, what=f"setpgid({t.pgid})")
