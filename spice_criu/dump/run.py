@@ -21,6 +21,7 @@ from ..images import stats as stats_img
 from ..images.lite import Message
 from ..inject import Remote, TaskGone, read_maps
 from ..linux import ptrace as pt
+from ..linux.signals import SIGKILL
 from ..log import log
 from . import creds, files, ids, inventory, mm, pages, proc, seccomp, seize, shmem, signals, threads, timers, tree
 from .imgset import ImageSet
@@ -87,7 +88,7 @@ def fault(step: str) -> None:
     if name != step:
         return
     if action == "kill":
-        os.kill(os.getpid(), 9)  # SIGKILL (the signal module costs ~5 ms of start-up)
+        os.kill(os.getpid(), SIGKILL)
     if action == "stall":
         log.info(f"fault injection: stalling at {step}")
         print(f"spice-dump-stalled {step}", flush=True)

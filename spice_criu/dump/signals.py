@@ -14,6 +14,7 @@ import struct
 
 from ..images.lite import Message
 from ..linux import ptrace as pt
+from ..linux.signals import SIGKILL, SIGSTOP
 from ..linux.syscalls import NR
 from .intask import Batch
 
@@ -21,7 +22,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-SIGKILL, SIGSTOP = 9, 19
 SIGACTION_SIGNALS = [s for s in range(1, 65) if s not in (SIGKILL, SIGSTOP)]
 _KSIGACTION = struct.Struct("<QQQQ")  # handler, flags, restorer, mask (x86_64 struct sigaction)
 
