@@ -46,6 +46,18 @@ def _kernel_at_least(major: int, minor: int) -> bool:
     return (int(rel[0]), int(rel[1])) >= (major, minor)
 
 
+def _kmod_loaded() -> bool:
+    from .restore.backends import module_loaded
+
+    return module_loaded()
+
+
+def _nft_lock() -> bool:
+    from .dump.netlock import probe_nftables
+
+    return probe_nftables()
+
+
 #: feature name (criu's) -> probe
 FEATURES: dict[str, Callable[[], bool]] = {
     "mem_dirty_track": _soft_dirty,
@@ -60,25 +72,13 @@ FEATURES: dict[str, Callable[[], bool]] = {
     "ns_pid": lambda: _kernel_at_least(4, 1),
     "kcmp_epoll": lambda: _kernel_at_least(4, 13),
     "openat2": lambda: _kernel_at_least(5, 6),
-    "kmod": lambda: _kmod_loaded(),
+    "kmod": _kmod_loaded,
     # criu: libnftables present / the lock table accepted; spice speaks nfnetlink itself, so both are
     # whether the kernel takes the lock table (half-closed connections are refused: no tcp_half_closed)
-    "nftables": lambda: _nft_lock(),
-    "network_lock_nftables": lambda: _nft_lock(),
+    "nftables": _nft_lock,
+    "network_lock_nftables": _nft_lock,
     "tcp_half_closed": lambda: False,
 }
-
-
-def _kmod_loaded() -> bool:
-    from .restore.backends import module_loaded
-
-    return module_loaded()
-
-
-def _nft_lock() -> bool:
-    from .dump.netlock import probe_nftables
-
-    return probe_nftables()
 
 
 def check(o) -> int:
