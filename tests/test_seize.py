@@ -167,6 +167,24 @@ def test_stopped_process_stays_stopped():
         assert m.groups() == ("0", "0")
 
 
+def test_stopped_process_is_stopped_again_when_unfreeze_returns():
+    """A detached group-stopped task re-enters its stop by itself, a moment after the detach;
+    unfreeze() waits for that, so a check right after a dump sees T (without the wait, about one
+    round in ten saw it running here)."""
+    with Target.prog("threads", "2") as t:
+        t.wait_for("tick")
+        os.kill(t.pid, signal.SIGSTOP)
+        wait_state(t.pid, "T")
+        tids = [int(x) for x in os.listdir(f"/proc/{t.pid}/task")]
+        for _ in range(150):
+            freeze(t.pid).unfreeze()
+            states = {tid: state(tid) for tid in tids}
+            assert set(states.values()) == {"T"}, states
+        os.kill(t.pid, signal.SIGCONT)
+        n = len(t.lines())
+        t.wait_for("tick", count=n + 2)
+
+
 ZOMBIE_PARENT = """
 import os, sys, time
 c = os.fork()

@@ -126,7 +126,11 @@ class FrozenTree:
 
     def unfreeze(self) -> None:
         """Detach everything: tasks continue exactly as they were (group-stopped ones stay stopped)."""
+        if self.released:
+            return
+        stopped = [pid for pid in self.processes if self.stopped(pid)]
         self._detach_all()
+        self._wait_group_stops(stopped)
 
     def leave_stopped(self) -> None:
         """Detach leaving every process stopped (SIGSTOP), like criu --leave-stopped."""
@@ -139,6 +143,7 @@ class FrozenTree:
                 except ProcessLookupError:
                     pass
         self._detach_all()
+        self._wait_group_stops([p.pid for p in self.processes.values() if p.threads])
 
     def kill(self, timeout: float = 10.0) -> None:
         """SIGKILL the whole tree (criu's default after a successful dump) and wait for it to die.
@@ -197,6 +202,19 @@ class FrozenTree:
                     raise
                 # not in a ptrace stop (or gone): stop it first, then detach
                 _detach_running(tid)
+
+    def _wait_group_stops(self, pids: list[int], timeout: float = 2.0) -> None:
+        """A group-stopped task leaves its ptrace stop on detach and re-enters the group stop on
+        its own, a moment later; wait for that, so whoever checks after us sees it stopped (T)."""
+        pending = [tid for pid in pids for tid in self.processes[pid].threads]
+        deadline = time.monotonic() + timeout
+        delay = 1e-4
+        while pending:
+            pending = [tid for tid in pending if _state(self.tasks[tid].pid, tid) not in "TXZ"]
+            if not pending or time.monotonic() > deadline:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
 
     def __enter__(self) -> FrozenTree:
         return self
