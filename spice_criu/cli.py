@@ -54,6 +54,8 @@ class Options(Record):
     record_timeout: float = 1.0
     feature: str | None = None
     external: list[str] = Factory(list)
+    manage_cgroups: str | None = None  # None: criu's default, soft
+    cgroup_root: list[str] = Factory(list)
     network_lock: str = "iptables"
     status_fd: int | None = None
     address: str | None = None
@@ -126,6 +128,9 @@ OPTIONS: tuple[Opt, ...] = (
     _O("root", ("root",), "r"),
     _O("inherit_fd", ("inherit-fd",), None, "multi", help="fd[N]:KEY"),
     _O("external", ("external",), None, "multi"),
+    _O("manage_cgroups", ("manage-cgroups",), None, "optional", flag_value="soft",
+       help="restore: put tasks back into their dumped cgroups: soft (default), none, ignore"),
+    _O("cgroup_root", ("cgroup-root",), None, "multi", help="restore: [CTL:]/PATH the dumped top cgroup moves to"),
     _O("display_stats", ("display-stats",), None, "bool", False),
     _O("backend", ("backend",), None, "choice", "auto", choices=("auto", "ptrace", "kmod")),
     _O("record_working_set", ("record-working-set",), None, "bool", False),
@@ -140,7 +145,6 @@ OPTIONS: tuple[Opt, ...] = (
     _O("no_default_config", ("no-default-config",), None, "flag", False, hidden=True),
     _O("config", ("config",), hidden=True),
     _O("pre_dump_mode", ("pre-dump-mode",), hidden=True),
-    _O("manage_cgroups", ("manage-cgroups",), None, "optional", flag_value="soft", hidden=True),
     _O("evasive_devices", ("evasive-devices",), None, "bool", False, hidden=True),
     _O("log_pid", ("log-pid",), None, "bool", False, hidden=True),
     _O("check_all", ("extra", "experimental", "all"), None, "flag", False, hidden=True),
@@ -262,7 +266,7 @@ def _options(kw: dict) -> Options:
     for name in (
         "images_dir work_dir log_file pidfile tree leave_running leave_stopped shell_job tcp_established "
         "tcp_close skip_in_flight file_locks link_remap timeout restore_detached restore_sibling root backend "
-        "record_working_set record_timeout display_stats feature network_lock status_fd address"
+        "record_working_set record_timeout display_stats feature network_lock status_fd address manage_cgroups"
     ).split():
         setattr(o, name, kw[name])
     o.verbosity = _verbosity(kw["verbosity"])
@@ -270,6 +274,7 @@ def _options(kw: dict) -> Options:
     o.ghost_limit = _size(kw["ghost_limit"])
     o.inherit_fd = list(kw["inherit_fd"])
     o.external = list(kw["external"])
+    o.cgroup_root = list(kw["cgroup_root"])
     return o
 
 

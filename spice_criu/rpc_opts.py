@@ -98,8 +98,8 @@ def _check_unsupported(ro: Any, kind: str, swrk: bool) -> None:
             _refuse(name, "spice does not set LSM profiles or mount contexts")
     mode = _cg_mode(ro)
     if mode in CG_NAMES:
-        _refuse(f"manage_cgroups_mode {CG_NAMES[mode]}", "spice does not dump or restore cgroup properties "
-                "(tasks are restored into the restorer's cgroups)")
+        _refuse(f"manage_cgroups_mode {CG_NAMES[mode]}", "spice restores cgroup properties only of the cgroups "
+                "it creates (modes soft, none, ignore)")
     if kind == "dump" and ro.HasField("freeze_cgroup"):
         fc = ro.freeze_cgroup
         if not (os.path.exists(os.path.join(fc, "cgroup.freeze")) or os.path.exists(os.path.join(fc, "freezer.state"))):
@@ -108,9 +108,15 @@ def _check_unsupported(ro: Any, kind: str, swrk: bool) -> None:
 
 
 def _cg_mode(ro: Any) -> int:
+    """criu's: manage_cgroups_mode, else manage_cgroups (true: soft, false: ignore), else soft."""
     if ro.HasField("manage_cgroups_mode"):
         return ro.manage_cgroups_mode
-    return CG_SOFT if ro.manage_cgroups else CG_IGNORE
+    if ro.HasField("manage_cgroups"):
+        return CG_SOFT if ro.manage_cgroups else CG_IGNORE
+    return CG_DEFAULT
+
+
+_CG_MODE_NAMES = {CG_IGNORE: "ignore", CG_NONE: "none", CG_SOFT: "soft", CG_DEFAULT: "soft"}
 
 
 def note_harmless(ro: Any, kind: str) -> None:
@@ -120,9 +126,10 @@ def note_harmless(ro: Any, kind: str) -> None:
     if len(ro.ext_mnt) or ro.auto_ext_mnt or ro.ext_sharing or ro.ext_masters or len(ro.skip_mnt) \
             or len(ro.enable_fs) or ro.mntns_compat_mode:
         notes.append("mount options (ext_mnt, skip_mnt, enable_fs...): no mount namespace is dumped or restored")
-    if _cg_mode(ro) not in (CG_IGNORE, CG_NONE) or len(ro.cg_root) or ro.HasField("cgroup_props") \
-            or ro.HasField("cgroup_props_file") or len(ro.cgroup_dump_controller) or ro.HasField("cgroup_yard"):
-        notes.append("cgroup options: tasks stay in (are restored into) the restorer's cgroups")
+    if ro.HasField("cgroup_props") or ro.HasField("cgroup_props_file") or len(ro.cgroup_dump_controller) \
+            or ro.HasField("cgroup_yard"):
+        notes.append("cgroup_props, cgroup_dump_controller, cgroup_yard: spice dumps criu's default properties "
+                     "and uses the host's cgroup mounts")
     if ro.HasField("root") and ro.root not in ("", "/"):
         notes.append(f"root {ro.root}: the images hold no mount namespace, so paths are used as dumped "
                      "(criu ignores root then too; runc/crun send the container's rootfs)")
@@ -212,6 +219,8 @@ def options_from_req(kind: str, ro: Any, peer: int, swrk: bool,
     if kind == "restore":
         o.restore_detached = True  # criu forces it for RPC: the reply carries the pid
         o.restore_sibling = bool(ro.rst_sibling)
+        o.manage_cgroups = _CG_MODE_NAMES.get(_cg_mode(ro))
+        o.cgroup_root = [f"{r.ctrl}:{r.path}" if r.HasField("ctrl") and r.ctrl else r.path for r in ro.cg_root]
     o.verbosity = ro.log_level
     if ro.log_to_stderr:
         o.log_file = None

@@ -21,7 +21,7 @@ from ..images import codec, stats
 from ..linux import prctl, ptrace
 from ..linux.signals import SIGKILL, SIGSTOP
 from ..log import log
-from . import creds, signals, threads, timers
+from . import cgroups, creds, signals, threads, timers
 from .backends import DEVICE, module_loaded
 from .backends import ptrace as ptrace_backend
 from .files import OpenContext, install_fds, install_fs
@@ -142,7 +142,8 @@ def write_pidfile(path: str, workdir: str, pid: int) -> None:
         f.write(str(pid))
 
 
-def restore_plan(plan: RestorePlan, o: Options, backend) -> tuple[list[TaskCtl], int, float]:
+def restore_plan(plan: RestorePlan, o: Options, backend,
+                 cg_moves: list[cgroups.Move]) -> tuple[list[TaskCtl], int, float]:
     """Build every task; on return all of them are fully restored and still stopped.
 
     Returns (tasks, pages restored, seconds spent forking)."""
@@ -151,12 +152,16 @@ def restore_plan(plan: RestorePlan, o: Options, backend) -> tuple[list[TaskCtl],
     ctx.state = plan.file_state
     ctx.options = o
     created: list[TaskCtl] = []
+    cg_dirs: list[str] = []
     prctl.set_child_subreaper(True)
     try:
         t0 = time.monotonic()
         create_tree(plan, o.restore_sibling, created)
         log.info(f"tree of {len(created)} tasks created")
         fault_point("restore-tree")
+        if cg_moves:
+            cgroups.apply(cg_moves, o.manage_cgroups, cg_dirs)
+            fault_point("restore-cgroups")
         forking = time.monotonic() - t0
         pages = 0
         for ctl in created:
@@ -176,6 +181,7 @@ def restore_plan(plan: RestorePlan, o: Options, backend) -> tuple[list[TaskCtl],
         return created, pages, forking
     except BaseException:
         kill_all(created)
+        cgroups.undo(cg_dirs)
         raise
     finally:
         prctl.set_child_subreaper(False)
@@ -202,9 +208,10 @@ def restore(o: Options) -> int:
         root.sid, root.pgid = os.getsid(0), os.getpgid(0)
     elif plan.root.sid != plan.root.pid:
         raise SpiceError("restore", f"task {plan.root.pid} is not a session leader: restore with --shell-job")
+    cg_moves = cgroups.plan(plan, o.manage_cgroups, o.cgroup_root)
     backend = choose_backend(o.backend, o.record_working_set)
     o.run_script("pre-restore")
-    ctls, pages, forking = restore_plan(plan, o, backend)
+    ctls, pages, forking = restore_plan(plan, o, backend, cg_moves)
     restore_time = time.monotonic() - t0
     try:
         fault_point("restore-resume")

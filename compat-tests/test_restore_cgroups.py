@@ -1,0 +1,179 @@
+# SPDX-License-Identifier: MIT
+"""spice restore puts tasks back into their dumped cgroups, as criu restore does by default
+(--manage-cgroups soft): real `criu dump` of workloads living in other cgroups (a v1 hierarchy and
+cgroup2) -> `spice restore` -> each process is in its cgroups again (created when missing, with
+the dumped properties) and continues; modes ignore and none, --cgroup-root, and a failed restore
+that leaves neither task nor created cgroup behind."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import harness
+import pytest
+from spice import SpiceFailed, spice, spice_restore
+
+V1 = "pids"  # a v1 controller hierarchy this host mounts (checked below), and cgroup2
+ROOT = Path("/sys/fs/cgroup")
+
+
+def _mount(hierarchy: str) -> Path:
+    """Where this host mounts a cgroup hierarchy ("" = cgroup2); the test fails loudly without it."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            fstype, opts = fields[sep + 1], fields[sep + 3].split(",")
+            if (hierarchy == "" and fstype == "cgroup2") or (fstype == "cgroup" and hierarchy in opts):
+                return Path(fields[4])
+    raise AssertionError(f"cgroup hierarchy {hierarchy or 'cgroup2'} is not mounted on this host")
+
+
+class Cgroups:
+    """Uniquely named cgroups in the v1 pids hierarchy and in cgroup2, removed at the end."""
+
+    def __init__(self) -> None:
+        self.top = f"spice-test-{uuid.uuid4().hex[:8]}"
+        self.mounts = {"pids": _mount(V1), "": _mount("")}
+
+    def path(self, hierarchy: str, rel: str) -> Path:
+        return self.mounts[hierarchy] / self.top / rel if rel else self.mounts[hierarchy] / self.top
+
+    def make(self, rel: str) -> None:
+        for h in self.mounts:
+            self.path(h, rel).mkdir(parents=True, exist_ok=True)
+
+    def put(self, pid: int, rel: str) -> None:
+        for h in self.mounts:
+            (self.path(h, rel) / "cgroup.procs").write_text(str(pid))
+
+    def remove(self) -> None:
+        for h in self.mounts:
+            base = self.path(h, "")
+            if not base.exists():
+                continue
+            for d in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                d.rmdir()
+            base.rmdir()
+
+    def exists(self) -> bool:
+        return any(self.path(h, "").exists() for h in self.mounts)
+
+
+def membership(pid: int) -> dict[str, str]:
+    """hierarchy -> path, from /proc/PID/cgroup ("" = cgroup2)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, names, path = line.split(":", 2)
+        out[names] = path
+    return out
+
+
+@pytest.fixture
+def cgroups():
+    cg = Cgroups()
+    yield cg
+    harness.reap_zombie_children()
+    cg.remove()
+
+
+def _dump_in_cgroups(workload_factory, compat_tmp: Path, cg: Cgroups, name: str = "tree"):
+    """The workload's root in <top>/a and (tree) its child in <top>/b, a pids.max on <top>/a;
+    dumped by real criu (killed), its cgroups then removed."""
+    wl = workload_factory(name)
+    cg.make("a")
+    cg.make("b")
+    (cg.path("pids", "a") / "pids.max").write_text("77")
+    cg.put(wl.pid, "a")
+    for child in wl.pids[1:]:
+        cg.put(child, "b")
+    info = harness.dump_workload(wl, compat_tmp / f"cg-{name}")
+    cg.remove()
+    return info
+
+
+def _where(cg: Cgroups, rel: str) -> dict[str, str]:
+    return {"pids": f"/{cg.top}/{rel}", "": f"/{cg.top}/{rel}"}
+
+
+def test_criu_dump_restored_into_its_cgroups(workload_factory, compat_tmp: Path, cgroups: Cgroups) -> None:
+    info = _dump_in_cgroups(workload_factory, compat_tmp, cgroups)
+    assert (info.images_dir / "cgroup.img").exists()
+    pid = spice_restore(info.images_dir)
+    try:
+        got = membership(pid)
+        assert {h: got[h] for h in ("pids", "")} == _where(cgroups, "a")
+        for child in info.pids[1:]:
+            got = membership(child)
+            assert {h: got[h] for h in ("pids", "")} == _where(cgroups, "b")
+        # created by the restore, so with the dumped properties (soft mode)
+        assert (cgroups.path("pids", "a") / "pids.max").read_text().strip() == "77"
+        harness.assert_continues(info, pid)
+    finally:
+        harness.kill_restored(info, pid)
+
+
+def test_existing_cgroups_keep_their_properties(workload_factory, compat_tmp: Path, cgroups: Cgroups) -> None:
+    info = _dump_in_cgroups(workload_factory, compat_tmp, cgroups, "counter")
+    cgroups.make("a")
+    (cgroups.path("pids", "a") / "pids.max").write_text("55")
+    pid = spice_restore(info.images_dir, "--manage-cgroups=none")
+    try:
+        assert membership(pid)["pids"] == f"/{cgroups.top}/a"
+        assert (cgroups.path("pids", "a") / "pids.max").read_text().strip() == "55"
+        harness.assert_continues(info, pid)
+    finally:
+        harness.kill_restored(info, pid)
+
+
+def test_ignore_leaves_tasks_in_the_restorers_cgroups(workload_factory, compat_tmp: Path,
+                                                      cgroups: Cgroups) -> None:
+    info = _dump_in_cgroups(workload_factory, compat_tmp, cgroups, "counter")
+    pid = spice_restore(info.images_dir, "--manage-cgroups=ignore")
+    try:
+        assert membership(pid) == membership(os.getpid())
+        assert not cgroups.exists()
+        harness.assert_continues(info, pid)
+    finally:
+        harness.kill_restored(info, pid)
+
+
+def test_cgroup_root_moves_the_dumped_top(workload_factory, compat_tmp: Path, cgroups: Cgroups) -> None:
+    """--cgroup-root CTL:/PATH (what runc passes): the hierarchy's dumped top directory becomes PATH."""
+    info = _dump_in_cgroups(workload_factory, compat_tmp, cgroups, "counter")
+    pid = spice_restore(info.images_dir, f"--cgroup-root=pids:/{cgroups.top}/moved")
+    try:
+        got = membership(pid)
+        assert got["pids"] == f"/{cgroups.top}/moved" and got[""] == f"/{cgroups.top}/a"
+        harness.assert_continues(info, pid)
+    finally:
+        harness.kill_restored(info, pid)
+
+
+def test_missing_cgroup_in_mode_none_fails_up_front(workload_factory, compat_tmp: Path, cgroups: Cgroups) -> None:
+    info = _dump_in_cgroups(workload_factory, compat_tmp, cgroups, "counter")
+    with pytest.raises(SpiceFailed) as e:
+        spice_restore(info.images_dir, "--manage-cgroups=none")
+    assert e.value.rc == 1
+    assert f"/{cgroups.top}/a does not exist" in e.value.stderr and "Traceback" not in e.value.stderr
+    assert not harness.is_running(info.pid) and not cgroups.exists()
+
+
+def test_failed_restore_removes_the_cgroups_it_created(workload_factory, compat_tmp: Path, cgroups: Cgroups,
+                                                       monkeypatch) -> None:
+    info = _dump_in_cgroups(workload_factory, compat_tmp, cgroups, "tree")
+    monkeypatch.setenv("SPICE_FAULT", "restore-cgroups")
+    p = spice("restore", "-D", str(info.images_dir), "-d", "-o", "fail.log", check=False)
+    assert p.returncode == 1 and "injected failure at restore-cgroups" in p.stderr
+    assert not any(harness.is_running(q) for q in info.pids)
+    assert not cgroups.exists()
+
+
+def test_unknown_mode_and_full_mode_are_refused(workload_factory, compat_tmp: Path, cgroups: Cgroups) -> None:
+    info = _dump_in_cgroups(workload_factory, compat_tmp, cgroups, "counter")
+    for mode, words in (("bogus", "unknown mode"), ("full", "not supported")):
+        p = spice("restore", "-D", str(info.images_dir), "-d", f"--manage-cgroups={mode}", check=False)
+        assert p.returncode == 1 and words in p.stderr and "Error (spice/cgroups)" in p.stderr, p.stderr
+        assert not harness.is_running(info.pid)
