@@ -161,12 +161,13 @@ def test_missing_cgroup_in_mode_none_fails_up_front(workload_factory, compat_tmp
     assert not harness.is_running(info.pid) and not cgroups.exists()
 
 
+@pytest.mark.parametrize("fault", ["restore-cgroups", "restore-resume"])
 def test_failed_restore_removes_the_cgroups_it_created(workload_factory, compat_tmp: Path, cgroups: Cgroups,
-                                                       monkeypatch) -> None:
+                                                       monkeypatch, fault: str) -> None:
     info = _dump_in_cgroups(workload_factory, compat_tmp, cgroups, "tree")
-    monkeypatch.setenv("SPICE_FAULT", "restore-cgroups")
+    monkeypatch.setenv("SPICE_FAULT", fault)
     p = spice("restore", "-D", str(info.images_dir), "-d", "-o", "fail.log", check=False)
-    assert p.returncode == 1 and "injected failure at restore-cgroups" in p.stderr
+    assert p.returncode == 1 and f"injected failure at {fault}" in p.stderr
     assert not any(harness.is_running(q) for q in info.pids)
     assert not cgroups.exists()
 

@@ -142,17 +142,18 @@ def write_pidfile(path: str, workdir: str, pid: int) -> None:
         f.write(str(pid))
 
 
-def restore_plan(plan: RestorePlan, o: Options, backend,
-                 cg_moves: list[cgroups.Move]) -> tuple[list[TaskCtl], int, float]:
+def restore_plan(plan: RestorePlan, o: Options, backend, cg_moves: list[cgroups.Move],
+                 cg_dirs: list[str]) -> tuple[list[TaskCtl], int, float]:
     """Build every task; on return all of them are fully restored and still stopped.
 
-    Returns (tasks, pages restored, seconds spent forking)."""
+    Returns (tasks, pages restored, seconds spent forking). On failure every task is killed and the
+    cgroups made for them are removed (cg_dirs collects those, for the caller to undo a later
+    failure too)."""
     ctx = OpenContext(plan.imgdir, root=o.root or "/", inherit=parse_inherit(o.inherit_fd))
     ctx.files = plan.files
     ctx.state = plan.file_state
     ctx.options = o
     created: list[TaskCtl] = []
-    cg_dirs: list[str] = []
     prctl.set_child_subreaper(True)
     try:
         t0 = time.monotonic()
@@ -211,7 +212,8 @@ def restore(o: Options) -> int:
     cg_moves = cgroups.plan(plan, o.manage_cgroups, o.cgroup_root)
     backend = choose_backend(o.backend, o.record_working_set)
     o.run_script("pre-restore")
-    ctls, pages, forking = restore_plan(plan, o, backend, cg_moves)
+    cg_dirs: list[str] = []
+    ctls, pages, forking = restore_plan(plan, o, backend, cg_moves, cg_dirs)
     restore_time = time.monotonic() - t0
     try:
         fault_point("restore-resume")
@@ -226,6 +228,7 @@ def restore(o: Options) -> int:
         o.run_script("pre-resume")
     except BaseException:
         kill_all(ctls)
+        cgroups.undo(cg_dirs)
         raise
     resume(ctls)
     log.info(f"Restore finished successfully. Tasks resumed. ({restore_time * 1e3:.1f} ms)")
