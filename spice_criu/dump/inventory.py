@@ -1,10 +1,10 @@
 # SPDX-License-Identifier: MIT
-"""The images that describe the dump as a whole: inventory.img (written last), timens-0.img, and the
-cgroup check.
+"""The images that describe the dump as a whole: inventory.img (written last) and timens-0.img.
 
 inventory.img is what makes a directory restorable: img_version 2, fdinfo_per_id, the dumper's own
 object/namespace ids (root_ids: restore compares every task's ids with them to know which namespaces
-it must create), the network-lock method and a run id, exactly the fields CRIU 4.2.1 sets.
+it must create), the dumper's own cgroup set (root_cg_set 1, see cgroups.py), the network-lock
+method and a run id, exactly the fields CRIU 4.2.1 sets.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import time
 
 from ..images import codec
 from ..images.lite import Message
-from ..log import log
 
 NETWORK_LOCK = {"iptables": 0, "nftables": 1, "skip": 2}
 NO_LSM, SELINUX, APPARMOR = 0, 1, 2
@@ -50,24 +49,6 @@ def timens() -> Message:
         ts = getattr(e, field)
         ts.tv_sec, ts.tv_nsec = ns // 10**9, ns % 10**9
     return e
-
-
-def _cgroups(pid: int | str) -> str:
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def check_cgroups(pids: list[int]) -> None:
-    """CRIU names the dumper's own cgroup set 1 and writes cgroup.img only for tasks elsewhere; spice
-    records every task in set 1 (restored into the restorer's cgroups) and says so when it differs."""
-    mine = _cgroups("self")
-    for pid in pids:
-        if _cgroups(pid) != mine:
-            log.warn("dump", f"task {pid} is in other cgroups than spice: cgroup.img is not written, the task "
-                             "will be restored into the restorer's cgroups")
 
 
 def new_run_id() -> str:

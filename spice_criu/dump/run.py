@@ -24,6 +24,7 @@ from ..linux import ptrace as pt
 from ..linux.signals import SIGKILL
 from ..log import log
 from . import creds, files, ids, inventory, mm, pages, proc, seccomp, seize, shmem, signals, threads, timers, tree
+from .cgroups import Cgroups
 from .imgset import ImageSet
 from .intask import SCRATCH_SIZE, Batch
 
@@ -56,6 +57,7 @@ class DumpContext:
         self.dumped_files_ids: set[int] = set()
         self.pages_id = 0
         self.seccomp = seccomp.Seccomp()
+        self.cgroups = Cgroups(opts.manage_cgroups)
         self.pipe_data_done: set[tuple[str, int]] = set()
         #: the dump run's id (inventory.img), which also names the nftables lock table
         self.run_id = inventory.new_run_id()
@@ -187,7 +189,8 @@ def dump_task(ctx: DumpContext, t: tree.Task) -> None:
         regs = threads.image_regs(pt.getregs(tid))
         sps.append(regs.sp)
         threads.fill_thread_info(core, tid, regs, it.threads[tid])
-        threads.fill_thread_core(core, pid, tid, it.threads[tid], leader=tid == pid)
+        threads.fill_thread_core(core, pid, tid, it.threads[tid], leader=tid == pid,
+                                 cg_set=ctx.cgroups.thread_set(pid, tid))
         creds.fill_creds(core, proc.status(pid, tid), it.threads[tid].secbits)
         ctx.seccomp.fill(tid, core.thread_core)
         signals.queue(tid, False, core.thread_core.signals_p)
@@ -250,7 +253,8 @@ def _collect(ctx: DumpContext, frozen: seize.FrozenTree) -> Message:
     ctx.images.add_all("pstree.img", "PSTREE", tree.pstree_entries(tasks))
     ctx.images.add("seccomp.img", "SECCOMP", ctx.seccomp.entry)
     ctx.images.add("timens-0.img", "TIMENS", inventory.timens())
-    inventory.check_cgroups([t.pid for t in tasks])
+    if (cg := ctx.cgroups.entry()) is not None:
+        ctx.images.add("cgroup.img", "CGROUP", cg)
     fault("images")
     return inventory.inventory(ctx.ids.root_ids, o.network_lock, ctx.run_id, tcp_close=bool(o.tcp_close))
 

@@ -180,7 +180,7 @@ def _rseq(tid: int, tc: Message) -> None:
         e.rseq_cs_pointer = cs_ptr
 
 
-def fill_thread_core(core: Message, pid: int, tid: int, it: ThreadInTask, leader: bool) -> None:
+def fill_thread_core(core: Message, pid: int, tid: int, it: ThreadInTask, leader: bool, cg_set: int) -> None:
     tc = core.thread_core
     tc.futex_rla, tc.futex_rla_len = robust_list(tid)
     _sched(tid, tc)
@@ -191,4 +191,4 @@ def fill_thread_core(core: Message, pid: int, tid: int, it: ThreadInTask, leader
         tc.pdeath_sig = it.pdeath_sig
     tc.comm = proc.read_text(f"/proc/{pid}/task/{tid}/comm", f"thread {tid}").rstrip("\n")
     _rseq(tid, tc)
-    tc.cg_set = 1
+    tc.cg_set = cg_set
