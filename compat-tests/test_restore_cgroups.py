@@ -14,6 +14,7 @@ from pathlib import Path
 import harness
 import pytest
 from spice import SpiceFailed, spice, spice_restore
+from test_rpc_pycriu import pycriu, pycriu_restore, spice_criu  # noqa: F401 - fixtures
 
 V1 = "pids"  # a v1 controller hierarchy this host mounts (checked below), and cgroup2
 ROOT = Path("/sys/fs/cgroup")
@@ -178,3 +179,27 @@ def test_unknown_mode_and_full_mode_are_refused(workload_factory, compat_tmp: Pa
         p = spice("restore", "-D", str(info.images_dir), "-d", f"--manage-cgroups={mode}", check=False)
         assert p.returncode == 1 and words in p.stderr and "Error (spice/cgroups)" in p.stderr, p.stderr
         assert not harness.is_running(info.pid)
+
+
+@pytest.mark.parametrize("how", ["default", "manage_cgroups=false", "cg_root"])
+def test_rpc_restore_follows_criu_s_cgroup_options(how: str, pycriu, spice_criu: Path,  # noqa: F811
+                                                  workload_factory, compat_tmp: Path, cgroups: Cgroups) -> None:
+    """Over swrk (pycriu, runc): no cgroup option means soft, as in criu; manage_cgroups=false is
+    ignore; cg_root entries (runc sends one per hierarchy) rebase the dumped top directory."""
+    info = _dump_in_cgroups(workload_factory, compat_tmp, cgroups, "counter")
+    kw: dict = {}
+    want = _where(cgroups, "a")
+    if how == "manage_cgroups=false":
+        kw["manage_cgroups"] = False
+        want = {h: membership(os.getpid())[h] for h in want}
+    elif how == "cg_root":
+        kw["manage_cgroups"] = True
+        kw["cg_root"] = [pycriu.rpc.cgroup_root(ctrl="pids", path=f"/{cgroups.top}/runc")]
+        want = {"pids": f"/{cgroups.top}/runc", "": f"/{cgroups.top}/a"}
+    pid = pycriu_restore(pycriu, spice_criu, info.images_dir, log_file=f"restore-rpc-{how}.log", **kw)
+    try:
+        got = membership(pid)
+        assert {h: got[h] for h in want} == want
+        harness.assert_continues(info, pid)
+    finally:
+        harness.kill_restored(info, pid)
