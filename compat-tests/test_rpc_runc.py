@@ -102,6 +102,7 @@ def drive(case: str, base: Path, shim_dir: Path, criu_dir: Path) -> dict:
         pid = json.loads(subprocess.run([*runc, "state", ctr], capture_output=True, text=True,
                                         check=True).stdout)["pid"]
         res["pid"] = pid
+        res["cgroups"] = Path(f"/proc/{pid}/cgroup").read_text()
         _wait_ticks(out, -1)
         p = subprocess.run([*runc, "checkpoint", "--image-path", str(images), "--work-path", str(work), ctr],
                            env=spice_env, capture_output=True, text=True, timeout=120)
@@ -130,6 +131,7 @@ def drive(case: str, base: Path, shim_dir: Path, criu_dir: Path) -> dict:
             st = json.loads(subprocess.run([*runc, "state", ctr], capture_output=True, text=True,
                                            check=True).stdout)
             res["restored_pid"], res["restored_status"] = st["pid"], st["status"]
+            res["restored_cgroups"] = Path(f"/proc/{st['pid']}/cgroup").read_text()
         res["last"] = last
         return res
     finally:
@@ -184,6 +186,7 @@ def test_runc_checkpoint_by_spice_restores_under_criu(runc: str, shim_dir: Path,
     assert "(spice-criu" not in res["restore_log"] and "Restore finished successfully" in res["restore_log"]
     assert res["after"] == [res["last"] + 1, res["last"] + 2, res["last"] + 3], res
     assert res["restored_pid"] == res["pid"] and res["restored_status"] == "running"
+    assert res["restored_cgroups"] == res["cgroups"], "the container is back in its cgroups"
 
 
 def test_runc_checkpoint_and_restore_by_spice(runc: str, shim_dir: Path, criu_bin: Path, tmp_path: Path) -> None:
@@ -195,6 +198,7 @@ def test_runc_checkpoint_and_restore_by_spice(runc: str, shim_dir: Path, criu_bi
     assert "(spice-criu" in res["restore_log"] and "RPC: notify post-restore" in res["restore_log"]
     assert res["after"] == [res["last"] + 1, res["last"] + 2, res["last"] + 3], res
     assert res["restored_pid"] == res["pid"] and res["restored_status"] == "running"
+    assert res["restored_cgroups"] == res["cgroups"], "the container is back in its cgroups"
 
 
 def test_runc_checkpoint_of_a_namespaced_container_is_refused(runc: str, shim_dir: Path, criu_bin: Path,
