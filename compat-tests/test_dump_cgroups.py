@@ -102,9 +102,9 @@ def root_cg_set(crit: Path, d: Path) -> int:
     return _decode(crit, d / "inventory.img")["entries"][0]["root_cg_set"]
 
 
-def dump_compare(crit: Path, wl: harness.Workload, base: Path) -> tuple[Path, Path]:
+def dump_compare(crit: Path, wl: harness.Workload, base: Path, extra: tuple[str, ...] = ()) -> tuple[Path, Path]:
     """CRIU then spice of the stopped workload; every image agrees (cgroup.img with no allowance)."""
-    criu_dir, spice_dir = dump_both(wl.pid, wl.pids, base, stopped=True)
+    criu_dir, spice_dir = dump_both(wl.pid, wl.pids, base, stopped=True, criu_extra=extra, spice_extra=extra)
     wl.wait_ticks(3)
     wl.check()
     problems = compare_dirs(crit, criu_dir, spice_dir, running=False)
@@ -140,6 +140,37 @@ def test_process_in_other_cgroups(workload_factory, crit_bin: Path, compat_tmp: 
         props = {p["name"]: p["value"] for p in pids_dirs[cg.top]["properties"]}
         assert props["pids.max"] == "4242" and props["tasks"] == ""
         assert by_name["pids"]["is_threaded"] is True and by_name[""]["is_threaded"] is False
+
+
+def test_manage_cgroups_ignore_dumps_no_directories(workload_factory, crit_bin: Path, compat_tmp: Path) -> None:
+    """--manage-cgroups=ignore: the sets are still written, no hierarchy is walked (as CRIU)."""
+    wl = workload_factory("counter")
+    with cgroups_for("ignore", wl) as cg:
+        cg.move("pids", wl.pid)
+        criu_dir, spice_dir = dump_compare(crit_bin, wl, compat_tmp / "cgroups-ignore",
+                                           ("--manage-cgroups=ignore",))
+        img = _decode(crit_bin, spice_dir / "cgroup.img")["entries"][0]
+        assert [s["id"] for s in img["sets"]] == [2]
+        assert img["controllers"] and not any(c.get("dirs") for c in img["controllers"])
+
+
+def test_sibling_cgroups_sharing_a_name_prefix(workload_factory, crit_bin: Path, compat_tmp: Path) -> None:
+    """/X and /X0: two heads of the hierarchy (whole path components decide what is below what)."""
+    wl = workload_factory("tree")
+    with cgroups_for("prefix", wl) as cg:
+        other = Cgroups("prefix")
+        other.top = cg.top + "0"
+        try:
+            parent, child1, _ = wl.pids
+            cg.move("pids", parent)
+            other.move("pids", child1)
+            criu_dir, spice_dir = dump_compare(crit_bin, wl, compat_tmp / "cgroups-prefix")
+            img = _decode(crit_bin, spice_dir / "cgroup.img")["entries"][0]
+            pids_ctl = next(c for c in img["controllers"] if c["cnames"] == ["pids"])
+            assert [d["dir_name"] for d in pids_ctl["dirs"]] == [cg.top, other.top]
+        finally:
+            wl.kill()
+            other.remove()
 
 
 def test_tree_split_over_cgroups(workload_factory, crit_bin: Path, compat_tmp: Path) -> None:

@@ -12,8 +12,9 @@ cgroup_entry: `sets`, the other sets; `controllers`, one per hierarchy of the du
 /proc/self/cgroup (in that file's order, named hierarchies appended as the sets meet them), each
 with the directory of every path the sets use and the whole subtree below it (readdir order,
 depth first), with the properties CRIU knows for the hierarchy, then the generic ones, that exist
-on this kernel. The directory tree is grown as CRIU's find_dir does (by string prefix), and a
-directory's dir_name is its path relative to its parent ("" for a hierarchy's root).
+on this kernel. A directory already dumped is not dumped again; one below a dumped directory
+becomes its child, any other a head of the hierarchy's list; dir_name is a head's path without
+its leading "/" ("" for a hierarchy's root) and a child's path relative to its parent.
 
 CRIU mounts each hierarchy itself to walk it; spice walks the mount of it this host already has
 (/proc/self/mountinfo) and fails naming the hierarchy when there is none.
@@ -287,12 +288,17 @@ class Cgroups:
         return e
 
 
+def _below(path: str, parent: str) -> bool:
+    return path.startswith(parent) and (parent.endswith("/") or path[len(parent):len(parent) + 1] == "/")
+
+
 def _find_dir(path: str, dirs: list[Dir]) -> tuple[int, Dir | None]:
-    """CRIU's find_dir: the directory itself, or the deepest one whose path is a string prefix."""
+    """CRIU's find_dir: the directory itself, or the deepest dumped one it is below (by whole path
+    components: CRIU 4.2.1 keeps /X0 apart from /X)."""
     for d in dirs:
         if d.path == path:
             return _EXACT, d
-        if path.startswith(d.path):
+        if _below(path, d.path):
             kind, m = _find_dir(path, d.children)
             return (_PARENT, d) if kind == _NONE else (kind, m)
     return _NONE, None
