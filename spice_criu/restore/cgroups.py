@@ -33,10 +33,12 @@ _NOT_SETTINGS = {"cgroup.procs", "tasks", "cgroup.threads", "devices.list", "cgr
 
 
 class Move:
-    """One task into one hierarchy's directory: `path` (absolute, on this host), under `mount`."""
+    """One task into one hierarchy's directory: `path` (absolute, on this host), under `mount`;
+    `dumped`: the dumped directory entry (properties, permissions) of it and of its parents, by
+    host path, for the ones the restore has to create."""
 
-    def __init__(self, pid: int, hierarchy: str, mount: str, path: str, props: Message | None) -> None:
-        self.pid, self.hierarchy, self.mount, self.path, self.props = pid, hierarchy, mount, path, props
+    def __init__(self, pid: int, hierarchy: str, mount: str, path: str, dumped: dict[str, Message]) -> None:
+        self.pid, self.hierarchy, self.mount, self.path, self.dumped = pid, hierarchy, mount, path, dumped
 
 
 def mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[str, tuple[str, str]]:
@@ -106,7 +108,7 @@ def _dir_entry(entry: Message, hierarchy: str, rel: str) -> Message | None:
     return None
 
 
-def plan(plan: RestorePlan, mode: str | None, roots: list[str]) -> list[Move]:
+def plan_moves(plan: RestorePlan, mode: str | None, roots: list[str]) -> list[Move]:
     """What to move where; [] when nothing lives outside the dumper's cgroups or mode is ignore."""
     mode = mode or "soft"
     if mode not in MODES:
@@ -156,9 +158,21 @@ def plan(plan: RestorePlan, mode: str | None, roots: list[str]) -> list[Move]:
                 raise SpiceError("cgroups", f"task {pid}: cgroup {hierarchy or 'cgroup2'}:{path} is outside the "
                                             f"part of the hierarchy mounted here ({mroot})")
             rel = path[len(mroot.rstrip("/")):].strip("/")
-            props = None if mode == "none" else _dir_entry(entry, hierarchy, member.path.strip("/"))
-            moves.append(Move(pid, hierarchy, mount, os.path.join(mount, rel) if rel else mount, props))
+            host = os.path.join(mount, rel) if rel else mount
+            dumped = {} if mode == "none" else _dumped_dirs(entry, hierarchy, host, mount, member.path)
+            moves.append(Move(pid, hierarchy, mount, host, dumped))
     return moves
+
+
+def _dumped_dirs(entry: Message, hierarchy: str, host: str, mount: str, path: str) -> dict[str, Message]:
+    """Host directory -> dumped entry, from the task's directory up, as far as both paths go."""
+    out = {}
+    while host != mount and path.strip("/"):
+        d = _dir_entry(entry, hierarchy, path.strip("/"))
+        if d is not None:
+            out[host] = d
+        host, path = os.path.dirname(host), os.path.dirname(path.rstrip("/"))
+    return out
 
 
 def _cg_set(core: Message) -> int:
@@ -196,7 +210,8 @@ def apply(moves: list[Move], mode: str | None, created: list[str]) -> None:
 
 
 def _create(mv: Move, created: list[str]) -> None:
-    """mkdir -p, each new directory with its dumped permissions; the leaf with its properties."""
+    """mkdir -p, each new directory (parents first: a v1 cpuset child needs its parent's cpus and
+    mems) with its dumped permissions and properties."""
     missing = []
     p = mv.path
     while not os.path.isdir(p) and p != mv.mount:
@@ -209,15 +224,15 @@ def _create(mv: Move, created: list[str]) -> None:
             raise SpiceError("cgroups", f"can't create cgroup {d}: {e.strerror}") from None
         created.append(d)
         log.info(f"created cgroup {d}")
-    if mv.props is None:
-        return
-    perms = mv.props.dir_perms if mv.props.HasField("dir_perms") else None
-    if perms is not None:
-        _own(mv.path, perms)
-    for prop in mv.props.properties:
-        if prop.name in _NOT_SETTINGS or (prop.name == "cgroup.type" and prop.value == "domain"):
+        dumped = mv.dumped.get(d)
+        if dumped is None:
             continue
-        _set_property(mv.path, prop)
+        if dumped.HasField("dir_perms"):
+            _own(d, dumped.dir_perms)
+        for prop in dumped.properties:
+            if prop.name in _NOT_SETTINGS or (prop.name == "cgroup.type" and prop.value == "domain"):
+                continue
+            _set_property(d, prop)
 
 
 def _set_property(path: str, prop: Message) -> None:

@@ -209,7 +209,7 @@ def restore(o: Options) -> int:
         root.sid, root.pgid = os.getsid(0), os.getpgid(0)
     elif plan.root.sid != plan.root.pid:
         raise SpiceError("restore", f"task {plan.root.pid} is not a session leader: restore with --shell-job")
-    cg_moves = cgroups.plan(plan, o.manage_cgroups, o.cgroup_root)
+    cg_moves = cgroups.plan_moves(plan, o.manage_cgroups, o.cgroup_root)
     backend = choose_backend(o.backend, o.record_working_set)
     o.run_script("pre-restore")
     cg_dirs: list[str] = []
