@@ -158,9 +158,9 @@ def plan_moves(plan: RestorePlan, mode: str | None, roots: list[str]) -> list[Mo
                 raise SpiceError("cgroups", f"task {pid}: cgroup {hierarchy or 'cgroup2'}:{path} is outside the "
                                             f"part of the hierarchy mounted here ({mroot})")
             rel = path[len(mroot.rstrip("/")):].strip("/")
-            host = os.path.join(mount, rel) if rel else mount
-            dumped = {} if mode == "none" else _dumped_dirs(entry, hierarchy, host, mount, member.path)
-            moves.append(Move(pid, hierarchy, mount, host, dumped))
+            target = os.path.join(mount, rel) if rel else mount
+            dumped = {} if mode == "none" else _dumped_dirs(entry, hierarchy, target, mount, member.path)
+            moves.append(Move(pid, hierarchy, mount, target, dumped))
     return moves
 
 
