@@ -1,13 +1,12 @@
 # SPDX-License-Identifier: MIT
-"""restore.cgroups: the host's cgroup mounts as hierarchies, --cgroup-root rebasing, finding a
+"""cgroupfs and restore.cgroups: the host's cgroup mounts as hierarchies, --cgroup-root rebasing, finding a
 dumped directory's properties (the real restores are in compat-tests/test_restore_cgroups.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from spice_criu import cgroupfs
 from spice_criu.errors import SpiceError
 from spice_criu.images import codec
 from spice_criu.restore import cgroups
@@ -23,20 +22,20 @@ MOUNTINFO = """\
 """
 
 
-def test_mounts_name_hierarchies_as_proc_pid_cgroup_does(tmp_path: Path) -> None:
-    f = tmp_path / "mountinfo"
-    f.write_text(MOUNTINFO)
-    assert cgroups.mounts(str(f)) == {
-        "": ("/sys/fs/cgroup/unified", "/"),
-        "name=systemd": ("/sys/fs/cgroup/systemd", "/"),
-        "cpu,cpuacct": ("/sys/fs/cgroup/cpu,cpuacct", "/"),
-        "pids": ("/sys/fs/cgroup/pids", "/ctr"),
-        "cpuset": ("/sys/fs/cgroup/cpuset", "/"),
-    }
-    host = cgroups.mounts(str(f))
+def test_hierarchies_are_found_as_proc_pid_cgroup_names_them() -> None:
+    host = cgroupfs.mounts(MOUNTINFO)
+    assert [m[0] for m in host] == ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup/cpu,cpuacct",
+                                    "/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpuset"]
+    assert cgroupfs.locate("", "/a", host) == ("/sys/fs/cgroup/unified", "/sys/fs/cgroup/unified/a")
+    assert cgroupfs.locate("name=systemd", "/", host) == ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/systemd")
+    assert cgroupfs.locate("cpu,cpuacct", "/a", host)[1] == "/sys/fs/cgroup/cpu,cpuacct/a"
+    assert cgroupfs.locate("cpuset", "/", host)[1] == "/sys/fs/cgroup/cpuset"
     # a controller co-mounted with another is found by either name
-    assert cgroups._find_mount("cpuacct", host) == ("/sys/fs/cgroup/cpu,cpuacct", "/")
-    assert cgroups._find_mount("memory", host) is None
+    assert cgroupfs.locate("cpuacct", "/", host) == ("/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu,cpuacct")
+    assert not cgroupfs.mounted("memory", host) and cgroupfs.locate("memory", "/", host) is None
+    # pids is mounted from its /ctr: only that part of the hierarchy is reachable
+    assert cgroupfs.locate("pids", "/ctr/x", host) == ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/pids/x")
+    assert cgroupfs.mounted("pids", host) and cgroupfs.locate("pids", "/other", host) is None
 
 
 def _entry():

@@ -17,13 +17,14 @@ becomes its child, any other a head of the hierarchy's list; dir_name is a head'
 its leading "/" ("" for a hierarchy's root) and a child's path relative to its parent.
 
 CRIU mounts each hierarchy itself to walk it; spice walks the mount of it this host already has
-(/proc/self/mountinfo) and fails naming the hierarchy when there is none.
+(cgroupfs.locate) and fails naming the hierarchy when there is none.
 """
 
 from __future__ import annotations
 
 import os
 
+from .. import cgroupfs
 from ..errors import SpiceError
 from ..images import codec
 from ..log import log
@@ -119,25 +120,6 @@ def hierarchies(own_cgroup: str) -> list[Hierarchy]:
     return out
 
 
-def _unescape(s: str) -> str:
-    if "\\" not in s:
-        return s
-    return s.encode().decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
-
-
-def mounts(mountinfo: str) -> list[tuple[str, str, str, set[str]]]:
-    """cgroup mounts: (mount point, root inside the hierarchy, fs type, super options)."""
-    out = []
-    for line in mountinfo.splitlines():
-        head, sep, tail = line.partition(" - ")
-        if not sep:
-            continue
-        f, t = head.split(), tail.split()
-        if len(t) >= 3 and t[0] in ("cgroup", "cgroup2"):
-            out.append((_unescape(f[4]), _unescape(f[3]), t[0], set(t[2].split(","))))
-    return out
-
-
 def _value(raw: bytes) -> str:
     """A property's value as CRIU keeps it: the first read (up to 1023 bytes) as a C string, "-1" if it
     reads as LLONG_MAX (strtoll saturates), one trailing newline dropped."""
@@ -193,7 +175,7 @@ class Cgroups:
             log.info("cg: all tasks in spice's cgroups, no cgroup.img")
             return None
         hier = hierarchies(self._own_text)
-        mnts = mounts(proc.read_text("/proc/self/mountinfo", "spice")) if self.walk else []
+        mnts = cgroupfs.mounts(proc.read_text("/proc/self/mountinfo", "spice")) if self.walk else []
         for cs, cid in self.ids.items():
             if cid == 1:
                 continue
@@ -210,9 +192,13 @@ class Cgroups:
 
     # ------------------------------------------------------------------------------- directories
 
-    def _walk(self, h: Hierarchy, name: str, path: str, mnts: list) -> None:
+    def _walk(self, h: Hierarchy, name: str, path: str, mnts: list[cgroupfs.Mount]) -> None:
         """Every directory from path down (CRIU's ftw over a fresh mount of the hierarchy)."""
-        top = _host_path(name, path, mnts)
+        found = cgroupfs.locate(name, path, mnts)
+        if found is None:
+            raise SpiceError("dump", f"cgroup {name or 'v2'}:{path}: the hierarchy is not mounted where spice can "
+                                     "read it")
+        top = found[1]
         try:
             st = os.stat(top)
         except OSError as e:
@@ -317,15 +303,3 @@ def _dirs(out: Any, dirs: list[Dir], poff: int) -> None:
             p = de.properties.add(name=name, value=value)
             _perms(p.perms, st)
         _perms(de.dir_perms, d.st)
-
-
-def _host_path(name: str, path: str, mnts: list[tuple[str, str, str, set[str]]]) -> str:
-    """Where cgroup `path` of hierarchy `name` is on this host."""
-    want = set(name.split(","))
-    for mnt, root, fstype, opts in mnts:
-        if (fstype == "cgroup2") if name == "" else (fstype == "cgroup" and want <= opts):
-            if root == "/":
-                return mnt if path == "/" else mnt + path
-            if path == root or path.startswith(root + "/"):
-                return mnt + path[len(root):]
-    raise SpiceError("dump", f"cgroup {name or 'v2'}:{path}: the hierarchy is not mounted where spice can read it")

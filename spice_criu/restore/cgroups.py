@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+from .. import cgroupfs
 from ..errors import ImageError, SpiceError
 from ..images.imagedir import ImageDir
 from ..log import log
@@ -41,27 +42,6 @@ class Move:
         self.pid, self.hierarchy, self.mount, self.path, self.dumped = pid, hierarchy, mount, path, dumped
 
 
-def mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[str, tuple[str, str]]:
-    """Hierarchy name -> (mount point, mounted root) of this host's cgroup mounts: "" for cgroup2,
-    the comma-joined controller names (as /proc/PID/cgroup names them) for v1."""
-    out: dict[str, tuple[str, str]] = {}
-    with open(mountinfo) as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            fstype, opts = fields[sep + 1], fields[sep + 3]
-            if fstype == "cgroup2":
-                out.setdefault("", (fields[4], fields[3]))
-            elif fstype == "cgroup":
-                names = [o for o in opts.split(",") if o.startswith("name=") or ("=" not in o and o not in _V1_OPTIONS)]
-                out.setdefault(",".join(sorted(names)), (fields[4], fields[3]))
-    return out
-
-
-#: v1 mount options that are not controller names
-_V1_OPTIONS = {"rw", "ro", "noprefix", "clone_children", "cpuset_v2_mode", "xattr", "favordynmods"}
-
-
 def _roots(specs: list[str]) -> dict[str, str]:
     """--cgroup-root [CTL:]/PATH -> {CTL or "": PATH} ("" also the default for every hierarchy)."""
     out = {}
@@ -71,16 +51,6 @@ def _roots(specs: list[str]) -> dict[str, str]:
             raise SpiceError("cgroups", f"--cgroup-root {s}: the root must be an absolute path")
         out[ctl if sep else ""] = path
     return out
-
-
-def _find_mount(hierarchy: str, host: dict[str, tuple[str, str]]) -> tuple[str, str] | None:
-    if hierarchy in host:
-        return host[hierarchy]
-    want = set(hierarchy.split(","))
-    for names, m in host.items():
-        if names and want <= set(names.split(",")):
-            return m
-    return None
 
 
 def _top_dirs(entry: Message) -> dict[str, Message]:
@@ -138,7 +108,8 @@ def plan_moves(plan: RestorePlan, mode: str | None, roots: list[str]) -> list[Mo
         raise ImageError(imgdir / "cgroup.img", f"missing, but tasks {sorted(wanted)} are in cgroup sets "
                                                 f"{sorted(set(wanted.values()))} (not the dumper's set {own})")
     sets = {s.id: s for s in entry.sets}
-    host = mounts()
+    with open("/proc/self/mountinfo") as f:
+        host = cgroupfs.mounts(f.read())
     new_roots = _roots(roots)
     tops = _top_dirs(entry)
     moves = []
@@ -148,17 +119,15 @@ def plan_moves(plan: RestorePlan, mode: str | None, roots: list[str]) -> list[Mo
             raise ImageError(imgdir / "cgroup.img", f"no cgroup set {set_id} (task {pid})")
         for member in cg_set.ctls:
             hierarchy = member.name
-            m = _find_mount(hierarchy, host)
-            if m is None:
+            if not cgroupfs.mounted(hierarchy, host):
                 raise SpiceError("cgroups", f"task {pid}: cgroup hierarchy {hierarchy or 'cgroup2'} "
                                             "is not mounted here")
-            path = _rebase(member.path, hierarchy, tops, new_roots)
-            mount, mroot = m
-            if mroot != "/" and not (path == mroot or path.startswith(mroot.rstrip("/") + "/")):
+            path = "/" + _rebase(member.path, hierarchy, tops, new_roots).strip("/")
+            found = cgroupfs.locate(hierarchy, path, host)
+            if found is None:
                 raise SpiceError("cgroups", f"task {pid}: cgroup {hierarchy or 'cgroup2'}:{path} is outside the "
-                                            f"part of the hierarchy mounted here ({mroot})")
-            rel = path[len(mroot.rstrip("/")):].strip("/")
-            target = os.path.join(mount, rel) if rel else mount
+                                            "part of the hierarchy mounted here")
+            mount, target = found
             dumped = {} if mode == "none" else _dumped_dirs(entry, hierarchy, target, mount, member.path)
             moves.append(Move(pid, hierarchy, mount, target, dumped))
     return moves
