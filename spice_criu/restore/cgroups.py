@@ -9,7 +9,7 @@ is created (threads are cloned later and follow their process). Missing director
 (except in mode none), and, as CRIU's soft mode does, only those get the dumped properties and
 permissions. --cgroup-root [CTL:]PATH (runc passes one per hierarchy, where it put the restorer)
 moves the dumped top directory of a hierarchy there. Everything a restore needs is checked (image,
-mounted hierarchies, --cgroup-root) before any task exists.
+mounted hierarchies, --cgroup-root, in mode none that the cgroups exist) before any task exists.
 """
 
 from __future__ import annotations
@@ -128,6 +128,9 @@ def plan_moves(plan: RestorePlan, mode: str | None, roots: list[str]) -> list[Mo
                 raise SpiceError("cgroups", f"task {pid}: cgroup {hierarchy or 'cgroup2'}:{path} is outside the "
                                             "part of the hierarchy mounted here")
             mount, target = found
+            if mode == "none" and not os.path.isdir(target):
+                raise SpiceError("cgroups", f"task {pid}: cgroup {target} does not exist "
+                                            "(--manage-cgroups none creates none)")
             dumped = {} if mode == "none" else _dumped_dirs(entry, hierarchy, target, mount, member.path)
             moves.append(Move(pid, hierarchy, mount, target, dumped))
     return moves
@@ -162,13 +165,10 @@ def _rebase(path: str, hierarchy: str, tops: dict[str, Message], roots: dict[str
     return new.rstrip("/") + "/" + rest.strip("/") if rest.strip("/") else new
 
 
-def apply(moves: list[Move], mode: str | None, created: list[str]) -> None:
+def apply(moves: list[Move], created: list[str]) -> None:
     """Create what is missing (appended to `created`, to undo), then move each process in."""
     for mv in moves:
         if not os.path.isdir(mv.path):
-            if mode == "none":
-                raise SpiceError("cgroups", f"task {mv.pid}: cgroup {mv.path} does not exist "
-                                            "(--manage-cgroups none creates none)")
             _create(mv, created)
         try:
             with open(os.path.join(mv.path, "cgroup.procs"), "w") as f:

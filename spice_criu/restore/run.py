@@ -161,7 +161,7 @@ def restore_plan(plan: RestorePlan, o: Options, backend, cg_moves: list[cgroups.
         log.info(f"tree of {len(created)} tasks created")
         fault_point("restore-tree")
         if cg_moves:
-            cgroups.apply(cg_moves, o.manage_cgroups, cg_dirs)
+            cgroups.apply(cg_moves, cg_dirs)
             fault_point("restore-cgroups")
         forking = time.monotonic() - t0
         pages = 0
