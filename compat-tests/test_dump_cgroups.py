@@ -25,6 +25,7 @@ import pytest
 from harness import assert_continues, criu_restore, kill_restored
 from spice import spice
 from test_dump_compare import _decode, compare_dirs, decode_all, dump_both
+from test_rpc_pycriu import pycriu, pycriu_dump, spice_criu  # noqa: F401 - fixtures
 
 CGROOT = Path("/sys/fs/cgroup")
 _ids = itertools.count(1)
@@ -273,3 +274,21 @@ def test_criu_restores_spice_dump_into_its_cgroups(workload_factory, crit_bin: P
 def _cgroup_hierarchies() -> None:
     for h in ("pids", "unified"):
         assert (CGROOT / h / "cgroup.procs").exists(), f"{CGROOT / h} is not a mounted cgroup hierarchy"
+
+
+@pytest.mark.parametrize("manage", [None, False])
+def test_rpc_dump_follows_manage_cgroups(manage: bool | None, pycriu, spice_criu: Path,  # noqa: F811
+                                         workload_factory, crit_bin: Path) -> None:
+    """Over swrk, as in criu: no cgroup option walks the hierarchies, manage_cgroups=false (ignore)
+    writes the sets without directories."""
+    wl = workload_factory("counter")
+    with cgroups_for("rpc", wl) as cg:
+        cg.move("pids", wl.pid)
+        images = wl.rundir / f"rpc-{manage}"
+        kw = {} if manage is None else {"manage_cgroups": manage}
+        pycriu_dump(pycriu, spice_criu, wl.pid, images, leave_running=True, **kw)
+        img = _decode(crit_bin, images / "cgroup.img")["entries"][0]
+        assert [s["id"] for s in img["sets"]] == [2]
+        walked = any(c.get("dirs") for c in img["controllers"])
+        assert walked == (manage is None), img["controllers"]
+        wl.wait_ticks(2)  # left running, unharmed

@@ -219,8 +219,8 @@ def options_from_req(kind: str, ro: Any, peer: int, swrk: bool,
     if kind == "restore":
         o.restore_detached = True  # criu forces it for RPC: the reply carries the pid
         o.restore_sibling = bool(ro.rst_sibling)
-        o.manage_cgroups = _CG_MODE_NAMES.get(_cg_mode(ro))
         o.cgroup_root = [f"{r.ctrl}:{r.path}" if r.HasField("ctrl") and r.ctrl else r.path for r in ro.cg_root]
+    o.manage_cgroups = _CG_MODE_NAMES.get(_cg_mode(ro))  # dump: ignore walks no cgroup directory
     o.verbosity = ro.log_level
     if ro.log_to_stderr:
         o.log_file = None
