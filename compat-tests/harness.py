@@ -1117,3 +1117,68 @@ def remove_session_dir(directory: Path) -> None:
     if os.environ.get("SPICE_KEEP") != "1":
         shutil.rmtree(directory, ignore_errors=True)
 
+
+
+# --------------------------------------------------------------------------------------------------
+# test cgroups
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: the hierarchies the cgroup tests use: a v1 controller and cgroup2 (directories under CGROUP_ROOT)
+CGROUP_HIERARCHIES = ("pids", "unified")
+_cgroup_ids = iter(range(1, 1 << 30))
+
+
+def require_cgroup_hierarchies() -> None:
+    """The cgroup tests need both hierarchies mounted where they look: fail loudly otherwise."""
+    for h in CGROUP_HIERARCHIES:
+        assert (CGROUP_ROOT / h / "cgroup.procs").exists(), f"{CGROUP_ROOT / h} is not a mounted cgroup hierarchy"
+
+
+def cgroup_of(pid: int, tid: int | None = None) -> dict[str, str]:
+    """hierarchy name ('' for cgroup2) -> path, from /proc/PID[/task/TID]/cgroup."""
+    text = Path(f"/proc/{pid}/task/{tid}/cgroup" if tid else f"/proc/{pid}/cgroup").read_text()
+    return {ln.split(":", 2)[1]: ln.split(":", 2)[2] for ln in text.splitlines()}
+
+
+class CgroupDirs:
+    """Test cgroups under one unique top directory, in any hierarchy under CGROUP_ROOT."""
+
+    def __init__(self, tag: str) -> None:
+        self.top = f"spicecg-{tag}-{os.getpid()}-{next(_cgroup_ids)}"
+
+    def path(self, hierarchy: str, sub: str = "") -> Path:
+        return CGROUP_ROOT / hierarchy / self.top / sub if sub else CGROUP_ROOT / hierarchy / self.top
+
+    def make(self, hierarchy: str, sub: str = "") -> Path:
+        d = self.path(hierarchy, sub)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def move(self, hierarchy: str, tid: int, sub: str = "", thread: bool = False) -> None:
+        """Put process tid (thread only: v1 `tasks`) into <hierarchy>/<top>[/sub], made if missing."""
+        (self.make(hierarchy, sub) / ("tasks" if thread else "cgroup.procs")).write_text(str(tid))
+
+    def exists(self) -> bool:
+        return any(self.path(h).exists() for h in CGROUP_HIERARCHIES)
+
+    def remove(self) -> None:
+        """rmdir every directory under the top (whoever made it: the test or a restore), deepest
+        first; their tasks must be dead and reaped."""
+        errors = []
+        for h in CGROUP_HIERARCHIES:
+            top = self.path(h)
+            if not top.exists():
+                continue
+            for p in [*sorted((d for d in top.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)), top]:
+                for _ in range(200):  # a killed task leaves its cgroup a moment after it is reaped
+                    try:
+                        p.rmdir()
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError as e:
+                        err = e
+                        time.sleep(0.01)
+                else:
+                    errors.append(f"{p}: {err}")
+        assert not errors, f"could not remove test cgroups: {errors}"

@@ -14,64 +14,21 @@ cgroups, recreating them from cgroup.img (directories and properties) when they 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import harness
 import pytest
-from harness import assert_continues, criu_restore, kill_restored
+from harness import CgroupDirs, assert_continues, cgroup_of, criu_restore, kill_restored, require_cgroup_hierarchies
 from spice import spice
 from test_dump_compare import _decode, compare_dirs, decode_all, dump_both
 from test_rpc_pycriu import pycriu, pycriu_dump, spice_criu  # noqa: F401 - fixtures
 
-CGROOT = Path("/sys/fs/cgroup")
-_ids = itertools.count(1)
-
-
-class Cgroups:
-    """Test cgroups under a unique top name, in several hierarchies (dirs under /sys/fs/cgroup)."""
-
-    def __init__(self, tag: str) -> None:
-        self.top = f"spicecg-{tag}-{os.getpid()}-{next(_ids)}"
-        self.made: list[Path] = []
-
-    def path(self, hierarchy: str, sub: str = "") -> Path:
-        return CGROOT / hierarchy / self.top / sub if sub else CGROOT / hierarchy / self.top
-
-    def move(self, hierarchy: str, tid: int, sub: str = "", thread: bool = False) -> None:
-        """Put process tid (thread only: v1 `tasks`) into <hierarchy>/<top>[/sub], made if missing."""
-        d = self.path(hierarchy, sub)
-        for p in [self.path(hierarchy)] + ([d] if sub else []):
-            if not p.is_dir():
-                p.mkdir()
-                self.made.append(p)
-        (d / ("tasks" if thread else "cgroup.procs")).write_text(str(tid))
-
-    def remove(self) -> None:
-        """rmdir every cgroup made, deepest first (their tasks must be dead and reaped)."""
-        errors = []
-        for p in reversed(self.made):
-            for _ in range(200):  # a killed task leaves its cgroup a moment after it is reaped
-                try:
-                    p.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as e:
-                    err = e
-                    time.sleep(0.01)
-            else:
-                errors.append(f"{p}: {err}")
-        self.made.clear()
-        assert not errors, f"could not remove test cgroups: {errors}"
-
 
 @contextlib.contextmanager
-def cgroups_for(tag: str, *workloads: harness.Workload) -> Iterator[Cgroups]:
-    cg = Cgroups(tag)
+def cgroups_for(tag: str, *workloads: harness.Workload) -> Iterator[CgroupDirs]:
+    cg = CgroupDirs(tag)
     try:
         yield cg
     finally:
@@ -80,12 +37,6 @@ def cgroups_for(tag: str, *workloads: harness.Workload) -> Iterator[Cgroups]:
         harness.cleanup_dump_infos()
         harness.reap_zombie_children()
         cg.remove()
-
-
-def cgroup_of(pid: int, tid: int | None = None) -> dict[str, str]:
-    """hierarchy name ('' for cgroup2) -> path, from /proc/PID[/task/TID]/cgroup."""
-    text = Path(f"/proc/{pid}/task/{tid}/cgroup" if tid else f"/proc/{pid}/cgroup").read_text()
-    return {ln.split(":", 2)[1]: ln.split(":", 2)[2] for ln in text.splitlines()}
 
 
 def threads_of(pid: int) -> list[int]:
@@ -159,7 +110,7 @@ def test_sibling_cgroups_sharing_a_name_prefix(workload_factory, crit_bin: Path,
     """/X and /X0: two heads of the hierarchy (whole path components decide what is below what)."""
     wl = workload_factory("tree")
     with cgroups_for("prefix", wl) as cg:
-        other = Cgroups("prefix")
+        other = CgroupDirs("prefix")
         other.top = cg.top + "0"
         try:
             parent, child1, _ = wl.pids
@@ -253,10 +204,8 @@ def test_criu_restores_spice_dump_into_its_cgroups(workload_factory, crit_bin: P
         info = harness.dump_workload(wl, compat_tmp / "cgroups-restore" / "images", dumper=_spice_dumper)
         assert (info.images_dir / "cgroup.img").exists()
         harness.reap(info.pids)
-        made = list(cg.made)
-        cg.remove()  # CRIU must create them again, from the image
-        assert not any(p.exists() for p in made)
-        cg.made = made
+        cg.remove()  # CRIU must create them again, from the image (removed again at the end)
+        assert not cg.exists()
         pid = criu_restore(info.images_dir)
         try:
             assert pid == parent
@@ -272,8 +221,7 @@ def test_criu_restores_spice_dump_into_its_cgroups(workload_factory, crit_bin: P
 
 @pytest.fixture(autouse=True)
 def _cgroup_hierarchies() -> None:
-    for h in ("pids", "unified"):
-        assert (CGROOT / h / "cgroup.procs").exists(), f"{CGROOT / h} is not a mounted cgroup hierarchy"
+    require_cgroup_hierarchies()
 
 
 @pytest.mark.parametrize("manage", [None, False])

@@ -8,106 +8,53 @@ that leaves neither task nor created cgroup behind."""
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import harness
 import pytest
+from harness import CGROUP_HIERARCHIES, CgroupDirs, cgroup_of
 from spice import SpiceFailed, spice, spice_restore
 from test_rpc_pycriu import pycriu, pycriu_restore, spice_criu  # noqa: F401 - fixtures
-
-V1 = "pids"  # a v1 controller hierarchy this host mounts (checked below), and cgroup2
-ROOT = Path("/sys/fs/cgroup")
-
-
-def _mount(hierarchy: str) -> Path:
-    """Where this host mounts a cgroup hierarchy ("" = cgroup2); the test fails loudly without it."""
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            fstype, opts = fields[sep + 1], fields[sep + 3].split(",")
-            if (hierarchy == "" and fstype == "cgroup2") or (fstype == "cgroup" and hierarchy in opts):
-                return Path(fields[4])
-    raise AssertionError(f"cgroup hierarchy {hierarchy or 'cgroup2'} is not mounted on this host")
-
-
-class Cgroups:
-    """Uniquely named cgroups in the v1 pids hierarchy and in cgroup2, removed at the end."""
-
-    def __init__(self) -> None:
-        self.top = f"spice-test-{uuid.uuid4().hex[:8]}"
-        self.mounts = {"pids": _mount(V1), "": _mount("")}
-
-    def path(self, hierarchy: str, rel: str) -> Path:
-        return self.mounts[hierarchy] / self.top / rel if rel else self.mounts[hierarchy] / self.top
-
-    def make(self, rel: str) -> None:
-        for h in self.mounts:
-            self.path(h, rel).mkdir(parents=True, exist_ok=True)
-
-    def put(self, pid: int, rel: str) -> None:
-        for h in self.mounts:
-            (self.path(h, rel) / "cgroup.procs").write_text(str(pid))
-
-    def remove(self) -> None:
-        for h in self.mounts:
-            base = self.path(h, "")
-            if not base.exists():
-                continue
-            for d in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                d.rmdir()
-            base.rmdir()
-
-    def exists(self) -> bool:
-        return any(self.path(h, "").exists() for h in self.mounts)
-
-
-def membership(pid: int) -> dict[str, str]:
-    """hierarchy -> path, from /proc/PID/cgroup ("" = cgroup2)."""
-    out = {}
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, names, path = line.split(":", 2)
-        out[names] = path
-    return out
 
 
 @pytest.fixture
 def cgroups():
-    cg = Cgroups()
+    """Test cgroups in the v1 pids hierarchy and in cgroup2 (the test fails if either is missing)."""
+    harness.require_cgroup_hierarchies()
+    cg = CgroupDirs("restore")
     yield cg
     harness.reap_zombie_children()
     cg.remove()
 
 
-def _dump_in_cgroups(workload_factory, compat_tmp: Path, cg: Cgroups, name: str = "tree"):
+def _dump_in_cgroups(workload_factory, compat_tmp: Path, cg: CgroupDirs, name: str = "tree"):
     """The workload's root in <top>/a and (tree) its child in <top>/b, a pids.max on <top>/a;
     dumped by real criu (killed), its cgroups then removed."""
     wl = workload_factory(name)
-    cg.make("a")
-    cg.make("b")
+    cg.make("pids", "a")
     (cg.path("pids", "a") / "pids.max").write_text("77")
-    cg.put(wl.pid, "a")
-    for child in wl.pids[1:]:
-        cg.put(child, "b")
+    for h in CGROUP_HIERARCHIES:
+        cg.move(h, wl.pid, "a")
+        for child in wl.pids[1:]:
+            cg.move(h, child, "b")
     info = harness.dump_workload(wl, compat_tmp / f"cg-{name}")
     cg.remove()
     return info
 
 
-def _where(cg: Cgroups, rel: str) -> dict[str, str]:
+def _where(cg: CgroupDirs, rel: str) -> dict[str, str]:
     return {"pids": f"/{cg.top}/{rel}", "": f"/{cg.top}/{rel}"}
 
 
-def test_criu_dump_restored_into_its_cgroups(workload_factory, compat_tmp: Path, cgroups: Cgroups) -> None:
+def test_criu_dump_restored_into_its_cgroups(workload_factory, compat_tmp: Path, cgroups: CgroupDirs) -> None:
     info = _dump_in_cgroups(workload_factory, compat_tmp, cgroups)
     assert (info.images_dir / "cgroup.img").exists()
     pid = spice_restore(info.images_dir)
     try:
-        got = membership(pid)
+        got = cgroup_of(pid)
         assert {h: got[h] for h in ("pids", "")} == _where(cgroups, "a")
         for child in info.pids[1:]:
-            got = membership(child)
+            got = cgroup_of(child)
             assert {h: got[h] for h in ("pids", "")} == _where(cgroups, "b")
         # created by the restore, so with the dumped properties (soft mode)
         assert (cgroups.path("pids", "a") / "pids.max").read_text().strip() == "77"
@@ -116,13 +63,14 @@ def test_criu_dump_restored_into_its_cgroups(workload_factory, compat_tmp: Path,
         harness.kill_restored(info, pid)
 
 
-def test_existing_cgroups_keep_their_properties(workload_factory, compat_tmp: Path, cgroups: Cgroups) -> None:
+def test_existing_cgroups_keep_their_properties(workload_factory, compat_tmp: Path, cgroups: CgroupDirs) -> None:
     info = _dump_in_cgroups(workload_factory, compat_tmp, cgroups, "counter")
-    cgroups.make("a")
+    for h in CGROUP_HIERARCHIES:
+        cgroups.make(h, "a")
     (cgroups.path("pids", "a") / "pids.max").write_text("55")
     pid = spice_restore(info.images_dir, "--manage-cgroups=none")
     try:
-        assert membership(pid)["pids"] == f"/{cgroups.top}/a"
+        assert cgroup_of(pid)["pids"] == f"/{cgroups.top}/a"
         assert (cgroups.path("pids", "a") / "pids.max").read_text().strip() == "55"
         harness.assert_continues(info, pid)
     finally:
@@ -130,30 +78,30 @@ def test_existing_cgroups_keep_their_properties(workload_factory, compat_tmp: Pa
 
 
 def test_ignore_leaves_tasks_in_the_restorers_cgroups(workload_factory, compat_tmp: Path,
-                                                      cgroups: Cgroups) -> None:
+                                                      cgroups: CgroupDirs) -> None:
     info = _dump_in_cgroups(workload_factory, compat_tmp, cgroups, "counter")
     pid = spice_restore(info.images_dir, "--manage-cgroups=ignore")
     try:
-        assert membership(pid) == membership(os.getpid())
+        assert cgroup_of(pid) == cgroup_of(os.getpid())
         assert not cgroups.exists()
         harness.assert_continues(info, pid)
     finally:
         harness.kill_restored(info, pid)
 
 
-def test_cgroup_root_moves_the_dumped_top(workload_factory, compat_tmp: Path, cgroups: Cgroups) -> None:
+def test_cgroup_root_moves_the_dumped_top(workload_factory, compat_tmp: Path, cgroups: CgroupDirs) -> None:
     """--cgroup-root CTL:/PATH (what runc passes): the hierarchy's dumped top directory becomes PATH."""
     info = _dump_in_cgroups(workload_factory, compat_tmp, cgroups, "counter")
     pid = spice_restore(info.images_dir, f"--cgroup-root=pids:/{cgroups.top}/moved")
     try:
-        got = membership(pid)
+        got = cgroup_of(pid)
         assert got["pids"] == f"/{cgroups.top}/moved" and got[""] == f"/{cgroups.top}/a"
         harness.assert_continues(info, pid)
     finally:
         harness.kill_restored(info, pid)
 
 
-def test_missing_cgroup_in_mode_none_fails_up_front(workload_factory, compat_tmp: Path, cgroups: Cgroups) -> None:
+def test_missing_cgroup_in_mode_none_fails_up_front(workload_factory, compat_tmp: Path, cgroups: CgroupDirs) -> None:
     info = _dump_in_cgroups(workload_factory, compat_tmp, cgroups, "counter")
     with pytest.raises(SpiceFailed) as e:
         spice_restore(info.images_dir, "--manage-cgroups=none")
@@ -163,7 +111,7 @@ def test_missing_cgroup_in_mode_none_fails_up_front(workload_factory, compat_tmp
 
 
 @pytest.mark.parametrize("fault", ["restore-cgroups", "restore-resume"])
-def test_failed_restore_removes_the_cgroups_it_created(workload_factory, compat_tmp: Path, cgroups: Cgroups,
+def test_failed_restore_removes_the_cgroups_it_created(workload_factory, compat_tmp: Path, cgroups: CgroupDirs,
                                                        monkeypatch, fault: str) -> None:
     info = _dump_in_cgroups(workload_factory, compat_tmp, cgroups, "tree")
     monkeypatch.setenv("SPICE_FAULT", fault)
@@ -173,7 +121,7 @@ def test_failed_restore_removes_the_cgroups_it_created(workload_factory, compat_
     assert not cgroups.exists()
 
 
-def test_unknown_mode_and_full_mode_are_refused(workload_factory, compat_tmp: Path, cgroups: Cgroups) -> None:
+def test_unknown_mode_and_full_mode_are_refused(workload_factory, compat_tmp: Path, cgroups: CgroupDirs) -> None:
     info = _dump_in_cgroups(workload_factory, compat_tmp, cgroups, "counter")
     for mode, words in (("bogus", "unknown mode"), ("full", "not supported")):
         p = spice("restore", "-D", str(info.images_dir), "-d", f"--manage-cgroups={mode}", check=False)
@@ -183,7 +131,7 @@ def test_unknown_mode_and_full_mode_are_refused(workload_factory, compat_tmp: Pa
 
 @pytest.mark.parametrize("how", ["default", "manage_cgroups=false", "cg_root"])
 def test_rpc_restore_follows_criu_s_cgroup_options(how: str, pycriu, spice_criu: Path,  # noqa: F811
-                                                  workload_factory, compat_tmp: Path, cgroups: Cgroups) -> None:
+                                                  workload_factory, compat_tmp: Path, cgroups: CgroupDirs) -> None:
     """Over swrk (pycriu, runc): no cgroup option means soft, as in criu; manage_cgroups=false is
     ignore; cg_root entries (runc sends one per hierarchy) rebase the dumped top directory."""
     info = _dump_in_cgroups(workload_factory, compat_tmp, cgroups, "counter")
@@ -191,14 +139,14 @@ def test_rpc_restore_follows_criu_s_cgroup_options(how: str, pycriu, spice_criu:
     want = _where(cgroups, "a")
     if how == "manage_cgroups=false":
         kw["manage_cgroups"] = False
-        want = {h: membership(os.getpid())[h] for h in want}
+        want = {h: cgroup_of(os.getpid())[h] for h in want}
     elif how == "cg_root":
         kw["manage_cgroups"] = True
         kw["cg_root"] = [pycriu.rpc.cgroup_root(ctrl="pids", path=f"/{cgroups.top}/runc")]
         want = {"pids": f"/{cgroups.top}/runc", "": f"/{cgroups.top}/a"}
     pid = pycriu_restore(pycriu, spice_criu, info.images_dir, log_file=f"restore-rpc-{how}.log", **kw)
     try:
-        got = membership(pid)
+        got = cgroup_of(pid)
         assert {h: got[h] for h in want} == want
         harness.assert_continues(info, pid)
     finally:
