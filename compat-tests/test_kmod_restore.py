@@ -31,12 +31,14 @@ from harness import (
     assert_continues,
     criu_dump,
     criu_restore,
+    dump_workload,
     http_get,
     kill_restored,
     process_state,
     reap,
     reap_zombie_children,
     scaled,
+    start_workload,
 )
 from spice import REPO, spice
 from test_restore_kstate import _snapshot as _kstate_snapshot
@@ -212,6 +214,18 @@ def test_kmod_restores_kernel_state(kstate_dump) -> None:  # noqa: F811 - the im
         time.sleep(0.013)
     for key in want:
         assert after[key] == want[key], f"{key} differs after a kmod restore:\nbefore {want[key]}\nafter  {after[key]}"
+    kill_restored(info, pid)
+
+
+def test_kmod_restores_mapped_ghosts(criu_bin: Path, compat_tmp: Path) -> None:
+    """Deleted files only mappings hold (POSIX semaphores): one inode shared by two processes."""
+    import fdkinds
+
+    wl = start_workload("shmghost", compat_tmp / "kmod-ghosts")
+    info = dump_workload(wl, wl.rundir / "images")
+    _, pid, log = restore(info.images_dir, backend="kmod")
+    assert "installed by /dev/spice" in log, log
+    fdkinds.check_shmghost(info, pid)
     kill_restored(info, pid)
 
 

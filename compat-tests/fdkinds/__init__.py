@@ -12,6 +12,8 @@ new session) and are registered in ``harness.SPECS`` on import, so every harness
 * ``inherit`` (Python): a task writing to a pipe whose read end the test holds (--inherit-fd).
 * ``tcpclose`` (Python): both ends of a loopback TCP connection in one task, reporting what its
   sockets look like every tick (--tcp-close).
+* ``shmghost`` (Python): two processes sharing memory through a deleted file only their mappings
+  hold (POSIX semaphores, multiprocessing), and a private mapping of another deleted file.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ _SPECS = (
     harness.WorkloadSpec("ttyjob", str(HERE / "ttyjob.py"), constants=("token", "tty"), monotonic=("echo",)),
     harness.WorkloadSpec("inherit", str(HERE / "inherit.py"), constants=("token",), steps=("seq",)),
     harness.WorkloadSpec("tcpclose", str(HERE / "tcpclose.py"), constants=("token",), steps=("seq",)),
+    harness.WorkloadSpec("shmghost", str(HERE / "shmghost.py"), roles=("parent", "child"),
+                         constants=("token", "priv"), steps=("seq",)),
 )
 for _s in _SPECS:
     harness.SPECS.setdefault(_s.name, _s)
@@ -217,3 +221,31 @@ def check_shell_job_restore(sh: JobShell, info: harness.DumpInfo) -> None:
         sh.kill_job(pid)
     finally:
         sh.close()
+
+
+# --- shmghost -----------------------------------------------------------------------------------
+
+
+def ghost_maps(pid: int) -> dict[str, tuple[str, int, str]]:
+    """The process's mappings of deleted shmghost files: name -> (device, inode, perms)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and "shmghost-" in parts[5]:
+            assert parts[5].endswith(" (deleted)"), line
+            name = os.path.basename(parts[5].removesuffix(" (deleted)")).split("-")[1]
+            out[name] = (parts[3], int(parts[4]), parts[1])
+    return out
+
+
+def check_shmghost(info: harness.DumpInfo, pid: int) -> None:
+    """Both processes continue, map the one shared file (same inode) and their private one, and no
+    recreated ghost is left behind in the directory."""
+    assert pid == info.pid
+    # STALL is 20 ticks: 25 new ticks prove the two processes still see each other's writes
+    harness.assert_continues(info, list(info.pids), new_ticks=25, timeout=30)
+    parent, child = (ghost_maps(p) for p in info.pids)
+    assert set(parent) == {"shared", "private"} and set(child) == {"shared", "private"}, (parent, child)
+    assert parent["shared"][:2] == child["shared"][:2], "the shared mapping is two files"
+    assert parent["shared"][2] == "rw-s" and parent["private"][2] == "rw-p"
+    assert not [n for n in os.listdir(info.rundir) if "shmghost-" in n]

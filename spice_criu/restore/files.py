@@ -112,13 +112,50 @@ class FileObj(Record):
         return False
 
 
+class Ghost(Record):
+    """A deleted file the dump kept (ghost-file-<id>.img): recreated once per restore, whichever
+    fds and mappings of whichever tasks refer to it, so that they all share its one inode."""
+
+    id: int  # its remap id
+    data: bytes
+    mode: int
+    uid: int
+    gid: int
+    times: tuple[int, int] | None  # atime, mtime (ns), when the image has them
+
+    def inode(self, ctx: OpenContext, path: str) -> int:
+        """A restorer fd of the recreated file (made, then unlinked again, next to where it lived)."""
+        cache = ctx.kind_cache("ghosts")
+        fd = cache.get(self.id)
+        if fd is not None:
+            return fd
+        tmp = f"{path}.spice-ghost.{os.getpid()}"
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR | O_CLOEXEC, self.mode & 0o7777)
+        except OSError as e:
+            raise SpiceError("files", f"can't recreate deleted file {path}: {e.strerror}") from None
+        try:
+            os.write(fd, self.data)
+            os.fchown(fd, self.uid, self.gid)
+            os.fchmod(fd, self.mode & 0o7777)  # past the umask, as dumped
+            if self.times:
+                os.utime(fd, ns=self.times)
+        except OSError as e:
+            os.close(fd)
+            raise SpiceError("files", f"can't recreate deleted file {path}: {e.strerror}") from None
+        finally:
+            os.unlink(tmp)
+        cache[self.id] = fd
+        ctx.cleanup.append(lambda: os.close(fd))
+        return fd
+
+
 class RegFile(FileObj):
     path: str = ""
     pos: int = 0
     size: int | None = None
     mode: int | None = None
-    ghost: bytes | None = None  # contents of a deleted-but-open file
-    ghost_mode: int = 0o600
+    ghost: Ghost | None = None  # a deleted-but-open (or -mapped) file
     kind: ClassVar[str] = "regular file"
 
     def describe(self) -> str:
@@ -129,13 +166,13 @@ class RegFile(FileObj):
         inherited = ctx.inherited(self.path.lstrip("/"), self.path)  # CRIU's key: no leading "/"
         if inherited is not None:
             return os.dup(inherited)
-        if self.ghost is not None:
-            return self._open_ghost(path)
+        if self.ghost is not None:  # an open file description of its own, on the shared inode
+            path = f"/proc/self/fd/{self.ghost.inode(ctx, path)}"
         flags = (self.flags & ~_NOT_REPLAYED) | O_CLOEXEC
         try:
             fd = os.open(path, flags)
         except OSError as e:
-            raise SpiceError("files", f"can't open {path} (file id {self.id}): {e.strerror}") from None
+            raise SpiceError("files", f"can't open {self.describe()}: {e.strerror}") from None
         try:
             st = os.fstat(fd)
             if self.size is not None and stat.S_ISREG(st.st_mode) and st.st_size != self.size:
@@ -148,22 +185,6 @@ class RegFile(FileObj):
             os.close(fd)
             raise
         return fd
-
-    def _open_ghost(self, path: str) -> int:
-        """Recreate a deleted file from ghost-file-*.img, open it, and delete it again."""
-        tmp = f"{path}.spice-ghost.{os.getpid()}"
-        try:
-            wfd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | O_CLOEXEC, self.ghost_mode & 0o7777)
-        except OSError as e:
-            raise SpiceError("files", f"can't recreate deleted file {self.path}: {e.strerror}") from None
-        try:
-            os.write(wfd, self.ghost or b"")
-            os.close(wfd)
-            fd = os.open(tmp, (self.flags & ~_NOT_REPLAYED) | O_CLOEXEC)
-            os.lseek(fd, self.pos, os.SEEK_SET)
-            return fd
-        finally:
-            os.unlink(tmp)
 
 
 class MemfdFile(FileObj):
@@ -217,23 +238,31 @@ def _plan_reg(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
         kind, remap_id = remap
         if kind != 1:  # LINKED (0) and PROCFS (2) remaps are not produced for host tasks here
             raise SpiceError("files", f"{r.name} (file id {r.id}): remap type {kind} not supported")
-        gpath = imgdir.file(f"ghost-file-{remap_id:x}.img")
-        img = codec.load(gpath, expect="GHOST_FILE", lite=imgdir.lite)
-        head = img.entries[0].msg
-        if head.chunks:
-            size = head.size if head.HasField("size") else 0
-            data = bytearray(size)
-            for ch in img.entries[1:]:
-                end = ch.msg.off + ch.msg.len
-                if end > len(data):
-                    data.extend(b"\0" * (end - len(data)))
-                data[ch.msg.off : end] = ch.extra
-            f.ghost = bytes(data)
-        else:
-            f.ghost = img.entries[0].extra or b""
-        f.ghost_mode = head.mode
+        ghosts = state.setdefault("ghosts", {})  # file ids of one deleted file share its remap id
+        if remap_id not in ghosts:
+            ghosts[remap_id] = _load_ghost(imgdir, remap_id)
+        f.ghost = ghosts[remap_id]
         f.size = None
     return f
+
+
+def _load_ghost(imgdir: ImageDir, remap_id: int) -> Ghost:
+    img = codec.load(imgdir.file(f"ghost-file-{remap_id:x}.img"), expect="GHOST_FILE", lite=imgdir.lite)
+    head = img.entries[0].msg
+    if head.chunks:
+        data = bytearray(head.size if head.HasField("size") else 0)
+        for ch in img.entries[1:]:
+            end = ch.msg.off + ch.msg.len
+            if end > len(data):
+                data.extend(b"\0" * (end - len(data)))
+            data[ch.msg.off : end] = ch.extra
+    else:
+        data = img.entries[0].extra or b""
+    times = None
+    if head.HasField("atim") and head.HasField("mtim"):
+        times = (head.atim.tv_sec * 10**9 + head.atim.tv_usec * 1000,
+                 head.mtim.tv_sec * 10**9 + head.mtim.tv_usec * 1000)
+    return Ghost(remap_id, bytes(data), head.mode, head.uid, head.gid, times)
 
 
 @planner("MEMFD")

@@ -46,6 +46,7 @@ class VmaPlan(Record):
     kind: str
     madv: int = 0
     path: str | None = None  # file-backed: the file
+    file_id: int | None = None  # file-backed: its files.img object (a deleted file is a ghost)
     open_flags: int = 0  # file-backed: how to open it
     shmem: ShmemPlan | None = None
     runs: list[PageRun] = Factory(list)  # private page data inside this VMA
@@ -70,6 +71,7 @@ class MmPlan(Record):
     env_end: int
     auxv: list[int]
     exe_path: str
+    exe_file_id: int
     dumpable: int | None
     thp_disabled: bool
     pages_total: int
@@ -144,6 +146,7 @@ def plan_mm(
                 raise ImageError(imgdir / where, f"file VMA 0x{e.start:x} refers to unknown file id {e.shmid}")
             v.kind = FILE_SHARED if st & V.VMA_FILE_SHARED else FILE_PRIVATE
             v.path = f.path
+            v.file_id = e.shmid
             v.open_flags = e.fdflags if e.HasField("fdflags") else 0
         elif not st & V.VMA_ANON_PRIVATE:
             raise SpiceError("restore", f"task {pid}: VMA 0x{e.start:x} has unknown status 0x{st:x}")
@@ -173,6 +176,7 @@ def plan_mm(
         env_end=mm.mm_env_end,
         auxv=list(mm.mm_saved_auxv),
         exe_path=exe.path,
+        exe_file_id=mm.exe_file_id,
         dumpable=mm.dumpable if mm.HasField("dumpable") else None,
         thp_disabled=mm.thp_disabled,
         pages_total=total,

@@ -14,7 +14,7 @@ import os
 from ...errors import SpiceError
 from ...linux.syscalls import NR
 from ...record import Factory, Record
-from ..files import OpenContext
+from ..files import OpenContext, RegFile
 from ..mm import FILE_PRIVATE, FILE_SHARED, MEMFD_PRIVATE, SHMEM, VDSO, VSYSCALL, VVAR, MmPlan, VmaPlan
 from ..shmem import shmem_fd
 from ..task import TRAMPOLINE_SIZE, TaskCtl, find_hole
@@ -95,6 +95,7 @@ class MmFiles(Record):
     """The fds, inside the task, of everything its new address space is built from."""
 
     fds: dict[tuple[str, int], int]  # (path, open mode) -> fd: mapped files, pages images, exe, extras
+    mapped: dict[int, int]  # VMA start -> fd of its file (file-backed VMAs)
     shm: dict[int, int]  # shmid -> fd of the shared-memory memfd
     exe_path: str
     exe: int  # fd of the new exe
@@ -102,6 +103,16 @@ class MmFiles(Record):
 
     def fd(self, path: str, mode: int = O_RDONLY) -> int:
         return self.fds[(path, mode)]
+
+
+def source_path(ctx: OpenContext, file_id: int | None, path: str) -> str:
+    """Where the task opens a file its address space is built from. A deleted file (a ghost, e.g.
+    a POSIX semaphore in /dev/shm) is recreated once, in the restorer, and reopened through it: every
+    task mapping it shares the one inode, as they did when dumped."""
+    f = ctx.files.get(file_id) if file_id is not None else None
+    if isinstance(f, RegFile) and f.ghost is not None:
+        return f"/proc/{os.getpid()}/fd/{ctx.fd_of(f.id)}"
+    return ctx.path(path)
 
 
 def open_mm_files(task: TaskCtl, mm: MmPlan, ctx: OpenContext, extra: tuple[tuple[str, int], ...] = (),
@@ -117,12 +128,13 @@ def open_mm_files(task: TaskCtl, mm: MmPlan, ctx: OpenContext, extra: tuple[tupl
         if (path, mode) not in slots:
             slots[(path, mode)] = b.add(NR.openat, -100, task.put_str(path), mode | O_CLOEXEC, 0, what=f"open {path}")
 
-    for v in mm.vmas:
-        if v.kind in (FILE_PRIVATE, FILE_SHARED):
-            want(ctx.path(v.path or ""), file_mode(v))
+    mapped = {v.start: (source_path(ctx, v.file_id, v.path or ""), file_mode(v))
+              for v in mm.vmas if v.kind in (FILE_PRIVATE, FILE_SHARED)}
+    for key in mapped.values():
+        want(*key)
     for path in sorted({str(r.pages_file) for r in mm.private_runs()}):
         want(path, O_RDONLY)
-    exe_path = ctx.path(mm.exe_path)
+    exe_path = source_path(ctx, mm.exe_file_id, mm.exe_path)
     want(exe_path, O_RDONLY)  # the task runs the stub: its exe is always replaced
     for path, mode in extra:
         want(path, mode)
@@ -131,7 +143,8 @@ def open_mm_files(task: TaskCtl, mm: MmPlan, ctx: OpenContext, extra: tuple[tupl
     res = b.run()
     task.reset_scratch()
     fds = {key: res[i] for key, i in slots.items()}
-    out = MmFiles(fds, {}, exe_path, fds[(exe_path, O_RDONLY)], list(fds.values()))
+    out = MmFiles(fds, {start: fds[key] for start, key in mapped.items()}, {}, exe_path, fds[(exe_path, O_RDONLY)],
+                  list(fds.values()))
     if shms:
         pidfd = res[pidfd_slot]
         b = task.batch()

@@ -41,7 +41,6 @@ from .common import (
     O_RDONLY,
     O_RDWR,
     MmFiles,
-    file_mode,
     kernel_areas,
     open_mm_files,
     queue_madvise,
@@ -294,8 +293,7 @@ def _vma_entry(req: Request, v: VmaPlan, copy: bool, files: MmFiles, ctx: OpenCo
                         vflags, 0)
     pgoff = v.pgoff // V.PAGE_SIZE
     if v.kind in (FILE_PRIVATE, FILE_SHARED):
-        path = ctx.path(v.path or "")
-        idx = req.file(files.fd(path, file_mode(v)), FILE_MAP, f"mapped file {path}")
+        idx = req.file(files.mapped[v.start], FILE_MAP, f"mapped file {ctx.path(v.path or '')}")
         if v.kind == FILE_PRIVATE:
             return VMA.pack(v.start, v.end, pgoff, v.prot, base | V.MAP_PRIVATE, VMA_FILE_PRIVATE, idx, vflags, 0)
         return VMA.pack(v.start, v.end, pgoff, v.prot, base | V.MAP_SHARED, VMA_FILE_SHARED, idx, 0, 0)

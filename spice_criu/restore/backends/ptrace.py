@@ -23,7 +23,7 @@ from ..files import OpenContext
 from ..mm import ANON, FILE_PRIVATE, FILE_SHARED, MEMFD_PRIVATE, SHMEM, VDSO, VSYSCALL, VVAR, MmPlan, VmaPlan
 from ..task import TRAMPOLINE_SIZE, TaskCtl, parse_maps
 from . import pagesplit
-from .common import KERNEL_AREAS, O_RDONLY, file_mode, kernel_areas, move_vdso, open_mm_files, queue_madvise
+from .common import KERNEL_AREAS, O_RDONLY, kernel_areas, move_vdso, open_mm_files, queue_madvise
 
 name = "ptrace"
 IOV_MAX = 1024
@@ -82,7 +82,7 @@ def build_vmas(task: TaskCtl, mm: MmPlan, ctx: OpenContext) -> int:
         if v.kind == ANON:
             fd, off, flags = -1, 0, _map_flags(v) | V.MAP_ANONYMOUS
         elif v.kind in (FILE_PRIVATE, FILE_SHARED):
-            fd, off, flags = fds[(ctx.path(v.path or ""), file_mode(v))], v.pgoff, _map_flags(v)
+            fd, off, flags = files.mapped[v.start], v.pgoff, _map_flags(v)
         elif v.kind in (SHMEM, MEMFD_PRIVATE):
             assert v.shmem is not None
             fd, off, flags = shm_fds[v.shmem.shmid], v.pgoff, _map_flags(v)

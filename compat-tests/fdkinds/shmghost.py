@@ -1,0 +1,109 @@
+# SPDX-License-Identifier: MIT
+"""shmghost: two processes sharing memory through a deleted file that only their mappings keep, as
+POSIX semaphores and multiprocessing's locks do (/dev/shm/sem.* mapped, then unlinked).
+
+    python shmghost.py OUTFILE
+
+The parent creates two files in its cwd, maps them, closes and unlinks them (no fd is left: the
+VMAs alone hold them, CRIU dumps them as ghost files), and forks the child:
+
+* ``shared`` (MAP_SHARED, one page, both processes): each process writes its tick at its own
+  offset every tick and reads the other's. If what it reads stops moving for STALL ticks, the two
+  mappings are no longer the same file: a FAIL line.
+* ``private`` (MAP_PRIVATE, two pages, parent only): page 0 written after mapping (a private copy),
+  page 1 left as the file's; ``priv`` is the checksum of both, constant across a dump.
+
+Every ~100 ms each role appends ``tick=N role=parent|child pid=P token=T seq=N priv=C`` (priv: the
+parent's only). The child dies with its parent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import mmap
+import os
+import signal
+import struct
+import sys
+import time
+
+TICK = 0.1
+STALL = 20  # ticks without news from the other process: the mapping is not shared any more
+PAGE = mmap.PAGESIZE
+
+
+class Out:
+    def __init__(self, path: str, role: str, token: int) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.role, self.token = role, token
+
+    def line(self, tick: int, extra: str = "") -> None:
+        os.write(self.fd, f"tick={tick} role={self.role} pid={os.getpid()} token={self.token:016x} "
+                          f"seq={tick}{extra}\n".encode())
+
+    def fail(self, why: str) -> None:
+        os.write(self.fd, f"FAIL role={self.role} pid={os.getpid()} {why}\n".encode())
+        os._exit(1)
+
+
+def ghost_map(name: str, size: int, flags: int, content: bytes) -> mmap.mmap:
+    """Map a new file of `size` bytes holding `content`, then close and unlink it."""
+    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    os.write(fd, content.ljust(size, b"\0"))
+    m = mmap.mmap(fd, size, flags=flags)
+    os.close(fd)
+    os.unlink(name)
+    return m
+
+
+def run(out: Out, shared: mmap.mmap, mine: int, theirs: int, extra=lambda tick: "") -> None:
+    seen, since = -1, 0
+    start = time.monotonic()
+    tick = 0
+    while True:
+        tick += 1
+        shared[mine:mine + 8] = struct.pack("<Q", tick)
+        other = struct.unpack("<Q", shared[theirs:theirs + 8])[0]
+        if other != seen:
+            seen, since = other, tick
+        elif tick - since > STALL:
+            out.fail(f"tick {tick}: the other process wrote nothing for {STALL} ticks (value {other}): "
+                     "the shared mapping is not shared")
+        out.line(tick, extra(tick))
+        delay = start + tick * TICK - time.monotonic()
+        if delay < -1.0:  # restored after a pause: pace from now on
+            start = time.monotonic() - tick * TICK
+        elif delay > 0:
+            time.sleep(delay)
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit("usage: shmghost.py OUTFILE")
+    token = int.from_bytes(os.urandom(8), "little") | 1
+    tag = f"{os.getpid()}-{token:x}"
+    shared = ghost_map(f"shmghost-shared-{tag}", PAGE, mmap.MAP_SHARED, b"")
+    seed = hashlib.sha256(struct.pack("<Q", token)).digest()
+    private = ghost_map(f"shmghost-private-{tag}", 2 * PAGE, mmap.MAP_PRIVATE, seed * (2 * PAGE // len(seed)))
+    private[0:len(seed)] = seed[::-1]  # page 0 becomes the process's own copy
+    priv = hashlib.sha256(private[:]).hexdigest()[:16]
+    parent = os.getpid()
+    if os.fork() == 0:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(0)
+        run(Out(sys.argv[1], "child", token), shared, 8, 0)
+    out = Out(sys.argv[1], "parent", token)
+
+    def check_private(tick: int) -> str:
+        now = hashlib.sha256(private[:]).hexdigest()[:16]
+        if now != priv:
+            out.fail(f"tick {tick}: the private mapping changed ({now}, was {priv})")
+        return f" priv={now}"
+
+    run(out, shared, 0, 8, check_private)
+
+
+if __name__ == "__main__":
+    main()

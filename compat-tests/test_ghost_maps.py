@@ -1,0 +1,66 @@
+# SPDX-License-Identifier: MIT
+"""Deleted files that only mappings hold (POSIX semaphores and multiprocessing locks in /dev/shm,
+mapped and then unlinked): CRIU dumps them as ghost files. Real `criu dump` -> `spice restore`, and
+`spice dump` -> real `criu restore` / `spice restore`, on the shmghost workload: two processes
+sharing one page of such a file (each FAILs if the other's writes stop showing), and a private
+mapping of another one with a page of its own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import fdkinds
+import harness
+import pytest
+from harness import criu_restore, kill_restored
+from spice import spice, spice_restore
+
+
+@pytest.fixture(scope="module")
+def criu_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
+    wl = harness.start_workload("shmghost", compat_tmp / "ghost-maps" / "criu")
+    return harness.dump_workload(wl, wl.rundir / "images")
+
+
+@pytest.fixture(scope="module")
+def spice_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
+    def dumper(pid: int, images: Path, leave_running: bool) -> subprocess.CompletedProcess[str]:
+        images.mkdir(parents=True, exist_ok=True)
+        return spice("dump", "-t", str(pid), "-D", str(images), "-v4", "-o", "dump.log",
+                     *(["--leave-running"] if leave_running else []))
+
+    wl = harness.start_workload("shmghost", compat_tmp / "ghost-maps" / "spice")
+    return harness.dump_workload(wl, wl.rundir / "images", dumper=dumper)
+
+
+def assert_ghosts(crit: Path, images: Path) -> None:
+    """Two deleted files, each reached through a file id per process (CRIU gives the parent's and
+    the child's mappings ids of their own): four GHOST remaps onto two ghost images."""
+    out = subprocess.run([str(crit), "show", str(images / "remap-fpath.img")], capture_output=True, text=True,
+                         check=True)
+    remaps = json.loads(out.stdout)["entries"]
+    assert [e["remap_type"] for e in remaps] == ["GHOST"] * 4, remaps
+    assert len({e["orig_id"] for e in remaps}) == 4 and len({e["remap_id"] for e in remaps}) == 2, remaps
+
+
+def test_criu_dump_of_mapped_ghosts_restores_under_spice(criu_dump: harness.DumpInfo, crit_bin: Path) -> None:
+    assert_ghosts(crit_bin, criu_dump.images_dir)
+    for _ in range(2):  # the same images twice: the ghosts are recreated each time
+        pid = spice_restore(criu_dump.images_dir)
+        fdkinds.check_shmghost(criu_dump, pid)
+        kill_restored(criu_dump, pid)
+
+
+def test_spice_dump_of_mapped_ghosts_decodes_as_criu_writes_them(spice_dump: harness.DumpInfo,
+                                                                 crit_bin: Path) -> None:
+    assert_ghosts(crit_bin, spice_dump.images_dir)
+
+
+@pytest.mark.parametrize("tool", ["criu", "spice"])
+def test_spice_dump_of_mapped_ghosts_restores(spice_dump: harness.DumpInfo, tool: str) -> None:
+    info = spice_dump
+    pid = criu_restore(info.images_dir) if tool == "criu" else spice_restore(info.images_dir)
+    fdkinds.check_shmghost(info, pid)
+    kill_restored(info, pid)
