@@ -14,6 +14,8 @@ new session) and are registered in ``harness.SPECS`` on import, so every harness
   sockets look like every tick (--tcp-close).
 * ``shmghost`` (Python): two processes sharing memory through a deleted file only their mappings
   hold (POSIX semaphores, multiprocessing), and a private mapping of another deleted file.
+* ``unixnames`` (Python): unix sockets bound to an absolute path (listening), a relative name, and
+  a name since unlinked.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ _SPECS = (
     harness.WorkloadSpec("tcpclose", str(HERE / "tcpclose.py"), constants=("token",), steps=("seq",)),
     harness.WorkloadSpec("shmghost", str(HERE / "shmghost.py"), roles=("parent", "child"),
                          constants=("token", "priv"), steps=("seq",)),
+    harness.WorkloadSpec("unixnames", str(HERE / "unixnames.py"), steps=("seq",), monotonic=("dgrams",)),
 )
 for _s in _SPECS:
     harness.SPECS.setdefault(_s.name, _s)

@@ -14,6 +14,7 @@ descriptors (SCM_RIGHTS), packet, netlink and other families are refused, naming
 from __future__ import annotations
 
 import _socket as socket  # the C module: socket.py's enums and selectors cost ~5 ms of start-up
+import fcntl
 import os
 import struct
 
@@ -32,6 +33,7 @@ NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
 UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_ICONS, UDIAG_SHOW_RQLEN = 1, 2, 4, 8, 0x10
 UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_ICONS, UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 0, 1, 2, 3, 4, 6
 INET_DIAG_SHUTDOWN = 8
+SIOCUNIXFILE = 0x89E0  # SIOCPROTOPRIVATE: an O_PATH fd of a bound unix socket's file
 SO_PEEK_OFF, SO_BUF_LOCK, SO_PASSSEC, SO_NO_CHECK = 42, 72, 34, 11
 TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
 TCP_STATES = {2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT", 8: "CLOSE_WAIT",
@@ -165,12 +167,7 @@ def _unix(of: OpenFd, fid: int, s: socket.socket) -> str:
     if shut and shut[0]:
         e.shutdown = shut[0] & 3
     if name and name[0] != 0:
-        path = name.decode(errors="surrogateescape")
-        try:
-            pst = os.stat(path)
-            e.file_perms.mode, e.file_perms.uid, e.file_perms.gid = pst.st_mode, pst.st_uid, pst.st_gid
-        except OSError:
-            e.deleted = True
+        _unix_file(of, e, name)
     for k, v in fown(of.lfd).items():
         setattr(e.fown, k, v)
     sk_opts(s, False, e.opts)
@@ -277,3 +274,27 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
         of.ctx.tcp.dump(of.ctx, of.lfd, e, what)
     add_file(of.ctx, "INETSK", fid, "isk", e)
     return "INETSK"
+
+
+def _unix_file(of: OpenFd, e, name: bytes) -> None:
+    """The file a bound unix socket has in the filesystem, as criu records it: its owner and mode,
+    `deleted` when it was unlinked, and for a relative name the directory it lives in (name_dir).
+    The kernel hands out the bound file itself (SIOCUNIXFILE), wherever the task's cwd went since."""
+    path = name.split(b"\0", 1)[0].decode(errors="surrogateescape")  # the kernel reports a trailing NUL
+    try:
+        pfd = fcntl.ioctl(of.lfd, SIOCUNIXFILE)
+    except OSError as err:
+        raise SpiceError("dump", f"{of.describe()}: can't open the file of unix socket {path!r}: "
+                                 f"{err.strerror}") from None
+    try:
+        full, st = os.readlink(f"/proc/self/fd/{pfd}"), os.fstat(pfd)
+    finally:
+        os.close(pfd)
+    if full.endswith(" (deleted)"):
+        full = full.removesuffix(" (deleted)")
+        e.deleted = True
+    if not path.startswith("/"):
+        if not full.endswith("/" + path):
+            raise SpiceError("dump", f"{of.describe()}: unix socket bound to {path!r} lives at {full}")
+        e.name_dir = full[: -len(path) - 1] or "/"
+    e.file_perms.mode, e.file_perms.uid, e.file_perms.gid = st.st_mode, st.st_uid, st.st_gid

@@ -10,6 +10,7 @@ from __future__ import annotations
 import _socket as socket  # the C module: `socket` imports selectors, enum, array... (~5 ms of start-up)
 import fcntl
 import os
+import stat
 import struct
 
 from ..errors import SpiceError
@@ -166,11 +167,10 @@ class UnixSocket(FileObj):
             else:
                 s = socket.socket(socket.AF_UNIX, e.type)
                 _apply_opts(s, e.opts, self.describe())
-                if e.name:
-                    name = e.name if e.name[0] == 0 else e.name.decode()
-                    if isinstance(name, str) and os.path.exists(name):
-                        os.unlink(name)  # a stale socket file of the dumped (dead) listener
-                    s.bind(name)
+                if e.name and e.name[0] == 0:
+                    s.bind(e.name)  # abstract
+                elif e.name:
+                    _bind_file(s, e, ctx)
                 if e.state == TCP_LISTEN:
                     s.listen(e.backlog)
             if e.HasField("shutdown") and e.shutdown in SHUT_BITS:
@@ -199,6 +199,28 @@ class UnixSocket(FileObj):
             for data in peer_obj.queued:
                 me.send(data)
         return me
+
+
+def _bind_file(s: socket.socket, e, ctx: OpenContext) -> None:
+    """Bind to a path as the dumped socket was: the dumped (dead) socket's file, left behind, is
+    unlinked first (as criu does; anything else there is left alone and bind fails); then the
+    file gets its dumped owner and mode, and is unlinked again if it was deleted when dumped."""
+    path = e.name.split(b"\0", 1)[0].decode(errors="surrogateescape")  # names end in the kernel's NUL
+    if e.HasField("name_dir") and not path.startswith("/"):
+        path = os.path.join(e.name_dir, path)
+    if path.startswith("/"):
+        path = ctx.path(path)
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    s.bind(path)
+    if e.HasField("file_perms"):
+        os.chown(path, e.file_perms.uid, e.file_perms.gid, follow_symlinks=False)
+        os.chmod(path, stat.S_IMODE(e.file_perms.mode))
+    if e.deleted:
+        os.unlink(path)
 
 
 @planner("UNIXSK")

@@ -1,0 +1,102 @@
+# SPDX-License-Identifier: MIT
+"""Unix sockets bound to names in the filesystem (servers on a socket file), both directions:
+real `criu dump` -> `spice restore`, `spice dump` -> real `criu restore` / `spice restore`, and
+`spice dump` writing the names as criu does. The dumped process's socket files are left behind
+when it dies; a restore must rebind over them (criu unlinks them first), keep the file's mode, bind a
+relative name in its directory, and keep a socket whose file was deleted without a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+from pathlib import Path
+
+import fdkinds
+import harness
+import pytest
+from harness import assert_continues, criu_restore, kill_restored
+from spice import spice, spice_restore
+
+USK_FIELDS = ("name", "name_dir", "file_perms", "deleted", "state", "type", "backlog")
+
+
+def check_restored(info: harness.DumpInfo, pid: int) -> None:
+    assert pid == info.pid
+    assert_continues(info, pid, new_ticks=3)
+    run = info.rundir
+    st = os.stat(run / "srv.sock")
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640, oct(st.st_mode)
+    assert not (run / "gone.sock").exists()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(harness.scaled(5))
+        c.connect(str(run / "srv.sock"))
+        reply = c.makefile().readline()
+    assert reply.startswith(f"token={info.pre_dump['main'].fields['token']} "), reply
+    before = fdkinds.last_field(info, "dgrams")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as d:
+        for _ in range(3):
+            d.sendto(b"ping", str(run / "rel.sock"))
+    fdkinds.wait_for(lambda: fdkinds.last_field(info, "dgrams") == before + 3, 10, "3 datagrams counted")
+
+
+def spice_dumper(pid: int, images: Path, leave_running: bool) -> subprocess.CompletedProcess[str]:
+    images.mkdir(parents=True, exist_ok=True)
+    return spice("dump", "-t", str(pid), "-D", str(images), "-v4", "-o", "dump.log",
+                 *(["--leave-running"] if leave_running else []))
+
+
+@pytest.fixture(scope="module")
+def criu_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
+    wl = harness.start_workload("unixnames", compat_tmp / "unix-names" / "criu")
+    return harness.dump_workload(wl, wl.rundir / "images")
+
+
+@pytest.fixture(scope="module")
+def spice_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
+    wl = harness.start_workload("unixnames", compat_tmp / "unix-names" / "spice")
+    return harness.dump_workload(wl, wl.rundir / "images", dumper=spice_dumper)
+
+
+def named_sockets(crit: Path, images: Path) -> dict[str, dict]:
+    out = subprocess.run([str(crit), "show", str(images / "files.img")], capture_output=True, text=True,
+                         check=True)
+    usks = [e["usk"] for e in json.loads(out.stdout)["entries"] if e["type"] == "UNIXSK"]
+    return {u["name"]: {k: u.get(k) for k in USK_FIELDS} for u in usks if u.get("name")}
+
+
+def test_criu_dump_restores_under_spice(criu_dump: harness.DumpInfo, crit_bin: Path) -> None:
+    names = named_sockets(crit_bin, criu_dump.images_dir)
+    assert {os.path.basename(n) for n in names} == {"srv.sock=00", "rel.sock=00", "gone.sock=00"}, names
+    assert (criu_dump.rundir / "srv.sock").exists()  # left behind by the dumped process
+    for _ in range(2):
+        pid = spice_restore(criu_dump.images_dir)
+        check_restored(criu_dump, pid)
+        kill_restored(criu_dump, pid)
+
+
+def test_spice_dump_writes_names_as_criu(crit_bin: Path, compat_tmp: Path) -> None:
+    wl = harness.start_workload("unixnames", compat_tmp / "unix-names" / "both")
+    try:
+        theirs = wl.rundir / "criu-images"
+        harness.criu_dump(wl.pid, theirs, leave_running=True)
+        ours = wl.rundir / "spice-images"
+        spice_dumper(wl.pid, ours, leave_running=True)
+        a, b = named_sockets(crit_bin, theirs), named_sockets(crit_bin, ours)
+        assert a == b
+        assert a[f"{wl.rundir}/srv.sock=00"]["file_perms"]["mode"] == stat.S_IFSOCK | 0o640
+        assert a["rel.sock=00"]["name_dir"] == str(wl.rundir)
+        assert a["gone.sock=00"]["deleted"] is True
+        assert_continues(wl, wl.pids, new_ticks=2)
+    finally:
+        wl.kill()
+
+
+@pytest.mark.parametrize("tool", ["criu", "spice"])
+def test_spice_dump_restores(spice_dump: harness.DumpInfo, tool: str) -> None:
+    info = spice_dump
+    pid = criu_restore(info.images_dir) if tool == "criu" else spice_restore(info.images_dir)
+    check_restored(info, pid)
+    kill_restored(info, pid)
