@@ -9,15 +9,10 @@ uses the mounts the host already has, and a mount may hold only a part of its hi
 
 from __future__ import annotations
 
+from .mountinfo import unescape
+
 #: (mount point, root of the hierarchy mounted there, fs type, super options)
 Mount = tuple[str, str, str, frozenset[str]]
-
-
-def _unescape(s: str) -> str:
-    """mountinfo's octal escapes (\\040 for a space...)."""
-    if "\\" not in s:
-        return s
-    return s.encode().decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
 
 
 def mounts(mountinfo: str) -> list[Mount]:
@@ -29,7 +24,7 @@ def mounts(mountinfo: str) -> list[Mount]:
             continue
         f, t = head.split(), tail.split()
         if len(t) >= 3 and t[0] in ("cgroup", "cgroup2"):
-            out.append((_unescape(f[4]), _unescape(f[3]), t[0], frozenset(t[2].split(","))))
+            out.append((unescape(f[4]), unescape(f[3]), t[0], frozenset(t[2].split(","))))
     return out
 
 

@@ -16,6 +16,8 @@ new session) and are registered in ``harness.SPECS`` on import, so every harness
   hold (POSIX semaphores, multiprocessing), and a private mapping of another deleted file.
 * ``unixnames`` (Python): unix sockets bound to an absolute path (listening), a relative name, and
   a name since unlinked.
+* ``inotify`` (Python): two inotify fds watching a directory, a file and the cwd (one watch
+  numbered 5), counting the events it reads.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ _SPECS = (
     harness.WorkloadSpec("shmghost", str(HERE / "shmghost.py"), roles=("parent", "child"),
                          constants=("token", "priv"), steps=("seq",)),
     harness.WorkloadSpec("unixnames", str(HERE / "unixnames.py"), steps=("seq",), monotonic=("dgrams",)),
+    harness.WorkloadSpec("inotify", str(HERE / "inotify.py"), constants=("token", "wds"), steps=("seq",),
+                         monotonic=("created", "modified")),
 )
 for _s in _SPECS:
     harness.SPECS.setdefault(_s.name, _s)

@@ -112,7 +112,8 @@ class OpenFd:
 DUMPERS: dict[str, Dumper] = {}
 #: fd kind -> the module (of this package) that registers its dumper, imported on first need
 KIND_MODULES = {"pipe": "pipes", "fifo": "pipes", "socket": "sockets", "eventfd": "eventfds",
-                "eventpoll": "eventfds", "timerfd": "eventfds", "signalfd": "eventfds", "tty": "tty"}
+                "eventpoll": "eventfds", "timerfd": "eventfds", "signalfd": "eventfds", "tty": "tty",
+                "inotify": "fsnotify"}
 
 
 def dumper(kind: str):

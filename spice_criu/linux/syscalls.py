@@ -156,6 +156,8 @@ class NR:
     set_mempolicy = 238
     get_mempolicy = 239
     waitid = 247
+    inotify_add_watch = 254
+    inotify_rm_watch = 255
     openat = 257
     readlinkat = 267
     pselect6 = 270
@@ -175,10 +177,12 @@ class NR:
     epoll_create1 = 291
     dup3 = 292
     pipe2 = 293
+    inotify_init1 = 294
     preadv = 295
     pwritev = 296
     rt_tgsigqueueinfo = 297
     prlimit64 = 302
+    open_by_handle_at = 304
     setns = 308
     process_vm_readv = 310
     process_vm_writev = 311

@@ -289,6 +289,7 @@ KIND_MODULES = {
     "TIMERFD": "eventfds",
     "SIGNALFD": "eventfds",
     "TTY": "tty",
+    "INOTIFY": "fsnotify",
 }
 
 
