@@ -18,6 +18,8 @@ new session) and are registered in ``harness.SPECS`` on import, so every harness
   a name since unlinked.
 * ``inotify`` (Python): two inotify fds watching a directory, a file and the cwd (one watch
   numbered 5), counting the events it reads.
+* ``pidfds`` (Python): pidfds of its child (waited for through it), of itself (non-blocking) and
+  of an exited child.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ _SPECS = (
     harness.WorkloadSpec("unixnames", str(HERE / "unixnames.py"), steps=("seq",), monotonic=("dgrams",)),
     harness.WorkloadSpec("inotify", str(HERE / "inotify.py"), constants=("token", "wds"), steps=("seq",),
                          monotonic=("created", "modified")),
+    harness.WorkloadSpec("pidfds", str(HERE / "pidfds.py"), roles=("main", "child"),
+                         constants=("token", "child", "selfnb", "dead"), steps=("seq",)),
 )
 for _s in _SPECS:
     harness.SPECS.setdefault(_s.name, _s)
@@ -58,13 +62,17 @@ def wait_for(cond, timeout: float = 10.0, what: str = "condition") -> None:
         time.sleep(0.01)
 
 
-def last_field(info_or_wl, key: str, role: str = "main") -> int:
+def last_field_text(info_or_wl, key: str, role: str = "main") -> str:
     """The value of key in the latest line of role in the workload's output."""
     lines, _ = harness.read_lines(info_or_wl.out_file)
     for ln in reversed(lines):
         if ln.role == role and not ln.failed and key in ln.fields:
-            return int(ln.fields[key])
+            return ln.fields[key]
     raise AssertionError(f"no {key}= line from {role}")
+
+
+def last_field(info_or_wl, key: str, role: str = "main") -> int:
+    return int(last_field_text(info_or_wl, key, role))
 
 
 def signal_and_wait(pid: int, out_file: Path, key: str = "sigs", timeout: float = 10.0) -> int:

@@ -113,7 +113,7 @@ DUMPERS: dict[str, Dumper] = {}
 #: fd kind -> the module (of this package) that registers its dumper, imported on first need
 KIND_MODULES = {"pipe": "pipes", "fifo": "pipes", "socket": "sockets", "eventfd": "eventfds",
                 "eventpoll": "eventfds", "timerfd": "eventfds", "signalfd": "eventfds", "tty": "tty",
-                "inotify": "fsnotify"}
+                "inotify": "fsnotify", "pidfd": "pidfds"}
 
 
 def dumper(kind: str):

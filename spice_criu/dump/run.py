@@ -59,6 +59,7 @@ class DumpContext:
         self.seccomp = seccomp.Seccomp()
         self.cgroups = Cgroups(opts.manage_cgroups)
         self.pipe_data_done: set[tuple[str, int]] = set()
+        self.pids: set[int] = set()  # every pid and tid of the dumped tree
         #: the dump run's id (inventory.img), which also names the nftables lock table
         self.run_id = inventory.new_run_id()
         self._tcp: TcpDump | None = None
@@ -243,6 +244,7 @@ def _collect(ctx: DumpContext, frozen: seize.FrozenTree) -> Message:
     o = ctx.opts
     tasks = tree.collect(frozen)
     _check_root(o, tasks[0])
+    ctx.pids = {p for t in tasks for p in (t.pid, *t.tids)}
     ctx.seccomp.collect(tasks)
     fault("frozen")
     for t in tasks:

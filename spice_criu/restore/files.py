@@ -290,6 +290,7 @@ KIND_MODULES = {
     "SIGNALFD": "eventfds",
     "TTY": "tty",
     "INOTIFY": "fsnotify",
+    "PIDFD": "pidfds",
 }
 
 

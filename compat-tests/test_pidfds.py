@@ -1,0 +1,111 @@
+# SPDX-License-Identifier: MIT
+"""pidfds, both directions: real `criu dump` -> `spice restore`, `spice dump` -> real `criu restore`
+/ `spice restore`, and `spice dump` writing them as criu does (crit equal). On the pidfds workload:
+after a restore its pidfd still leads to its (restored) child, which it reaps through the pidfd
+when the test kills it; its own pidfd is still non-blocking; the pidfd of a child that exited before
+the dump still reports an exit. A pidfd of a process outside the tree is refused, as criu does."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import fdkinds
+import harness
+import pytest
+from harness import assert_continues, criu_restore, kill_restored
+from spice import spice, spice_restore
+
+
+def spice_dumper(pid: int, images: Path, leave_running: bool) -> subprocess.CompletedProcess[str]:
+    images.mkdir(parents=True, exist_ok=True)
+    return spice("dump", "-t", str(pid), "-D", str(images), "-v4", "-o", "dump.log",
+                 *(["--leave-running"] if leave_running else []))
+
+
+def check_restored(info: harness.DumpInfo, pid: int) -> None:
+    assert pid == info.pid
+    assert_continues(info, list(info.pids), new_ticks=3)
+    fields = info.pre_dump["main"].fields
+    assert (fields["selfnb"], fields["dead"], fields["reaped"]) == ("1", "1", "0"), fields
+    child = int(fields["child"])
+    assert harness.process_state(child) not in (None, "Z")
+    os.kill(child, signal.SIGTERM)
+    fdkinds.wait_for(lambda: fdkinds.last_field_text(info, "reaped") == "sig15", 10,
+                     "the restored process to reap its child through its pidfd")
+
+
+@pytest.fixture(scope="module")
+def criu_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
+    wl = harness.start_workload("pidfds", compat_tmp / "pidfds" / "criu")
+    return harness.dump_workload(wl, wl.rundir / "images")
+
+
+@pytest.fixture(scope="module")
+def spice_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
+    wl = harness.start_workload("pidfds", compat_tmp / "pidfds" / "spice")
+    return harness.dump_workload(wl, wl.rundir / "images", dumper=spice_dumper)
+
+
+def test_criu_dump_restores_under_spice(criu_dump: harness.DumpInfo) -> None:
+    for _ in range(2):
+        pid = spice_restore(criu_dump.images_dir)
+        check_restored(criu_dump, pid)
+        kill_restored(criu_dump, pid)
+
+
+def pidfd_entries(crit: Path, images: Path) -> list[dict]:
+    out = subprocess.run([str(crit), "show", str(images / "files.img")], capture_output=True, text=True,
+                         check=True)
+    entries = [e["pidfd"] for e in json.loads(out.stdout)["entries"] if e["type"] == "PIDFD"]
+    for e in entries:
+        del e["id"]  # file ids are numbered by each tool's walk
+    return sorted(entries, key=lambda e: e["ino"])
+
+
+def test_spice_dump_writes_pidfds_as_criu(crit_bin: Path, compat_tmp: Path) -> None:
+    wl = harness.start_workload("pidfds", compat_tmp / "pidfds" / "both")
+    try:
+        theirs, ours = wl.rundir / "criu-images", wl.rundir / "spice-images"
+        harness.criu_dump(wl.pid, theirs, leave_running=True)
+        spice_dumper(wl.pid, ours, leave_running=True)
+        a, b = pidfd_entries(crit_bin, theirs), pidfd_entries(crit_bin, ours)
+        assert a == b
+        child = fdkinds.last_field(wl, "child")
+        assert sorted((e["nspid"], e["flags"]) for e in a) == sorted([(child, 0), (wl.pid, os.O_NONBLOCK), (-1, 0)])
+        assert_continues(wl, wl.pids, new_ticks=2)
+    finally:
+        wl.kill()
+
+
+@pytest.mark.parametrize("tool", ["criu", "spice"])
+def test_spice_dump_restores(spice_dump: harness.DumpInfo, tool: str) -> None:
+    info = spice_dump
+    pid = criu_restore(info.images_dir) if tool == "criu" else spice_restore(info.images_dir)
+    check_restored(info, pid)
+    kill_restored(info, pid)
+
+
+def test_pidfd_outside_the_tree_is_refused_and_the_tree_runs_on(compat_tmp: Path) -> None:
+    run = compat_tmp / "pidfds" / "outside"
+    run.mkdir(parents=True)
+    out = run / "pidfds.out"
+    harness.make_subreaper()
+    with open(run / "pidfds.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, str(fdkinds.HERE / "pidfds.py"), str(out), "outside"], cwd=run,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        fdkinds.wait_for(lambda: out.exists() and b"outside=1" in out.read_bytes(), 10, "the workload to start")
+        p = spice("dump", "-t", str(proc.pid), "-D", str(run), "-o", "dump.log", check=False)
+        assert p.returncode == 1
+        assert p.stderr.strip().endswith("pidfd pid 1 is not a part of process tree"), p.stderr
+        assert "\n" not in p.stderr.strip()
+        ticks = len(out.read_bytes().splitlines())
+        fdkinds.wait_for(lambda: len(out.read_bytes().splitlines()) > ticks + 2, 10, "the workload to go on")
+        assert harness.process_state(proc.pid) in ("R", "S")
+    finally:
+        harness.kill_pids([proc.pid])
