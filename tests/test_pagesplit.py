@@ -19,7 +19,7 @@ P = 4096
 
 
 def _mm(vmas: list[VmaPlan]) -> MmPlan:
-    return MmPlan(vmas, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, [], "/bin/true", 1, None, False,
+    return MmPlan(vmas, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, [], "/bin/true", None, False,
                   sum(r.nr_pages for v in vmas for r in v.runs))
 
 

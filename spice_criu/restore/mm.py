@@ -71,10 +71,10 @@ class MmPlan(Record):
     env_end: int
     auxv: list[int]
     exe_path: str
-    exe_file_id: int
     dumpable: int | None
     thp_disabled: bool
     pages_total: int
+    exe_file_id: int = -1  # its files.img object (a deleted exe is a ghost); -1: none (zombies)
 
     def private_runs(self) -> list[PageRun]:
         return [r for v in self.vmas for r in v.runs]
