@@ -3,7 +3,7 @@
 mapped and then unlinked): CRIU dumps them as ghost files. Real `criu dump` -> `spice restore`, and
 `spice dump` -> real `criu restore` / `spice restore`, on the shmghost workload: two processes
 sharing one page of such a file (each FAILs if the other's writes stop showing), and a private
-mapping of another one with a page of its own."""
+mapping of another one with a page of its own; the child's cwd is a directory it removed."""
 
 from __future__ import annotations
 
@@ -37,12 +37,13 @@ def spice_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
 
 def assert_ghosts(crit: Path, images: Path) -> None:
     """Two deleted files, each reached through a file id per process (CRIU gives the parent's and
-    the child's mappings ids of their own): four GHOST remaps onto two ghost images."""
+    the child's mappings ids of their own), and the child's removed cwd: five GHOST remaps onto
+    three ghost images."""
     out = subprocess.run([str(crit), "show", str(images / "remap-fpath.img")], capture_output=True, text=True,
                          check=True)
     remaps = json.loads(out.stdout)["entries"]
-    assert [e["remap_type"] for e in remaps] == ["GHOST"] * 4, remaps
-    assert len({e["orig_id"] for e in remaps}) == 4 and len({e["remap_id"] for e in remaps}) == 2, remaps
+    assert [e["remap_type"] for e in remaps] == ["GHOST"] * 5, remaps
+    assert len({e["orig_id"] for e in remaps}) == 5 and len({e["remap_id"] for e in remaps}) == 3, remaps
 
 
 def test_criu_dump_of_mapped_ghosts_restores_under_spice(criu_dump: harness.DumpInfo, crit_bin: Path) -> None:

@@ -13,7 +13,8 @@ new session) and are registered in ``harness.SPECS`` on import, so every harness
 * ``tcpclose`` (Python): both ends of a loopback TCP connection in one task, reporting what its
   sockets look like every tick (--tcp-close).
 * ``shmghost`` (Python): two processes sharing memory through a deleted file only their mappings
-  hold (POSIX semaphores, multiprocessing), and a private mapping of another deleted file.
+  hold (POSIX semaphores, multiprocessing), a private mapping of another deleted file, and a
+  removed directory as the child's cwd.
 * ``unixnames`` (Python): unix sockets bound to an absolute path (listening), a relative name, and
   a name since unlinked.
 * ``inotify`` (Python): two inotify fds watching a directory, a file and the cwd (one watch
@@ -43,7 +44,7 @@ _SPECS = (
     harness.WorkloadSpec("inherit", str(HERE / "inherit.py"), constants=("token",), steps=("seq",)),
     harness.WorkloadSpec("tcpclose", str(HERE / "tcpclose.py"), constants=("token",), steps=("seq",)),
     harness.WorkloadSpec("shmghost", str(HERE / "shmghost.py"), roles=("parent", "child"),
-                         constants=("token", "priv"), steps=("seq",)),
+                         constants=("token", "priv", "cwd"), steps=("seq",)),
     harness.WorkloadSpec("unixnames", str(HERE / "unixnames.py"), steps=("seq",), monotonic=("dgrams",)),
     harness.WorkloadSpec("inotify", str(HERE / "inotify.py"), constants=("token", "wds"), steps=("seq",),
                          monotonic=("created", "modified")),
@@ -263,4 +264,5 @@ def check_shmghost(info: harness.DumpInfo, pid: int) -> None:
     assert set(parent) == {"shared", "private"} and set(child) == {"shared", "private"}, (parent, child)
     assert parent["shared"][:2] == child["shared"][:2], "the shared mapping is two files"
     assert parent["shared"][2] == "rw-s" and parent["private"][2] == "rw-p"
+    assert info.pre_dump["child"].fields["cwd"].endswith("_(deleted)")  # the same on every line: a constant
     assert not [n for n in os.listdir(info.rundir) if "shmghost-" in n]

@@ -13,8 +13,10 @@ VMAs alone hold them, CRIU dumps them as ghost files), and forks the child:
 * ``private`` (MAP_PRIVATE, two pages, parent only): page 0 written after mapping (a private copy),
   page 1 left as the file's; ``priv`` is the checksum of both, constant across a dump.
 
-Every ~100 ms each role appends ``tick=N role=parent|child pid=P token=T seq=N priv=C`` (priv: the
-parent's only). The child dies with its parent.
+The child also works in a directory it removed (``cwd``: its /proc/self/cwd link, "... (deleted)").
+
+Every ~100 ms each role appends ``tick=N role=parent|child pid=P token=T seq=N`` and ``priv=C``
+(the parent) or ``cwd=PATH`` (the child). The child dies with its parent.
 """
 
 from __future__ import annotations
@@ -93,7 +95,11 @@ def main() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:
             os._exit(0)
-        run(Out(sys.argv[1], "child", token), shared, 8, 0)
+        os.mkdir(f"shmghost-cwd-{tag}")
+        os.chdir(f"shmghost-cwd-{tag}")
+        os.rmdir(os.getcwd())
+        run(Out(sys.argv[1], "child", token), shared, 8, 0,
+            lambda tick: f" cwd={os.readlink('/proc/self/cwd').replace(' ', '_')}")
     out = Out(sys.argv[1], "parent", token)
 
     def check_private(tick: int) -> str:

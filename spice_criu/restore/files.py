@@ -75,6 +75,15 @@ class OpenContext:
     def path(self, name: str) -> str:
         return name if self.root == "/" else os.path.join(self.root, name.lstrip("/"))
 
+    def source_path(self, file_id: int | None, path: str) -> str:
+        """Where a task opens (or enters) a file by path: a deleted one (a ghost: a POSIX semaphore
+        in /dev/shm, a removed cwd) is recreated once, in the restorer, and reached through its fd
+        there, so every task and fd referring to it share the one inode, as they did when dumped."""
+        f = self.files.get(file_id) if file_id is not None else None
+        if isinstance(f, RegFile) and f.ghost is not None:
+            return f"/proc/{os.getpid()}/fd/{self.fd_of(f.id)}"
+        return self.path(path)
+
     def fd_of(self, file_id: int) -> int:
         """The restorer's fd for a file object, opening it on first use."""
         fd = self.opened.get(file_id)
@@ -113,8 +122,9 @@ class FileObj(Record):
 
 
 class Ghost(Record):
-    """A deleted file the dump kept (ghost-file-<id>.img): recreated once per restore, whichever
-    fds and mappings of whichever tasks refer to it, so that they all share its one inode."""
+    """A deleted file or directory the dump kept (ghost-file-<id>.img): recreated once per
+    restore, whichever fds, mappings and cwds of whichever tasks refer to it, so that they all
+    share its one inode."""
 
     id: int  # its remap id
     data: bytes
@@ -124,18 +134,25 @@ class Ghost(Record):
     times: tuple[int, int] | None  # atime, mtime (ns), when the image has them
 
     def inode(self, ctx: OpenContext, path: str) -> int:
-        """A restorer fd of the recreated file (made, then unlinked again, next to where it lived)."""
+        """A restorer fd of the recreated file: made where it lived (so /proc shows the dumped
+        "PATH (deleted)" again; next to it if something took that name since) and unlinked."""
         cache = ctx.kind_cache("ghosts")
         fd = cache.get(self.id)
         if fd is not None:
             return fd
-        tmp = f"{path}.spice-ghost.{os.getpid()}"
+        for name in (path, f"{path}.spice-ghost.{os.getpid()}"):
+            try:
+                fd = self._create(name)
+                break
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise SpiceError("files", f"can't recreate deleted file {path}: {e.strerror}") from None
+        else:
+            raise SpiceError("files", f"can't recreate deleted file {path}: its name and a spare one are taken")
         try:
-            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR | O_CLOEXEC, self.mode & 0o7777)
-        except OSError as e:
-            raise SpiceError("files", f"can't recreate deleted file {path}: {e.strerror}") from None
-        try:
-            os.write(fd, self.data)
+            if not stat.S_ISDIR(self.mode):
+                os.write(fd, self.data)
             os.fchown(fd, self.uid, self.gid)
             os.fchmod(fd, self.mode & 0o7777)  # past the umask, as dumped
             if self.times:
@@ -143,11 +160,21 @@ class Ghost(Record):
         except OSError as e:
             os.close(fd)
             raise SpiceError("files", f"can't recreate deleted file {path}: {e.strerror}") from None
-        finally:
-            os.unlink(tmp)
         cache[self.id] = fd
         ctx.cleanup.append(lambda: os.close(fd))
         return fd
+
+    def _create(self, name: str) -> int:
+        """Create, open and unlink `name` (FileExistsError if it exists: nothing is touched then)."""
+        if not stat.S_ISDIR(self.mode):
+            fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR | O_CLOEXEC, 0o600)
+            os.unlink(name)
+            return fd
+        os.mkdir(name, 0o700)
+        try:
+            return os.open(name, os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        finally:
+            os.rmdir(name)
 
 
 class RegFile(FileObj):
@@ -414,14 +441,16 @@ def pull_fd(task, ours_fd: int) -> int:
         task.sys(NR.close, pidfd, what="close pidfd")
 
 
-def install_fs(task) -> None:
+def install_fs(task, ctx: OpenContext) -> None:
     """cwd, root and umask. Both paths are as seen from the mount namespace's root: chdir first,
-    chroot (which leaves the cwd alone) second."""
+    chroot (which leaves the cwd alone) second. A deleted cwd is entered through its ghost."""
     from ..linux.syscalls import NR
 
     t = task.plan
     b = task.batch()
-    b.add(NR.chdir, task.put_str(t.cwd), what=f"chdir({t.cwd})")
+    f = ctx.files.get(t.cwd_id)
+    cwd = ctx.source_path(f.id, t.cwd) if isinstance(f, RegFile) and f.ghost is not None else t.cwd
+    b.add(NR.chdir, task.put_str(cwd), what=f"chdir({t.cwd})")
     if t.root != "/":
         b.add(NR.chroot, task.put_str(t.root), what=f"chroot({t.root})")
     b.add(NR.umask, t.umask, what="umask")

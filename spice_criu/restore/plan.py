@@ -44,6 +44,7 @@ class TaskPlan(Record):
     umask: int
     children: list[TaskPlan] = Factory(list)
     seccomp: dict[int, list[tuple[bytes, int]]] = Factory(dict)  # tid -> filter chain, oldest first
+    cwd_id: int = -1  # the cwd's files.img object (a deleted cwd is a ghost)
 
     @property
     def leader(self) -> ThreadPlan:
@@ -176,6 +177,7 @@ def build_plan(images_dir: str | os.PathLike, root: str = "/", inherit: dict[str
             mm=mm,
             fds=fds,
             cwd=F.file_path(files, fs.cwd_id, f"task {pid} cwd"),
+            cwd_id=fs.cwd_id,
             root=F.file_path(files, fs.root_id, f"task {pid} root"),
             umask=fs.umask if fs.HasField("umask") else 0o022,
             seccomp=filters,

@@ -75,7 +75,7 @@ def restore_task(ctl: TaskCtl, ctx: OpenContext, backend) -> int:
     ptrace.setsigmask(ctl.pid, signals.ALL_SIGNALS)
     install_fds(ctl, ctx)
     pages = backend.install_core(ctl, ctx)  # opens files by their paths: before any chroot
-    install_fs(ctl)
+    install_fs(ctl, ctx)
     for th in t.threads[1:]:
         threads.create_thread(ctl, th.tid)  # a new thread inherits the all-blocked mask
     for th in t.threads:

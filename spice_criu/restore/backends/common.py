@@ -14,7 +14,7 @@ import os
 from ...errors import SpiceError
 from ...linux.syscalls import NR
 from ...record import Factory, Record
-from ..files import OpenContext, RegFile
+from ..files import OpenContext
 from ..mm import FILE_PRIVATE, FILE_SHARED, MEMFD_PRIVATE, SHMEM, VDSO, VSYSCALL, VVAR, MmPlan, VmaPlan
 from ..shmem import shmem_fd
 from ..task import TRAMPOLINE_SIZE, TaskCtl, find_hole
@@ -105,16 +105,6 @@ class MmFiles(Record):
         return self.fds[(path, mode)]
 
 
-def source_path(ctx: OpenContext, file_id: int | None, path: str) -> str:
-    """Where the task opens a file its address space is built from. A deleted file (a ghost, e.g.
-    a POSIX semaphore in /dev/shm) is recreated once, in the restorer, and reopened through it: every
-    task mapping it shares the one inode, as they did when dumped."""
-    f = ctx.files.get(file_id) if file_id is not None else None
-    if isinstance(f, RegFile) and f.ghost is not None:
-        return f"/proc/{os.getpid()}/fd/{ctx.fd_of(f.id)}"
-    return ctx.path(path)
-
-
 def open_mm_files(task: TaskCtl, mm: MmPlan, ctx: OpenContext, extra: tuple[tuple[str, int], ...] = (),
                   b=None) -> MmFiles:
     """Open (in the task, O_CLOEXEC) every file the address space needs, plus `extra` (path, mode).
@@ -128,13 +118,13 @@ def open_mm_files(task: TaskCtl, mm: MmPlan, ctx: OpenContext, extra: tuple[tupl
         if (path, mode) not in slots:
             slots[(path, mode)] = b.add(NR.openat, -100, task.put_str(path), mode | O_CLOEXEC, 0, what=f"open {path}")
 
-    mapped = {v.start: (source_path(ctx, v.file_id, v.path or ""), file_mode(v))
+    mapped = {v.start: (ctx.source_path(v.file_id, v.path or ""), file_mode(v))
               for v in mm.vmas if v.kind in (FILE_PRIVATE, FILE_SHARED)}
     for key in mapped.values():
         want(*key)
     for path in sorted({str(r.pages_file) for r in mm.private_runs()}):
         want(path, O_RDONLY)
-    exe_path = source_path(ctx, mm.exe_file_id, mm.exe_path)
+    exe_path = ctx.source_path(mm.exe_file_id, mm.exe_path)
     want(exe_path, O_RDONLY)  # the task runs the stub: its exe is always replaced
     for path, mode in extra:
         want(path, mode)
