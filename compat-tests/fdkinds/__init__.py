@@ -21,6 +21,7 @@ new session) and are registered in ``harness.SPECS`` on import, so every harness
   numbered 5), counting the events it reads.
 * ``pidfds`` (Python): pidfds of its child (waited for through it), of itself (non-blocking) and
   of an exited child.
+* ``inetidle`` (Python): inet sockets never bound or connected, and a TCP socket only bound.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ _SPECS = (
                          monotonic=("created", "modified")),
     harness.WorkloadSpec("pidfds", str(HERE / "pidfds.py"), roles=("main", "child"),
                          constants=("token", "child", "selfnb", "dead"), steps=("seq",)),
+    harness.WorkloadSpec("inetidle", str(HERE / "inetidle.py"), constants=("token", "nodelay", "bport", "types"),
+                         steps=("seq",)),
 )
 for _s in _SPECS:
     harness.SPECS.setdefault(_s.name, _s)

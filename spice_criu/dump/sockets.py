@@ -14,6 +14,7 @@ descriptors (SCM_RIGHTS), packet, netlink and other families are refused, naming
 from __future__ import annotations
 
 import _socket as socket  # the C module: socket.py's enums and selectors cost ~5 ms of start-up
+import errno
 import fcntl
 import os
 import struct
@@ -33,6 +34,7 @@ NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
 UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_ICONS, UDIAG_SHOW_RQLEN = 1, 2, 4, 8, 0x10
 UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_ICONS, UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 0, 1, 2, 3, 4, 6
 INET_DIAG_SHUTDOWN = 8
+TCP_INFO = 11
 SIOCUNIXFILE = 0x89E0  # SIOCPROTOPRIVATE: an O_PATH fd of a bound unix socket's file
 SO_PEEK_OFF, SO_BUF_LOCK, SO_PASSSEC, SO_NO_CHECK = 42, 72, 34, 11
 TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
@@ -218,10 +220,13 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
     what = f"{of.describe()} ({socket_details(of.lfd)})"
     if proto not in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
         raise SpiceError("dump", f"{what}: protocol {proto} not supported")
+    uncon = False
     try:
         d, attrs = inet_diag(s.family, proto, of.st.st_ino)
     except OSError as e:
-        raise SpiceError("dump", f"{what}: sock_diag: {e.strerror}") from None
+        if e.errno != errno.ENOENT:
+            raise SpiceError("dump", f"{what}: sock_diag: {e.strerror}") from None
+        d, attrs, uncon = _unconnected(s, proto, what), {}, True
     if d["dport"]:  # a connection: name both ends
         raw = (struct.pack("<4I", *d["src"]), struct.pack("<4I", *d["dst"]))
         src, dst = (socket.inet_ntop(s.family, x[:4] if s.family == socket.AF_INET else x) for x in raw)
@@ -258,7 +263,12 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
     tos = s.getsockopt(socket.IPPROTO_IP, socket.IP_TOS) if s.family == socket.AF_INET else 0
     if tos:
         e.ip_opts.tos = tos
-    e.ns_id = of.ctx.ids.root_ids.net_ns_id if of.ctx.ids.root_ids.HasField("net_ns_id") else 0
+    e.ip_opts.SetInParent()  # present even when empty (IPv6), as criu writes it
+    e.tcp_opts.SetInParent()  # UDP sockets too
+    # criu finds sockets in one sock_diag dump, which lists no closed TCP socket: those (like the ones
+    # sock_diag does not know at all) it makes up from getsockname(), without a netns id
+    if not uncon and not (proto == socket.IPPROTO_TCP and state == TCP_CLOSE):
+        e.ns_id = of.ctx.ids.root_ids.net_ns_id if of.ctx.ids.root_ids.HasField("net_ns_id") else 0
     if proto == socket.IPPROTO_TCP:
         if s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK):
             e.tcp_opts.cork = True
@@ -274,6 +284,22 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
         of.ctx.tcp.dump(of.ctx, of.lfd, e, what)
     add_file(of.ctx, "INETSK", fid, "isk", e)
     return "INETSK"
+
+
+def _unconnected(s: socket.socket, proto: int, what: str) -> dict:
+    """What sock_diag would say of a socket it does not list: one never bound or connected (or a
+    TCP socket only bound), as criu's gen_uncon_sk() makes it up from getsockname()."""
+    try:
+        s.getpeername()
+    except OSError:
+        pass
+    else:
+        raise SpiceError("dump", f"{what}: connected, but sock_diag does not list it")
+    host, port = s.getsockname()[:2]
+    words = list(struct.unpack("<4I", socket.inet_pton(s.family, host).ljust(16, b"\0")))
+    state = s.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 1)[0] if proto == socket.IPPROTO_TCP else TCP_CLOSE
+    return {"state": state, "sport": port, "dport": 0, "src": words, "dst": [0, 0, 0, 0], "rqueue": 0,
+            "wqueue": 0}
 
 
 def _unix_file(of: OpenFd, e, name: bytes) -> None:
