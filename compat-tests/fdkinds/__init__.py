@@ -22,6 +22,8 @@ new session) and are registered in ``harness.SPECS`` on import, so every harness
 * ``pidfds`` (Python): pidfds of its child (waited for through it), of itself (non-blocking) and
   of an exited child.
 * ``inetidle`` (Python): inet sockets never bound or connected, and a TCP socket only bound.
+* ``netlinks`` (Python): a route netlink socket in two multicast groups, asked for the loopback
+  link every tick, and a generic netlink socket never bound.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ _SPECS = (
     harness.WorkloadSpec("pidfds", str(HERE / "pidfds.py"), roles=("main", "child"),
                          constants=("token", "child", "selfnb", "dead"), steps=("seq",)),
     harness.WorkloadSpec("inetidle", str(HERE / "inetidle.py"), constants=("token", "nodelay", "bport", "types"),
+                         steps=("seq",)),
+    harness.WorkloadSpec("netlinks", str(HERE / "netlinks.py"), constants=("token", "addr", "member", "generic", "lo"),
                          steps=("seq",)),
 )
 for _s in _SPECS:

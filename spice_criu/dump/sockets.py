@@ -35,6 +35,7 @@ UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_ICONS, UDIAG_SHOW_R
 UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_ICONS, UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 0, 1, 2, 3, 4, 6
 INET_DIAG_SHUTDOWN = 8
 TCP_INFO = 11
+NDIAG_PROTO_ALL, NDIAG_SHOW_GROUPS, NETLINK_DIAG_GROUPS = 255, 2, 1
 SIOCUNIXFILE = 0x89E0  # SIOCPROTOPRIVATE: an O_PATH fd of a bound unix socket's file
 SO_PEEK_OFF, SO_BUF_LOCK, SO_PASSSEC, SO_NO_CHECK = 42, 72, 34, 11
 TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
@@ -84,6 +85,19 @@ def inet_diag(family: int, proto: int, ino: int) -> tuple[dict[str, Any], dict[i
             return {"family": fam, "state": state, "sport": sport, "dport": dport, "src": src, "dst": dst,
                     "rqueue": rq, "wqueue": wq}, attrs
     raise OSError(2, "no such inet socket")
+
+
+def netlink_diag(ino: int) -> tuple[tuple[int, int, int, int], dict[int, bytes]] | None:
+    """(state, portid, dst_portid, dst_group) and attributes of a netlink socket; None when sock_diag
+    does not list it (never bound: it is in no netlink table yet)."""
+    req = struct.pack("=BBHII2I", socket.AF_NETLINK, NDIAG_PROTO_ALL, 0, 0, NDIAG_SHOW_GROUPS, 0, 0)
+    msg = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req
+    for body in _diag_raw(msg):
+        head, attrs = _split(body, 28)
+        _fam, _typ, _proto, state, portid, dst_portid, dst_group, dino = struct.unpack_from("=BBBBIIII", head)
+        if dino == ino:
+            return (state, portid, dst_portid, dst_group), attrs
+    return None
 
 
 def _diag_raw(msg: bytes) -> list[bytes]:
@@ -145,6 +159,8 @@ def _dump_socket(of: OpenFd, fid: int) -> str:
             return _unix(of, fid, s)
         if s.family in (socket.AF_INET, socket.AF_INET6):
             return _inet(of, fid, s)
+        if s.family == socket.AF_NETLINK:
+            return _netlink(of, fid, s)
     finally:
         s.close()
     raise SpiceError("dump", f"{of.describe()} ({socket_details(of.lfd)}): not supported")
@@ -284,6 +300,28 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
         of.ctx.tcp.dump(of.ctx, of.lfd, e, what)
     add_file(of.ctx, "INETSK", fid, "isk", e)
     return "INETSK"
+
+
+def _netlink(of: OpenFd, fid: int, s: socket.socket) -> str:
+    """A netlink socket as criu dumps it: its address (portid, multicast groups: the first 32, as
+    criu), its peer, and its options; a socket never bound is not in sock_diag's tables: state 0,
+    no address, no netns id. Messages queued to it are not saved (nor by criu)."""
+    e = codec.pb("netlink_sk_entry", lite=True)(id=fid, ino=of.st.st_ino, protocol=s.proto, state=0,
+                                                flags=of.flags, portid=0, dst_portid=0, dst_group=0)
+    found = netlink_diag(of.st.st_ino)
+    if found is not None:
+        (e.state, e.portid, e.dst_portid, e.dst_group), attrs = found
+        raw = attrs.get(NETLINK_DIAG_GROUPS, b"")
+        groups = struct.unpack(f"={len(raw) // 4}I", raw[: len(raw) // 4 * 4])
+        if any(groups[1:]):  # criu writes and restores the first 32 only
+            raise SpiceError("dump", f"{of.describe()}: netlink socket in more than 32 groups: not supported")
+        e.groups.extend(groups[:1])
+        e.ns_id = of.ctx.ids.root_ids.net_ns_id if of.ctx.ids.root_ids.HasField("net_ns_id") else 0
+    for k, v in fown(of.lfd).items():
+        setattr(e.fown, k, v)
+    sk_opts(s, False, e.opts)
+    add_file(of.ctx, "NETLINKSK", fid, "nlsk", e)
+    return "NETLINKSK"
 
 
 def _unconnected(s: socket.socket, proto: int, what: str) -> dict:

@@ -311,6 +311,7 @@ KIND_MODULES = {
     "FIFO": "pipes",
     "INETSK": "sockets",
     "UNIXSK": "sockets",
+    "NETLINKSK": "sockets",
     "EVENTFD": "eventfds",
     "EVENTPOLL": "eventfds",
     "TIMERFD": "eventfds",

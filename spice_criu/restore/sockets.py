@@ -223,6 +223,40 @@ def _bind_file(s: socket.socket, e, ctx: OpenContext) -> None:
         os.unlink(path)
 
 
+class NetlinkSocket(FileObj):
+    e: Any = None
+    kind: ClassVar[str] = "netlink socket"
+
+    def describe(self) -> str:
+        return f"netlink socket:[{self.e.ino}] (protocol {self.e.protocol}, file id {self.id})"
+
+    def open(self, ctx: OpenContext) -> int:
+        """Bound to its portid and groups (the first 32: criu dumps no others), connected to its peer."""
+        e = self.e
+        if any(e.groups[1:]):
+            raise SpiceError("sockets", f"{self.describe()}: in more than 32 groups: not supported")
+        try:
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, e.protocol)
+            try:
+                _apply_opts(s, e.opts, self.describe())
+                if e.portid:
+                    s.bind((e.portid, e.groups[0] if e.groups else 0))
+                if e.dst_portid or e.dst_group:
+                    s.connect((e.dst_portid, e.dst_group))
+                fd = s.detach()
+            finally:
+                s.close()
+        except OSError as err:
+            raise SpiceError("sockets", f"{self.describe()}: {err.strerror}") from None
+        _set_file_flags(fd, self.flags)
+        return fd
+
+
+@planner("NETLINKSK")
+def _plan_netlink(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
+    return NetlinkSocket(e.nlsk.id, e.nlsk.flags, e=e.nlsk)
+
+
 @planner("UNIXSK")
 def _plan_unix(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
     sk = e.usk
