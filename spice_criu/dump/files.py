@@ -71,9 +71,35 @@ class FileIds:
         return fid, True
 
     def description(self, pid: int, fd: int, st: os.stat_result, pos: int) -> tuple[int, bool]:
-        """Id of the open file description behind pid's fd: equal for every fd kcmp says is the same."""
+        """Id of the open file description behind pid's fd: equal for every fd kcmp says is the same.
+
+        As CRIU's kid tree: the fds met with one (dev, ino, pos) are kept in kcmp's (obfuscated but
+        consistent) order of their files, so a lookup takes log(n) kcmp calls, not n: 300 opens of
+        one file cost 45,000 calls (~200 ms) the linear way."""
         gen = (st.st_dev, st.st_ino, pos)
         seen = self._descs.setdefault(gen, [])
+        lo, hi = 0, len(seen)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            opid, ofd, oid = seen[mid]
+            try:
+                order = kcmp.kcmp(pid, opid, kcmp.KCMP_FILE, fd, ofd)
+            except OSError:
+                order = -1
+            if order == 0:
+                return oid, False
+            if order == 1:
+                hi = mid
+            elif order == 2:
+                lo = mid + 1
+            else:  # no order to go by: ask every one
+                return self._linear(seen, pid, fd, st)
+        fid = self.new()
+        seen.insert(lo, (pid, fd, fid))
+        self._special.setdefault((st.st_dev, st.st_ino), fid)
+        return fid, True
+
+    def _linear(self, seen: list[tuple[int, int, int]], pid: int, fd: int, st: os.stat_result) -> tuple[int, bool]:
         for opid, ofd, oid in seen:
             try:
                 if kcmp.same(pid, opid, kcmp.KCMP_FILE, fd, ofd):
@@ -81,7 +107,7 @@ class FileIds:
             except OSError:
                 continue
         fid = self.new()
-        seen.append((pid, fd, fid))
+        seen.append((pid, fd, fid))  # the list is no longer in order: lookups in it stay linear
         self._special.setdefault((st.st_dev, st.st_ino), fid)
         return fid, True
 
