@@ -34,6 +34,8 @@ import struct
 from .pb.schema import ENUMS, MESSAGES
 from .wire import encode_varint as _varint
 
+_ONE_BYTE = [bytes((i,)) for i in range(128)]  # most register-array words (xsave) are small: no call
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -269,12 +271,12 @@ class Message:
                     continue
                 if f.packed:
                     if f.kind in _PLAIN_VARINTS:
-                        body = b"".join(map(_varint, values))
+                        body = b"".join([_ONE_BYTE[v] if 0 <= v < 128 else _varint(v) for v in values])
                     else:
                         body = b"".join(_encode_value(f, v) for v in values)
                     out += f.key + _varint(len(body)) + body
                 elif f.kind in _PLAIN_VARINTS:  # CRIU's register arrays: key, value, key, value...
-                    out += f.key + f.key.join(map(_varint, values))
+                    out += f.key + f.key.join([_ONE_BYTE[v] if 0 <= v < 128 else _varint(v) for v in values])
                 else:
                     key = f.key
                     for v in values:
@@ -422,7 +424,7 @@ _PLAIN_VARINTS = frozenset((_U64, _U32, _I64, _I32, _ENUM))  # encoded as the va
 def _encode_value(f: _Field, v: Any) -> bytes:
     k = f.kind
     if k in _PLAIN_VARINTS:
-        return _varint(v)
+        return _ONE_BYTE[v] if 0 <= v < 128 else _varint(v)
     if k == _BOOL:
         return b"\x01" if v else b"\x00"
     if k == _S64:
