@@ -57,6 +57,13 @@ def spice(*args: str, check: bool = True, timeout: float = 120,
     return p
 
 
+def spice_dumper(pid: int, images: Path, leave_running: bool) -> subprocess.CompletedProcess[str]:
+    """`spice dump -t pid` into images (created), as harness.dump_workload calls a dumper."""
+    images.mkdir(parents=True, exist_ok=True)
+    return spice("dump", "-t", str(pid), "-D", str(images), "-v4", "-o", "dump.log",
+                 *(["--leave-running"] if leave_running else []), log=images / "dump.log")
+
+
 def spice_restore(images_dir: Path, *extra: str, backend: str = "ptrace") -> int:
     """`spice restore -d` of an image dir; returns the restored root pid (from --pidfile)."""
     n = next(_counter)

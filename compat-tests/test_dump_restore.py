@@ -12,15 +12,9 @@ from pathlib import Path
 import harness
 import pytest
 from harness import DumpInfo, assert_continues, criu_restore, kill_restored, process_state
-from spice import spice, spice_restore
+from spice import spice_dumper, spice_restore
 
 PAGE = 4096
-
-
-def spice_dumper(pid: int, images: Path, leave_running: bool) -> subprocess.CompletedProcess[str]:
-    images.mkdir(parents=True, exist_ok=True)
-    return spice("dump", "-t", str(pid), "-D", str(images), "-v4", "-o", "dump.log",
-                 *(["--leave-running"] if leave_running else []), log=images / "dump.log")
 
 
 class SpiceDumps(dict[str, DumpInfo]):

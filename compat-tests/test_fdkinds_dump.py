@@ -15,13 +15,7 @@ import fdkinds
 import harness
 import pytest
 from harness import assert_continues, criu_restore, kill_restored
-from spice import spice, spice_restore
-
-
-def spice_dumper(pid: int, images: Path, leave_running: bool) -> subprocess.CompletedProcess[str]:
-    images.mkdir(parents=True, exist_ok=True)
-    return spice("dump", "-t", str(pid), "-D", str(images), "-v4", "-o", "dump.log",
-                 *(["--leave-running"] if leave_running else []))
+from spice import spice, spice_dumper, spice_restore
 
 
 @pytest.fixture(scope="module")

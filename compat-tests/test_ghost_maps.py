@@ -15,7 +15,7 @@ import fdkinds
 import harness
 import pytest
 from harness import criu_restore, kill_restored
-from spice import spice, spice_restore
+from spice import spice_dumper, spice_restore
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +26,8 @@ def criu_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
 
 @pytest.fixture(scope="module")
 def spice_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
-    def dumper(pid: int, images: Path, leave_running: bool) -> subprocess.CompletedProcess[str]:
-        images.mkdir(parents=True, exist_ok=True)
-        return spice("dump", "-t", str(pid), "-D", str(images), "-v4", "-o", "dump.log",
-                     *(["--leave-running"] if leave_running else []))
-
     wl = harness.start_workload("shmghost", compat_tmp / "ghost-maps" / "spice")
-    return harness.dump_workload(wl, wl.rundir / "images", dumper=dumper)
+    return harness.dump_workload(wl, wl.rundir / "images", dumper=spice_dumper)
 
 
 def assert_ghosts(crit: Path, images: Path) -> None:

@@ -10,8 +10,6 @@ alone too.)"""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,13 +17,7 @@ import fdkinds
 import harness
 import pytest
 from harness import assert_continues, criu_restore, kill_restored
-from spice import spice, spice_restore
-
-
-def spice_dumper(pid: int, images: Path, leave_running: bool) -> subprocess.CompletedProcess[str]:
-    images.mkdir(parents=True, exist_ok=True)
-    return spice("dump", "-t", str(pid), "-D", str(images), "-v4", "-o", "dump.log",
-                 *(["--leave-running"] if leave_running else []))
+from spice import spice, spice_dumper, spice_restore
 
 
 def check_restored(info: harness.DumpInfo, pid: int) -> None:
@@ -66,29 +58,13 @@ def test_criu_dump_restores_under_spice(criu_dump: harness.DumpInfo) -> None:
         kill_restored(criu_dump, pid)
 
 
-def inotify_entries(crit: Path, images: Path) -> list[dict]:
-    out = subprocess.run([str(crit), "show", str(images / "files.img")], capture_output=True, text=True,
-                         check=True)
-    entries = [e["ify"] for e in json.loads(out.stdout)["entries"] if e["type"] == "INOTIFY"]
-    for e in entries:
-        del e["id"]  # file ids are numbered by each tool's walk
-    return sorted(entries, key=lambda e: len(e["wd"]))
-
-
 def test_spice_dump_writes_watches_as_criu(crit_bin: Path, compat_tmp: Path) -> None:
-    wl = harness.start_workload("inotify", compat_tmp / "inotify" / "both")
-    try:
-        theirs, ours = wl.rundir / "criu-images", wl.rundir / "spice-images"
-        harness.criu_dump(wl.pid, theirs, leave_running=True)
-        spice_dumper(wl.pid, ours, leave_running=True)
-        a, b = inotify_entries(crit_bin, theirs), inotify_entries(crit_bin, ours)
-        assert a == b
+    with fdkinds.dumped_by_both("inotify", compat_tmp / "inotify" / "both") as (wl, theirs, ours):
+        a = sorted(fdkinds.crit_files(crit_bin, theirs, "INOTIFY", "ify"), key=lambda e: len(e["wd"]))
+        assert a == sorted(fdkinds.crit_files(crit_bin, ours, "INOTIFY", "ify"), key=lambda e: len(e["wd"]))
         assert [w["wd"] for e in a for w in e["wd"]] == [5, 2, 1]  # as the kernel lists them: newest first
         assert {w["f_handle"]["path"] for e in a for w in e["wd"]} == {
             str(wl.rundir), str(wl.rundir / "watched"), str(wl.rundir / "watched.txt")}
-        assert_continues(wl, wl.pids, new_ticks=2)
-    finally:
-        wl.kill()
 
 
 @pytest.mark.parametrize("tool", ["criu", "spice"])

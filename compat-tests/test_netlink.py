@@ -6,21 +6,13 @@ never-bound generic socket is still unbound. A socket in a group past 32 is refu
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import fdkinds  # noqa: F401 - registers the netlinks workload
 import harness
 import pytest
 from harness import assert_continues, criu_restore, kill_restored
-from spice import spice, spice_restore
-
-
-def spice_dumper(pid: int, images: Path, leave_running: bool) -> subprocess.CompletedProcess[str]:
-    images.mkdir(parents=True, exist_ok=True)
-    return spice("dump", "-t", str(pid), "-D", str(images), "-v4", "-o", "dump.log",
-                 *(["--leave-running"] if leave_running else []))
+from spice import spice, spice_dumper, spice_restore
 
 
 def check_restored(info: harness.DumpInfo, pid: int) -> None:
@@ -50,28 +42,12 @@ def test_criu_dump_restores_under_spice(criu_dump: harness.DumpInfo) -> None:
         kill_restored(criu_dump, pid)
 
 
-def netlink_entries(crit: Path, images: Path) -> list[dict]:
-    out = subprocess.run([str(crit), "show", str(images / "files.img")], capture_output=True, text=True,
-                         check=True)
-    entries = [e["nlsk"] for e in json.loads(out.stdout)["entries"] if e["type"] == "NETLINKSK"]
-    for e in entries:
-        del e["id"]  # file ids are numbered by each tool's walk
-    return sorted(entries, key=lambda e: e["ino"])
-
-
 def test_spice_dump_writes_them_as_criu(crit_bin: Path, compat_tmp: Path) -> None:
-    wl = harness.start_workload("netlinks", compat_tmp / "netlink" / "both")
-    try:
-        theirs, ours = wl.rundir / "criu-images", wl.rundir / "spice-images"
-        harness.criu_dump(wl.pid, theirs, leave_running=True)
-        spice_dumper(wl.pid, ours, leave_running=True)
-        a, b = netlink_entries(crit_bin, theirs), netlink_entries(crit_bin, ours)
-        assert a == b
+    with fdkinds.dumped_by_both("netlinks", compat_tmp / "netlink" / "both") as (wl, theirs, ours):
+        a = fdkinds.crit_files(crit_bin, theirs, "NETLINKSK", "nlsk")
+        assert a == fdkinds.crit_files(crit_bin, ours, "NETLINKSK", "nlsk")
         route = next(e for e in a if e["protocol"] == 0)
         assert route["portid"] == wl.pid and route["groups"] == [0x11], route
-        assert_continues(wl, wl.pids, new_ticks=2)
-    finally:
-        wl.kill()
 
 
 @pytest.mark.parametrize("tool", ["criu", "spice"])

@@ -7,7 +7,6 @@ the dump still reports an exit. A pidfd of a process outside the tree is refused
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,13 +17,7 @@ import fdkinds
 import harness
 import pytest
 from harness import assert_continues, criu_restore, kill_restored
-from spice import spice, spice_restore
-
-
-def spice_dumper(pid: int, images: Path, leave_running: bool) -> subprocess.CompletedProcess[str]:
-    images.mkdir(parents=True, exist_ok=True)
-    return spice("dump", "-t", str(pid), "-D", str(images), "-v4", "-o", "dump.log",
-                 *(["--leave-running"] if leave_running else []))
+from spice import spice, spice_dumper, spice_restore
 
 
 def check_restored(info: harness.DumpInfo, pid: int) -> None:
@@ -58,28 +51,12 @@ def test_criu_dump_restores_under_spice(criu_dump: harness.DumpInfo) -> None:
         kill_restored(criu_dump, pid)
 
 
-def pidfd_entries(crit: Path, images: Path) -> list[dict]:
-    out = subprocess.run([str(crit), "show", str(images / "files.img")], capture_output=True, text=True,
-                         check=True)
-    entries = [e["pidfd"] for e in json.loads(out.stdout)["entries"] if e["type"] == "PIDFD"]
-    for e in entries:
-        del e["id"]  # file ids are numbered by each tool's walk
-    return sorted(entries, key=lambda e: e["ino"])
-
-
 def test_spice_dump_writes_pidfds_as_criu(crit_bin: Path, compat_tmp: Path) -> None:
-    wl = harness.start_workload("pidfds", compat_tmp / "pidfds" / "both")
-    try:
-        theirs, ours = wl.rundir / "criu-images", wl.rundir / "spice-images"
-        harness.criu_dump(wl.pid, theirs, leave_running=True)
-        spice_dumper(wl.pid, ours, leave_running=True)
-        a, b = pidfd_entries(crit_bin, theirs), pidfd_entries(crit_bin, ours)
-        assert a == b
+    with fdkinds.dumped_by_both("pidfds", compat_tmp / "pidfds" / "both") as (wl, theirs, ours):
+        a = fdkinds.crit_files(crit_bin, theirs, "PIDFD", "pidfd")
+        assert a == fdkinds.crit_files(crit_bin, ours, "PIDFD", "pidfd")
         child = fdkinds.last_field(wl, "child")
         assert sorted((e["nspid"], e["flags"]) for e in a) == sorted([(child, 0), (wl.pid, os.O_NONBLOCK), (-1, 0)])
-        assert_continues(wl, wl.pids, new_ticks=2)
-    finally:
-        wl.kill()
 
 
 @pytest.mark.parametrize("tool", ["criu", "spice"])

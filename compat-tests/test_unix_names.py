@@ -7,18 +7,16 @@ relative name in its directory, and keep a socket whose file was deleted without
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import stat
-import subprocess
 from pathlib import Path
 
 import fdkinds
 import harness
 import pytest
 from harness import assert_continues, criu_restore, kill_restored
-from spice import spice, spice_restore
+from spice import spice_dumper, spice_restore
 
 USK_FIELDS = ("name", "name_dir", "file_perms", "deleted", "state", "type", "backlog")
 
@@ -42,12 +40,6 @@ def check_restored(info: harness.DumpInfo, pid: int) -> None:
     fdkinds.wait_for(lambda: fdkinds.last_field(info, "dgrams") == before + 3, 10, "3 datagrams counted")
 
 
-def spice_dumper(pid: int, images: Path, leave_running: bool) -> subprocess.CompletedProcess[str]:
-    images.mkdir(parents=True, exist_ok=True)
-    return spice("dump", "-t", str(pid), "-D", str(images), "-v4", "-o", "dump.log",
-                 *(["--leave-running"] if leave_running else []))
-
-
 @pytest.fixture(scope="module")
 def criu_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
     wl = harness.start_workload("unixnames", compat_tmp / "unix-names" / "criu")
@@ -61,9 +53,7 @@ def spice_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
 
 
 def named_sockets(crit: Path, images: Path) -> dict[str, dict]:
-    out = subprocess.run([str(crit), "show", str(images / "files.img")], capture_output=True, text=True,
-                         check=True)
-    usks = [e["usk"] for e in json.loads(out.stdout)["entries"] if e["type"] == "UNIXSK"]
+    usks = fdkinds.crit_files(crit, images, "UNIXSK", "usk")
     return {u["name"]: {k: u.get(k) for k in USK_FIELDS} for u in usks if u.get("name")}
 
 
@@ -78,20 +68,12 @@ def test_criu_dump_restores_under_spice(criu_dump: harness.DumpInfo, crit_bin: P
 
 
 def test_spice_dump_writes_names_as_criu(crit_bin: Path, compat_tmp: Path) -> None:
-    wl = harness.start_workload("unixnames", compat_tmp / "unix-names" / "both")
-    try:
-        theirs = wl.rundir / "criu-images"
-        harness.criu_dump(wl.pid, theirs, leave_running=True)
-        ours = wl.rundir / "spice-images"
-        spice_dumper(wl.pid, ours, leave_running=True)
-        a, b = named_sockets(crit_bin, theirs), named_sockets(crit_bin, ours)
-        assert a == b
+    with fdkinds.dumped_by_both("unixnames", compat_tmp / "unix-names" / "both") as (wl, theirs, ours):
+        a = named_sockets(crit_bin, theirs)
+        assert a == named_sockets(crit_bin, ours)
         assert a[f"{wl.rundir}/srv.sock=00"]["file_perms"]["mode"] == stat.S_IFSOCK | 0o640
         assert a["rel.sock=00"]["name_dir"] == str(wl.rundir)
         assert a["gone.sock=00"]["deleted"] is True
-        assert_continues(wl, wl.pids, new_ticks=2)
-    finally:
-        wl.kill()
 
 
 @pytest.mark.parametrize("tool", ["criu", "spice"])

@@ -24,14 +24,18 @@ new session) and are registered in ``harness.SPECS`` on import, so every harness
 * ``inetidle`` (Python): inet sockets never bound or connected, and a TCP socket only bound.
 * ``netlinks`` (Python): a route netlink socket in two multicast groups, asked for the loopback
   link every tick, and a generic netlink socket never bound.
+* ``rawicmp`` (Python): a raw ICMP socket with a type filter, pinging 127.0.0.1 every tick.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import harness
@@ -57,9 +61,38 @@ _SPECS = (
                          steps=("seq",)),
     harness.WorkloadSpec("netlinks", str(HERE / "netlinks.py"), constants=("token", "addr", "member", "generic", "lo"),
                          steps=("seq",)),
+    harness.WorkloadSpec("rawicmp", str(HERE / "rawicmp.py"), constants=("token", "filter", "pong"), steps=("seq",)),
 )
 for _s in _SPECS:
     harness.SPECS.setdefault(_s.name, _s)
+
+
+def crit_files(crit: Path, images: Path, type_name: str, field: str) -> list[dict]:
+    """What real crit shows of the files.img entries of one type (their `field` message), without
+    the file ids (each tool numbers them in its own walk), in inode order."""
+    out = subprocess.run([str(crit), "show", str(images / "files.img")], capture_output=True, text=True,
+                         check=True)
+    entries = [e[field] for e in json.loads(out.stdout)["entries"] if e["type"] == type_name]
+    for e in entries:
+        del e["id"]
+    return sorted(entries, key=lambda e: e.get("ino", 0))
+
+
+@contextlib.contextmanager
+def dumped_by_both(name: str, rundir: Path) -> Iterator[tuple[harness.Workload, Path, Path]]:
+    """A fresh workload dumped by real criu and by spice, both --leave-running: (the workload, criu's
+    images, spice's images). The workload is checked to run on, and killed at the end."""
+    from spice import spice_dumper
+
+    wl = harness.start_workload(name, rundir)
+    try:
+        theirs, ours = wl.rundir / "criu-images", wl.rundir / "spice-images"
+        harness.criu_dump(wl.pid, theirs, leave_running=True)
+        spice_dumper(wl.pid, ours, leave_running=True)
+        yield wl, theirs, ours
+        harness.assert_continues(wl, wl.pids, new_ticks=2)
+    finally:
+        wl.kill()
 
 
 def wait_for(cond, timeout: float = 10.0, what: str = "condition") -> None:

@@ -35,6 +35,7 @@ UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_ICONS, UDIAG_SHOW_R
 UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_ICONS, UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 0, 1, 2, 3, 4, 6
 INET_DIAG_SHUTDOWN = 8
 TCP_INFO = 11
+SOL_RAW, ICMP_FILTER, IP_NODEFRAG = 255, 1, 22
 NDIAG_PROTO_ALL, NDIAG_SHOW_GROUPS, NETLINK_DIAG_GROUPS = 255, 2, 1
 SIOCUNIXFILE = 0x89E0  # SIOCPROTOPRIVATE: an O_PATH fd of a bound unix socket's file
 SO_PEEK_OFF, SO_BUF_LOCK, SO_PASSSEC, SO_NO_CHECK = 42, 72, 34, 11
@@ -234,10 +235,15 @@ def _queue(of: OpenFd, fid: int, s: socket.socket, typ: int) -> None:
 def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
     proto = s.proto or (socket.IPPROTO_TCP if s.type == socket.SOCK_STREAM else socket.IPPROTO_UDP)
     what = f"{of.describe()} ({socket_details(of.lfd)})"
-    if proto not in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+    raw = s.type == socket.SOCK_RAW
+    if raw and s.family != socket.AF_INET:
+        raise SpiceError("dump", f"{what}: raw IPv6 sockets are not supported")
+    if not raw and proto not in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
         raise SpiceError("dump", f"{what}: protocol {proto} not supported")
     uncon = False
     try:
+        if raw:  # as criu, from getsockname(): the port is the protocol
+            raise OSError(errno.ENOENT, "raw")
         d, attrs = inet_diag(s.family, proto, of.st.st_ino)
     except OSError as e:
         if e.errno != errno.ENOENT:
@@ -279,6 +285,8 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
     tos = s.getsockopt(socket.IPPROTO_IP, socket.IP_TOS) if s.family == socket.AF_INET else 0
     if tos:
         e.ip_opts.tos = tos
+    if raw:
+        _raw_opts(s, proto, e.ip_opts.raw)
     e.ip_opts.SetInParent()  # present even when empty (IPv6), as criu writes it
     e.tcp_opts.SetInParent()  # UDP sockets too
     # criu finds sockets in one sock_diag dump, which lists no closed TCP socket: those (like the ones
@@ -322,6 +330,17 @@ def _netlink(of: OpenFd, fid: int, s: socket.socket) -> str:
     sk_opts(s, False, e.opts)
     add_file(of.ctx, "NETLINKSK", fid, "nlsk", e)
     return "NETLINKSK"
+
+
+def _raw_opts(s: socket.socket, proto: int, r) -> None:
+    """ip_opts.raw of a raw IPv4 socket, as criu fills it: the options that are on, and the ICMP
+    type filter of an ICMP socket."""
+    if s.getsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL):
+        r.hdrincl = True
+    if s.getsockopt(socket.IPPROTO_IP, IP_NODEFRAG):
+        r.nodefrag = True
+    if proto == socket.IPPROTO_ICMP:
+        r.icmpv_filter.append(struct.unpack("=I", s.getsockopt(SOL_RAW, ICMP_FILTER, 4))[0])
 
 
 def _unconnected(s: socket.socket, proto: int, what: str) -> dict:

@@ -28,6 +28,9 @@ SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 SOCK_BUF_LOCK_MASK = 3
 
 
+SOL_RAW, ICMP_FILTER, IP_NODEFRAG = 255, 1, 22
+
+
 def _apply_opts(s: socket.socket, o, what: str) -> None:
     """Socket-level options of sk_opts_entry (buffer sizes only when the owner had pinned them)."""
     try:
@@ -85,7 +88,9 @@ class InetSocket(FileObj):
 
     def describe(self) -> str:
         e = self.e
-        proto = {socket.IPPROTO_TCP: "TCP", socket.IPPROTO_UDP: "UDP"}.get(e.proto, str(e.proto))
+        proto = {socket.IPPROTO_TCP: "TCP", socket.IPPROTO_UDP: "UDP"}.get(e.proto, f"protocol {e.proto}")
+        if e.type == socket.SOCK_RAW:
+            proto = f"raw IP ({proto})"
         return f"{proto} socket:[{e.ino}] port {e.src_port} (file id {self.id})"
 
     def open(self, ctx: OpenContext) -> int:
@@ -106,6 +111,8 @@ class InetSocket(FileObj):
                     s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, ip.tos)
                 if ip.HasField("ttl") and ip.ttl != 64 and e.family == socket.AF_INET:
                     s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ip.ttl)
+                if ip.HasField("raw"):
+                    _raw_opts(s, ip.raw)
             if e.proto == socket.IPPROTO_TCP and e.HasField("tcp_opts"):
                 t = e.tcp_opts
                 for opt, v in ((socket.TCP_KEEPCNT, t.keepcnt), (socket.TCP_KEEPIDLE, t.keepidle),
@@ -114,7 +121,10 @@ class InetSocket(FileObj):
                         s.setsockopt(socket.IPPROTO_TCP, opt, v)
                 if t.nodelay:
                     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if e.src_port or any(e.src_addr):
+            if e.type == socket.SOCK_RAW:  # its "port" is its protocol: bound only to an address
+                if any(e.src_addr):
+                    s.bind((_addr(e.family, e.src_addr), 0))
+            elif e.src_port or any(e.src_addr):
                 s.bind((_addr(e.family, e.src_addr), e.src_port))
             if e.state == TCP_LISTEN:
                 s.listen(e.backlog)
@@ -126,6 +136,15 @@ class InetSocket(FileObj):
             raise SpiceError("sockets", f"{self.describe()}: {err.strerror}") from None
         _set_file_flags(fd, self.flags)
         return fd
+
+
+def _raw_opts(s: socket.socket, r) -> None:
+    if r.hdrincl:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+    if r.nodefrag:
+        s.setsockopt(socket.IPPROTO_IP, IP_NODEFRAG, 1)
+    if r.icmpv_filter and s.proto == socket.IPPROTO_ICMP:
+        s.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", r.icmpv_filter[0]))
 
 
 @planner("INETSK")
