@@ -7,7 +7,9 @@ mapping of another one with a page of its own; the child's cwd is a directory it
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -59,4 +61,21 @@ def test_spice_dump_of_mapped_ghosts_restores(spice_dump: harness.DumpInfo, tool
     info = spice_dump
     pid = criu_restore(info.images_dir) if tool == "criu" else spice_restore(info.images_dir)
     fdkinds.check_shmghost(info, pid)
+    kill_restored(info, pid)
+
+
+@pytest.mark.parametrize("dumper", ["criu", "spice"])
+def test_deleted_exe_restores_with_the_other_tool(dumper: str, criu_bin: Path, compat_tmp: Path) -> None:
+    """A process whose binary was deleted (upgraded under it): its exe is a ghost too. The restored
+    process runs the recreated binary, shown as the dumped "PATH (deleted)"."""
+    harness.SPECS.setdefault("exeghost", dataclasses.replace(harness.spec("counter"), name="exeghost"))
+    wl = harness.start_workload("exeghost", compat_tmp / "ghost-maps" / f"exe-{dumper}")
+    (harness.build_dir() / "exeghost").unlink()  # rebuilt by the next start
+    exe = os.readlink(f"/proc/{wl.pid}/exe")
+    assert exe.endswith("/exeghost (deleted)"), exe
+    info = harness.dump_workload(wl, wl.rundir / "images", dumper=None if dumper == "criu" else spice_dumper)
+    pid = spice_restore(info.images_dir) if dumper == "criu" else criu_restore(info.images_dir)
+    assert pid == info.pid
+    harness.assert_continues(info, pid, new_ticks=3)
+    assert os.readlink(f"/proc/{pid}/exe") == exe
     kill_restored(info, pid)

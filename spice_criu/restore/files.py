@@ -157,6 +157,10 @@ class Ghost(Record):
             os.fchmod(fd, self.mode & 0o7777)  # past the umask, as dumped
             if self.times:
                 os.utime(fd, ns=self.times)
+            if not stat.S_ISDIR(self.mode):  # keep it read-only: a writer would bar it as an exe (ETXTBSY)
+                ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | O_CLOEXEC)
+                os.close(fd)
+                fd = ro
         except OSError as e:
             os.close(fd)
             raise SpiceError("files", f"can't recreate deleted file {path}: {e.strerror}") from None
