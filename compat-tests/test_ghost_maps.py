@@ -19,17 +19,7 @@ import pytest
 from harness import criu_restore, kill_restored
 from spice import spice_dumper, spice_restore
 
-
-@pytest.fixture(scope="module")
-def criu_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
-    wl = harness.start_workload("shmghost", compat_tmp / "ghost-maps" / "criu")
-    return harness.dump_workload(wl, wl.rundir / "images")
-
-
-@pytest.fixture(scope="module")
-def spice_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
-    wl = harness.start_workload("shmghost", compat_tmp / "ghost-maps" / "spice")
-    return harness.dump_workload(wl, wl.rundir / "images", dumper=spice_dumper)
+criu_dump, spice_dump = fdkinds.dump_fixtures("shmghost")
 
 
 def assert_ghosts(crit: Path, images: Path) -> None:
@@ -45,10 +35,8 @@ def assert_ghosts(crit: Path, images: Path) -> None:
 
 def test_criu_dump_of_mapped_ghosts_restores_under_spice(criu_dump: harness.DumpInfo, crit_bin: Path) -> None:
     assert_ghosts(crit_bin, criu_dump.images_dir)
-    for _ in range(2):  # the same images twice: the ghosts are recreated each time
-        pid = spice_restore(criu_dump.images_dir)
-        fdkinds.check_shmghost(criu_dump, pid)
-        kill_restored(criu_dump, pid)
+    # the same images twice: the ghosts are recreated each time
+    fdkinds.restore_and_check(criu_dump, "spice", fdkinds.check_shmghost, times=2)
 
 
 def test_spice_dump_of_mapped_ghosts_decodes_as_criu_writes_them(spice_dump: harness.DumpInfo,
@@ -58,10 +46,7 @@ def test_spice_dump_of_mapped_ghosts_decodes_as_criu_writes_them(spice_dump: har
 
 @pytest.mark.parametrize("tool", ["criu", "spice"])
 def test_spice_dump_of_mapped_ghosts_restores(spice_dump: harness.DumpInfo, tool: str) -> None:
-    info = spice_dump
-    pid = criu_restore(info.images_dir) if tool == "criu" else spice_restore(info.images_dir)
-    fdkinds.check_shmghost(info, pid)
-    kill_restored(info, pid)
+    fdkinds.restore_and_check(spice_dump, tool, fdkinds.check_shmghost)
 
 
 @pytest.mark.parametrize("dumper", ["criu", "spice"])

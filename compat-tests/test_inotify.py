@@ -16,8 +16,8 @@ from pathlib import Path
 import fdkinds
 import harness
 import pytest
-from harness import assert_continues, criu_restore, kill_restored
-from spice import spice, spice_dumper, spice_restore
+from harness import assert_continues, kill_restored
+from spice import spice, spice_restore
 
 
 def check_restored(info: harness.DumpInfo, pid: int) -> None:
@@ -39,23 +39,11 @@ def check_restored(info: harness.DumpInfo, pid: int) -> None:
         fdkinds.wait_for(lambda n=n: fdkinds.last_field(info, "modified") >= modified + n, 10, "IN_MODIFY")
 
 
-@pytest.fixture(scope="module")
-def criu_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
-    wl = harness.start_workload("inotify", compat_tmp / "inotify" / "criu")
-    return harness.dump_workload(wl, wl.rundir / "images")
-
-
-@pytest.fixture(scope="module")
-def spice_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
-    wl = harness.start_workload("inotify", compat_tmp / "inotify" / "spice")
-    return harness.dump_workload(wl, wl.rundir / "images", dumper=spice_dumper)
+criu_dump, spice_dump = fdkinds.dump_fixtures("inotify")
 
 
 def test_criu_dump_restores_under_spice(criu_dump: harness.DumpInfo) -> None:
-    for _ in range(2):
-        pid = spice_restore(criu_dump.images_dir)
-        check_restored(criu_dump, pid)
-        kill_restored(criu_dump, pid)
+    fdkinds.restore_and_check(criu_dump, "spice", check_restored, times=2)
 
 
 def test_spice_dump_writes_watches_as_criu(crit_bin: Path, compat_tmp: Path) -> None:
@@ -69,10 +57,7 @@ def test_spice_dump_writes_watches_as_criu(crit_bin: Path, compat_tmp: Path) -> 
 
 @pytest.mark.parametrize("tool", ["criu", "spice"])
 def test_spice_dump_restores(spice_dump: harness.DumpInfo, tool: str) -> None:
-    info = spice_dump
-    pid = criu_restore(info.images_dir) if tool == "criu" else spice_restore(info.images_dir)
-    check_restored(info, pid)
-    kill_restored(info, pid)
+    fdkinds.restore_and_check(spice_dump, tool, check_restored)
 
 
 def test_missing_watched_file_fails_cleanly(criu_dump: harness.DumpInfo) -> None:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import fdkinds  # noqa: F401 - registers the netlinks workload
+import fdkinds
 import harness
 import pytest
-from harness import assert_continues, criu_restore, kill_restored
-from spice import spice, spice_dumper, spice_restore
+from harness import assert_continues
 
 
 def check_restored(info: harness.DumpInfo, pid: int) -> None:
@@ -23,23 +22,11 @@ def check_restored(info: harness.DumpInfo, pid: int) -> None:
     assert (f["addr"], f["member"], f["generic"], f["lo"]) == (f"{pid}/11", "11,0", "0", "1"), f
 
 
-@pytest.fixture(scope="module")
-def criu_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
-    wl = harness.start_workload("netlinks", compat_tmp / "netlink" / "criu")
-    return harness.dump_workload(wl, wl.rundir / "images")
-
-
-@pytest.fixture(scope="module")
-def spice_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
-    wl = harness.start_workload("netlinks", compat_tmp / "netlink" / "spice")
-    return harness.dump_workload(wl, wl.rundir / "images", dumper=spice_dumper)
+criu_dump, spice_dump = fdkinds.dump_fixtures("netlinks")
 
 
 def test_criu_dump_restores_under_spice(criu_dump: harness.DumpInfo) -> None:
-    for _ in range(2):
-        pid = spice_restore(criu_dump.images_dir)
-        check_restored(criu_dump, pid)
-        kill_restored(criu_dump, pid)
+    fdkinds.restore_and_check(criu_dump, "spice", check_restored, times=2)
 
 
 def test_spice_dump_writes_them_as_criu(crit_bin: Path, compat_tmp: Path) -> None:
@@ -52,10 +39,7 @@ def test_spice_dump_writes_them_as_criu(crit_bin: Path, compat_tmp: Path) -> Non
 
 @pytest.mark.parametrize("tool", ["criu", "spice"])
 def test_spice_dump_restores(spice_dump: harness.DumpInfo, tool: str) -> None:
-    info = spice_dump
-    pid = criu_restore(info.images_dir) if tool == "criu" else spice_restore(info.images_dir)
-    check_restored(info, pid)
-    kill_restored(info, pid)
+    fdkinds.restore_and_check(spice_dump, tool, check_restored)
 
 
 def test_a_group_past_32_is_refused_and_the_process_runs_on(compat_tmp: Path) -> None:
@@ -64,11 +48,7 @@ def test_a_group_past_32_is_refused_and_the_process_runs_on(compat_tmp: Path) ->
     (run / "join-33").touch()
     wl = harness.start_workload("netlinks", run)
     try:
-        p = spice("dump", "-t", str(wl.pid), "-D", str(run), "-o", "dump.log", check=False)
-        assert p.returncode == 1
-        err = p.stderr.strip()
-        assert err.startswith("Error (spice/dump): ") and "\n" not in err, err
-        assert "netlink socket" in err and "more than 32 groups" in err, err
+        fdkinds.assert_dump_refused(wl.pid, run, "netlink socket in more than 32 groups: not supported")
         assert_continues(wl, wl.pids, new_ticks=2)
     finally:
         wl.kill()

@@ -16,8 +16,7 @@ from pathlib import Path
 import fdkinds
 import harness
 import pytest
-from harness import assert_continues, criu_restore, kill_restored
-from spice import spice, spice_dumper, spice_restore
+from harness import assert_continues
 
 
 def check_restored(info: harness.DumpInfo, pid: int) -> None:
@@ -32,23 +31,11 @@ def check_restored(info: harness.DumpInfo, pid: int) -> None:
                      "the restored process to reap its child through its pidfd")
 
 
-@pytest.fixture(scope="module")
-def criu_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
-    wl = harness.start_workload("pidfds", compat_tmp / "pidfds" / "criu")
-    return harness.dump_workload(wl, wl.rundir / "images")
-
-
-@pytest.fixture(scope="module")
-def spice_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
-    wl = harness.start_workload("pidfds", compat_tmp / "pidfds" / "spice")
-    return harness.dump_workload(wl, wl.rundir / "images", dumper=spice_dumper)
+criu_dump, spice_dump = fdkinds.dump_fixtures("pidfds")
 
 
 def test_criu_dump_restores_under_spice(criu_dump: harness.DumpInfo) -> None:
-    for _ in range(2):
-        pid = spice_restore(criu_dump.images_dir)
-        check_restored(criu_dump, pid)
-        kill_restored(criu_dump, pid)
+    fdkinds.restore_and_check(criu_dump, "spice", check_restored, times=2)
 
 
 def test_spice_dump_writes_pidfds_as_criu(crit_bin: Path, compat_tmp: Path) -> None:
@@ -61,10 +48,7 @@ def test_spice_dump_writes_pidfds_as_criu(crit_bin: Path, compat_tmp: Path) -> N
 
 @pytest.mark.parametrize("tool", ["criu", "spice"])
 def test_spice_dump_restores(spice_dump: harness.DumpInfo, tool: str) -> None:
-    info = spice_dump
-    pid = criu_restore(info.images_dir) if tool == "criu" else spice_restore(info.images_dir)
-    check_restored(info, pid)
-    kill_restored(info, pid)
+    fdkinds.restore_and_check(spice_dump, tool, check_restored)
 
 
 def test_pidfd_outside_the_tree_is_refused_and_the_tree_runs_on(compat_tmp: Path) -> None:
@@ -77,10 +61,7 @@ def test_pidfd_outside_the_tree_is_refused_and_the_tree_runs_on(compat_tmp: Path
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         fdkinds.wait_for(lambda: out.exists() and b"outside=1" in out.read_bytes(), 10, "the workload to start")
-        p = spice("dump", "-t", str(proc.pid), "-D", str(run), "-o", "dump.log", check=False)
-        assert p.returncode == 1
-        assert p.stderr.strip().endswith("pidfd pid 1 is not a part of process tree"), p.stderr
-        assert "\n" not in p.stderr.strip()
+        fdkinds.assert_dump_refused(proc.pid, run, "pidfd pid 1 is not a part of process tree")
         ticks = len(out.read_bytes().splitlines())
         fdkinds.wait_for(lambda: len(out.read_bytes().splitlines()) > ticks + 2, 10, "the workload to go on")
         assert harness.process_state(proc.pid) in ("R", "S")

@@ -13,8 +13,7 @@ from pathlib import Path
 import fdkinds
 import harness
 import pytest
-from harness import assert_continues, criu_restore, kill_restored
-from spice import spice, spice_dumper, spice_restore
+from harness import assert_continues
 
 
 def check_restored(info: harness.DumpInfo, pid: int) -> None:
@@ -25,23 +24,11 @@ def check_restored(info: harness.DumpInfo, pid: int) -> None:
     assert (f["filter"], f["pong"]) == ("100", "1"), f
 
 
-@pytest.fixture(scope="module")
-def criu_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
-    wl = harness.start_workload("rawicmp", compat_tmp / "raw" / "criu")
-    return harness.dump_workload(wl, wl.rundir / "images")
-
-
-@pytest.fixture(scope="module")
-def spice_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
-    wl = harness.start_workload("rawicmp", compat_tmp / "raw" / "spice")
-    return harness.dump_workload(wl, wl.rundir / "images", dumper=spice_dumper)
+criu_dump, spice_dump = fdkinds.dump_fixtures("rawicmp")
 
 
 def test_criu_dump_restores_under_spice(criu_dump: harness.DumpInfo) -> None:
-    for _ in range(2):
-        pid = spice_restore(criu_dump.images_dir)
-        check_restored(criu_dump, pid)
-        kill_restored(criu_dump, pid)
+    fdkinds.restore_and_check(criu_dump, "spice", check_restored, times=2)
 
 
 def test_spice_dump_writes_them_as_criu(crit_bin: Path, compat_tmp: Path) -> None:
@@ -53,10 +40,7 @@ def test_spice_dump_writes_them_as_criu(crit_bin: Path, compat_tmp: Path) -> Non
 
 @pytest.mark.parametrize("tool", ["criu", "spice"])
 def test_spice_dump_restores(spice_dump: harness.DumpInfo, tool: str) -> None:
-    info = spice_dump
-    pid = criu_restore(info.images_dir) if tool == "criu" else spice_restore(info.images_dir)
-    check_restored(info, pid)
-    kill_restored(info, pid)
+    fdkinds.restore_and_check(spice_dump, tool, check_restored)
 
 
 def test_raw_ipv6_is_refused_and_the_process_runs_on(compat_tmp: Path) -> None:
@@ -69,11 +53,7 @@ def test_raw_ipv6_is_refused_and_the_process_runs_on(compat_tmp: Path) -> None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         fdkinds.wait_for(lambda: (run / "ready").exists(), 10, "the process to open its socket")
-        p = spice("dump", "-t", str(proc.pid), "-D", str(run), "-o", "dump.log", check=False)
-        assert p.returncode == 1
-        err = p.stderr.strip()
-        assert err.startswith("Error (spice/dump): ") and "\n" not in err, err
-        assert err.endswith("raw IPv6 sockets are not supported"), err
+        fdkinds.assert_dump_refused(proc.pid, run, "raw IPv6 sockets are not supported")
         assert harness.process_state(proc.pid) == "S"
     finally:
         harness.kill_pids([proc.pid])

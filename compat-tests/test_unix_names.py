@@ -15,8 +15,7 @@ from pathlib import Path
 import fdkinds
 import harness
 import pytest
-from harness import assert_continues, criu_restore, kill_restored
-from spice import spice_dumper, spice_restore
+from harness import assert_continues
 
 USK_FIELDS = ("name", "name_dir", "file_perms", "deleted", "state", "type", "backlog")
 
@@ -40,16 +39,7 @@ def check_restored(info: harness.DumpInfo, pid: int) -> None:
     fdkinds.wait_for(lambda: fdkinds.last_field(info, "dgrams") == before + 3, 10, "3 datagrams counted")
 
 
-@pytest.fixture(scope="module")
-def criu_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
-    wl = harness.start_workload("unixnames", compat_tmp / "unix-names" / "criu")
-    return harness.dump_workload(wl, wl.rundir / "images")
-
-
-@pytest.fixture(scope="module")
-def spice_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
-    wl = harness.start_workload("unixnames", compat_tmp / "unix-names" / "spice")
-    return harness.dump_workload(wl, wl.rundir / "images", dumper=spice_dumper)
+criu_dump, spice_dump = fdkinds.dump_fixtures("unixnames")
 
 
 def named_sockets(crit: Path, images: Path) -> dict[str, dict]:
@@ -61,10 +51,7 @@ def test_criu_dump_restores_under_spice(criu_dump: harness.DumpInfo, crit_bin: P
     names = named_sockets(crit_bin, criu_dump.images_dir)
     assert {os.path.basename(n) for n in names} == {"srv.sock=00", "rel.sock=00", "gone.sock=00"}, names
     assert (criu_dump.rundir / "srv.sock").exists()  # left behind by the dumped process
-    for _ in range(2):
-        pid = spice_restore(criu_dump.images_dir)
-        check_restored(criu_dump, pid)
-        kill_restored(criu_dump, pid)
+    fdkinds.restore_and_check(criu_dump, "spice", check_restored, times=2)
 
 
 def test_spice_dump_writes_names_as_criu(crit_bin: Path, compat_tmp: Path) -> None:
@@ -78,7 +65,4 @@ def test_spice_dump_writes_names_as_criu(crit_bin: Path, compat_tmp: Path) -> No
 
 @pytest.mark.parametrize("tool", ["criu", "spice"])
 def test_spice_dump_restores(spice_dump: harness.DumpInfo, tool: str) -> None:
-    info = spice_dump
-    pid = criu_restore(info.images_dir) if tool == "criu" else spice_restore(info.images_dir)
-    check_restored(info, pid)
-    kill_restored(info, pid)
+    fdkinds.restore_and_check(spice_dump, tool, check_restored)

@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import harness
+import pytest
 
 HERE = Path(__file__).resolve().parent
 
@@ -65,6 +66,47 @@ _SPECS = (
 )
 for _s in _SPECS:
     harness.SPECS.setdefault(_s.name, _s)
+
+
+def dump_fixtures(name: str):
+    """Two module fixtures for a test file: `criu_dump` and `spice_dump`, each a fresh instance of
+    workload `name` dumped (and so killed) by real criu / by spice. Assign both in the module."""
+
+    @pytest.fixture(scope="module")
+    def criu_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
+        wl = harness.start_workload(name, compat_tmp / name / "criu")
+        return harness.dump_workload(wl, wl.rundir / "images")
+
+    @pytest.fixture(scope="module")
+    def spice_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
+        from spice import spice_dumper
+
+        wl = harness.start_workload(name, compat_tmp / name / "spice")
+        return harness.dump_workload(wl, wl.rundir / "images", dumper=spice_dumper)
+
+    return criu_dump, spice_dump
+
+
+def restore_and_check(info: harness.DumpInfo, tool: str, check, times: int = 1) -> None:
+    """Restore info's images with `tool` ("criu" or "spice") `times` times; each time check(info,
+    pid) the restored tree, then kill it."""
+    from spice import spice_restore
+
+    for _ in range(times):
+        pid = harness.criu_restore(info.images_dir) if tool == "criu" else spice_restore(info.images_dir)
+        check(info, pid)
+        harness.kill_restored(info, pid)
+
+
+def assert_dump_refused(pid: int, images: Path, ending: str) -> None:
+    """`spice dump -t pid` fails as the brief wants: exit 1 and one `Error (spice/dump): ...` line,
+    ending with `ending`."""
+    from spice import spice
+
+    p = spice("dump", "-t", str(pid), "-D", str(images), "-o", "dump.log", check=False)
+    err = p.stderr.strip()
+    assert p.returncode == 1, (p.returncode, err)
+    assert err.startswith("Error (spice/dump): ") and "\n" not in err and err.endswith(ending), err
 
 
 def crit_files(crit: Path, images: Path, type_name: str, field: str) -> list[dict]:

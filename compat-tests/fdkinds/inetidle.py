@@ -14,20 +14,17 @@ token, and reports ``sent=1``.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import sys
-import time
 
-TICK = 0.1
+import ticks
 
 
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit("usage: inetidle.py OUTFILE")
-    token = int.from_bytes(os.urandom(8), "little") | 1
-    out = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    out = ticks.Out(sys.argv[1])
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     tcp6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -37,25 +34,20 @@ def main() -> None:
     go = []
     signal.signal(signal.SIGUSR1, lambda *_: go.append(1))
     sent = 0
-    start = time.monotonic()
-    tick = 0
-    while True:
-        tick += 1
+
+    def step(tick: int) -> None:
+        nonlocal sent
         if go and not sent:
             with open("connect-to") as f:
                 port = int(f.read())
             tcp.connect(("127.0.0.1", port))
-            tcp.sendall(f"{token:016x}\n".encode())
+            tcp.sendall(f"{out.token:016x}\n".encode())
             sent = 1
-        nodelay = tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         types = ",".join(f"{s.family.name}/{s.type.name}" for s in (tcp, tcp6, udp, bound))
-        os.write(out, f"tick={tick} role=main pid={os.getpid()} token={token:016x} seq={tick} nodelay={nodelay} "
-                      f"bport={bound.getsockname()[1]} types={types} sent={sent}\n".encode())
-        delay = start + tick * TICK - time.monotonic()
-        if delay < -1.0:  # restored after a pause: pace from now on
-            start = time.monotonic() - tick * TICK
-        elif delay > 0:
-            time.sleep(delay)
+        out.line(tick, nodelay=tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                 bport=bound.getsockname()[1], types=types, sent=sent)
+
+    ticks.run(step)
 
 
 if __name__ == "__main__":

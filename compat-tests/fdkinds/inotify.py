@@ -22,9 +22,9 @@ import os
 import select
 import struct
 import sys
-import time
 
-TICK = 0.1
+import ticks
+
 IN_MODIFY, IN_CREATE, IN_DELETE_SELF, IN_IGNORED = 0x2, 0x100, 0x400, 0x8000
 IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
 libc = ctypes.CDLL(None, use_errno=True)
@@ -36,11 +36,6 @@ def check(ret: int, what: str) -> int:
     return ret
 
 
-def fail(out: int, why: str) -> None:
-    os.write(out, f"FAIL role=main pid={os.getpid()} {why}\n".encode())
-    sys.exit(1)
-
-
 def watches(fd: int) -> list[int]:
     with open(f"/proc/self/fdinfo/{fd}") as f:
         return sorted(int(line.split("wd:")[1].split()[0], 16) for line in f if line.startswith("inotify wd:"))
@@ -49,8 +44,7 @@ def watches(fd: int) -> list[int]:
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit("usage: inotify.py OUTFILE")
-    token = int.from_bytes(os.urandom(8), "little") | 1
-    out = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    out = ticks.Out(sys.argv[1])
     os.mkdir("watched")
     with open("watched.txt", "w") as f:
         f.write("start\n")
@@ -63,10 +57,9 @@ def main() -> None:
     check(libc.inotify_add_watch(b, b".", IN_DELETE_SELF), "watch .")
     os.read(b, 65536)  # the four IN_IGNORED
     created = modified = 0
-    start = time.monotonic()
-    tick = 0
-    while True:
-        tick += 1
+
+    def step(tick: int) -> None:
+        nonlocal created, modified
         try:
             buf = os.read(a, 65536)
         except BlockingIOError:
@@ -78,20 +71,15 @@ def main() -> None:
             elif wd == wd_file and mask & IN_MODIFY:
                 modified += 1
             elif not mask & IN_IGNORED:  # an event for a watch it never made
-                fail(out, f"event {mask:#x} for watch {wd} on fd a")
+                out.fail(f"event {mask:#x} for watch {wd} on fd a")
             buf = buf[16 + n:]
         if select.select([b], [], [], 0)[0]:
             wd, mask, _, _ = struct.unpack_from("iIII", os.read(b, 65536))
-            fail(out, f"event {mask:#x} for watch {wd} on fd b")
-        wds = f"{','.join(map(str, watches(a)))}/{','.join(map(str, watches(b)))}"
-        os.write(out, f"tick={tick} role=main pid={os.getpid()} token={token:016x} seq={tick} created={created} "
-                      f"modified={modified} wds={wds}\n".encode())
-        delay = start + tick * TICK - time.monotonic()
-        if delay < -1.0:  # restored after a pause: pace from now on
-            start = time.monotonic() - tick * TICK
-        elif delay > 0:
-            time.sleep(delay)
+            out.fail(f"event {mask:#x} for watch {wd} on fd b")
+        out.line(tick, created=created, modified=modified,
+                 wds=f"{','.join(map(str, watches(a)))}/{','.join(map(str, watches(b)))}")
 
+    ticks.run(step)
 
 if __name__ == "__main__":
     main()

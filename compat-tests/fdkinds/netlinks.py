@@ -17,9 +17,9 @@ import os
 import socket
 import struct
 import sys
-import time
 
-TICK = 0.1
+import ticks
+
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NETLINK_LIST_MEMBERSHIPS = 270, 1, 9
 RTM_GETLINK, RTM_NEWLINK, NLM_F_REQUEST, RTMGRP_LINK = 18, 16, 1, 1
 NETLINK_GENERIC = 16
@@ -38,31 +38,22 @@ def ask_lo(s: socket.socket, seq: int) -> int:
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit("usage: netlinks.py OUTFILE")
-    token = int.from_bytes(os.urandom(8), "little") | 1
-    out = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    out = ticks.Out(sys.argv[1])
     route = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
     route.bind((0, RTMGRP_LINK))
     route.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, 5)
     if os.path.exists("join-33"):
         route.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, 33)
     generic = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
-    start = time.monotonic()
-    tick = 0
-    while True:
-        tick += 1
+
+    def step(tick: int) -> None:
         lo = ask_lo(route, tick)
         portid, groups = route.getsockname()
         words = route.getsockopt(SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS, 16)
         member = ",".join(f"{w:x}" for w in struct.unpack(f"={len(words) // 4}I", words))
-        os.write(out, f"tick={tick} role=main pid={os.getpid()} token={token:016x} seq={tick} "
-                      f"addr={portid}/{groups:x} member={member} generic={generic.getsockname()[0]} lo={lo}\n"
-                      .encode())
-        delay = start + tick * TICK - time.monotonic()
-        if delay < -1.0:  # restored after a pause: pace from now on
-            start = time.monotonic() - tick * TICK
-        elif delay > 0:
-            time.sleep(delay)
+        out.line(tick, addr=f"{portid}/{groups:x}", member=member, generic=generic.getsockname()[0], lo=lo)
 
+    ticks.run(step)
 
 if __name__ == "__main__":
     main()

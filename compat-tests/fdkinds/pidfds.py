@@ -23,19 +23,18 @@ import os
 import select
 import signal
 import sys
-import time
 
-TICK = 0.1
+import ticks
 
 
 def main() -> None:
     if len(sys.argv) not in (2, 3):
         sys.exit("usage: pidfds.py OUTFILE [outside]")
-    token = int.from_bytes(os.urandom(8), "little") | 1
-    out = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    out = ticks.Out(sys.argv[1])
     child = os.fork()
     if child == 0:
-        run(out, "child", token, lambda tick: "")
+        mine = ticks.Out(sys.argv[1], "child", out.token)
+        ticks.run(mine.line)
     child_fd = os.pidfd_open(child)
     self_fd = os.pidfd_open(os.getpid(), os.O_NONBLOCK)
     gone = os.fork()
@@ -46,7 +45,7 @@ def main() -> None:
     keep = [os.pidfd_open(1)] if sys.argv[2:] == ["outside"] else []
     reaped = "0"
 
-    def state(tick: int) -> str:
+    def step(tick: int) -> None:
         nonlocal reaped
         if reaped == "0":
             info = os.waitid(os.P_PIDFD, child_fd, os.WEXITED | os.WNOHANG)
@@ -56,23 +55,9 @@ def main() -> None:
                 signal.pidfd_send_signal(child_fd, 0)
         selfnb = int(bool(fcntl.fcntl(self_fd, fcntl.F_GETFL) & os.O_NONBLOCK))
         dead = int(bool(select.select([dead_fd], [], [], 0)[0]))
-        return f" child={child} selfnb={selfnb} dead={dead} reaped={reaped}{' outside=1' if keep else ''}"
+        out.line(tick, child=child, selfnb=selfnb, dead=dead, reaped=reaped, **({"outside": 1} if keep else {}))
 
-    run(out, "main", token, state)
-
-
-def run(out: int, role: str, token: int, extra) -> None:
-    start = time.monotonic()
-    tick = 0
-    while True:
-        tick += 1
-        os.write(out, f"tick={tick} role={role} pid={os.getpid()} token={token:016x} seq={tick}{extra(tick)}\n"
-                 .encode())
-        delay = start + tick * TICK - time.monotonic()
-        if delay < -1.0:  # restored after a pause: pace from now on
-            start = time.monotonic() - tick * TICK
-        elif delay > 0:
-            time.sleep(delay)
+    ticks.run(step)
 
 
 if __name__ == "__main__":

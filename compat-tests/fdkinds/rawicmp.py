@@ -10,13 +10,13 @@ appends ``tick=N role=main pid=P token=T seq=N filter=MASK pong=1`` (pong=0: no 
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 import sys
 import time
 
-TICK = 0.1
+import ticks
+
 SOL_RAW, ICMP_FILTER, ECHO_REQUEST, ECHO_REPLY = 255, 1, 8, 0
 
 
@@ -48,24 +48,15 @@ def ping(s: socket.socket, ident: int, seq: int) -> int:
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit("usage: rawicmp.py OUTFILE")
-    token = int.from_bytes(os.urandom(8), "little") | 1
-    out = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    out = ticks.Out(sys.argv[1])
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     s.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", 1 << ECHO_REQUEST))
-    start = time.monotonic()
-    tick = 0
-    while True:
-        tick += 1
-        pong = ping(s, token & 0xFFFF, tick)
-        mask = struct.unpack("=I", s.getsockopt(SOL_RAW, ICMP_FILTER, 4))[0]
-        os.write(out, f"tick={tick} role=main pid={os.getpid()} token={token:016x} seq={tick} filter={mask:x} "
-                      f"pong={pong}\n".encode())
-        delay = start + tick * TICK - time.monotonic()
-        if delay < -1.0:  # restored after a pause: pace from now on
-            start = time.monotonic() - tick * TICK
-        elif delay > 0:
-            time.sleep(delay)
 
+    def step(tick: int) -> None:
+        pong = ping(s, out.token & 0xFFFF, tick)
+        out.line(tick, filter=f"{struct.unpack('=I', s.getsockopt(SOL_RAW, ICMP_FILTER, 4))[0]:x}", pong=pong)
+
+    ticks.run(step)
 
 if __name__ == "__main__":
     main()

@@ -28,25 +28,11 @@ import os
 import signal
 import struct
 import sys
-import time
 
-TICK = 0.1
+import ticks
+
 STALL = 20  # ticks without news from the other process: the mapping is not shared any more
 PAGE = mmap.PAGESIZE
-
-
-class Out:
-    def __init__(self, path: str, role: str, token: int) -> None:
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        self.role, self.token = role, token
-
-    def line(self, tick: int, extra: str = "") -> None:
-        os.write(self.fd, f"tick={tick} role={self.role} pid={os.getpid()} token={self.token:016x} "
-                          f"seq={tick}{extra}\n".encode())
-
-    def fail(self, why: str) -> None:
-        os.write(self.fd, f"FAIL role={self.role} pid={os.getpid()} {why}\n".encode())
-        os._exit(1)
 
 
 def ghost_map(name: str, size: int, flags: int, content: bytes) -> mmap.mmap:
@@ -59,12 +45,11 @@ def ghost_map(name: str, size: int, flags: int, content: bytes) -> mmap.mmap:
     return m
 
 
-def run(out: Out, shared: mmap.mmap, mine: int, theirs: int, extra=lambda tick: "") -> None:
+def run(out: ticks.Out, shared: mmap.mmap, mine: int, theirs: int, extra=lambda tick: {}) -> None:
     seen, since = -1, 0
-    start = time.monotonic()
-    tick = 0
-    while True:
-        tick += 1
+
+    def step(tick: int) -> None:
+        nonlocal seen, since
         shared[mine:mine + 8] = struct.pack("<Q", tick)
         other = struct.unpack("<Q", shared[theirs:theirs + 8])[0]
         if other != seen:
@@ -72,12 +57,9 @@ def run(out: Out, shared: mmap.mmap, mine: int, theirs: int, extra=lambda tick: 
         elif tick - since > STALL:
             out.fail(f"tick {tick}: the other process wrote nothing for {STALL} ticks (value {other}): "
                      "the shared mapping is not shared")
-        out.line(tick, extra(tick))
-        delay = start + tick * TICK - time.monotonic()
-        if delay < -1.0:  # restored after a pause: pace from now on
-            start = time.monotonic() - tick * TICK
-        elif delay > 0:
-            time.sleep(delay)
+        out.line(tick, **extra(tick))
+
+    ticks.run(step)
 
 
 def main() -> None:
@@ -98,15 +80,15 @@ def main() -> None:
         os.mkdir(f"shmghost-cwd-{tag}")
         os.chdir(f"shmghost-cwd-{tag}")
         os.rmdir(os.getcwd())
-        run(Out(sys.argv[1], "child", token), shared, 8, 0,
-            lambda tick: f" cwd={os.readlink('/proc/self/cwd').replace(' ', '_')}")
-    out = Out(sys.argv[1], "parent", token)
+        run(ticks.Out(sys.argv[1], "child", token), shared, 8, 0,
+            lambda tick: {"cwd": os.readlink("/proc/self/cwd").replace(" ", "_")})
+    out = ticks.Out(sys.argv[1], "parent", token)
 
-    def check_private(tick: int) -> str:
+    def check_private(tick: int) -> dict:
         now = hashlib.sha256(private[:]).hexdigest()[:16]
         if now != priv:
             out.fail(f"tick {tick}: the private mapping changed ({now}, was {priv})")
-        return f" priv={now}"
+        return {"priv": now}
 
     run(out, shared, 0, 8, check_private)
 

@@ -19,16 +19,14 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import time
 
-TICK = 0.1
+import ticks
 
 
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit("usage: unixnames.py OUTFILE")
-    token = int.from_bytes(os.urandom(8), "little") | 1
-    out = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    out = ticks.Out(sys.argv[1])
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(os.path.abspath("srv.sock"))
     os.chmod("srv.sock", 0o640)
@@ -41,17 +39,16 @@ def main() -> None:
     gone.bind("gone.sock")
     os.unlink("gone.sock")
     dgrams = 0
-    start = time.monotonic()
-    tick = 0
-    while True:
-        tick += 1
+
+    def step(tick: int) -> None:
+        nonlocal dgrams
         while True:
             try:
                 conn, _ = srv.accept()
             except BlockingIOError:
                 break
             conn.setblocking(True)
-            conn.sendall(f"token={token:016x} tick={tick}\n".encode())
+            conn.sendall(f"token={out.token:016x} tick={tick}\n".encode())
             conn.close()
         while True:
             try:
@@ -59,13 +56,9 @@ def main() -> None:
             except BlockingIOError:
                 break
             dgrams += 1
-        os.write(out, f"tick={tick} role=main pid={os.getpid()} token={token:016x} seq={tick} "
-                      f"dgrams={dgrams}\n".encode())
-        delay = start + tick * TICK - time.monotonic()
-        if delay < -1.0:  # restored after a pause: pace from now on
-            start = time.monotonic() - tick * TICK
-        elif delay > 0:
-            time.sleep(delay)
+        out.line(tick, dgrams=dgrams)
+
+    ticks.run(step)
 
 
 if __name__ == "__main__":
