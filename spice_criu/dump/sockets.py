@@ -235,14 +235,14 @@ def _queue(of: OpenFd, fid: int, s: socket.socket, typ: int) -> None:
 def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
     proto = s.proto or (socket.IPPROTO_TCP if s.type == socket.SOCK_STREAM else socket.IPPROTO_UDP)
     what = f"{of.describe()} ({socket_details(of.lfd)})"
-    raw = s.type == socket.SOCK_RAW
-    if raw and s.family != socket.AF_INET:
+    is_raw = s.type == socket.SOCK_RAW
+    if is_raw and s.family != socket.AF_INET:
         raise SpiceError("dump", f"{what}: raw IPv6 sockets are not supported")
-    if not raw and proto not in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+    if not is_raw and proto not in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
         raise SpiceError("dump", f"{what}: protocol {proto} not supported")
     uncon = False
     try:
-        if raw:  # as criu, from getsockname(): the port is the protocol
+        if is_raw:  # as criu, from getsockname(): the port is the protocol
             raise OSError(errno.ENOENT, "raw")
         d, attrs = inet_diag(s.family, proto, of.st.st_ino)
     except OSError as e:
@@ -285,7 +285,7 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
     tos = s.getsockopt(socket.IPPROTO_IP, socket.IP_TOS) if s.family == socket.AF_INET else 0
     if tos:
         e.ip_opts.tos = tos
-    if raw:
+    if is_raw:
         _raw_opts(s, proto, e.ip_opts.raw)
     e.ip_opts.SetInParent()  # present even when empty (IPv6), as criu writes it
     e.tcp_opts.SetInParent()  # UDP sockets too
