@@ -25,6 +25,8 @@ new session) and are registered in ``harness.SPECS`` on import, so every harness
 * ``netlinks`` (Python): a route netlink socket in two multicast groups, asked for the loopback
   link every tick, and a generic netlink socket never bound.
 * ``rawicmp`` (Python): a raw ICMP socket with a type filter, pinging 127.0.0.1 every tick.
+* ``packets`` (Python): a packet socket bound to loopback, capturing the datagram it sends itself
+  every tick.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ _SPECS = (
     harness.WorkloadSpec("netlinks", str(HERE / "netlinks.py"), constants=("token", "addr", "member", "generic", "lo"),
                          steps=("seq",)),
     harness.WorkloadSpec("rawicmp", str(HERE / "rawicmp.py"), constants=("token", "filter", "pong"), steps=("seq",)),
+    harness.WorkloadSpec("packets", str(HERE / "packets.py"), constants=("token", "aux", "seen"), steps=("seq",)),
 )
 for _s in _SPECS:
     harness.SPECS.setdefault(_s.name, _s)

@@ -1,14 +1,17 @@
 # SPDX-License-Identifier: MIT
-"""Sockets: unix (pairs, bound, listening, with their queued packets) and inet (TCP listening,
-established or closed, UDP), read through sock_diag and getsockopt() the way CRIU 4.2 records them.
+"""Sockets: unix (pairs, bound, listening, with their queued packets), inet (TCP listening,
+established or closed, UDP, raw IPv4), netlink and packet sockets, read through sock_diag and
+getsockopt() the way CRIU 4.2 records them.
 
 Mirror of restore/sockets.py. A unix socket is a UNIXSK entry (state, type, peer inode, name,
 backlog, shutdown, options); the packets waiting in its receive queue go to sk-queues.img, peeked
 with SO_PEEK_OFF so the socket keeps them. An inet socket is an INETSK entry (addresses, ports,
 state, backlog, IP and TCP options); an established TCP connection (only with --tcp-established,
-like criu) also gets its TCP_REPAIR snapshot and network lock (tcp.py). Half-closed connections,
-listeners holding connections not accept()ed yet (criu's in-flight check), sockets with queued file
-descriptors (SCM_RIGHTS), packet, netlink and other families are refused, naming the socket.
+like criu) also gets its TCP_REPAIR snapshot and network lock (tcp.py). Sockets sock_diag does
+not list (never bound or connected) are made up from getsockname(), as criu does. Half-closed
+connections, listeners holding connections not accept()ed yet (criu's in-flight check), sockets
+with queued file descriptors (SCM_RIGHTS), raw IPv6, packet rings and other families are refused,
+naming the socket.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ INET_DIAG_SHUTDOWN = 8
 TCP_INFO = 11
 SOL_RAW, ICMP_FILTER, IP_NODEFRAG = 255, 1, 22
 NDIAG_PROTO_ALL, NDIAG_SHOW_GROUPS, NETLINK_DIAG_GROUPS = 255, 2, 1
+PACKET_SHOW_INFO, PACKET_SHOW_MCLIST, PACKET_SHOW_RING_CFG, PACKET_SHOW_FANOUT = 1, 2, 4, 8
+PACKET_DIAG_INFO, PACKET_DIAG_MCLIST, PACKET_DIAG_RX_RING, PACKET_DIAG_TX_RING, PACKET_DIAG_FANOUT = 0, 1, 2, 3, 4
+PDI_AUXDATA, PDI_ORIGDEV, PDI_VNETHDR, PDI_LOSS = 2, 4, 8, 0x10
 SIOCUNIXFILE = 0x89E0  # SIOCPROTOPRIVATE: an O_PATH fd of a bound unix socket's file
 SO_PEEK_OFF, SO_BUF_LOCK, SO_PASSSEC, SO_NO_CHECK = 42, 72, 34, 11
 TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
@@ -101,6 +107,19 @@ def netlink_diag(ino: int) -> tuple[tuple[int, int, int, int], dict[int, bytes]]
     return None
 
 
+def packet_diag(ino: int) -> tuple[tuple[int, int], dict[int, bytes]] | None:
+    """(type, protocol in host order) and attributes of a packet socket."""
+    show = PACKET_SHOW_INFO | PACKET_SHOW_MCLIST | PACKET_SHOW_RING_CFG | PACKET_SHOW_FANOUT
+    req = struct.pack("=BBHII2I", socket.AF_PACKET, 0, 0, 0, show, 0, 0)
+    msg = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req
+    for body in _diag_raw(msg):
+        head, attrs = _split(body, 16)
+        _fam, typ, num, dino = struct.unpack_from("=BBHI", head)
+        if dino == ino:
+            return (typ, num), attrs
+    return None
+
+
 def _diag_raw(msg: bytes) -> list[bytes]:
     nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
     try:
@@ -162,6 +181,8 @@ def _dump_socket(of: OpenFd, fid: int) -> str:
             return _inet(of, fid, s)
         if s.family == socket.AF_NETLINK:
             return _netlink(of, fid, s)
+        if s.family == socket.AF_PACKET:
+            return _packet(of, fid, s)
     finally:
         s.close()
     raise SpiceError("dump", f"{of.describe()} ({socket_details(of.lfd)}): not supported")
@@ -330,6 +351,39 @@ def _netlink(of: OpenFd, fid: int, s: socket.socket) -> str:
     sk_opts(s, False, e.opts)
     add_file(of.ctx, "NETLINKSK", fid, "nlsk", e)
     return "NETLINKSK"
+
+
+def _packet(of: OpenFd, fid: int, s: socket.socket) -> str:
+    """A packet socket as criu dumps it, from packet sock_diag: the interface it is bound to, its
+    protocol, its options (version, reserve, auxdata, origdev, vnet header, loss, timestamps, copy
+    threshold), its multicast list and fanout group. Memory-mapped rings are refused; packets
+    queued to it are not saved (nor by criu)."""
+    found = packet_diag(of.st.st_ino)
+    if found is None:
+        raise SpiceError("dump", f"{of.describe()}: packet sock_diag does not list it")
+    (typ, num), attrs = found  # the image keeps the protocol in network order, as socket() takes it
+    if attrs.get(PACKET_DIAG_RX_RING) or attrs.get(PACKET_DIAG_TX_RING):
+        raise SpiceError("dump", f"{of.describe()}: a packet socket with a memory-mapped ring: not supported")
+    index, version, reserve, copy_thresh, tstamp, flags = struct.unpack("=6I", attrs[PACKET_DIAG_INFO][:24])
+    e = codec.pb("packet_sock_entry", lite=True)(
+        id=fid, type=typ, protocol=socket.htons(num), flags=of.flags, ifindex=index, version=version, reserve=reserve,
+        aux_data=bool(flags & PDI_AUXDATA), orig_dev=bool(flags & PDI_ORIGDEV), vnet_hdr=bool(flags & PDI_VNETHDR),
+        loss=bool(flags & PDI_LOSS), timestamp=tstamp, copy_thresh=copy_thresh)
+    mcl = attrs.get(PACKET_DIAG_MCLIST, b"")
+    for off in range(0, len(mcl) - len(mcl) % 44, 44):  # struct packet_diag_mclist
+        mindex, count, mtype, alen = struct.unpack_from("=IIHH", mcl, off)
+        if count != 1:
+            raise SpiceError("dump", f"{of.describe()}: a multicast entry joined {count} times: not supported")
+        m = e.mclist.add()
+        m.index, m.type, m.addr = mindex, mtype, mcl[off + 12: off + 12 + min(alen, 32)]
+    if PACKET_DIAG_FANOUT in attrs:
+        e.fanout = struct.unpack("=I", attrs[PACKET_DIAG_FANOUT][:4])[0]
+    for k, v in fown(of.lfd).items():
+        setattr(e.fown, k, v)
+    sk_opts(s, True, e.opts)
+    e.ns_id = of.ctx.ids.root_ids.net_ns_id if of.ctx.ids.root_ids.HasField("net_ns_id") else 0
+    add_file(of.ctx, "PACKETSK", fid, "psk", e)
+    return "PACKETSK"
 
 
 def _raw_opts(s: socket.socket, proto: int, r) -> None:

@@ -316,6 +316,7 @@ KIND_MODULES = {
     "INETSK": "sockets",
     "UNIXSK": "sockets",
     "NETLINKSK": "sockets",
+    "PACKETSK": "sockets",
     "EVENTFD": "eventfds",
     "EVENTPOLL": "eventfds",
     "TIMERFD": "eventfds",

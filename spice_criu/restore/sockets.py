@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: MIT
-"""Sockets: TCP/UDP (unconnected, bound, listening) and unix socket pairs / listeners, with
-their options and, for unix sockets, the packets still queued (sk-queues.img).
+"""Sockets: TCP/UDP/raw IPv4 (unconnected, bound, listening), unix socket pairs / listeners /
+sockets bound to paths, netlink and packet sockets, with their options and, for unix sockets, the
+packets still queued (sk-queues.img).
 
 Established TCP connections (TCP_REPAIR, --tcp-established) are planned by tcp.py.
 """
@@ -29,6 +30,8 @@ SOCK_BUF_LOCK_MASK = 3
 
 
 SOL_RAW, ICMP_FILTER, IP_NODEFRAG = 255, 1, 22
+SOL_PACKET, PACKET_ADD_MEMBERSHIP, PACKET_COPY_THRESH, PACKET_AUXDATA, PACKET_ORIGDEV = 263, 1, 7, 8, 9
+PACKET_VERSION, PACKET_RESERVE, PACKET_LOSS, PACKET_VNET_HDR, PACKET_TIMESTAMP, PACKET_FANOUT = 10, 12, 14, 15, 17, 18
 
 
 def _apply_opts(s: socket.socket, o, what: str) -> None:
@@ -274,6 +277,52 @@ class NetlinkSocket(FileObj):
 @planner("NETLINKSK")
 def _plan_netlink(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
     return NetlinkSocket(e.nlsk.id, e.nlsk.flags, e=e.nlsk)
+
+
+class PacketSocket(FileObj):
+    e: Any = None
+    kind: ClassVar[str] = "packet socket"
+
+    def describe(self) -> str:
+        return f"packet socket (protocol {socket.ntohs(self.e.protocol):#06x}, file id {self.id})"
+
+    def open(self, ctx: OpenContext) -> int:
+        """Made with its protocol, its options set, bound to its interface, its multicast list
+        joined and its fanout group entered (criu's order)."""
+        e = self.e
+        try:
+            s = socket.socket(socket.AF_PACKET, e.type, e.protocol)
+            try:
+                _apply_opts(s, e.opts, self.describe())
+                for opt, v in ((PACKET_VERSION, e.version), (PACKET_RESERVE, e.reserve),
+                               (PACKET_AUXDATA, e.aux_data), (PACKET_ORIGDEV, e.orig_dev),
+                               (PACKET_VNET_HDR, e.vnet_hdr), (PACKET_LOSS, e.loss), (PACKET_TIMESTAMP, e.timestamp),
+                               (PACKET_COPY_THRESH, e.copy_thresh)):
+                    if v:
+                        s.setsockopt(SOL_PACKET, opt, int(v))
+                if e.ifindex:
+                    s.bind((socket.if_indextoname(e.ifindex), socket.ntohs(e.protocol)))
+                for m in e.mclist:
+                    mreq = struct.pack("=iHH8s", m.index, m.type, len(m.addr), m.addr[:8])
+                    s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+                if e.HasField("fanout") and e.fanout != 0xFFFFFFFF:
+                    s.setsockopt(SOL_PACKET, PACKET_FANOUT, e.fanout)
+                fd = s.detach()
+            finally:
+                s.close()
+        except OSError as err:
+            raise SpiceError("sockets", f"{self.describe()}: {err.strerror}") from None
+        _set_file_flags(fd, self.flags)
+        return fd
+
+
+@planner("PACKETSK")
+def _plan_packet(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
+    p = e.psk
+    obj = PacketSocket(p.id, p.flags, e=p)
+    if p.HasField("rx_ring") or p.HasField("tx_ring"):
+        return _refuse(obj, "a memory-mapped ring")
+    return obj
 
 
 @planner("UNIXSK")
