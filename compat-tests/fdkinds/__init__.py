@@ -24,7 +24,8 @@ new session) and are registered in ``harness.SPECS`` on import, so every harness
 * ``inetidle`` (Python): inet sockets never bound or connected, and a TCP socket only bound.
 * ``netlinks`` (Python): a route netlink socket in two multicast groups, asked for the loopback
   link every tick, and a generic netlink socket never bound.
-* ``rawicmp`` (Python): a raw ICMP socket with a type filter, pinging 127.0.0.1 every tick.
+* ``rawicmp`` / ``rawicmp6`` (Python): a raw ICMP / ICMPv6 socket with a type filter, pinging the
+  loopback address every tick.
 * ``packets`` (Python): a packet socket bound to loopback, capturing the datagram it sends itself
   every tick.
 """
@@ -65,26 +66,28 @@ _SPECS = (
     harness.WorkloadSpec("netlinks", str(HERE / "netlinks.py"), constants=("token", "addr", "member", "generic", "lo"),
                          steps=("seq",)),
     harness.WorkloadSpec("rawicmp", str(HERE / "rawicmp.py"), constants=("token", "filter", "pong"), steps=("seq",)),
+    harness.WorkloadSpec("rawicmp6", str(HERE / "rawicmp6.py"), constants=("token", "filter", "pong"), steps=("seq",)),
     harness.WorkloadSpec("packets", str(HERE / "packets.py"), constants=("token", "aux", "seen"), steps=("seq",)),
 )
 for _s in _SPECS:
     harness.SPECS.setdefault(_s.name, _s)
 
 
-def dump_fixtures(name: str):
+def dump_fixtures(*names: str):
     """Two module fixtures for a test file: `criu_dump` and `spice_dump`, each a fresh instance of
-    workload `name` dumped (and so killed) by real criu / by spice. Assign both in the module."""
+    the workload dumped (and so killed) by real criu / by spice; with several workload names, both
+    are parametrized over them. Assign both in the module."""
 
-    @pytest.fixture(scope="module")
-    def criu_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
-        wl = harness.start_workload(name, compat_tmp / name / "criu")
+    @pytest.fixture(scope="module", params=names)
+    def criu_dump(request, criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
+        wl = harness.start_workload(request.param, compat_tmp / request.param / "criu")
         return harness.dump_workload(wl, wl.rundir / "images")
 
-    @pytest.fixture(scope="module")
-    def spice_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
+    @pytest.fixture(scope="module", params=names)
+    def spice_dump(request, criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
         from spice import spice_dumper
 
-        wl = harness.start_workload(name, compat_tmp / name / "spice")
+        wl = harness.start_workload(request.param, compat_tmp / request.param / "spice")
         return harness.dump_workload(wl, wl.rundir / "images", dumper=spice_dumper)
 
     return criu_dump, spice_dump

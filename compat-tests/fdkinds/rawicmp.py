@@ -1,11 +1,12 @@
 # SPDX-License-Identifier: MIT
 """rawicmp: a raw ICMP socket, as ping-style health checkers hold it.
 
-    python rawicmp.py OUTFILE
+    python rawicmp.py OUTFILE        (rawicmp6.py: the same with ICMPv6 over ::1)
 
-The socket filters out ICMP echo requests (ICMP_FILTER), so that on loopback it sees only the
-replies. Every ~100 ms it pings 127.0.0.1 through it and waits for the matching echo reply, then
-appends ``tick=N role=main pid=P token=T seq=N filter=MASK pong=1`` (pong=0: no reply in 2 s).
+The socket filters out ICMP echo requests (ICMP_FILTER / ICMP6_FILTER), so that on loopback it
+sees only the replies. Every ~100 ms it pings the loopback address through it and waits for the
+matching echo reply, then appends ``tick=N role=main pid=P token=T seq=N filter=MASK pong=1``
+(pong=0: no reply in 2 s; -1: it saw its own request, so the filter is gone).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import time
 
 import ticks
 
-SOL_RAW, ICMP_FILTER, ECHO_REQUEST, ECHO_REPLY = 255, 1, 8, 0
+V6 = False  # rawicmp6.py sets it
+SOL_RAW, ICMP_FILTER, ICMP6_FILTER = 255, 1, 1
 
 
 def checksum(data: bytes) -> int:
@@ -26,10 +28,17 @@ def checksum(data: bytes) -> int:
     return ~(total + (total >> 16)) & 0xFFFF
 
 
+def kinds() -> tuple[int, int]:
+    """(echo request, echo reply) types."""
+    return (128, 129) if V6 else (8, 0)
+
+
 def ping(s: socket.socket, ident: int, seq: int) -> int:
-    head = struct.pack("!BBHHH", ECHO_REQUEST, 0, 0, ident, seq & 0xFFFF)
-    s.sendto(struct.pack("!BBHHH", ECHO_REQUEST, 0, checksum(head + b"spice!"), ident, seq & 0xFFFF) + b"spice!",
-             ("127.0.0.1", 0))
+    request, reply = kinds()
+    head = struct.pack("!BBHHH", request, 0, 0, ident, seq & 0xFFFF)
+    csum = 0 if V6 else checksum(head + b"spice!")  # the kernel sums ICMPv6 itself
+    packet = struct.pack("!BBHHH", request, 0, csum, ident, seq & 0xFFFF) + b"spice!"
+    s.sendto(packet, ("::1" if V6 else "127.0.0.1", 0))
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:
         s.settimeout(max(deadline - time.monotonic(), 0.01))
@@ -37,26 +46,39 @@ def ping(s: socket.socket, ident: int, seq: int) -> int:
             packet = s.recv(2048)
         except TimeoutError:
             break
-        typ, _code, _sum, rid, rseq = struct.unpack_from("!BBHHH", packet, (packet[0] & 0xF) * 4)
-        if typ == ECHO_REQUEST:
-            return -1  # the filter is gone
-        if typ == ECHO_REPLY and rid == ident and rseq == seq & 0xFFFF:
+        off = 0 if V6 else (packet[0] & 0xF) * 4  # an ICMPv6 socket gets no IP header
+        typ, _code, _sum, rid, rseq = struct.unpack_from("!BBHHH", packet, off)
+        if typ == request:
+            return -1
+        if typ == reply and rid == ident and rseq == seq & 0xFFFF:
             return 1
     return 0
+
+
+def get_filter(s: socket.socket) -> str:
+    if V6:
+        return ",".join(f"{w:x}" for w in struct.unpack("=8I", s.getsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, 32)))
+    return f"{struct.unpack('=I', s.getsockopt(SOL_RAW, ICMP_FILTER, 4))[0]:x}"
 
 
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit("usage: rawicmp.py OUTFILE")
     out = ticks.Out(sys.argv[1])
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    s.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", 1 << ECHO_REQUEST))
+    if V6:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        words = [0] * 8
+        words[128 // 32] |= 1 << (128 % 32)  # ICMP6_FILTER_SETBLOCK(echo request)
+        s.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("=8I", *words))
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        s.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", 1 << 8))  # echo request
 
     def step(tick: int) -> None:
-        pong = ping(s, out.token & 0xFFFF, tick)
-        out.line(tick, filter=f"{struct.unpack('=I', s.getsockopt(SOL_RAW, ICMP_FILTER, 4))[0]:x}", pong=pong)
+        out.line(tick, filter=get_filter(s), pong=ping(s, out.token & 0xFFFF, tick))
 
     ticks.run(step)
+
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: MIT
 """Sockets: unix (pairs, bound, listening, with their queued packets), inet (TCP listening,
-established or closed, UDP, raw IPv4), netlink and packet sockets, read through sock_diag and
+established or closed, UDP, raw), netlink and packet sockets, read through sock_diag and
 getsockopt() the way CRIU 4.2 records them.
 
 Mirror of restore/sockets.py. A unix socket is a UNIXSK entry (state, type, peer inode, name,
@@ -10,8 +10,8 @@ state, backlog, IP and TCP options); an established TCP connection (only with --
 like criu) also gets its TCP_REPAIR snapshot and network lock (tcp.py). Sockets sock_diag does
 not list (never bound or connected) are made up from getsockname(), as criu does. Half-closed
 connections, listeners holding connections not accept()ed yet (criu's in-flight check), sockets
-with queued file descriptors (SCM_RIGHTS), raw IPv6, packet rings and other families are refused,
-naming the socket.
+with queued file descriptors (SCM_RIGHTS), packet rings and other families are refused, naming the
+socket.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_ICONS, UDIAG_SHOW_R
 UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_ICONS, UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 0, 1, 2, 3, 4, 6
 INET_DIAG_SHUTDOWN = 8
 TCP_INFO = 11
-SOL_RAW, ICMP_FILTER, IP_NODEFRAG = 255, 1, 22
+SOL_RAW, ICMP_FILTER, IP_NODEFRAG, ICMP6_FILTER, IPV6_HDRINCL = 255, 1, 22, 1, 36
 NDIAG_PROTO_ALL, NDIAG_SHOW_GROUPS, NETLINK_DIAG_GROUPS = 255, 2, 1
 PACKET_SHOW_INFO, PACKET_SHOW_MCLIST, PACKET_SHOW_RING_CFG, PACKET_SHOW_FANOUT = 1, 2, 4, 8
 PACKET_DIAG_INFO, PACKET_DIAG_MCLIST, PACKET_DIAG_RX_RING, PACKET_DIAG_TX_RING, PACKET_DIAG_FANOUT = 0, 1, 2, 3, 4
@@ -257,8 +257,6 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
     proto = s.proto or (socket.IPPROTO_TCP if s.type == socket.SOCK_STREAM else socket.IPPROTO_UDP)
     what = f"{of.describe()} ({socket_details(of.lfd)})"
     is_raw = s.type == socket.SOCK_RAW
-    if is_raw and s.family != socket.AF_INET:
-        raise SpiceError("dump", f"{what}: raw IPv6 sockets are not supported")
     if not is_raw and proto not in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
         raise SpiceError("dump", f"{what}: protocol {proto} not supported")
     uncon = False
@@ -387,14 +385,20 @@ def _packet(of: OpenFd, fid: int, s: socket.socket) -> str:
 
 
 def _raw_opts(s: socket.socket, proto: int, r) -> None:
-    """ip_opts.raw of a raw IPv4 socket, as criu fills it: the options that are on, and the ICMP
-    type filter of an ICMP socket."""
-    if s.getsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL):
+    """ip_opts.raw of a raw socket, as criu fills it: the options that are on, and the type filter
+    of an ICMP (one word) or ICMPv6 (eight words) socket."""
+    if s.family == socket.AF_INET:
+        if s.getsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL):
+            r.hdrincl = True
+        if s.getsockopt(socket.IPPROTO_IP, IP_NODEFRAG):
+            r.nodefrag = True
+        if proto == socket.IPPROTO_ICMP:
+            r.icmpv_filter.append(struct.unpack("=I", s.getsockopt(SOL_RAW, ICMP_FILTER, 4))[0])
+        return
+    if s.getsockopt(socket.IPPROTO_IPV6, IPV6_HDRINCL):
         r.hdrincl = True
-    if s.getsockopt(socket.IPPROTO_IP, IP_NODEFRAG):
-        r.nodefrag = True
-    if proto == socket.IPPROTO_ICMP:
-        r.icmpv_filter.append(struct.unpack("=I", s.getsockopt(SOL_RAW, ICMP_FILTER, 4))[0])
+    if proto == socket.IPPROTO_ICMPV6:
+        r.icmpv_filter.extend(struct.unpack("=8I", s.getsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, 32)))
 
 
 def _unconnected(s: socket.socket, proto: int, what: str) -> dict:

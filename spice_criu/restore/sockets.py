@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Sockets: TCP/UDP/raw IPv4 (unconnected, bound, listening), unix socket pairs / listeners /
+"""Sockets: TCP/UDP/raw (unconnected, bound, listening), unix socket pairs / listeners /
 sockets bound to paths, netlink and packet sockets, with their options and, for unix sockets, the
 packets still queued (sk-queues.img).
 
@@ -29,7 +29,7 @@ SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 SOCK_BUF_LOCK_MASK = 3
 
 
-SOL_RAW, ICMP_FILTER, IP_NODEFRAG = 255, 1, 22
+SOL_RAW, ICMP_FILTER, IP_NODEFRAG, ICMP6_FILTER, IPV6_HDRINCL = 255, 1, 22, 1, 36
 SOL_PACKET, PACKET_ADD_MEMBERSHIP, PACKET_COPY_THRESH, PACKET_AUXDATA, PACKET_ORIGDEV = 263, 1, 7, 8, 9
 PACKET_VERSION, PACKET_RESERVE, PACKET_LOSS, PACKET_VNET_HDR, PACKET_TIMESTAMP, PACKET_FANOUT = 10, 12, 14, 15, 17, 18
 
@@ -103,7 +103,9 @@ class InetSocket(FileObj):
             return os.dup(ctx.inherit[key])
         s = socket.socket(e.family, e.type, e.proto)
         try:
-            if e.family == socket.AF_INET6 and e.HasField("v6only"):
+            # only when it differs: a raw socket (its "port" is set) refuses any change (EINVAL)
+            if e.family == socket.AF_INET6 and e.HasField("v6only") and \
+                    bool(s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)) != e.v6only:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(e.v6only))
             _apply_opts(s, e.opts, self.describe())
             if e.HasField("ip_opts"):
@@ -142,6 +144,12 @@ class InetSocket(FileObj):
 
 
 def _raw_opts(s: socket.socket, r) -> None:
+    if s.family == socket.AF_INET6:
+        if r.hdrincl:
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_HDRINCL, 1)
+        if len(r.icmpv_filter) == 8 and s.proto == socket.IPPROTO_ICMPV6:
+            s.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("=8I", *r.icmpv_filter))
+        return
     if r.hdrincl:
         s.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
     if r.nodefrag:
