@@ -117,9 +117,13 @@ def assert_dump_refused(pid: int, images: Path, ending: str) -> None:
 
 def crit_files(crit: Path, images: Path, type_name: str, field: str) -> list[dict]:
     """What real crit shows of the files.img entries of one type (their `field` message), without
-    the file ids (each tool numbers them in its own walk), in inode order."""
+    the file ids (each tool numbers them in its own walk), in inode order. spice's own crit must
+    show the whole image exactly as real crit does."""
+    from spice import spice
+
     out = subprocess.run([str(crit), "show", str(images / "files.img")], capture_output=True, text=True,
                          check=True)
+    assert json.loads(spice("crit", "show", str(images / "files.img")).stdout) == json.loads(out.stdout)
     entries = [e[field] for e in json.loads(out.stdout)["entries"] if e["type"] == type_name]
     for e in entries:
         del e["id"]
