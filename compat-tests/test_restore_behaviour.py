@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import harness
 import pytest
 from harness import (
     DumpInfo,
@@ -189,3 +191,28 @@ def test_restore_sibling_makes_the_root_our_child(criu_dumps: dict[str, DumpInfo
         assert_continues(info, pid)
     finally:
         kill_restored(info, pid)
+
+
+def test_unsupported_object_is_named_before_any_task_exists(compat_tmp: Path, criu_bin: Path) -> None:
+    """A real criu dump of a process holding both ends of a pty (criu restores those; spice does
+    not): one error line naming the fd, the object and why, exit 1, and no task created."""
+    run = compat_tmp / "unsupported-pty"
+    run.mkdir(parents=True)
+    harness.make_subreaper()
+    code = "import os, pty, time; m, s = pty.openpty(); open('ready', 'w').close(); time.sleep(600)"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=run, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + harness.scaled(10)
+        while not (run / "ready").exists():
+            assert time.monotonic() < deadline, "the process did not open its pty"
+            time.sleep(0.01)
+        harness.criu_dump(proc.pid, run / "images")
+    finally:
+        harness.kill_pids([proc.pid])
+    p = spice("restore", "-D", str(run / "images"), "-d", "-o", "restore.log", check=False)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 1 and len(lines) == 1, p.stderr
+    assert re.fullmatch(rf"Error \(spice/restore\): task {proc.pid}: fd \d+ is /dev/ptmx tty\[\d+:\d+\] \(file id "
+                        r"\d+\): pty pairs with the master inside the dump: not supported", lines[0]), lines[0]
+    assert harness.process_state(proc.pid) is None

@@ -28,7 +28,7 @@ from ..errors import SpiceError
 from ..images.imagedir import ImageDir
 from ..linux.syscalls import NR, syscall
 from ..record import Factory, Record
-from .files import O_CLOEXEC, FileObj, OpenContext, planner
+from .files import O_CLOEXEC, FileObj, OpenContext, planner, refuse
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:
@@ -199,16 +199,10 @@ def _plan_timerfd(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
     obj = TimerFd(x.id, x.flags, clockid=x.clockid, ticks=x.ticks, settime_flags=x.settime_flags,
                   value=(x.vsec, x.vnsec), interval=(x.isec, x.insec), fown=x.fown)
     if x.clockid not in TIMERFD_CLOCKS:
-        return _unsupported(obj, f"clock {x.clockid}")
+        return refuse(obj, f"clock {x.clockid}")
     if x.vnsec >= NSEC or x.insec >= NSEC:
-        return _unsupported(obj, "nanoseconds out of range")
+        return refuse(obj, "nanoseconds out of range")
     return obj
-
-
-def _unsupported(obj: FileObj, why: str) -> FileObj:
-    from .files import Unsupported
-
-    return Unsupported(obj.id, obj.flags, type_name=f"{obj.describe()}: {why};")
 
 
 # ---------------------------------------------------------------- epoll
@@ -265,5 +259,5 @@ def _plan_epoll(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
     fds = [t.fd for t in targets]
     obj = Epoll(x.id, x.flags, targets=targets, fown=x.fown)
     if len(set(fds)) != len(fds):
-        return _unsupported(obj, f"target fds listed twice {sorted(fds)}")
+        return refuse(obj, f"target fds listed twice {sorted(fds)}")
     return obj

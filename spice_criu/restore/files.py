@@ -356,14 +356,26 @@ def plan_files(imgdir: ImageDir, shmems: dict[int, ShmemPlan]) -> tuple[dict[int
 
 
 class Unsupported(FileObj):
+    """A file object restore cannot make: an error only if some fd uses it."""
+
     type_name: str = ""
+    what: str = ""  # the object, when it was planned far enough to be described
+    reason: str = ""  # what about it is not supported
     kind: ClassVar[str] = "unsupported file"
 
     def describe(self) -> str:
-        return f"{self.type_name} file (id {self.id})"
+        return self.what or f"a {self.type_name} file (id {self.id})"
+
+    def message(self) -> str:
+        return f"{self.describe()}{': ' + self.reason if self.reason else ''}: not supported"
 
     def open(self, ctx: OpenContext) -> int:
-        raise SpiceError("files", f"{self.describe()}: not supported")
+        raise SpiceError("files", self.message())
+
+
+def refuse(obj: FileObj, reason: str) -> FileObj:
+    """obj, planned, turned into an error for whichever fd uses it: "<obj>: <reason>: not supported"."""
+    return Unsupported(obj.id, obj.flags, what=obj.describe(), reason=reason)
 
 
 def plan_fds(imgdir: ImageDir, pid: int, files_id: int, files: dict[int, FileObj]) -> list[FdPlan]:
@@ -373,7 +385,7 @@ def plan_fds(imgdir: ImageDir, pid: int, files_id: int, files: dict[int, FileObj
         if f is None:
             raise ImageError(imgdir / f"fdinfo-{files_id}.img", f"fd {e.fd} refers to unknown file id {e.id}")
         if isinstance(f, Unsupported):
-            raise SpiceError("restore", f"task {pid}: fd {e.fd} is a {f.describe()}: not supported")
+            raise SpiceError("restore", f"task {pid}: fd {e.fd} is {f.message()}")
         out.append(FdPlan(e.fd, e.id, bool(e.flags & FD_CLOEXEC), f))
     return sorted(out, key=lambda p: p.fd)
 

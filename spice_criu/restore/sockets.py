@@ -17,7 +17,7 @@ import struct
 from ..errors import SpiceError
 from ..images.imagedir import ImageDir
 from ..record import Factory
-from .files import FileObj, OpenContext, planner
+from .files import FileObj, OpenContext, planner, refuse
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:
@@ -167,14 +167,8 @@ def _plan_inet(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
 
         return plan_established(sk, imgdir)
     if sk.family not in (socket.AF_INET, socket.AF_INET6):
-        return _refuse(obj, f"address family {sk.family}")
+        return refuse(obj, f"address family {sk.family}")
     return obj
-
-
-def _refuse(obj: FileObj, why: str) -> FileObj:
-    from .files import Unsupported
-
-    return Unsupported(obj.id, obj.flags, type_name=f"{obj.describe()}: {why};")
 
 
 class UnixSocket(FileObj):
@@ -329,7 +323,7 @@ def _plan_packet(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
     p = e.psk
     obj = PacketSocket(p.id, p.flags, e=p)
     if p.HasField("rx_ring") or p.HasField("tx_ring"):
-        return _refuse(obj, "a memory-mapped ring")
+        return refuse(obj, "a memory-mapped ring")
     return obj
 
 

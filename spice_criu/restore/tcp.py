@@ -33,7 +33,7 @@ from ..images.imagedir import ImageDir
 from ..log import log
 from ..netfilter import NFPROTO_INET, iptables_rule, nft_delete_table, nft_lock_table
 from .eventfds import restore_file_params
-from .files import FileObj, OpenContext
+from .files import FileObj, OpenContext, refuse
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:
@@ -279,15 +279,12 @@ def _iptables_unlock(c: TcpConn) -> None:
 
 def plan_established(sk: Any, imgdir: ImageDir) -> FileObj:
     """The FileObj for a connected TCP socket of files.img (called by sockets.py's INETSK planner)."""
-    from .files import Unsupported
-
     obj = TcpConn(sk.id, sk.flags, e=sk)
     if imgdir.one("inventory.img").tcp_close:  # dumped with --tcp-close: nothing of it was saved
         return obj
     if sk.state != TCP_ESTABLISHED:
         state = TCP_STATES.get(sk.state, str(sk.state))
-        return Unsupported(sk.id, sk.flags, type_name=f"{obj.describe()} in state {state}: only established "
-                           "TCP connections are supported;")
+        return refuse(obj, f"state {state} (only established connections are restored)")
     name = f"tcp-stream-{sk.ino:x}.img"
     if not imgdir.exists(name):
         raise ImageError(imgdir / name, f"missing: {obj.describe()} needs it")

@@ -22,7 +22,7 @@ from ..errors import ImageError, SpiceError
 from ..images.imagedir import ImageDir
 from ..log import log
 from .eventfds import restore_fown
-from .files import FileObj, OpenContext, Unsupported, planner
+from .files import FileObj, OpenContext, planner, refuse
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:
@@ -148,11 +148,10 @@ def _plan_tty(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
     if info.type == TTY_EXT:
         return obj
     if info.type != TTY_PTY or not info.HasField("pty"):
-        return Unsupported(t.id, t.flags, type_name=f"{obj.describe()}: {TTY_TYPES.get(info.type)} terminals;")
+        return refuse(obj, f"{TTY_TYPES.get(info.type)} terminals")
     major = _major(info.rdev)
     if major == TTYAUX_MAJOR or info.pty.index in st["masters"]:
-        return Unsupported(t.id, t.flags, type_name=f"{obj.describe()}: pty pairs with the master inside the "
-                           "dump;")
+        return refuse(obj, "pty pairs with the master inside the dump")
     if major not in UNIX98_PTY_SLAVE_MAJORS:
-        return Unsupported(t.id, t.flags, type_name=f"{obj.describe()}: tty device {major}:{_minor(info.rdev)};")
+        return refuse(obj, f"tty device {major}:{_minor(info.rdev)}")
     return obj
