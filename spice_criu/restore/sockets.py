@@ -247,6 +247,23 @@ def _bind_file(s: socket.socket, e, ctx: OpenContext) -> None:
         os.unlink(path)
 
 
+def _made(obj: FileObj, family: int, typ: int, proto: int, setup) -> int:
+    """A socket made in the restorer for obj (its dumped sk_opts applied, then setup(s)), handed
+    over as an fd with the dumped file flags; any OSError is one error naming obj."""
+    try:
+        s = socket.socket(family, typ, proto)
+        try:
+            _apply_opts(s, obj.e.opts, obj.describe())
+            setup(s)
+            fd = s.detach()
+        finally:
+            s.close()
+    except OSError as err:
+        raise SpiceError("sockets", f"{obj.describe()}: {err.strerror}") from None
+    _set_file_flags(fd, obj.flags)
+    return fd
+
+
 class NetlinkSocket(FileObj):
     e: Any = None
     kind: ClassVar[str] = "netlink socket"
@@ -259,21 +276,14 @@ class NetlinkSocket(FileObj):
         e = self.e
         if any(e.groups[1:]):
             raise SpiceError("sockets", f"{self.describe()}: in more than 32 groups: not supported")
-        try:
-            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, e.protocol)
-            try:
-                _apply_opts(s, e.opts, self.describe())
-                if e.portid:
-                    s.bind((e.portid, e.groups[0] if e.groups else 0))
-                if e.dst_portid or e.dst_group:
-                    s.connect((e.dst_portid, e.dst_group))
-                fd = s.detach()
-            finally:
-                s.close()
-        except OSError as err:
-            raise SpiceError("sockets", f"{self.describe()}: {err.strerror}") from None
-        _set_file_flags(fd, self.flags)
-        return fd
+
+        def setup(s: socket.socket) -> None:
+            if e.portid:
+                s.bind((e.portid, e.groups[0] if e.groups else 0))
+            if e.dst_portid or e.dst_group:
+                s.connect((e.dst_portid, e.dst_group))
+
+        return _made(self, socket.AF_NETLINK, socket.SOCK_RAW, e.protocol, setup)
 
 
 @planner("NETLINKSK")
@@ -292,30 +302,22 @@ class PacketSocket(FileObj):
         """Made with its protocol, its options set, bound to its interface, its multicast list
         joined and its fanout group entered (criu's order)."""
         e = self.e
-        try:
-            s = socket.socket(socket.AF_PACKET, e.type, e.protocol)
-            try:
-                _apply_opts(s, e.opts, self.describe())
-                for opt, v in ((PACKET_VERSION, e.version), (PACKET_RESERVE, e.reserve),
-                               (PACKET_AUXDATA, e.aux_data), (PACKET_ORIGDEV, e.orig_dev),
-                               (PACKET_VNET_HDR, e.vnet_hdr), (PACKET_LOSS, e.loss), (PACKET_TIMESTAMP, e.timestamp),
-                               (PACKET_COPY_THRESH, e.copy_thresh)):
-                    if v:
-                        s.setsockopt(SOL_PACKET, opt, int(v))
-                if e.ifindex:
-                    s.bind((socket.if_indextoname(e.ifindex), socket.ntohs(e.protocol)))
-                for m in e.mclist:
-                    mreq = struct.pack("=iHH8s", m.index, m.type, len(m.addr), m.addr[:8])
-                    s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
-                if e.HasField("fanout") and e.fanout != 0xFFFFFFFF:
-                    s.setsockopt(SOL_PACKET, PACKET_FANOUT, e.fanout)
-                fd = s.detach()
-            finally:
-                s.close()
-        except OSError as err:
-            raise SpiceError("sockets", f"{self.describe()}: {err.strerror}") from None
-        _set_file_flags(fd, self.flags)
-        return fd
+
+        def setup(s: socket.socket) -> None:
+            for opt, v in ((PACKET_VERSION, e.version), (PACKET_RESERVE, e.reserve), (PACKET_AUXDATA, e.aux_data),
+                           (PACKET_ORIGDEV, e.orig_dev), (PACKET_VNET_HDR, e.vnet_hdr), (PACKET_LOSS, e.loss),
+                           (PACKET_TIMESTAMP, e.timestamp), (PACKET_COPY_THRESH, e.copy_thresh)):
+                if v:
+                    s.setsockopt(SOL_PACKET, opt, int(v))
+            if e.ifindex:
+                s.bind((socket.if_indextoname(e.ifindex), socket.ntohs(e.protocol)))
+            for m in e.mclist:
+                s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP,
+                             struct.pack("=iHH8s", m.index, m.type, len(m.addr), m.addr[:8]))
+            if e.HasField("fanout") and e.fanout != 0xFFFFFFFF:
+                s.setsockopt(SOL_PACKET, PACKET_FANOUT, e.fanout)
+
+        return _made(self, socket.AF_PACKET, e.type, e.protocol, setup)
 
 
 @planner("PACKETSK")
