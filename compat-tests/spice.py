@@ -57,6 +57,18 @@ def spice(*args: str, check: bool = True, timeout: float = 120,
     return p
 
 
+def assert_one_error(p: subprocess.CompletedProcess[str], where: str = "", *needles: str) -> str:
+    """A spice command failed as the brief wants: exit 1, one `Error (spice/<where>): ...` line
+    (any <where> if not given) holding every needle, no traceback. Returns that line."""
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error (spice/{where}{'): ' if where else ''}"), p.stderr
+    assert "Traceback" not in p.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
 def spice_dumper(pid: int, images: Path, leave_running: bool) -> subprocess.CompletedProcess[str]:
     """`spice dump -t pid` into images (created), as harness.dump_workload calls a dumper."""
     images.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import harness
 import pytest
 from harness import assert_continues
-from spice import REPO
+from spice import REPO, assert_one_error
 
 STEPS = ("frozen", "in-task", "mappings", "files", "pages", "cores", "images", "commit")
 
@@ -57,20 +57,12 @@ def assert_partial(images: Path) -> None:
     assert left == ["spice-dump.partial"], f"a failed dump must leave only its marker, found {left}"
 
 
-def assert_one_error_line(p: subprocess.CompletedProcess[str], expect: str) -> None:
-    assert p.returncode == 1, (p.returncode, p.stderr)
-    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error (spice/dump): "), p.stderr
-    assert expect in lines[0], lines[0]
-    assert "Traceback" not in p.stderr
-
-
 @pytest.mark.parametrize("step", STEPS)
 def test_failure_at_any_step_leaves_the_tree_running(step: str, workload_factory) -> None:
     wl = workload_factory("tree" if step in ("files", "cores") else "threads")
     images = wl.rundir / f"images-fail-{step}"
     p = run_dump(wl.pid, images, fault=step)
-    assert_one_error_line(p, f"fault injected at step {step}")
+    assert_one_error(p, "dump", f"fault injected at step {step}")
     assert_partial(images)
     assert_untouched(wl)
     # and the same tree is still dumpable afterwards
@@ -117,7 +109,7 @@ def test_sigkill_from_outside_while_dumping(workload_factory) -> None:
 def test_unknown_pid(tmp_path: Path) -> None:
     pid = 4_000_000  # above pid_max (4194304 is the largest possible; 4M is never reached in tests)
     p = run_dump(pid, tmp_path / "img")
-    assert_one_error_line(p, f"No process with pid {pid}")
+    assert_one_error(p, "dump", f"No process with pid {pid}")
     assert not (tmp_path / "img" / "inventory.img").exists()
 
 
@@ -126,7 +118,7 @@ def test_thread_id_is_refused(workload_factory, tmp_path: Path) -> None:
     tid = max(int(t) for t in os.listdir(f"/proc/{wl.pid}/task"))
     assert tid != wl.pid
     p = run_dump(tid, tmp_path / "img")
-    assert_one_error_line(p, f"pid {tid} is a thread of process {wl.pid}")
+    assert_one_error(p, "dump", f"pid {tid} is a thread of process {wl.pid}")
     assert_untouched(wl)
 
 
