@@ -75,14 +75,19 @@ class OpenContext:
     def path(self, name: str) -> str:
         return name if self.root == "/" else os.path.join(self.root, name.lstrip("/"))
 
-    def source_path(self, file_id: int | None, path: str) -> str:
-        """Where a task opens (or enters) a file by path: a deleted one (a ghost: a POSIX semaphore
-        in /dev/shm, a removed cwd) is recreated once, in the restorer, and reached through its fd
-        there, so every task and fd referring to it share the one inode, as they did when dumped."""
+    def ghost_path(self, file_id: int | None) -> str | None:
+        """For a deleted file (a ghost: a POSIX semaphore in /dev/shm, a removed cwd), where a task
+        opens or enters it: it is recreated once, in the restorer, and reached through its fd there,
+        so every task and fd referring to it share the one inode, as they did when dumped. None for
+        any other file."""
         f = self.files.get(file_id) if file_id is not None else None
         if isinstance(f, RegFile) and f.ghost is not None:
             return f"/proc/{os.getpid()}/fd/{self.fd_of(f.id)}"
-        return self.path(path)
+        return None
+
+    def source_path(self, file_id: int | None, path: str) -> str:
+        """Where a task opens a file its address space is built from: its ghost, or its path."""
+        return self.ghost_path(file_id) or self.path(path)
 
     def fd_of(self, file_id: int) -> int:
         """The restorer's fd for a file object, opening it on first use."""
@@ -466,8 +471,7 @@ def install_fs(task, ctx: OpenContext) -> None:
 
     t = task.plan
     b = task.batch()
-    f = ctx.files.get(t.cwd_id)
-    cwd = ctx.source_path(f.id, t.cwd) if isinstance(f, RegFile) and f.ghost is not None else t.cwd
+    cwd = ctx.ghost_path(t.cwd_id) or t.cwd
     b.add(NR.chdir, task.put_str(cwd), what=f"chdir({t.cwd})")
     if t.root != "/":
         b.add(NR.chroot, task.put_str(t.root), what=f"chroot({t.root})")
