@@ -243,6 +243,34 @@ def test_file_ids_of_many_opens_of_one_file_take_log_n_kcmp_calls(tmp_path: Path
             os.close(fd)
 
 
+def test_file_ids_without_kcmp_order_fall_back_to_asking_every_one(tmp_path: Path, monkeypatch) -> None:
+    """Should kcmp once answer "different" without an order, every later lookup in that list asks
+    each entry (a binary search in a list no longer in order would miss shared descriptions)."""
+    p = tmp_path / "f"
+    p.write_text("x")
+    real = files.kcmp.kcmp
+    calls = []
+
+    def kcmp(*a: int) -> int:
+        calls.append(a)
+        order = real(*a)
+        return 3 if order and len(calls) == 40 else order
+
+    monkeypatch.setattr(files.kcmp, "kcmp", kcmp)
+    opened = [os.open(p, os.O_RDONLY) for _ in range(20)]
+    dups = [os.dup(fd) for fd in opened]
+    try:
+        fi = files.FileIds()
+        me = os.getpid()
+        first = [fi.description(me, fd, os.fstat(fd), 0)[0] for fd in opened]
+        again = [fi.description(me, fd, os.fstat(fd), 0) for fd in reversed(dups)]
+        assert first == list(range(1, 21))
+        assert again == [(i, False) for i in range(20, 0, -1)]
+    finally:
+        for fd in opened + dups:
+            os.close(fd)
+
+
 def test_object_ids_against_kcmp() -> None:
     child = subprocess.Popen(["sleep", "30"])
     try:

@@ -54,6 +54,7 @@ class FileIds:
         self.next = 1
         self._special: dict[tuple[int, int], int] = {}  # (dev, ino) -> id
         self._descs: dict[tuple[int, int, int], list[tuple[int, int, int]]] = {}  # genid -> [(pid, fd, id)]
+        self._unordered: set[tuple[int, int, int]] = set()  # genids whose list kcmp could not order
         self.kinds: dict[int, str] = {}  # id -> fd type name of its entry
 
     def new(self) -> int:
@@ -71,45 +72,52 @@ class FileIds:
         return fid, True
 
     def description(self, pid: int, fd: int, st: os.stat_result, pos: int) -> tuple[int, bool]:
-        """Id of the open file description behind pid's fd: equal for every fd kcmp says is the same.
+        """Id of the open file description behind pid's fd: equal for every fd kcmp says is the same."""
+        gen = (st.st_dev, st.st_ino, pos)
+        seen = self._descs.setdefault(gen, [])
+        found, at = self._find(gen, seen, pid, fd)
+        if found is not None:
+            return found, False
+        fid = self.new()
+        seen.insert(at, (pid, fd, fid))
+        self._special.setdefault((st.st_dev, st.st_ino), fid)
+        return fid, True
+
+    def _find(self, gen: tuple[int, int, int], seen: list[tuple[int, int, int]], pid: int,
+              fd: int) -> tuple[int | None, int]:
+        """(id of the description in `seen` that pid's fd shares, or None; where the fd goes in seen).
 
         As CRIU's kid tree: the fds met with one (dev, ino, pos) are kept in kcmp's (obfuscated but
         consistent) order of their files, so a lookup takes log(n) kcmp calls, not n: 300 opens of
-        one file cost 45,000 calls (~200 ms) the linear way."""
-        gen = (st.st_dev, st.st_ino, pos)
-        seen = self._descs.setdefault(gen, [])
-        lo, hi = 0, len(seen)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            opid, ofd, oid = seen[mid]
-            try:
-                order = kcmp.kcmp(pid, opid, kcmp.KCMP_FILE, fd, ofd)
-            except OSError:
-                order = -1
-            if order == 0:
-                return oid, False
-            if order == 1:
-                hi = mid
-            elif order == 2:
-                lo = mid + 1
-            else:  # no order to go by: ask every one
-                return self._linear(seen, pid, fd, st)
-        fid = self.new()
-        seen.insert(lo, (pid, fd, fid))
-        self._special.setdefault((st.st_dev, st.st_ino), fid)
-        return fid, True
-
-    def _linear(self, seen: list[tuple[int, int, int]], pid: int, fd: int, st: os.stat_result) -> tuple[int, bool]:
+        one file cost 45,000 calls (~200 ms) the linear way. Should kcmp give no order, that list is
+        searched one call per entry from then on."""
+        if gen not in self._unordered:
+            lo, hi = 0, len(seen)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                opid, ofd, oid = seen[mid]
+                try:
+                    order = kcmp.kcmp(pid, opid, kcmp.KCMP_FILE, fd, ofd)
+                except OSError:
+                    order = -1
+                if order == 0:
+                    return oid, mid
+                if order == 1:
+                    hi = mid
+                elif order == 2:
+                    lo = mid + 1
+                else:
+                    self._unordered.add(gen)
+                    break
+            else:
+                return None, lo
         for opid, ofd, oid in seen:
             try:
                 if kcmp.same(pid, opid, kcmp.KCMP_FILE, fd, ofd):
-                    return oid, False
+                    return oid, len(seen)
             except OSError:
                 continue
-        fid = self.new()
-        seen.append((pid, fd, fid))  # the list is no longer in order: lookups in it stay linear
-        self._special.setdefault((st.st_dev, st.st_ino), fid)
-        return fid, True
+        return None, len(seen)
 
 
 # ------------------------------------------------------------------------------------------ registry
