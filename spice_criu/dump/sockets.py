@@ -259,15 +259,15 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
     is_raw = s.type == socket.SOCK_RAW
     if not is_raw and proto not in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
         raise SpiceError("dump", f"{what}: protocol {proto} not supported")
-    uncon = False
-    try:
-        if is_raw:  # as criu, from getsockname(): the port is the protocol
-            raise OSError(errno.ENOENT, "raw")
-        d, attrs = inet_diag(s.family, proto, of.st.st_ino)
-    except OSError as e:
-        if e.errno != errno.ENOENT:
-            raise SpiceError("dump", f"{what}: sock_diag: {e.strerror}") from None
-        d, attrs, uncon = _unconnected(s, proto, what), {}, True
+    if is_raw:  # as criu, from getsockname(): a raw socket's "port" is its protocol
+        d, attrs, listed = _unconnected(s, proto, what), {}, False
+    else:
+        try:
+            (d, attrs), listed = inet_diag(s.family, proto, of.st.st_ino), True
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise SpiceError("dump", f"{what}: sock_diag: {e.strerror}") from None
+            d, attrs, listed = _unconnected(s, proto, what), {}, False  # never bound or connected
     if d["dport"]:  # a connection: name both ends
         raw = (struct.pack("<4I", *d["src"]), struct.pack("<4I", *d["dst"]))
         src, dst = (socket.inet_ntop(s.family, x[:4] if s.family == socket.AF_INET else x) for x in raw)
@@ -310,7 +310,7 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
     e.tcp_opts.SetInParent()  # UDP sockets too
     # criu finds sockets in one sock_diag dump, which lists no closed TCP socket: those (like the ones
     # sock_diag does not know at all) it makes up from getsockname(), without a netns id
-    if not uncon and not (proto == socket.IPPROTO_TCP and state == TCP_CLOSE):
+    if listed and not (proto == socket.IPPROTO_TCP and state == TCP_CLOSE):
         e.ns_id = of.ctx.ids.root_ids.net_ns_id if of.ctx.ids.root_ids.HasField("net_ns_id") else 0
     if proto == socket.IPPROTO_TCP:
         if s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK):
