@@ -52,6 +52,20 @@ def _kmod_loaded() -> bool:
     return module_loaded()
 
 
+def _tcp_half_closed() -> bool:
+    """criu's kerndat probe: can TCP_REPAIR be switched on for a connection whose write side is
+    shut down (kernels before 4.11 said EPERM)?"""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as lsn, socket.create_connection(lsn.getsockname()) as c:
+        c.shutdown(socket.SHUT_WR)
+        try:
+            c.setsockopt(socket.IPPROTO_TCP, 19, 1)  # TCP_REPAIR: closed silently from here on
+        except PermissionError:
+            return False
+    return True
+
+
 def _nft_lock() -> bool:
     from .dump.netlock import probe_nftables
 
@@ -74,10 +88,10 @@ FEATURES: dict[str, Callable[[], bool]] = {
     "openat2": lambda: _kernel_at_least(5, 6),
     "kmod": _kmod_loaded,
     # criu: libnftables present / the lock table accepted; spice speaks nfnetlink itself, so both are
-    # whether the kernel takes the lock table (half-closed connections are refused: no tcp_half_closed)
+    # whether the kernel takes the lock table
     "nftables": _nft_lock,
     "network_lock_nftables": _nft_lock,
-    "tcp_half_closed": lambda: False,
+    "tcp_half_closed": _tcp_half_closed,
 }
 
 

@@ -138,11 +138,17 @@ def _imgdir(path, tcp_close: bool = False):
     return ImageDir(path)
 
 
-def test_half_closed_tcp_is_refused_up_front(tmp_path) -> None:
-    obj = tcp.plan_established(_isk(8), _imgdir(tmp_path))
+def test_tcp_still_connecting_is_refused_up_front(tmp_path) -> None:
+    obj = tcp.plan_established(_isk(2), _imgdir(tmp_path))
     assert isinstance(obj, Unsupported) and obj.message() == (
-        "TCP connection socket:[77] 127.0.0.1:1 -> 127.0.0.1:2 (file id 3): state CLOSE_WAIT (only established "
-        "connections are restored): not supported")
+        "TCP connection socket:[77] 127.0.0.1:1 -> 127.0.0.1:2 (file id 3): state SYN_SENT (only established "
+        "and half-closed connections are restored): not supported")
+
+
+@pytest.mark.parametrize("state", [4, 5, 8, 9, 11])
+def test_half_closed_tcp_is_planned_like_established(tmp_path, state: int) -> None:
+    with pytest.raises(ImageError, match="tcp-stream-4d.img"):
+        tcp.plan_established(_isk(state, ino=0x4D), _imgdir(tmp_path))
 
 
 def test_established_tcp_without_its_stream_image_names_it(tmp_path) -> None:

@@ -6,12 +6,12 @@ getsockopt() the way CRIU 4.2 records them.
 Mirror of restore/sockets.py. A unix socket is a UNIXSK entry (state, type, peer inode, name,
 backlog, shutdown, options); the packets waiting in its receive queue go to sk-queues.img, peeked
 with SO_PEEK_OFF so the socket keeps them. An inet socket is an INETSK entry (addresses, ports,
-state, backlog, IP and TCP options); an established TCP connection (only with --tcp-established,
-like criu) also gets its TCP_REPAIR snapshot and network lock (tcp.py). Sockets sock_diag does
-not list (never bound or connected) are made up from getsockname(), as criu does. Half-closed
-connections, listeners holding connections not accept()ed yet (criu's in-flight check), sockets
-with queued file descriptors (SCM_RIGHTS), packet rings and other families are refused, naming the
-socket.
+state, backlog, IP and TCP options); a TCP connection, established or half-closed (only with
+--tcp-established, like criu) also gets its TCP_REPAIR snapshot and network lock (tcp.py). Sockets
+sock_diag does not list (never bound or connected) are made up from getsockname(), as criu does.
+Connections still in SYN_SENT, listeners holding connections not accept()ed yet (criu's in-flight
+check), sockets with queued file descriptors (SCM_RIGHTS), packet rings and other families are
+refused, naming the socket.
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ from ..images import codec
 from ..linux import netlink
 from ..linux.netlink import NLM_F_DUMP, NLM_F_REQUEST
 from ..log import log
+from ..tcpstates import CLOSE as TCP_CLOSE
+from ..tcpstates import CONNECTED as TCP_CONNECTED
+from ..tcpstates import LISTEN as TCP_LISTEN
+from ..tcpstates import name as tcp_state_name
 from .files import OpenFd, add_file, dumper, fown, socket_details
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
@@ -45,9 +49,6 @@ PACKET_DIAG_INFO, PACKET_DIAG_MCLIST, PACKET_DIAG_RX_RING, PACKET_DIAG_TX_RING, 
 PDI_AUXDATA, PDI_ORIGDEV, PDI_VNETHDR, PDI_LOSS = 2, 4, 8, 0x10
 SIOCUNIXFILE = 0x89E0  # SIOCPROTOPRIVATE: an O_PATH fd of a bound unix socket's file
 SO_PEEK_OFF, SO_BUF_LOCK, SO_PASSSEC, SO_NO_CHECK = 42, 72, 34, 11
-TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
-TCP_STATES = {2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT", 8: "CLOSE_WAIT",
-              9: "LAST_ACK", 11: "CLOSING", 12: "NEW_SYN_RECV"}
 SIOCINQ = 0x541B
 
 
@@ -273,13 +274,12 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
         src, dst = (socket.inet_ntop(s.family, x[:4] if s.family == socket.AF_INET else x) for x in raw)
         what = f"{of.describe()} ({socket_details(of.lfd)} {src}:{d['sport']} -> {dst}:{d['dport']})"
     state = d["state"]
-    established = proto == socket.IPPROTO_TCP and state == TCP_ESTABLISHED
-    if proto == socket.IPPROTO_TCP and state not in (TCP_LISTEN, TCP_CLOSE, TCP_ESTABLISHED):
-        name = TCP_STATES.get(state, str(state))
-        raise SpiceError("dump", f"{what}: TCP socket in state {name}: only established connections (and "
-                         "listening or closed sockets) can be dumped")
-    tcp_close = established and of.ctx.opts.tcp_close  # CRIU's --tcp-close: the connection is not saved
-    if established and not (of.ctx.opts.tcp_established or tcp_close):
+    connected = proto == socket.IPPROTO_TCP and state in TCP_CONNECTED  # established or half-closed
+    if proto == socket.IPPROTO_TCP and not connected and state not in (TCP_LISTEN, TCP_CLOSE):
+        raise SpiceError("dump", f"{what}: TCP socket in state {tcp_state_name(state)}: only established or "
+                         "half-closed connections (and listening or closed sockets) can be dumped")
+    tcp_close = connected and of.ctx.opts.tcp_close  # CRIU's --tcp-close: the connection is not saved
+    if connected and not (of.ctx.opts.tcp_established or tcp_close):
         raise SpiceError("dump", f"{what}: connected TCP socket, consider using --tcp-established option")
     if proto == socket.IPPROTO_TCP and state == TCP_LISTEN and d["rqueue"]:
         # connections the kernel completed but the task has not accept()ed: lost on restore (criu too)
@@ -323,7 +323,7 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
     shut = attrs.get(INET_DIAG_SHUTDOWN)
     if shut and shut[0]:
         e.shutdown = shut[0] & 3
-    if established and not tcp_close:
+    if connected and not tcp_close:
         of.ctx.tcp.dump(of.ctx, of.lfd, e, what)
     add_file(of.ctx, "INETSK", fid, "isk", e)
     return "INETSK"

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: MIT
-"""Established TCP connections (--tcp-established), read with TCP_REPAIR as CRIU 4.2 does.
+"""Established and half-closed TCP connections (--tcp-established), read with TCP_REPAIR as CRIU
+4.2 does.
 
 Mirror of restore/tcp.py. Per connection: lock it (netlock.py), switch its socket (our pidfd_getfd
 duplicate) into repair mode (silent: the kernel sends nothing, keepalive and retransmit timers are
@@ -7,7 +8,10 @@ off), then read what libsoccr reads, in its order: TCP_INFO (state, negotiated o
 scales), the queue lengths (SIOCOUTQ, SIOCOUTQNSD: the never-sent part, SIOCINQ), the MSS clamp and
 timestamp, the window (TCP_REPAIR_WINDOW), and per queue TCP_QUEUE_SEQ and its bytes, peeked
 (MSG_PEEK) so the socket keeps them. That is a tcp_stream_entry plus the in-queue then out-queue
-bytes in tcp-stream-<ino hex>.img.
+bytes in tcp-stream-<ino hex>.img. A half-closed connection (FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK,
+CLOSING) is read the same way, as libsoccr does: our FIN, counted by SIOCOUTQ (and SIOCOUTQNSD
+while unsent), is not a byte of the image's queues; the sequence numbers keep counting both FINs
+(restore/tcp.py replays them); its state goes to inet_sk_entry.state, taken from TCP_INFO here.
 
 Where spice differs from CRIU: under a lock, a socket is in repair mode only while it is read (the
 lock drops whatever the kernel sends meanwhile, the tree is frozen, so the image stays exact),
@@ -36,13 +40,14 @@ from typing import Any
 from ..errors import SpiceError
 from ..images import codec
 from ..log import log
+from ..tcpstates import CONNECTED, FIN_SENT
+from ..tcpstates import name as state_name
 from .netlock import Conn, NetworkLock
 
 TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ, TCP_TIMESTAMP, TCP_REPAIR_WINDOW = 19, 20, 21, 24, 29
 TCP_RECV_QUEUE, TCP_SEND_QUEUE = 1, 2
 TCPI_OPT_TIMESTAMPS, TCPI_OPT_WSCALE = 1, 4
 SIOCINQ, SIOCOUTQ, SIOCOUTQNSD = 0x541B, 0x5411, 0x894B
-TCP_ESTABLISHED = 1
 
 
 class Repaired:
@@ -93,14 +98,15 @@ class TcpDump:
         try:
             r.repair(True)
             log.info(f"\tTurned repair on for socket {e.ino:x} ({conn})")
-            entry, inq, outq = snapshot(r.fd)
+            state, entry, inq, outq = snapshot(r.fd)
             if self.lock.method != "skip":
                 r.repair(False)
         except OSError as err:
             raise SpiceError("dump", f"{what}: reading the connection in repair mode: {err.strerror or err}") from None
         fault("tcp-locked")
+        e.state = state  # criu too: the state libsoccr read in repair mode, not sock_diag's of before
         ctx.images.add(f"tcp-stream-{e.ino:x}.img", "TCP_STREAM", entry, (inq, outq))
-        log.info(f"\tinq {entry.inq_len} bytes seq {entry.inq_seq}, outq {entry.outq_len} bytes "
+        log.info(f"\t{state_name(state)}: inq {entry.inq_len} bytes seq {entry.inq_seq}, outq {entry.outq_len} bytes "
                  f"({entry.unsq_len} unsent) seq {entry.outq_seq}, mss_clamp {entry.mss_clamp}")
 
     def release(self, unlock: bool) -> None:
@@ -145,14 +151,18 @@ def _queue(s: socket.socket, queue: int, length: int) -> tuple[int, bytes]:
     return seq, data
 
 
-def snapshot(fd: int) -> tuple[Any, bytes, bytes]:
-    """(tcp_stream_entry, in-queue, out-queue) of a socket in repair mode (libsoccr_save's reads)."""
+def snapshot(fd: int) -> tuple[int, Any, bytes, bytes]:
+    """(TCP state, tcp_stream_entry, in-queue, out-queue) of a socket in repair mode (libsoccr_save's
+    reads)."""
     with socket.socket(fileno=os.dup(fd)) as s:
         info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
         state, options, wscales = info[0], info[5], info[6]
-        if state != TCP_ESTABLISHED:
-            raise OSError(0, f"state {state} (not established) in repair mode")
-        outq, unsq, inq = _ioctl_int(fd, SIOCOUTQ), _ioctl_int(fd, SIOCOUTQNSD), _ioctl_int(fd, SIOCINQ)
+        if state not in CONNECTED:
+            raise OSError(0, f"state {state_name(state)} in repair mode (the connection moved on)")
+        outq, unsq = _ioctl_int(fd, SIOCOUTQ), _ioctl_int(fd, SIOCOUTQNSD)
+        if state in FIN_SENT:  # our FIN: a sequence number, no byte of the queue
+            outq, unsq = max(outq - 1, 0), max(unsq - 1, 0)
+        inq = _ioctl_int(fd, SIOCINQ)
         t = codec.pb("tcp_stream_entry", lite=True)(inq_len=inq, outq_len=outq, unsq_len=unsq, opt_mask=options,
                                          snd_wscale=0, mss_clamp=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))
         if options & TCPI_OPT_WSCALE:
@@ -170,7 +180,7 @@ def snapshot(fd: int) -> tuple[Any, bytes, bytes]:
         t.outq_seq, out_data = _queue(s, TCP_SEND_QUEUE, outq)
     # TCP_NODELAY / TCP_CORK: CRIU 4.2 records them in the inet_sk_entry's tcp_opts only (sockets.py),
     # no longer in tcp_stream_entry (its nodelay/cork fields stay unset)
-    return t, in_data, out_data
+    return state, t, in_data, out_data
 
 
 class _Guard:

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: MIT
-"""Established TCP connections (--tcp-established), rebuilt with TCP_REPAIR as CRIU 4.2 does.
+"""Established and half-closed TCP connections (--tcp-established), rebuilt with TCP_REPAIR as
+CRIU 4.2 (libsoccr) does.
 
 Per connection (inet_sk_entry + tcp-stream-<ino>.img): a socket in repair mode gets both queue
 sequence numbers (rcv_nxt - inq_len, write_seq - outq_len), is bound and "connected" without a
@@ -12,7 +13,14 @@ Like CRIU, the sockets stay in repair mode (silent: no packets) until every task
 the network lock the dump left (nftables table ``inet CRIU-<dump run id>``, or iptables DROP rules)
 is removed and repair mode is switched off (which sends a window probe), SO_REUSEADDR back to its
 dumped value, just before the tasks resume. A failed restore leaves the lock in place, as CRIU does.
-Half-closed connections (FIN_WAIT*, CLOSE_WAIT, LAST_ACK, CLOSING) are refused up front.
+
+A half-closed connection (FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING: inet_sk_entry.state) has its
+FINs replayed, as libsoccr does, on the queues rebuilt without them (each FIN takes a sequence
+number: the queue sequences of the image are one past the data): our FIN by shutdown(SHUT_WR) in
+repair mode (FIN_WAIT2: in the send repair queue, as already sent), the peer's FIN by a FIN|ACK
+segment forged from the peer's address (raw socket, marked 0xC114 to pass the dump's lock), and
+the peer's acknowledgement of our FIN (FIN_WAIT2) by a forged ACK. The socket ends in the dumped
+state with the dumped sequence numbers. Other states (SYN_SENT...) are refused up front.
 
 With --tcp-close (CRIU's option, required when the dump was made with it) no connection is rebuilt:
 each becomes a fresh socket of its kind, unbound, unconnected and shut down, with its file flags
@@ -27,11 +35,24 @@ import shutil
 import socket
 import struct
 import subprocess
+import time
 
 from ..errors import ImageError, SpiceError
 from ..images.imagedir import ImageDir
 from ..log import log
-from ..netfilter import NFPROTO_INET, iptables_rule, nft_delete_table, nft_lock_table
+from ..netfilter import NFPROTO_INET, SOCCR_MARK, iptables_rule, nft_delete_table, nft_lock_table
+from ..tcpstates import (
+    CLOSING,
+    CONNECTED,
+    ESTABLISHED,
+    FIN_RECEIVED,
+    FIN_SENT,
+    FIN_SENT_ACKED,
+    FIN_WAIT1,
+    FIN_WAIT2,
+    LAST_ACK,
+)
+from ..tcpstates import name as state_name
 from .eventfds import restore_file_params
 from .files import FileObj, OpenContext, refuse
 
@@ -41,13 +62,11 @@ if TYPE_CHECKING:
 
 TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ, TCP_REPAIR_OPTIONS = 19, 20, 21, 22
 TCP_TIMESTAMP, TCP_REPAIR_WINDOW = 24, 29
-TCP_RECV_QUEUE, TCP_SEND_QUEUE = 1, 2
+TCP_NO_QUEUE, TCP_RECV_QUEUE, TCP_SEND_QUEUE = 0, 1, 2
 TCPOPT_MAXSEG, TCPOPT_WINDOW, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP = 2, 3, 4, 8
 TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
-TCP_ESTABLISHED = 1
-TCP_STATES = {2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT", 8: "CLOSE_WAIT",
-              9: "LAST_ACK", 11: "CLOSING", 12: "NEW_SYN_RECV"}
+TH_FIN, TH_ACK = 0x01, 0x10
 NETWORK_LOCK = {0: "iptables", 1: "nftables", 2: "skip"}
 
 
@@ -98,6 +117,10 @@ class TcpConn(FileObj):
 
     def _rebuild(self, s: socket.socket) -> None:
         e, t = self.e, self.stream
+        state = e.state
+        # the image's sequences count the FINs; the queues are rebuilt without them, which replay() adds
+        inq_seq = t.inq_seq - (state in FIN_RECEIVED)
+        outq_seq = t.outq_seq - (state in FIN_SENT)
         # several sockets may share a port (accepted ones and their listener): CRIU sets
         # SO_REUSEADDR on them all and puts the dumped value back at the end; repair mode (set after
         # it, which would otherwise reset it) binds a busy port regardless (SK_FORCE_REUSE)
@@ -105,8 +128,8 @@ class TcpConn(FileObj):
         s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
         if e.family == socket.AF_INET6 and e.HasField("v6only"):
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(e.v6only))
-        _queue_seq(s, TCP_RECV_QUEUE, t.inq_seq - t.inq_len)
-        _queue_seq(s, TCP_SEND_QUEUE, t.outq_seq - t.outq_len)
+        _queue_seq(s, TCP_RECV_QUEUE, inq_seq - t.inq_len)
+        _queue_seq(s, TCP_SEND_QUEUE, outq_seq - t.outq_len)
         s.bind((_addr(e.family, e.src_addr), e.src_port))
         s.connect((_addr(e.family, e.dst_addr), e.dst_port))  # repair mode: no handshake
         opts = []
@@ -137,9 +160,34 @@ class TcpConn(FileObj):
             _send_all(s, self.outq[sent:])
             s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
         if t.HasField("snd_wnd"):
+            # the peer's FIN is not in yet: the window must not start past rcv_nxt (EINVAL)
+            fin = state in FIN_RECEIVED
             s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_WINDOW,
-                         struct.pack("5I", t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, t.rcv_wup))
+                         struct.pack("5I", t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd + fin,
+                                     (t.rcv_wup - fin) & 0xFFFFFFFF))
+        if state != ESTABLISHED:
+            self._replay_fins(s, inq_seq, outq_seq)
         _socket_opts(s, e, t, self.describe())
+
+    def _replay_fins(self, s: socket.socket, inq_seq: int, outq_seq: int) -> None:
+        """libsoccr_restore's order: our FIN first when we sent it first, then the peer's, then ours
+        when we answered theirs (LAST_ACK); then the peer's acknowledgement of ours (FIN_WAIT2)."""
+        e, t = self.e, self.stream
+        state = e.state
+        if state in (FIN_WAIT1, FIN_WAIT2, CLOSING):
+            _shutdown_in_repair(s, state in FIN_SENT_ACKED)
+        if state in FIN_RECEIVED:
+            _forge(e, inq_seq, outq_seq - t.outq_len, TH_ACK | TH_FIN, t.rcv_wnd)
+        if state == LAST_ACK:
+            _shutdown_in_repair(s, False)
+        if state in FIN_SENT_ACKED:
+            _forge(e, inq_seq, outq_seq + 1 - t.outq_len, TH_ACK, t.rcv_wnd)
+        # the forged segments go through loopback: normally handled before sendto() returns
+        deadline = time.monotonic() + 2.0
+        while (got := s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]) != state:
+            if time.monotonic() > deadline:
+                raise OSError(0, f"replaying the FINs left state {state_name(got)}, not {state_name(state)}")
+            time.sleep(0.001)
 
 
     def _shut(self, s: socket.socket) -> None:
@@ -176,6 +224,47 @@ def _socket_opts(s: socket.socket, e: Any, t: Any, what: str) -> None:
                 s.setsockopt(socket.IPPROTO_TCP, opt, v)
     if e.HasField("ip_opts") and e.ip_opts.HasField("tos") and e.ip_opts.tos:
         s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, e.ip_opts.tos)
+
+
+def _shutdown_in_repair(s: socket.socket, acked: bool) -> None:
+    """Our FIN, in repair mode; acked: put in the send repair queue, as a segment already sent."""
+    if acked:
+        s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+    s.shutdown(socket.SHUT_WR)
+    if acked:
+        s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _forge(e: Any, seq: int, ack: int, flags: int, window: int) -> None:
+    """Send the restored socket a segment from its peer (what libsoccr's send_fin does with libnet):
+    a bare TCP header with seq/ack/flags and, as libsoccr, the socket's own receive window (cut to
+    16 bits) as the peer's window; marked with SOCCR_MARK so the dump's network lock lets it by."""
+    family = e.family
+    peer, me = _addr(family, e.dst_addr), _addr(family, e.src_addr)
+    if family == socket.AF_INET6 and peer.startswith("::ffff:") and "." in peer:
+        family, peer, me = socket.AF_INET, peer[7:], me[7:]  # IPv4-mapped: TCP over IPv4
+    src, dst = socket.inet_pton(family, peer), socket.inet_pton(family, me)
+    tcp = struct.pack("!HHIIBBHHH", e.dst_port, e.src_port, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags,
+                      window & 0xFFFF, 0, 0)
+    if family == socket.AF_INET:
+        pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 242, 0, 64, socket.IPPROTO_TCP, 0, src, dst)
+    else:
+        pseudo = src + dst + struct.pack("!I3xB", len(tcp), socket.IPPROTO_TCP)
+        ip = struct.pack("!IHBB16s16s", 6 << 28, len(tcp), socket.IPPROTO_TCP, 64, src, dst)
+    tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
+    with socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:  # IPPROTO_RAW: we write the IP header
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, SOCCR_MARK)
+        raw.sendto(ip + tcp, (me, 0))
 
 
 def _queue_seq(s: socket.socket, queue: int, seq: int) -> None:
@@ -282,9 +371,9 @@ def plan_established(sk: Any, imgdir: ImageDir) -> FileObj:
     obj = TcpConn(sk.id, sk.flags, e=sk)
     if imgdir.one("inventory.img").tcp_close:  # dumped with --tcp-close: nothing of it was saved
         return obj
-    if sk.state != TCP_ESTABLISHED:
-        state = TCP_STATES.get(sk.state, str(sk.state))
-        return refuse(obj, f"state {state} (only established connections are restored)")
+    if sk.state not in CONNECTED:
+        return refuse(obj, f"state {state_name(sk.state)} (only established and half-closed connections are "
+                      "restored)")
     name = f"tcp-stream-{sk.ino:x}.img"
     if not imgdir.exists(name):
         raise ImageError(imgdir / name, f"missing: {obj.describe()} needs it")
