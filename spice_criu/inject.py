@@ -40,7 +40,6 @@ import time
 from .linux import procvm
 from .linux import ptrace as pt
 from .linux.mman import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE, page_align
-from .linux.rseq import RSEQ_CS_OFFSET, RseqCs
 from .linux.signals import build_rt_sigframe
 from .linux.syscalls import NR, libc, raise_errno
 from .record import FrozenRecord, Record
@@ -696,6 +695,8 @@ def rseq_abort_fixup(tid: int, regs: pt.UserRegs) -> bool:
     conf = pt.get_rseq_configuration(tid)
     if conf is None or not conf.rseq_abi_pointer:
         return False
+    from .linux.rseq import RSEQ_CS_OFFSET, RseqCs  # a restore never needs it
+
     cs_ptr = struct.unpack("<Q", procvm.read_any(tid, conf.rseq_abi_pointer + RSEQ_CS_OFFSET, 8))[0]
     if not cs_ptr:
         return False

@@ -28,7 +28,6 @@ not kept, so re-encoding a decoded message drops them (protobuf would keep them)
 
 from __future__ import annotations
 
-import operator
 import struct
 
 from .pb.schema import ENUMS, MESSAGES
@@ -388,7 +387,7 @@ def _coerce(msg: Message, f: _Field, v: Any) -> Any:
             return names[v]
         if isinstance(v, bool):
             raise TypeError(f"Field {msg._name}.{f.name}: Expected an int, got a boolean.")
-        v = operator.index(v)
+        v = v if type(v) is int else _index(v)
         lo, hi = f.range
         if not lo <= v <= hi:
             raise ValueError(f"Value out of range: {v}")
@@ -396,7 +395,7 @@ def _coerce(msg: Message, f: _Field, v: Any) -> Any:
             raise ValueError(f"invalid enumerator {v}")
         return v
     if k == _BOOL:
-        v = operator.index(v)
+        v = v if type(v) is int else _index(v)
         if not -(1 << 63) <= v < 1 << 63:  # protobuf converts through a C long
             raise OverflowError("Python int too large to convert to C long")
         return bool(v)
@@ -412,6 +411,13 @@ def _coerce(msg: Message, f: _Field, v: Any) -> Any:
         return bytes(v)
     v = float(v)  # float / double
     return struct.unpack("<f", struct.pack("<f", v))[0] if f.type == "float" else v
+
+
+def _index(v: Any) -> int:
+    """operator.index (imported only for a value that is not a plain int: decoding never needs it)."""
+    from operator import index
+
+    return index(v)
 
 
 def _number(f: _Field) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 
-from .. import cgroupfs
 from ..errors import ImageError, SpiceError
 from ..images.imagedir import ImageDir
 from ..log import log
@@ -107,6 +106,8 @@ def plan_moves(plan: RestorePlan, mode: str | None, roots: list[str]) -> list[Mo
     if entry is None:
         raise ImageError(imgdir / "cgroup.img", f"missing, but tasks {sorted(wanted)} are in cgroup sets "
                                                 f"{sorted(set(wanted.values()))} (not the dumper's set {own})")
+    from .. import cgroupfs  # only when some task moves
+
     sets = {s.id: s for s in entry.sets}
     with open("/proc/self/mountinfo") as f:
         host = cgroupfs.mounts(f.read())

@@ -7,8 +7,6 @@ inside the task; the kmod backend hands the same table to /dev/spice.
 
 from __future__ import annotations
 
-import bisect
-
 from .. import vma as V
 from ..errors import ImageError, SpiceError
 from ..images.imagedir import ImageDir
@@ -80,17 +78,29 @@ class MmPlan(Record):
         return [r for v in self.vmas for r in v.runs]
 
 
-def _clip_runs(runs: list[PageRun], ends: list[int], start: int, end: int) -> list[PageRun]:
-    """The parts of `runs` (sorted, disjoint; `ends` their end addresses) inside [start, end)."""
+def _clip_runs(runs: list[PageRun], i: int, start: int, end: int) -> tuple[list[PageRun], int]:
+    """The parts of `runs` (sorted, disjoint) inside [start, end), looking from runs[i] on (every
+    run before it ends at or below start); returns them and where to look from for a later range."""
+    n = len(runs)
+    while i < n and runs[i].end <= start:
+        i += 1
     out = []
-    for i in range(bisect.bisect_right(ends, start), len(runs)):
-        r = runs[i]
+    j = i
+    while j < n:
+        r = runs[j]
         if r.vaddr >= end:
             break
-        lo, hi = max(r.vaddr, start), min(r.end, end)
-        off = r.offset + (lo - r.vaddr) if r.pages_file else 0
-        out.append(PageRun(lo, (hi - lo) // V.PAGE_SIZE, r.flags, r.pages_file, off))
-    return out
+        r_end = r.end
+        if r.vaddr >= start and r_end <= end:
+            out.append(r)  # wholly inside (the usual case): runs are immutable, share it
+        else:
+            lo, hi = max(r.vaddr, start), min(r_end, end)
+            off = r.offset + (lo - r.vaddr) if r.pages_file else 0
+            out.append(PageRun(lo, (hi - lo) // V.PAGE_SIZE, r.flags, r.pages_file, off))
+        if r_end > end:
+            break  # it goes on into the next range
+        j += 1
+    return out, i
 
 
 def plan_shmem(imgdir: ImageDir, shmid: int, size: int, cache: dict[int, ShmemPlan]) -> ShmemPlan:
@@ -111,7 +121,8 @@ def plan_mm(
 
     mm = imgdir.one(f"mm-{pid}.img")
     runs = [r for r in read_runs(imgdir.file(f"pagemap-{pid}.img")) if r.pages_file]
-    ends = [r.end for r in runs]
+    cursor = 0  # into runs: the VMAs come in address order
+    covered = 0
     where = f"mm-{pid}.img"
     vmas: list[VmaPlan] = []
     prev_end = 0
@@ -150,11 +161,13 @@ def plan_mm(
             v.open_flags = e.fdflags if e.HasField("fdflags") else 0
         elif not st & V.VMA_ANON_PRIVATE:
             raise SpiceError("restore", f"task {pid}: VMA 0x{e.start:x} has unknown status 0x{st:x}")
-        if v.kind in (ANON, FILE_PRIVATE, MEMFD_PRIVATE):
-            v.runs = _clip_runs(runs, ends, v.start, v.end)
+        inside, cursor = _clip_runs(runs, cursor, v.start, v.end)
+        # vDSO pages are dumped too but come from the running kernel, not the image
+        if inside:
+            covered += sum(r.nr_pages for r in inside)
+            if v.kind in (ANON, FILE_PRIVATE, MEMFD_PRIVATE):
+                v.runs = inside
         vmas.append(v)
-    # vDSO pages are dumped too but come from the running kernel, not the image
-    covered = sum(r.nr_pages for v in vmas for r in (v.runs or _clip_runs(runs, ends, v.start, v.end)))
     total = sum(r.nr_pages for v in vmas for r in v.runs)
     if covered != sum(r.nr_pages for r in runs):
         raise ImageError(imgdir / f"pagemap-{pid}.img", "pages lie outside every VMA")

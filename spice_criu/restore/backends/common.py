@@ -16,7 +16,6 @@ from ...linux.syscalls import NR
 from ...record import Factory, Record
 from ..files import OpenContext
 from ..mm import FILE_PRIVATE, FILE_SHARED, MEMFD_PRIVATE, SHMEM, VDSO, VSYSCALL, VVAR, MmPlan, VmaPlan
-from ..shmem import shmem_fd
 from ..task import TRAMPOLINE_SIZE, TaskCtl, find_hole
 
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
@@ -136,6 +135,8 @@ def open_mm_files(task: TaskCtl, mm: MmPlan, ctx: OpenContext, extra: tuple[tupl
     out = MmFiles(fds, {start: fds[key] for start, key in mapped.items()}, {}, exe_path, fds[(exe_path, O_RDONLY)],
                   list(fds.values()))
     if shms:
+        from ..shmem import shmem_fd  # (and fcntl): only for shared memory
+
         pidfd = res[pidfd_slot]
         b = task.batch()
         idx = {sid: b.add(NR.pidfd_getfd, pidfd, shmem_fd(ctx, sh), 0, what=f"pidfd_getfd shmem {sid}")

@@ -9,7 +9,6 @@ protections and madvise state, then PR_SET_MM_MAP the mm fields, auxv and exe fi
 
 from __future__ import annotations
 
-import bisect
 import os
 import struct
 
@@ -127,10 +126,11 @@ def _queue_populate(b, mm: MmPlan, runs: list) -> None:
     Only anonymous VMAs: in private file mappings it would first copy the file's pages.
     """
     anon = [(v.start, v.end) for v in mm.vmas if v.kind == ANON]  # sorted, like mm.vmas
-    starts = [lo for lo, _ in anon]
-    for r in runs:
-        i = bisect.bisect_right(starts, r.vaddr) - 1
-        if r.pages_file and i >= 0 and r.vaddr < anon[i][1]:
+    i = 0
+    for r in runs:  # sorted too: walk both
+        while i < len(anon) and anon[i][1] <= r.vaddr:
+            i += 1
+        if r.pages_file and i < len(anon) and anon[i][0] <= r.vaddr:
             b.add(NR.madvise, r.vaddr, r.size, MADV_POPULATE_WRITE, what=f"populate 0x{r.vaddr:x}")
 
 
