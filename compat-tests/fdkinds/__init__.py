@@ -28,6 +28,9 @@ new session) and are registered in ``harness.SPECS`` on import, so every harness
   loopback address every tick.
 * ``packets`` (Python): a packet socket bound to loopback, capturing the datagram it sends itself
   every tick.
+* ``ptypair`` (Python): pty pairs with both ends in the tree: a child session on the slave (its
+  controlling terminal) answering pings through it, a pair with data queued each way, one in
+  packet mode.
 """
 
 from __future__ import annotations
@@ -68,6 +71,9 @@ _SPECS = (
     harness.WorkloadSpec("rawicmp", str(HERE / "rawicmp.py"), constants=("token", "filter", "pong"), steps=("seq",)),
     harness.WorkloadSpec("rawicmp6", str(HERE / "rawicmp6.py"), constants=("token", "filter", "pong"), steps=("seq",)),
     harness.WorkloadSpec("packets", str(HERE / "packets.py"), constants=("token", "aux", "seen"), steps=("seq",)),
+    harness.WorkloadSpec("ptypair", str(HERE / "ptypair.py"), roles=("main", "child"),
+                         constants=("token", "child", "pty", "qin", "qout", "pkt", "ctty", "fg", "echo", "size"),
+                         steps=("seq",), monotonic=("pongs",)),
 )
 for _s in _SPECS:
     harness.SPECS.setdefault(_s.name, _s)

@@ -173,7 +173,7 @@ def _load_kind_module(kind: str) -> None:
 _ANON_KINDS = {"[eventfd]": "eventfd", "[eventpoll]": "eventpoll", "[timerfd]": "timerfd",
                "[signalfd]": "signalfd", "inotify": "inotify", "[fanotify]": "fanotify", "[pidfd]": "pidfd",
                "bpf-map": "bpfmap", "[userfaultfd]": "userfaultfd", "[io_uring]": "io_uring"}
-TTY_MAJORS = {4, 5, 136, 137, 138, 139, 140, 141, 142, 143}
+TTY_MAJORS = {4, 5, *range(128, 144)}  # ttys, /dev/tty + console + ptmx, Unix98 pty masters and slaves
 
 
 def classify(link: str, st: os.stat_result, shmem_dev: int) -> str:

@@ -60,6 +60,7 @@ class DumpContext:
         self.cgroups = Cgroups(opts.manage_cgroups)
         self.pipe_data_done: set[tuple[str, int]] = set()
         self.pids: set[int] = set()  # every pid and tid of the dumped tree
+        self.ttys: Any = None  # the pty ends met (dump/tty.py), whose queued data is read last
         #: the dump run's id (inventory.img), which also names the nftables lock table
         self.run_id = inventory.new_run_id()
         self._tcp: TcpDump | None = None
@@ -229,6 +230,8 @@ def _release(ctx: DumpContext, frozen: seize.FrozenTree, o: Options) -> None:
     # like criu: only a tree left running gets its connections back (out of repair mode, unlocked);
     # killed or stopped, they stay silent and locked for the restore
     ctx.release_tcp(unlock=bool(o.leave_running))
+    if ctx.ttys is not None and (o.leave_running or o.leave_stopped):
+        ctx.ttys.write_back()
     if o.leave_running:
         frozen.unfreeze()
         log.info("Tree left running")
@@ -252,6 +255,11 @@ def _collect(ctx: DumpContext, frozen: seize.FrozenTree) -> Message:
             ctx.images.add(f"core-{t.pid}.img", "CORE", tree.zombie_core(t))
         else:
             dump_task(ctx, t)
+    if ctx.ttys is not None:
+        from .tty import check_pairs
+
+        check_pairs(ctx)
+        ctx.ttys.dump_queued(ctx.images)
     ctx.images.add_all("pstree.img", "PSTREE", tree.pstree_entries(tasks))
     ctx.images.add("seccomp.img", "SECCOMP", ctx.seccomp.entry)
     ctx.images.add("timens-0.img", "TIMENS", inventory.timens())
@@ -289,6 +297,9 @@ def dump(o: Options) -> int:
             ctx.release_tcp(unlock=True)  # repair mode off, lock removed, before the tree runs on
         except Exception as ue:  # noqa: BLE001 - report the original failure
             log.error("dump", f"unlocking the network after the failure: {ue}")
+        if ctx.ttys is not None:
+            ctx.ttys.write_back()
+            ctx.ttys.close()
         if frozen is not None:
             try:
                 frozen.unfreeze()
@@ -301,6 +312,8 @@ def dump(o: Options) -> int:
             raise err from None
         raise
     _release(ctx, frozen, o)
+    if ctx.ttys is not None:
+        ctx.ttys.close()
     t_done = time.perf_counter()
     st = ctx.page_stats
     stats_img.write(

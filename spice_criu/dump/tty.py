@@ -1,30 +1,43 @@
 # SPDX-License-Identifier: MIT
-"""Terminals: the pty slave a shell job runs on (--shell-job), as CRIU 4.2 records it.
+"""Terminals: Unix98 pseudo-terminals, both ends, as CRIU 4.2 records them.
 
-Mirror of restore/tty.py. A TTY entry (with a REG entry for its /dev/pts/N path) and, once per
-terminal, a tty-info entry: termios, locked termios and window size (read with the TCGETS,
-TIOCGLCKTRMIOS and TIOCGWINSZ ioctls; control characters packed four to a uint32 word as CRIU's
-memcpy leaves them), the pty index, device numbers, owner, and the session and foreground group
-when the terminal is the task's controlling terminal. A terminal whose session is outside the dumped
-tree needs --shell-job (CRIU: "Task attached to shell terminal"). Pty masters, consoles, VTs and
-serial lines are refused.
+Mirror of restore/tty.py. Each fd gets a TTY entry (with a REG entry for its /dev/ptmx or
+/dev/pts/N path) and, once per end of each terminal, a tty-info entry: termios, locked termios and
+window size (TCGETS, TIOCGLCKTRMIOS, TIOCGWINSZ; control characters packed four to a uint32 word as
+CRIU's memcpy leaves them), the pty index, device numbers, owner, packet mode, lock and exclusive
+state, and the session and foreground group the end reports: a master reports its slave's, a
+slave only the task's own controlling terminal's (the ioctls answer per calling task, which is why
+a slave's are read from /proc/PID/stat). tty-info ids are CRIU's: index * 2, plus 1 for a master.
+
+Pairs with both ends in the dump also get what is queued in them (tty-data.img), read at the end
+of the dump as CRIU does; it is written back into the other end when the tree goes on running (a
+failed dump, --leave-running, --leave-stopped). A slave whose session is outside the dumped tree
+needs --shell-job (CRIU: "Task attached to shell terminal"). Consoles, VTs and serial lines are
+refused.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import struct
 
 from ..errors import SpiceError
 from ..images import codec
+from ..log import log
 from . import proc
 from .files import OpenFd, RegParams, add_file, dumper, fown, reg_entry
 
-TCGETS, TIOCGWINSZ, TIOCGLCKTRMIOS, TIOCGEXCL = 0x5401, 0x5413, 0x5456, 0x80045440
+TCGETS, TIOCGWINSZ, TIOCGLCKTRMIOS = 0x5401, 0x5413, 0x5456
+TIOCGSID, TIOCGPGRP, TIOCGPTN, TIOCGPKT, TIOCGPTLCK, TIOCGEXCL = (
+    0x5429, 0x540F, 0x80045430, 0x80045438, 0x80045439, 0x80045440)
+TTYAUX_MAJOR, PTMX_MINOR = 5, 2
+UNIX98_PTY_MASTER_MAJORS = range(128, 136)
 UNIX98_PTY_SLAVE_MAJORS = range(136, 144)
 TTY_PTY = 1
 KERNEL_NCCS = 19
+QUEUE_MAX = 16384  # CRIU's limit on the data read from one end
 
 
 def _termios(fd: int, req: int, msg) -> None:
@@ -35,37 +48,132 @@ def _termios(fd: int, req: int, msg) -> None:
     msg.c_ispeed = msg.c_ospeed = 0
 
 
-@dumper("tty")
-def _dump_tty(of: OpenFd, fid: int) -> str:
+def _int_ioctl(fd: int, req: int) -> int:
+    """An int-returning tty ioctl, 0 where the terminal has no such thing (ENOTTY), as CRIU's
+    parasite reads them; OSError(EIO) for a hung-up terminal."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, req, bytes(4)))[0]
+    except OSError as e:
+        if e.errno == errno.ENOTTY:
+            return 0
+        raise
+
+
+class PtyEnd:
+    """One end of a pty met in this dump, kept (a duplicate of its description) until the end,
+    when its queued data is read."""
+
+    __slots__ = ("info_id", "index", "lfd", "flags", "hung", "data")
+
+    def __init__(self, info_id: int, index: int, lfd: int, flags: int, hung: bool = False) -> None:
+        self.info_id, self.index, self.lfd, self.flags, self.hung = info_id, index, lfd, flags, hung
+        self.data = b""
+
+
+class Ptys:
+    """The pty ends of one dump, in the order CRIU meets them (first fd of each end)."""
+
+    def __init__(self) -> None:
+        self.ends: dict[int, PtyEnd] = {}
+        self.pairs: list[tuple[PtyEnd, PtyEnd]] = []
+
+    def add(self, end: PtyEnd) -> None:
+        self.ends[end.info_id] = end
+
+    def unpaired_slaves(self) -> list[PtyEnd]:
+        """Slaves (not hung up) whose master is not in the dump (or hung up)."""
+        active = {e.info_id for e in self.ends.values() if not e.hung}
+        return [e for e in self.ends.values() if not e.hung and not e.info_id & 1 and (e.info_id | 1) not in active]
+
+    def dump_queued(self, images) -> None:
+        """tty-data.img: what is queued at each end of each pair, read without blocking (CRIU's
+        order: pairs latest first, each end before its peer)."""
+        ends = list(self.ends.values())
+        linked: set[int] = set()
+        for i, a in enumerate(ends):
+            if a.info_id in linked:
+                continue
+            for b in ends[i + 1 :]:
+                if b.info_id not in linked and b.index == a.index:
+                    linked |= {a.info_id, b.info_id}
+                    self.pairs.insert(0, (a, b))
+                    break
+        for pair in self.pairs:
+            for end in pair:
+                end.data = _drain(end)
+                if end.data:
+                    images.add("tty-data.img", "TTY_DATA",
+                               codec.pb("tty_data_entry", lite=True)(tty_id=end.info_id, data=end.data))
+
+    def write_back(self) -> None:
+        """The tree runs on: give every pair back what the dump read from it."""
+        for a, b in self.pairs:
+            for end, peer in ((a, b), (b, a)):
+                try:
+                    if end.data:
+                        os.write(peer.lfd, end.data)
+                    fcntl.fcntl(peer.lfd, fcntl.F_SETFL, peer.flags)
+                except OSError as e:
+                    log.warn("tty", f"pty {end.index}: can't give back {len(end.data)} queued bytes: {e.strerror}")
+
+    def close(self) -> None:
+        for e in self.ends.values():
+            os.close(e.lfd)
+        self.ends.clear()
+
+
+def _drain(end: PtyEnd) -> bytes:
+    fcntl.fcntl(end.lfd, fcntl.F_SETFL, end.flags | os.O_NONBLOCK)
+    out = b""
+    while len(out) < QUEUE_MAX:
+        try:
+            chunk = os.read(end.lfd, QUEUE_MAX - len(out))
+        except (BlockingIOError, OSError):
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def ptys(ctx) -> Ptys:
+    if ctx.ttys is None:
+        ctx.ttys = Ptys()
+    return ctx.ttys
+
+
+def _end_of(of: OpenFd) -> tuple[int, bool]:
+    """(pty index, is the master) of a pty fd; SpiceError for other terminals."""
     rdev = of.st.st_rdev
     major, minor = os.major(rdev), os.minor(rdev)
-    if major not in UNIX98_PTY_SLAVE_MAJORS:
-        raise SpiceError("dump", f"{of.describe()}: tty device {major}:{minor} (only pty slaves are supported)")
-    index = (major - UNIX98_PTY_SLAVE_MAJORS.start) * 256 + minor
-    info_id = index << 1  # CRIU's tty_gen_id: index, low bit set for masters
-    ctx = of.ctx
-    done: set[int] = ctx.__dict__.setdefault("_tty_infos", set())  # tty-info ids written in this dump
-    stat = proc.stat(of.pid)
-    is_ctty = stat_tty_nr(of.pid) == _new_encode(rdev)
-    sid = stat.sid if is_ctty else 0
-    if sid and not ctx.opts.shell_job and sid not in _tree_pids(of):
-        raise SpiceError("dump", f"{of.describe()}: found dangling tty with sid {sid}: the task is attached to "
-                         "a shell terminal. Consider using --shell-job option")
-    if info_id not in done:
-        done.add(info_id)
-        ti = codec.pb("tty_info_entry", lite=True)(id=info_id, type=TTY_PTY, locked=False, packet_mode=False, sid=sid,
-                                        pgrp=stat_tpgid(of.pid) if is_ctty else 0, rdev=rdev & 0xFFFFFFFF,
-                                        dev=of.st.st_dev & 0xFFFFFFFF, uid=of.st.st_uid, gid=of.st.st_gid)
+    if (major, minor) == (TTYAUX_MAJOR, PTMX_MINOR) or major in UNIX98_PTY_MASTER_MAJORS:
         try:
-            ti.exclusive = bool(struct.unpack("i", fcntl.ioctl(of.lfd, TIOCGEXCL, bytes(4)))[0])
-            _termios(of.lfd, TCGETS, ti.termios)
-            _termios(of.lfd, TIOCGLCKTRMIOS, ti.termios_locked)
-            w = struct.unpack("4H", fcntl.ioctl(of.lfd, TIOCGWINSZ, bytes(8)))
+            return struct.unpack("I", fcntl.ioctl(of.lfd, TIOCGPTN, bytes(4)))[0], True
         except OSError as e:
-            raise SpiceError("dump", f"{of.describe()}: reading the terminal's settings: {e.strerror}") from None
-        ti.winsize.ws_row, ti.winsize.ws_col, ti.winsize.ws_xpixel, ti.winsize.ws_ypixel = w
-        ti.pty.index = index
-        ctx.images.add("tty-info.img", "TTY_INFO", ti)
+            raise SpiceError("dump", f"{of.describe()}: can't read the pty's index: {e.strerror}") from None
+    if major in UNIX98_PTY_SLAVE_MAJORS:
+        return (major - UNIX98_PTY_SLAVE_MAJORS.start) * 256 + minor, False
+    raise SpiceError("dump", f"{of.describe()}: tty device {major}:{minor} (only Unix98 ptys are supported)")
+
+
+def _session(of: OpenFd, master: bool) -> tuple[int, int]:
+    """(sid, foreground pgrp) as TIOCGSID/TIOCGPGRP answer the task: a master reports its slave's
+    session; a slave only if it is the task's controlling terminal."""
+    if master:
+        return _int_ioctl(of.lfd, TIOCGSID), _int_ioctl(of.lfd, TIOCGPGRP)
+    if stat_tty_nr(of.pid) != _new_encode(of.st.st_rdev):
+        return 0, 0
+    return proc.stat(of.pid).sid, stat_tpgid(of.pid)
+
+
+@dumper("tty")
+def _dump_tty(of: OpenFd, fid: int) -> str:
+    index, master = _end_of(of)
+    info_id = index << 1 | master  # CRIU's tty_gen_id
+    ctx = of.ctx
+    ends = ptys(ctx)
+    if info_id not in ends.ends:
+        _dump_info(of, info_id, index, master)
     regf = ctx.files.new()
     reg_entry(ctx, regf, of.lfd, of.link, of.st, RegParams(of.flags, 0, fown(of.lfd)), of.describe())
     te = codec.pb("tty_file_entry", lite=True)(id=fid, tty_info_id=info_id, flags=of.flags, regf_id=regf)
@@ -73,6 +181,53 @@ def _dump_tty(of: OpenFd, fid: int) -> str:
         setattr(te.fown, k, v)
     add_file(ctx, "TTY", fid, "tty", te)
     return "TTY"
+
+
+def _dump_info(of: OpenFd, info_id: int, index: int, master: bool) -> None:
+    ctx = of.ctx
+    rdev = of.st.st_rdev
+    ti = codec.pb("tty_info_entry", lite=True)(id=info_id, type=TTY_PTY, rdev=rdev & 0xFFFFFFFF,
+                                               dev=of.st.st_dev & 0xFFFFFFFF, uid=of.st.st_uid, gid=of.st.st_gid)
+    ti.pty.index = index
+    try:
+        sid, pgrp = _session(of, master)
+        ti.exclusive = bool(_int_ioctl(of.lfd, TIOCGEXCL))
+        ti.packet_mode = bool(_int_ioctl(of.lfd, TIOCGPKT))
+        ti.locked = bool(_int_ioctl(of.lfd, TIOCGPTLCK))
+    except OSError as e:
+        if e.errno != errno.EIO:
+            raise SpiceError("dump", f"{of.describe()}: reading the terminal's state: {e.strerror}") from None
+        # hung up (its other end is gone): only what CRIU keeps of it, no settings
+        ti.sid = ti.pgrp = 0
+        ti.locked = ti.exclusive = ti.packet_mode = False
+        ptys(ctx).add(PtyEnd(info_id, index, os.dup(of.lfd), of.flags, hung=True))
+        ctx.images.add("tty-info.img", "TTY_INFO", ti)
+        return
+    if sid and not ctx.opts.shell_job and sid not in _tree_pids(of):
+        raise SpiceError("dump", f"{of.describe()}: found dangling tty with sid {sid}: the task is attached to "
+                         "a shell terminal. Consider using --shell-job option")
+    ti.sid, ti.pgrp = sid, pgrp
+    try:
+        _termios(of.lfd, TCGETS, ti.termios)
+        _termios(of.lfd, TIOCGLCKTRMIOS, ti.termios_locked)
+        w = struct.unpack("4H", fcntl.ioctl(of.lfd, TIOCGWINSZ, bytes(8)))
+    except OSError as e:
+        raise SpiceError("dump", f"{of.describe()}: reading the terminal's settings: {e.strerror}") from None
+    ti.winsize.ws_row, ti.winsize.ws_col, ti.winsize.ws_xpixel, ti.winsize.ws_ypixel = w
+    ptys(ctx).add(PtyEnd(info_id, index, os.dup(of.lfd), of.flags))
+    ctx.images.add("tty-info.img", "TTY_INFO", ti)
+
+
+def check_pairs(ctx) -> None:
+    """CRIU's tty_verify_active_pairs: a slave without its master in the dump is the job's
+    terminal, which needs --shell-job, and there can be only one such."""
+    slaves = ptys(ctx).unpaired_slaves()
+    if slaves and not ctx.opts.shell_job:
+        raise SpiceError("dump", f"pty slave /dev/pts/{slaves[0].index} without its master in the dump: the task "
+                         "is attached to a terminal outside the tree. Consider using --shell-job option")
+    if len(slaves) > 1:
+        raise SpiceError("dump", f"pty slave /dev/pts/{slaves[1].index}: only one slave without its master "
+                         "(the job's terminal) is allowed")
 
 
 def _new_encode(dev: int) -> int:

@@ -451,6 +451,8 @@ def install_fds(task, ctx: OpenContext) -> None:
     for p in plans:
         if p.file.needs_task_setup():
             p.file.setup_in_task(task, p.fd, ctx)
+    for hook in ctx.state.get("task_hooks", ()):  # kinds that finish a task's setup (its ctty...)
+        hook(task, ctx)
 
 
 def pull_fd(task, ours_fd: int) -> int:

@@ -1,6 +1,13 @@
 # SPDX-License-Identifier: MIT
-"""Terminals (TTY files of files.img + tty-info.img), restored with CRIU 4.2's rules.
+"""Terminals (TTY files of files.img, tty-info.img, tty-data.img), restored with CRIU 4.2's rules.
 
+* A pty pair with its master in the dump (tmux, screen, `script`, sshd, pty.openpty()) is made
+  anew with the same index: /dev/ptmx is opened until the kernel hands out the dumped index (as
+  CRIU does; an index taken by someone else is an error naming it), unlocked, given both ends'
+  locked termios, termios, window size and packet mode; every slave file of it is opened then,
+  the data queued in each end is written into the other, and the master is locked again if it
+  was. The session leader whose controlling terminal it was gets it back (TIOCSCTTY in that task,
+  then its foreground group), as CRIU restores it: in the leader.
 * A pty slave whose master is not in the images is the job's terminal outside the dump (a shell
   job). With --shell-job it becomes the restorer's own terminal (its stdin, as CRIU's
   SELF_STDIN), given back the dumped locked termios, termios and window size, and the restored job's
@@ -8,7 +15,7 @@
   delivered to a group of terminal"). Without --shell-job that is an error, as in CRIU.
 * `--inherit-fd fd[N]:tty[RDEV:DEV]` (hex, CRIU's key) hands any such terminal, or an external one
   (dumped with --external tty[...]), a descriptor of the caller's choosing instead.
-* Pty pairs whose master is inside the dump, consoles, VTs and serial lines are refused up front.
+* Hung-up ptys, consoles, VTs and serial lines are refused up front.
 """
 
 from __future__ import annotations
@@ -22,15 +29,18 @@ from ..errors import ImageError, SpiceError
 from ..images.imagedir import ImageDir
 from ..log import log
 from .eventfds import restore_fown
-from .files import FileObj, OpenContext, planner, refuse
+from .files import _NOT_REPLAYED, O_CLOEXEC, O_NOCTTY, FileObj, OpenContext, planner, pull_fd, refuse
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:
     from typing import Any, ClassVar
 
 TCSETS, TIOCSWINSZ, TIOCSPGRP, TIOCSLCKTRMIOS = 0x5402, 0x5414, 0x5410, 0x5457
+TIOCSCTTY, TIOCPKT, TIOCGPTN, TIOCSPTLCK = 0x540E, 0x5420, 0x80045430, 0x40045431
 TTYAUX_MAJOR, PTMX_MINOR = 5, 2
+UNIX98_PTY_MASTER_MAJORS = range(128, 136)
 UNIX98_PTY_SLAVE_MAJORS = range(136, 144)
+PTMX_TRIES = 32  # CRIU's: opens of /dev/ptmx to reach the dumped index
 TTY_PTY, TTY_EXT = 1, 5
 TTY_TYPES = {0: "UNKNOWN", 1: "PTY", 2: "CONSOLE", 3: "VT", 4: "CTTY", 5: "EXT_TTY", 6: "SERIAL"}
 KERNEL_NCCS = 19  # struct termios of the TCGETS/TCSETS ioctls (asm-generic), as CRIU's TERMIOS_NCC
@@ -120,8 +130,14 @@ def _foreground(fd: int, what: str) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def _is_master(info: Any) -> bool:
+    major = _major(info.rdev)
+    return (major == TTYAUX_MAJOR and _minor(info.rdev) == PTMX_MINOR) or major in UNIX98_PTY_MASTER_MAJORS
+
+
 def _tty_state(imgdir: ImageDir, state: dict[str, Any]) -> dict[str, Any]:
-    """tty-info entries by id, and the pty indexes whose master is in the dump."""
+    """tty-info entries by id, the pty indexes whose master is in the dump, queued data by tty-info
+    id, and the controlling terminals to give back (session leader -> (index, foreground group))."""
     st = state.get("tty")
     if st is None:
         infos = {i.id: i for i in imgdir.entries("tty-info.img")}
@@ -129,10 +145,12 @@ def _tty_state(imgdir: ImageDir, state: dict[str, Any]) -> dict[str, Any]:
         for e in imgdir.entries("files.img", optional=False):
             if e.HasField("tty") and e.tty.tty_info_id in infos:
                 i = infos[e.tty.tty_info_id]
-                if i.type == TTY_PTY and _major(i.rdev) == TTYAUX_MAJOR and i.HasField("pty"):
+                if i.type == TTY_PTY and _is_master(i) and i.HasField("pty"):
                     masters.add(i.pty.index)
         regs = {x.id: x.reg for x in imgdir.entries("files.img") if x.HasField("reg")}
-        st = state["tty"] = {"infos": infos, "masters": masters, "regs": regs}
+        data = {d.tty_id: bytes(d.data) for d in imgdir.entries("tty-data.img")}
+        st = state["tty"] = {"infos": infos, "masters": masters, "regs": regs, "data": data, "cttys": {},
+                           "ctty_done": set()}
     return st
 
 
@@ -144,14 +162,184 @@ def _plan_tty(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
     if info is None:
         raise ImageError(imgdir / "tty-info.img", f"no tty-info {t.tty_info_id} for tty file id {t.id}")
     reg = st["regs"].get(t.regf_id) if t.HasField("regf_id") else None
-    obj = Tty(t.id, t.flags, info=info, path=reg.name if reg is not None else "", fown=t.fown)
+    path = reg.name if reg is not None else ""
     if info.type == TTY_EXT:
-        return obj
+        return Tty(t.id, t.flags, info=info, path=path, fown=t.fown)
     if info.type != TTY_PTY or not info.HasField("pty"):
-        return refuse(obj, f"{TTY_TYPES.get(info.type)} terminals")
-    major = _major(info.rdev)
-    if major == TTYAUX_MAJOR or info.pty.index in st["masters"]:
-        return refuse(obj, "pty pairs with the master inside the dump")
-    if major not in UNIX98_PTY_SLAVE_MAJORS:
-        return refuse(obj, f"tty device {major}:{_minor(info.rdev)}")
+        return refuse(Tty(t.id, t.flags, info=info, path=path, fown=t.fown), f"{TTY_TYPES.get(info.type)} terminals")
+    major, index = _major(info.rdev), info.pty.index
+    if not _is_master(info) and major not in UNIX98_PTY_SLAVE_MAJORS:
+        return refuse(Tty(t.id, t.flags, info=info, path=path, fown=t.fown), f"tty device {major}:{_minor(info.rdev)}")
+    if not info.HasField("termios"):  # its other end was closed before the dump
+        return refuse(Tty(t.id, t.flags, info=info, path=path, fown=t.fown), "hung-up terminals")
+    if index not in st["masters"]:
+        return Tty(t.id, t.flags, info=info, path=path, fown=t.fown)  # the job's terminal (a shell job)
+    obj = PtyEnd(t.id, t.flags, info=info, path=path or _default_path(info), fown=t.fown)
+    if _is_master(info) and info.sid:
+        st["cttys"][info.sid] = (index, info.pgrp)
+        hooks = state.setdefault("task_hooks", [])
+        if _give_ctty not in hooks:
+            hooks.append(_give_ctty)
     return obj
+
+
+def _default_path(info: Any) -> str:
+    """Where CRIU opens an end the image gives no REG entry for (images of old CRIUs)."""
+    return "/dev/ptmx" if _is_master(info) else f"/dev/pts/{info.pty.index}"
+
+
+class PtyEnd(Tty):
+    """An end of a pty pair whose master is in the dump: the pair is made anew when the master is
+    opened (which opens every slave of it too)."""
+
+    kind: ClassVar[str] = "pty"
+
+    @property
+    def master(self) -> bool:
+        return _is_master(self.info)
+
+    def open(self, ctx: OpenContext) -> int:
+        if self.master:
+            return self._open_pair(ctx)
+        ctx.fd_of(_master_of(ctx, self.info.pty.index).id)  # opens this slave too
+        return ctx.opened[self.id]
+
+    def _open_pair(self, ctx: OpenContext) -> int:
+        index = self.info.pty.index
+        fd = _open_ptmx(ctx.path(self.path), self._open_flags(), index, self.describe())
+        try:
+            fcntl.ioctl(fd, TIOCSPTLCK, struct.pack("i", 0))
+            restore_tty_params(fd, self.info, self.describe())
+            if self.info.packet_mode:
+                fcntl.ioctl(fd, TIOCPKT, struct.pack("i", 1))
+            if self.fown is not None and self.fown.pid:
+                restore_fown(fd, self.fown)
+            slaves = [f for f in ctx.files.values()
+                      if isinstance(f, PtyEnd) and not f.master and f.info.pty.index == index]
+            for sl in slaves:
+                ctx.opened[sl.id] = sl._open_slave(ctx)
+            data = ctx.state["tty"]["data"]
+            if slaves:  # what the master had queued comes out of it again
+                _requeue(ctx.opened[slaves[0].id], data.get(self.info.id, b""), self.describe())
+            _requeue(fd, data.get(self.info.id & ~1, b""), self.describe())  # and what the slave had
+            if self.info.locked:
+                fcntl.ioctl(fd, TIOCSPTLCK, struct.pack("i", 1))
+            if self.info.sid:
+                ctx.when_complete(lambda: _check_ctty(ctx, self.info.sid, index))
+        except OSError as e:
+            os.close(fd)
+            raise SpiceError("tty", f"{self.describe()}: setting the pty up: {e.strerror}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _open_slave(self, ctx: OpenContext) -> int:
+        try:
+            fd = os.open(ctx.path(self.path), self._open_flags())
+        except OSError as e:
+            raise SpiceError("tty", f"can't open {self.describe()}: {e.strerror}") from None
+        try:
+            restore_tty_params(fd, self.info, self.describe())
+            if self.fown is not None and self.fown.pid:
+                restore_fown(fd, self.fown)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _open_flags(self) -> int:
+        # never the restorer's controlling terminal: that is set up in the session leader only
+        return (self.flags & ~_NOT_REPLAYED) | O_NOCTTY | O_CLOEXEC
+
+
+def _check_ctty(ctx: OpenContext, sid: int, index: int) -> None:
+    if sid not in ctx.state["tty"]["ctty_done"]:
+        raise SpiceError("tty", f"pty {index} is the controlling terminal of session {sid}: no task found "
+                         f"with sid {sid}")
+
+
+def _master_of(ctx: OpenContext, index: int) -> PtyEnd:
+    for f in ctx.files.values():
+        if isinstance(f, PtyEnd) and f.master and f.info.pty.index == index:
+            return f
+    raise SpiceError("tty", f"pty {index}: its master is not in the images")
+
+
+def _open_ptmx(path: str, flags: int, index: int, what: str) -> int:
+    """/dev/ptmx opened until the kernel hands out `index` (the lowest free one each time)."""
+    spare: list[int] = []
+    try:
+        for _ in range(PTMX_TRIES):
+            try:
+                fd = os.open(path, flags)
+            except OSError as e:
+                raise SpiceError("tty", f"can't open {what}: {e.strerror}") from None
+            got = struct.unpack("I", fcntl.ioctl(fd, TIOCGPTN, bytes(4)))[0]
+            if got == index:
+                return fd
+            spare.append(fd)
+            if got > index:
+                break
+        raise SpiceError("tty", f"{what}: can't get pty index {index} back (/dev/pts/{index} is taken)")
+    finally:
+        for x in spare:
+            os.close(x)
+
+
+def _requeue(fd: int, data: bytes, what: str) -> None:
+    """Queued data goes back in; a terminal never guaranteed delivery, so a short write is logged
+    (as CRIU does), not fatal."""
+    if not data:
+        return
+    try:
+        n = os.write(fd, data)
+    except OSError as e:
+        n, why = 0, e.strerror
+    else:
+        why = "short write"
+    if n != len(data):
+        log.warn("tty", f"{what}: restored {n} of {len(data)} queued bytes ({why})")
+
+
+def _give_ctty(task, ctx: OpenContext) -> None:
+    """A per-task hook (after its fds): a session leader whose controlling terminal was a pty of
+    the dump gets it back, through a slave opened for that, and its foreground group."""
+    from ..linux.syscalls import NR
+
+    st = ctx.state["tty"]
+    want = st["cttys"].get(task.pid)
+    if want is None:
+        return
+    index, pgrp = want
+    if task.plan.sid != task.pid:
+        raise SpiceError("tty", f"pty {index} is the controlling terminal of session {task.pid}, "
+                         f"whose leader is not in the dump")
+    master = _master_of(ctx, index)
+    ctx.fd_of(master.id)
+    slave = _slave_path(master.path, index)
+    try:
+        ours = os.open(ctx.path(slave), os.O_RDONLY | O_NOCTTY | O_CLOEXEC)
+    except OSError as e:
+        raise SpiceError("tty", f"task {task.pid}: can't open {slave} as its controlling terminal: "
+                         f"{e.strerror}") from None
+    try:
+        fd = pull_fd(task, ours)
+    finally:
+        os.close(ours)
+    b = task.batch()
+    b.add(NR.ioctl, fd, TIOCSCTTY, 1, what=f"ioctl(TIOCSCTTY, {slave})")
+    if pgrp:
+        b.add(NR.ioctl, fd, TIOCSPGRP, task.put(struct.pack("i", pgrp)), what=f"ioctl(TIOCSPGRP, {pgrp})")
+    b.add(NR.close, fd, what="close")
+    b.run()
+    task.reset_scratch()
+    st["ctty_done"].add(task.pid)
+    log.debug(f"task {task.pid}: controlling terminal {slave}, foreground group {pgrp}")
+
+
+def _slave_path(master_path: str, index: int) -> str:
+    """The slave next to a master's path, as CRIU inverts it: /dev/ptmx -> /dev/pts/N,
+    /dev/pts/ptmx -> /dev/pts/N."""
+    d = os.path.dirname(master_path) or "/dev"
+    return f"{d}/{index}" if d.endswith("pts") else f"{d}/pts/{index}"
