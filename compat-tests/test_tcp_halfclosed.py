@@ -1,15 +1,17 @@
 # SPDX-License-Identifier: MIT
 """Half-closed TCP connections under --tcp-established, both ways against real CRIU 4.2.1.
 
-The workload (fdkinds/tcphalf.py) holds both ends of three loopback connections, dumped while
+The workload (fdkinds/tcphalf.py) holds both ends of four loopback connections, dumped while
 A's server is in CLOSE_WAIT (the client's FIN queued behind unread messages) and its client in
 FIN_WAIT2, B's server in LAST_ACK (answer and FIN unsent behind a closed window) and its client
-in FIN_WAIT2, C's server in FIN_WAIT1 (data and FIN waiting) and its client ESTABLISHED. After a
-restore, by either tool from either tool's images, every connection must finish as if nothing
-happened: A's server reads the remaining messages and then end of file, answers and shuts down;
-every client reads the whole answer, byte-checked, then end of file; C's server reads end of file
-after the client's last message. spice's images of those sockets decode with real crit as CRIU's
-do. A connection still connecting (SYN_SENT), which criu dumps, is refused by name both ways.
+in FIN_WAIT2, C's server in FIN_WAIT1 (data and FIN waiting) and its client ESTABLISHED, D's
+server in CLOSING (the client's message and FIN unread, its own data and FIN waiting) and its
+client in FIN_WAIT2. After a restore, by either tool from either tool's images, every connection
+must finish as if nothing happened: A's server reads the remaining messages and then end of file,
+answers and shuts down; every client reads the whole answer, byte-checked, then end of file; C's
+server reads end of file after the client's last message, D's server the message then end of
+file. spice's images of those sockets decode with real crit as CRIU's do. A connection still
+connecting (SYN_SENT), which criu dumps, is refused by name both ways.
 """
 
 from __future__ import annotations
@@ -31,16 +33,18 @@ from spice import assert_one_error, spice, spice_restore
 from spice_criu.netfilter import NFPROTO_INET, nft_delete_table, nft_lock_table, nft_tables
 
 TCP_ARGS = ("--tcp-established", "--network-lock", "nftables")
-PROGRESS = ("ra", "ea", "ca", "xa", "cb", "xb", "cc", "xc", "rc", "ec")
+PROGRESS = ("ra", "ea", "ca", "xa", "cb", "xb", "cc", "xc", "rc", "ec", "cd", "xd", "rd", "ed")
 harness.SPECS.setdefault("tcphalf", harness.WorkloadSpec(
     "tcphalf", str(Path(fdkinds.__file__).parent / "tcphalf.py"), steps=("seq",), monotonic=PROGRESS))
 
-#: TCP_INFO states of A server, A client, B server, B client, C server, C client while dumped
-DUMPED_STATES = "8.5.9.5.4.1"
-CRIT_STATES = ["CLOSE_WAIT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "FIN_WAIT2", "LAST_ACK", "LISTEN"]
+#: TCP_INFO states of the servers and clients of A, B, C, D while dumped
+DUMPED_STATES = "8.5.9.5.4.1.11.5"
+#: as crit shows them (its enum has no CLOSING: the number)
+CRIT_STATES = ["11", "CLOSE_WAIT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "FIN_WAIT2", "FIN_WAIT2", "LAST_ACK",
+               "LISTEN"]
 #: the end of every exchange: all messages and answer bytes read, every end of file seen
 DONE = {"ra": "40", "ea": "1", "ca": str(40 * 1024), "xa": "1", "cb": str(48 * 1024), "xb": "1",
-        "cc": str(48 * 1024), "xc": "1", "ec": "1"}
+        "cc": str(48 * 1024), "xc": "1", "ec": "1", "cd": str(48 * 1024), "xd": "1", "rd": "1", "ed": "1"}
 
 
 def _crit(crit: Path, image: Path) -> dict:
@@ -109,8 +113,8 @@ def _dump_and_restore(compat_tmp: Path, crit: Path, dumper: str, restorer: str) 
     else:
         info = harness.dump_workload(wl, images, dumper=spice_tcp_dumper)
     try:
-        assert sorted(e["state"] for e in _inet(crit, images)) == CRIT_STATES
-        assert len(list(images.glob("tcp-stream-*.img"))) == 6
+        assert sorted(str(e["state"]) for e in _inet(crit, images)) == CRIT_STATES
+        assert len(list(images.glob("tcp-stream-*.img"))) == 8
         pid = _restore(info, restorer)
         try:
             _check_finishes(info, pid)
@@ -153,10 +157,10 @@ def test_images_of_half_closed_connections_equal_criu_s(criu_bin: Path, crit_bin
         assert harness.process_state(wl.pid) == "T", "a stopped tree stays stopped"
         isk = {k: _inet(crit_bin, d) for k, d in dirs.items()}
         assert isk["spice"] == isk["criu"]
-        assert sorted(e["state"] for e in isk["spice"]) == CRIT_STATES
+        assert sorted(str(e["state"]) for e in isk["spice"]) == CRIT_STATES
         fdkinds.crit_files(crit_bin, dirs["spice"], "INETSK", "isk")  # spice's crit shows files.img as crit does
         names = sorted(p.name for p in dirs["spice"].glob("tcp-stream-*.img"))
-        assert names == sorted(p.name for p in dirs["criu"].glob("tcp-stream-*.img")) and len(names) == 6
+        assert names == sorted(p.name for p in dirs["criu"].glob("tcp-stream-*.img")) and len(names) == 8
         for name in names:
             c, s = (_crit(crit_bin, d / name)["entries"][0] for d in dirs.values())
             diff = {k for k in c.keys() | s.keys() if c.get(k) != s.get(k)}
@@ -164,11 +168,12 @@ def test_images_of_half_closed_connections_equal_criu_s(criu_bin: Path, crit_bin
             assert json.loads(spice("crit", "show", str(dirs["spice"] / name)).stdout) == \
                 _crit(crit_bin, dirs["spice"] / name)
         by_state = {e["state"]: _crit(crit_bin, dirs["spice"] / f"tcp-stream-{e['ino']:x}.img")["entries"][0]
-                    for e in isk["spice"] if e["state"] in ("LAST_ACK", "FIN_WAIT1", "CLOSE_WAIT")}
-        for st in ("LAST_ACK", "FIN_WAIT1"):  # answer bytes waiting for the window, the FIN not counted as one
+                    for e in isk["spice"] if e["state"] in ("LAST_ACK", "FIN_WAIT1", "CLOSE_WAIT", 11)}
+        for st in ("LAST_ACK", "FIN_WAIT1", 11):  # answers waiting for the window, the FIN not counted
             t = by_state[st]
             assert 0 < t["unsq_len"] <= t["outq_len"] and len(_b64(t["extra"]["outq"])) == t["outq_len"], (st, t)
         assert by_state["CLOSE_WAIT"]["inq_len"] % 16 == 0 and by_state["CLOSE_WAIT"]["inq_len"] > 0
+        assert by_state[11]["inq_len"] == 16  # the client's message, its FIN not counted
         os.kill(wl.pid, signal.SIGCONT)
         fdkinds.wait_for(lambda: all(fdkinds.last_field_text(wl, k) == v for k, v in DONE.items()), 30,
                          "the exchanges to finish after the two dumps")

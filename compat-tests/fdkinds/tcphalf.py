@@ -18,12 +18,16 @@ Three connections (clients with a 4 KiB receive buffer, so the servers' answers 
   data and its FIN wait for the client's window); the client keeps sending a message per tick,
   which the server reads; the client reads 1 KiB per tick, and at end of file shuts down too; the
   server's next read is then end of file.
+* D, "both close at once": the server queues ANS bytes and shuts down (FIN_WAIT1, its FIN behind
+  the data), then the client sends one message and shuts down: the server gets that FIN before
+  the ACK of its own (CLOSING), the client the ACK of its FIN (FIN_WAIT2). From tick 20 the server
+  reads the message, then end of file; the client reads 1 KiB per tick, then end of file.
 
-Every tick appends ``tick=N role=main pid=P token=T seq=N st=S ra= ea= ca= xa= cb= xb= cc= xc= rc= ec=``
-where S is the six sockets' TCP states (A server, A client, B server, B client, C server, C client,
-as TCP_INFO numbers joined by dots), r*/c* count messages / answer bytes read, e*/x* are 1 once
-the server / client saw end of file. Every byte is checked; a wrong byte, an end of file too early,
-data after it, or an error: a FAIL line and exit 1.
+Every tick appends ``tick=N role=main pid=P token=T seq=N st=S ra= ea= ca= xa= cb= xb= cc= xc= rc= ec=
+cd= xd= rd= ed=`` where S is the eight sockets' TCP states (A server, A client, B server, B client,
+C server, C client, D server, D client, as TCP_INFO numbers joined by dots), r*/c* count messages /
+answer bytes read, e*/x* are 1 once the server / client saw end of file. Every byte is checked;
+a wrong byte, an end of file too early, data after it, or an error: a FAIL line and exit 1.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ import sys
 import ticks
 
 REQ, ANS, STEP = 40, 48 * 1024, 1024
+CONNS = "abcd"
+D_READS = 20  # the tick from which D's server reads
 
 
 def blob(token: int, name: str, size: int) -> bytes:
@@ -55,13 +61,13 @@ class Half:
     def __init__(self, out: ticks.Out) -> None:
         self.out = out
         tok = out.token
-        self.ans = {n: blob(tok, n, ANS if n != "a" else REQ * STEP) for n in "abc"}
+        self.ans = {n: blob(tok, n, ANS if n != "a" else REQ * STEP) for n in CONNS}
         lsn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         lsn.bind(("127.0.0.1", 0))
         lsn.listen(4)
         self.lsn = lsn
         self.cli, self.srv = {}, {}
-        for n in "abc":
+        for n in CONNS:
             c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             c.connect(lsn.getsockname())
@@ -70,12 +76,12 @@ class Half:
             s.setblocking(False)
             c.setblocking(False)
             self.cli[n], self.srv[n] = c, s
-        self.got = {n: 0 for n in "abc"}  # answer bytes the client read
-        self.cli_eof = {n: 0 for n in "abc"}
-        self.pending = {n: b"" for n in "abc"}  # answer bytes not yet taken by the kernel
-        self.shut_after_pending = {n: False for n in "abc"}
-        self.ra = self.rc = 0  # messages read by A's and C's server
-        self.ea = self.ec = 0
+        self.got = {n: 0 for n in CONNS}  # answer bytes the client read
+        self.cli_eof = {n: 0 for n in CONNS}
+        self.pending = {n: b"" for n in CONNS}  # answer bytes not yet taken by the kernel
+        self.shut_after_pending = {n: False for n in CONNS}
+        self.ra = self.rc = self.rd = 0  # messages read by A's, C's and D's server
+        self.ea = self.ec = self.ed = 0
         self.c_sent = 0
         # A: the whole request, then the client's FIN
         self.cli["a"].sendall(b"".join(self.msg(i) for i in range(1, REQ + 1)))
@@ -90,6 +96,10 @@ class Half:
         self.queue("b", self.ans["b"], shut=True)
         # C: the server answers and shuts down first
         self.queue("c", self.ans["c"], shut=True)
+        # D: the server answers and shuts down, then the client sends its message and shuts down
+        self.queue("d", self.ans["d"], shut=True)
+        self.cli["d"].sendall(self.msg(1))
+        self.cli["d"].shutdown(socket.SHUT_WR)
 
     def msg(self, n: int) -> bytes:
         return struct.pack("<QQ", self.out.token, n)
@@ -151,7 +161,7 @@ class Half:
         self.got[n] += len(data)
 
     def step(self, tick: int) -> None:
-        for n in "abc":
+        for n in CONNS:
             self.push(n)
         # A's server: one message per tick, then end of file, then its own FIN
         if not self.ea:
@@ -187,12 +197,24 @@ class Half:
             if data != self.msg(self.rc + 1):
                 self.out.fail(f"C: message {self.rc + 1} is {data.hex()}")
             self.rc += 1
-        for n in "abc":
+        # D's server, from tick D_READS: the message, then end of file
+        if tick >= D_READS and not self.ed:
+            data = self.recv(self.srv["d"], 16, "D: server read")
+            if data == b"":
+                if self.rd != 1:
+                    self.out.fail("D: server got end of file before the message")
+                self.ed = 1
+            elif data is not None:
+                data += self.recv_exact(self.srv["d"], 16 - len(data), "D: message") if len(data) < 16 else b""
+                if self.rd or data != self.msg(1):
+                    self.out.fail(f"D: message {self.rd + 1} is {data.hex()}")
+                self.rd = 1
+        for n in CONNS:
             self.read_answer(n, tick)
-        st = ".".join(str(state(x)) for n in "abc" for x in (self.srv[n], self.cli[n]))
+        st = ".".join(str(state(x)) for n in CONNS for x in (self.srv[n], self.cli[n]))
         self.out.line(tick, st=st, ra=self.ra, ea=self.ea, ca=self.got["a"], xa=self.cli_eof["a"],
                       cb=self.got["b"], xb=self.cli_eof["b"], cc=self.got["c"], xc=self.cli_eof["c"],
-                      rc=self.rc, ec=self.ec)
+                      rc=self.rc, ec=self.ec, cd=self.got["d"], xd=self.cli_eof["d"], rd=self.rd, ed=self.ed)
 
 
 def main() -> None:
