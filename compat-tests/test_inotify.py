@@ -4,9 +4,8 @@ restore` / `spice restore`, and `spice dump` writing the watches as criu does (c
 inotify workload (watches on a directory, a file, and one numbered 5): after a restore, the watches
 keep their numbers and events still arrive.
 
-(GNU `tail -f` is no test here: it polls with a timeout, a syscall that both tools restore as
-interrupted (EINTR, as criu does with ERESTART_RESTARTBLOCK), and it exits on that, under criu
-alone too.)"""
+(GNU `tail -f` itself, which follows a file with inotify and poll(), is in test_real_programs.py:
+it dies after a criu restore, and goes on after a spice restore.)"""
 
 from __future__ import annotations
 

@@ -46,12 +46,23 @@ def queue_thread_kernel_state(b, th: ThreadPlan) -> None:
         b.add(NR.rseq, r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature, what="rseq")
 
 
+#: syscalls that keep the time left of an interrupted call in the kernel's restart block, which
+#: no restore can give back: a dump (CRIU's and ours) records them as returning EINTR (with orig_ax
+#: still their number). Programs that take EINTR for an error die of that after a criu restore
+#: (GNU `tail -f` and util-linux `script` in poll(), C loops around nanosleep()). spice re-executes
+#: them instead, with their own arguments (still in the registers): a relative timeout starts over.
+REEXECUTED = frozenset({NR.poll, NR.nanosleep, NR.futex, NR.clock_nanosleep})
+_EINTR = (-4) & ((1 << 64) - 1)
+
+
 def final_regs(th: ThreadPlan) -> ptrace.UserRegs:
     """The thread's dumped registers; orig_ax=-1 so the kernel applies no syscall-restart logic on
-    the way out (CRIU's dump already folded the restart decision into ax/ip)."""
+    the way out (the dump already folded the restart decision into ax/ip)."""
     regs = ptrace.UserRegs()
     for name, value in zip(x86.GP_FIELDS, x86.regs_from_image(th.core.thread_info.gpregs), strict=True):
         setattr(regs, name, value)
+    if regs.ax == _EINTR and regs.orig_ax in REEXECUTED:
+        regs.ax, regs.ip = regs.orig_ax, regs.ip - 2
     regs.orig_ax = _U64
     return regs
 

@@ -1,0 +1,136 @@
+# SPDX-License-Identifier: MIT
+"""Everyday programs that block in poll() when dumped, restored by spice and provably going on:
+
+* GNU `tail -f FILE`: lines appended after the restore come out of it;
+* util-linux `script -c 'shell loop' TYPESCRIPT`: `script` holds a pty master and copies what the
+  shell loop (a session on the slave, its controlling terminal) prints into the typescript, which
+  goes on growing with the next numbers after the restore.
+
+Both die after a restore by real criu (checked here with criu alone too): a call interrupted with
+a timeout (poll, nanosleep, futex waits, clock_nanosleep) is dumped as returning EINTR, since the
+time it had left cannot be restored, and these two take EINTR from poll() for a fatal error. spice
+re-executes such a call instead (restore/threads.py), so the same real criu images restore into
+running programs.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import fdkinds
+import harness
+import pytest
+from spice import spice_dumper, spice_restore
+
+POLL = 7
+
+
+def _start(argv: list[str], run: Path, out: Path) -> subprocess.Popen:
+    harness.make_subreaper()
+    with open(out, "ab") as f:  # O_APPEND: criu and spice check the size of other files on restore
+        proc = subprocess.Popen(argv, cwd=run, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    return proc
+
+
+def _in_poll(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/syscall").read_text().split()[0] == str(POLL)
+    except (OSError, IndexError):
+        return False
+
+
+def _dump(tool: str, pid: int, images: Path) -> None:
+    fdkinds.wait_for(lambda: _in_poll(pid), 10, f"{pid} to block in poll()")
+    tree = [pid, *harness.descendants(pid)]
+    if tool == "criu":
+        harness.criu_dump(pid, images)
+    else:
+        spice_dumper(pid, images, leave_running=False)
+    harness.reap(tree)  # the dump killed them: their pids must be free for the restore
+
+
+@pytest.fixture(scope="module")
+def coreutils_tail() -> str:
+    tail = shutil.which("tail")
+    assert tail, "GNU tail is needed"
+    assert "GNU coreutils" in subprocess.run([tail, "--version"], capture_output=True, text=True).stdout
+    return tail
+
+
+@pytest.mark.parametrize("dumper", ["criu", "spice"])
+def test_tail_f_follows_after_restore(coreutils_tail: str, compat_tmp: Path, dumper: str) -> None:
+    run = compat_tmp / "real" / f"tail-{dumper}"
+    run.mkdir(parents=True)
+    watched, out = run / "watched.txt", run / "tail.out"
+    watched.write_text("before\n")
+    proc = _start([coreutils_tail, "-f", str(watched)], run, out)
+    try:
+        fdkinds.wait_for(lambda: out.read_text() == "before\n", 10, "tail to print the file")
+        _dump(dumper, proc.pid, run / "images")
+        pid = spice_restore(run / "images")  # once: the followed file grows (a restore checks its size)
+        try:
+            assert pid == proc.pid
+            for n in range(3):
+                line = f"after restore {n} {time.monotonic_ns()}\n"
+                with open(watched, "a") as f:
+                    f.write(line)
+                fdkinds.wait_for(lambda line=line: out.read_text().endswith(line), 10,
+                                 f"tail -f to print what was appended (it printed {out.read_text()!r})")
+            assert "Interrupted system call" not in out.read_text()
+        finally:
+            harness.kill_pids([pid])
+    finally:
+        harness.kill_pids([proc.pid])
+
+
+def test_tail_f_dies_after_a_criu_restore(coreutils_tail: str, compat_tmp: Path) -> None:
+    """Why the test above matters: the same dump, restored by criu, ends tail -f on EINTR."""
+    run = compat_tmp / "real" / "tail-criu-only"
+    run.mkdir(parents=True)
+    watched, out = run / "watched.txt", run / "tail.out"
+    watched.write_text("before\n")
+    proc = _start([coreutils_tail, "-f", str(watched)], run, out)
+    try:
+        fdkinds.wait_for(lambda: out.read_text() == "before\n", 10, "tail to print the file")
+        _dump("criu", proc.pid, run / "images")
+        pid = harness.criu_restore(run / "images")
+        fdkinds.wait_for(lambda: "Interrupted system call" in out.read_text(), 10, "tail to fail on EINTR")
+        harness.reap([pid])
+    finally:
+        harness.kill_pids([proc.pid])
+
+
+def _ticks(typescript: Path) -> list[int]:
+    return [int(n) for n in re.findall(rb"tick (\d+)\r\n", typescript.read_bytes())]
+
+
+@pytest.mark.parametrize("dumper", ["criu", "spice"])
+def test_script_records_on_after_restore(compat_tmp: Path, dumper: str) -> None:
+    script = shutil.which("script")
+    assert script, "util-linux script is needed"
+    run = compat_tmp / "real" / f"script-{dumper}"
+    run.mkdir(parents=True)
+    typescript = run / "typescript"
+    loop = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done"
+    proc = _start([script, "-q", "-f", "-c", loop, str(typescript)], run, run / "script.out")
+    try:
+        fdkinds.wait_for(lambda: typescript.exists() and len(_ticks(typescript)) >= 3, 10, "script to record")
+        _dump(dumper, proc.pid, run / "images")
+        before = _ticks(typescript)
+        pid = spice_restore(run / "images")
+        try:
+            assert pid == proc.pid
+            fdkinds.wait_for(lambda: len(_ticks(typescript)) >= len(before) + 5, 10,
+                             f"the typescript to grow (it ends {typescript.read_bytes()[-200:]!r})")
+            ticks = _ticks(typescript)
+            assert ticks == list(range(1, len(ticks) + 1)), ticks  # the same loop, numbers in sequence
+            assert b"Script done" not in typescript.read_bytes()
+        finally:
+            harness.kill_pids([pid, *harness.descendants(pid)])
+    finally:
+        harness.kill_pids([proc.pid])
