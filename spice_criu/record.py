@@ -29,6 +29,8 @@ class Factory:
 
 class Record:
     __fields__: tuple[str, ...] = ()
+    #: (name, class-level default or _MISSING) of every field, in order: read once, at class creation
+    __defaults__: tuple[tuple[str, Any], ...] = ()
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -38,23 +40,24 @@ class Record:
                 if not str(ann).startswith("ClassVar") and not name.startswith("__") and name not in names:
                     names.append(name)
         cls.__fields__ = tuple(names)
+        cls.__defaults__ = tuple((name, getattr(cls, name, _MISSING)) for name in names)
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         fields = self.__fields__
-        if len(args) == len(fields) and not kw:  # the common case: every field, in order
+        n = len(args)
+        if n == len(fields) and not kw:  # the common case: every field, in order
             self.__dict__.update(zip(fields, args, strict=True))
             return
-        if len(args) > len(fields):
+        if n > len(fields):
             raise TypeError(f"{type(self).__name__} takes at most {len(fields)} values")
         values = dict(zip(fields, args, strict=False))
-        for name in fields[len(args) :]:
-            value = kw.pop(name, _MISSING)
-            if value is _MISSING:
-                value = getattr(type(self), name, _MISSING)
-                if value is _MISSING:
-                    raise TypeError(f"{type(self).__name__}: missing {name}")
-                if isinstance(value, Factory):
-                    value = value.make()
+        for name, value in self.__defaults__[n:]:
+            if kw and name in kw:
+                value = kw.pop(name)
+            elif value is _MISSING:
+                raise TypeError(f"{type(self).__name__}: missing {name}")
+            elif type(value) is Factory:
+                value = value.make()
             values[name] = value
         if kw:
             raise TypeError(f"{type(self).__name__}: unknown fields {sorted(kw)}")

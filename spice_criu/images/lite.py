@@ -223,9 +223,17 @@ class Message:
     __hash__ = None  # type: ignore[assignment]  # mutable, unhashable like protobuf's
 
     def IsInitialized(self) -> bool:  # noqa: N802
-        if self._p & self._required_mask != self._required_mask:
+        p = self._p
+        if p & self._required_mask != self._required_mask:
             return False
-        return all(m.IsInitialized() for m in self._present_submessages())
+        for f in self._subs:  # (a loop, not _present_submessages: every loaded image is checked)
+            if f.repeated:
+                for m in getattr(self, f.name):
+                    if not m.IsInitialized():
+                        return False
+            elif p & f.bit and not getattr(self, f.name).IsInitialized():
+                return False
+        return True
 
     def FindInitializationErrors(self) -> list[str]:  # noqa: N802
         """Paths of the missing required fields, in protobuf's (upb's) order and notation."""
@@ -294,6 +302,9 @@ class Message:
             elif self._p & f.bit:
                 shown.append(f"{f.name}={getattr(self, f.name)!r}")
         return f"{self._name}({', '.join(shown)})"
+
+
+_SET_P = Message.__dict__["_p"].__set__  # object.__setattr__(msg, "_p", p) without its lookups
 
 
 def _touch(msg: Message) -> None:
@@ -512,7 +523,37 @@ def decode(name: str, data: bytes, start: int = 0, end: int | None = None) -> Me
 def _varint_tail(buf: bytes, pos: int, b: int) -> tuple[int, int]:
     """The rest of a varint whose first byte b (>= 0x80) came just before pos."""
     v = b & 0x7F
-    shift = 7
+    # unrolled up to 8 bytes (user-space addresses take 7), the rest in the loop below
+    b = buf[pos]
+    if b < 0x80:
+        return v | b << 7, pos + 1
+    v |= (b & 0x7F) << 7
+    b = buf[pos + 1]
+    if b < 0x80:
+        return v | b << 14, pos + 2
+    v |= (b & 0x7F) << 14
+    b = buf[pos + 2]
+    if b < 0x80:
+        return v | b << 21, pos + 3
+    v |= (b & 0x7F) << 21
+    b = buf[pos + 3]
+    if b < 0x80:
+        return v | b << 28, pos + 4
+    v |= (b & 0x7F) << 28
+    b = buf[pos + 4]
+    if b < 0x80:
+        return v | b << 35, pos + 5
+    v |= (b & 0x7F) << 35
+    b = buf[pos + 5]
+    if b < 0x80:
+        return v | b << 42, pos + 6
+    v |= (b & 0x7F) << 42
+    b = buf[pos + 6]
+    if b < 0x80:
+        return v | b << 49, pos + 7
+    v |= (b & 0x7F) << 49
+    pos += 7
+    shift = 56
     while True:
         b = buf[pos]
         pos += 1
@@ -558,6 +599,7 @@ def _merge(msg: Message, p: int, buf: bytes, pos: int, end: int, depth: int) -> 
     """Parse buf[pos:end] into msg, whose presence bits are p (protobuf's MergeFromString)."""
     by_tag = type(msg)._by_tag
     lists: dict[int, list] = {}
+    set_p = _SET_P
     while pos < end:
         key = buf[pos]
         if key < 0x80:
@@ -579,11 +621,13 @@ def _merge(msg: Message, p: int, buf: bytes, pos: int, end: int, depth: int) -> 
                 v, pos = _varint_tail(buf, pos + 1, b)
             if pos > end:
                 raise DecodeError(f"truncated varint of field {f.name} at byte {pos}")
-            if kind == _U32:
+            if kind == _U64:
+                pass
+            elif kind == _U32:
                 v &= _MASK32
             elif kind == _BOOL:
                 v = v != 0
-            elif kind != _U64:
+            else:
                 v = _scalar(kind, v)
                 if kind == _ENUM and v not in f.enum_values:
                     continue  # proto2: an unknown enum value is an unknown field
@@ -647,7 +691,7 @@ def _merge(msg: Message, p: int, buf: bytes, pos: int, end: int, depth: int) -> 
         else:
             f.set(msg, v)
             p |= f.bit
-    object.__setattr__(msg, "_p", p)
+    set_p(msg, p)
 
 
 def _resolve(f: _Field) -> type[Message]:
