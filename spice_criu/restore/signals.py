@@ -42,14 +42,19 @@ def sigaction_structs(tc) -> list[tuple[int, bytes, bool]]:
 
 
 def install_sigactions(task: TaskCtl) -> None:
-    current = _nondefault_now(task.pid)
     b = task.batch()
+    queue_sigactions(task, b)
+    b.run()
+    task.reset_scratch()
+
+
+def queue_sigactions(task: TaskCtl, b) -> None:
+    """Queue on batch b the rt_sigaction() calls that give the task its dumped dispositions."""
+    current = _nondefault_now(task.pid)
     for sig, raw, default in sigaction_structs(task.plan.tc):
         if default and not current & (1 << (sig - 1)):
             continue
         b.add(NR.rt_sigaction, sig, task.put(raw), 0, 8, what=f"rt_sigaction({sig})")
-    b.run()
-    task.reset_scratch()
 
 
 def blocked_mask(core) -> int:

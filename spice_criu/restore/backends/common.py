@@ -30,16 +30,9 @@ def kernel_areas(maps: list[tuple[int, int, str]]) -> dict[str, tuple[int, int]]
     return {n: (lo, hi) for lo, hi, n in maps if n in KERNEL_AREAS}
 
 
-def move_vdso(task: TaskCtl, mm: MmPlan, areas: dict[str, tuple[int, int]]) -> None:
-    """mremap the running kernel's [vvar](+[vvar_vclock]) and [vdso] to where the image had them."""
-    b = task.batch()
-    if queue_vdso_moves(b, task, mm, areas):
-        b.run()
-        task.reset_scratch()
-
-
 def queue_vdso_moves(b, task: TaskCtl, mm: MmPlan, areas: dict[str, tuple[int, int]]) -> bool:
-    """Queue the mremaps of move_vdso() on batch b; False when nothing has to move."""
+    """Queue on batch b the mremaps that move the running kernel's [vvar](+[vvar_vclock]) and
+    [vdso] to where the image had them; False when nothing has to move."""
     moves: list[tuple[int, int, int]] = []  # (old, size, new)
     for v in mm.vmas:
         if v.kind == VDSO:

@@ -22,7 +22,13 @@ from ..files import OpenContext
 from ..mm import ANON, FILE_PRIVATE, FILE_SHARED, MEMFD_PRIVATE, SHMEM, VDSO, VSYSCALL, VVAR, MmPlan, VmaPlan
 from ..task import TRAMPOLINE_SIZE, TaskCtl, parse_maps
 from . import pagesplit
-from .common import KERNEL_AREAS, O_RDONLY, kernel_areas, move_vdso, open_mm_files, queue_madvise
+from .common import KERNEL_AREAS, O_RDONLY, kernel_areas, open_mm_files, queue_madvise, queue_vdso_moves
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..batch import Batch
 
 name = "ptrace"
 IOV_MAX = 1024
@@ -35,24 +41,20 @@ def task_size(maps: list[tuple[int, int, str]]) -> int:
     return 0x7FFFFFFFF000 if top <= 0x7FFFFFFFF000 else (1 << 56) - V.PAGE_SIZE
 
 
-def teardown(task: TaskCtl) -> dict[str, tuple[int, int]]:
-    """Unmap everything the task inherited except the trampoline and the kernel's own areas.
-
-    Returns the kernel areas' current positions by name.
+def teardown(task: TaskCtl, b) -> dict[str, tuple[int, int]]:
+    """Queue on batch b the unmapping of everything the task inherited except the trampoline and
+    the kernel's own areas. Returns the kernel areas' current positions by name.
     """
     maps = parse_maps(task.pid)
     keep = sorted(
         [(lo, hi) for lo, hi, n in maps if n in KERNEL_AREAS] + [(task.tramp, task.tramp + TRAMPOLINE_SIZE)]
     )
     top = task_size(maps)
-    b = task.batch()
     pos = 0
     for lo, hi in [*keep, (top, top)]:
         if lo > pos and pos < top:
             b.add(NR.munmap, pos, min(lo, top) - pos, what=f"munmap 0x{pos:x}")
         pos = max(pos, hi)
-    b.run()
-    task.reset_scratch()
     return kernel_areas(maps)
 
 
@@ -60,7 +62,7 @@ def _map_flags(v: VmaPlan) -> int:
     return (v.flags & V.MAP_RESTORABLE) | V.MAP_FIXED
 
 
-def build_vmas(task: TaskCtl, mm: MmPlan, ctx: OpenContext) -> int:
+def build_vmas(task: TaskCtl, mm: MmPlan, ctx: OpenContext, then: Callable[[Batch], None] | None = None) -> int:
     """Map every VMA, read private pages in, set protections/advice and the mm fields.
 
     Batches: open every file the address space needs (and a pidfd of the restorer); pull the
@@ -112,6 +114,8 @@ def build_vmas(task: TaskCtl, mm: MmPlan, ctx: OpenContext) -> int:
     b.add(NR.prctl, PR_SET_MM, PR_SET_MM_MAP, task.put(m), len(m), 0, what="prctl(PR_SET_MM_MAP)")
     for fd in files.temp:
         b.add(NR.close, fd, what="close")
+    if then is not None:
+        then(b)  # more of the task's state, in the same stop
     b.run()
     task.reset_scratch()
     return pages
@@ -146,24 +150,26 @@ def _queue_page_reads(task: TaskCtl, b, runs: list, fds: dict[tuple[str, int], i
     return pages
 
 
-def build_mm(task: TaskCtl, ctx: OpenContext) -> int:
-    """Replace the task's address space by the dumped one. Returns the number of pages read."""
+def build_mm(task: TaskCtl, ctx: OpenContext, then: Callable[[Batch], None] | None = None) -> int:
+    """Replace the task's address space by the dumped one (`then` queues more on its last batch).
+    Returns the number of pages read."""
     mm = task.plan.mm
-    areas = teardown(task)
+    b = task.batch()
+    areas = teardown(task, b)
+    queue_vdso_moves(b, task, mm, areas)  # one stop for both
+    b.run()
+    task.reset_scratch()
     fault_point("restore-mm")
-    move_vdso(task, mm, areas)
-    pages = build_vmas(task, mm, ctx)
+    pages = build_vmas(task, mm, ctx, then)
     log.debug(f"task {task.pid}: {len(mm.vmas)} VMAs, {pages} pages read")
     return pages
 
 
 def install_core(task: TaskCtl, ctx: OpenContext) -> int:
     """The part of a task's state this backend owns: memory and sigactions (registers come last)."""
-    from ..signals import install_sigactions
+    from ..signals import queue_sigactions
 
-    pages = build_mm(task, ctx)
-    install_sigactions(task)
-    return pages
+    return build_mm(task, ctx, lambda b: queue_sigactions(task, b))
 
 
 def finish_leader(task: TaskCtl) -> None:
