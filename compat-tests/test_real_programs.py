@@ -1,16 +1,18 @@
 # SPDX-License-Identifier: MIT
-"""Everyday programs that block in poll() when dumped, restored by spice and provably going on:
+"""Everyday programs, restored by spice and provably going on:
 
 * GNU `tail -f FILE`: lines appended after the restore come out of it;
 * util-linux `script -c 'shell loop' TYPESCRIPT`: `script` holds a pty master and copies what the
   shell loop (a session on the slave, its controlling terminal) prints into the typescript, which
-  goes on growing with the next numbers after the restore.
+  goes on growing with the next numbers after the restore;
+* a tmux server with a shell loop in its pane: clients reach it after the restore, and the pane
+  counts on.
 
-Both die after a restore by real criu (checked here with criu alone too): a call interrupted with
-a timeout (poll, nanosleep, futex waits, clock_nanosleep) is dumped as returning EINTR, since the
-time it had left cannot be restored, and these two take EINTR from poll() for a fatal error. spice
-re-executes such a call instead (restore/threads.py), so the same real criu images restore into
-running programs.
+The first two block in poll() when dumped, and die after a restore by real criu (checked here
+for tail): a call interrupted with a timeout (poll, nanosleep, futex waits, clock_nanosleep) is
+dumped as returning EINTR, since the time it had left cannot be restored, and these two take EINTR
+from poll() for a fatal error. spice re-executes such a call instead (restore/threads.py), so the
+same real criu images restore into running programs.
 """
 
 from __future__ import annotations
@@ -134,3 +136,42 @@ def test_script_records_on_after_restore(compat_tmp: Path, dumper: str) -> None:
             harness.kill_pids([pid, *harness.descendants(pid)])
     finally:
         harness.kill_pids([proc.pid])
+
+
+def _pane_ticks(tmux: list[str]) -> list[int]:
+    out = subprocess.run([*tmux, "capture-pane", "-p", "-S", "-200"], capture_output=True, text=True, timeout=10)
+    return [int(n) for n in re.findall(r"^tick (\d+)$", out.stdout, re.M)]
+
+
+@pytest.mark.parametrize("dumper", ["criu", "spice"])
+def test_tmux_server_serves_its_pane_after_restore(compat_tmp: Path, dumper: str) -> None:
+    """A tmux server (a daemon holding a pty master per pane and its listening socket) with a
+    shell loop in its pane: after the restore, tmux clients reach it and the pane shows the loop
+    counting on."""
+    binary = shutil.which("tmux")
+    assert binary, "tmux is needed (make compat-setup installs it)"
+    run = compat_tmp / "real" / f"tmux-{dumper}"
+    run.mkdir(parents=True)
+    tmux = [binary, "-S", str(run / "sock"), "-f", "/dev/null"]
+    env = {"PATH": "/usr/bin:/bin", "TERM": "screen", "HOME": str(run)}
+    loop = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done"
+    harness.make_subreaper()
+    subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "40", loop], cwd=run, env=env, check=True,
+                   stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+    server = int(subprocess.run([*tmux, "display", "-p", "#{pid}"], capture_output=True, text=True, check=True,
+                                timeout=10).stdout)
+    try:
+        fdkinds.wait_for(lambda: len(_pane_ticks(tmux)) >= 3, 10, "the pane to count")
+        _dump(dumper, server, run / "images")
+        pid = spice_restore(run / "images")
+        try:
+            assert pid == server
+            first = max(_pane_ticks(tmux))
+            fdkinds.wait_for(lambda: max(_pane_ticks(tmux)) >= first + 5, 10, "the pane to count on")
+            ticks = _pane_ticks(tmux)
+            assert ticks == list(range(ticks[0], ticks[0] + len(ticks))), ticks
+        finally:
+            subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=10)
+            harness.kill_pids([pid, *harness.descendants(pid)])
+    finally:
+        harness.kill_pids([server])
