@@ -229,6 +229,19 @@ def test_kmod_restores_mapped_ghosts(criu_bin: Path, compat_tmp: Path) -> None:
     kill_restored(info, pid)
 
 
+def test_kmod_restores_pty_pairs(compat_tmp: Path) -> None:
+    """pty pairs with both ends in the dump and a session on the slave (tmux, `script`): the same
+    index, settings and queued data, the session's controlling terminal, pings answered."""
+    from test_ptys import check_restored
+
+    wl = start_workload("ptypair", compat_tmp / "kmod-ptys")
+    info = dump_workload(wl, wl.rundir / "images")
+    _, pid, log = restore(info.images_dir, backend="kmod")
+    assert "installed by /dev/spice" in log, log
+    check_restored(info, pid)
+    kill_restored(info, pid)
+
+
 def _steady_fds(fds: object) -> list:
     """The workload reads /proc/self/smaps now and then: that fd comes and goes."""
     return [(fd, what) for fd, what in fds if not what.startswith("/proc/")]  # type: ignore[union-attr]
