@@ -11,7 +11,8 @@ must finish as if nothing happened: A's server reads the remaining messages and 
 answers and shuts down; every client reads the whole answer, byte-checked, then end of file; C's
 server reads end of file after the client's last message, D's server the message then end of
 file. spice's images of those sockets decode with real crit as CRIU's do. A connection still
-connecting (SYN_SENT), which criu dumps, is refused by name both ways.
+connecting (SYN_SENT), which criu dumps, is refused by name both ways. The dump-and-restore
+tests run over 127.0.0.1, ::1 and ::ffff:127.0.0.1 (the forged FIN as IPv4, IPv6, IPv4 again).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import fdkinds
 import harness
+import pytest
 from harness import DumpInfo, assert_continues, criu_dump, criu_restore, kill_restored
 from spice import assert_one_error, spice, spice_restore
 
@@ -34,8 +36,11 @@ from spice_criu.netfilter import NFPROTO_INET, nft_delete_table, nft_lock_table,
 
 TCP_ARGS = ("--tcp-established", "--network-lock", "nftables")
 PROGRESS = ("ra", "ea", "ca", "xa", "cb", "xb", "cc", "xc", "rc", "ec", "cd", "xd", "rd", "ed")
-harness.SPECS.setdefault("tcphalf", harness.WorkloadSpec(
-    "tcphalf", str(Path(fdkinds.__file__).parent / "tcphalf.py"), steps=("seq",), monotonic=PROGRESS))
+#: the workload over 127.0.0.1, over ::1, and on IPv6 sockets over ::ffff:127.0.0.1
+NAMES = ("tcphalf", "tcphalf6", "tcphalf4in6")
+for _name in NAMES:
+    harness.SPECS.setdefault(_name, harness.WorkloadSpec(
+        _name, str(Path(fdkinds.__file__).parent / f"{_name}.py"), steps=("seq",), monotonic=PROGRESS))
 
 #: TCP_INFO states of the servers and clients of A, B, C, D while dumped
 DUMPED_STATES = "8.5.9.5.4.1.11.5"
@@ -104,8 +109,8 @@ def _restore(info: DumpInfo, tool: str) -> int:
     return spice_restore(info.images_dir, "--tcp-established")
 
 
-def _dump_and_restore(compat_tmp: Path, crit: Path, dumper: str, restorer: str) -> None:
-    wl = harness.start_workload("tcphalf", compat_tmp / "tcp-half" / f"{dumper}-{restorer}")
+def _dump_and_restore(compat_tmp: Path, crit: Path, name: str, dumper: str, restorer: str) -> None:
+    wl = harness.start_workload(name, compat_tmp / "tcp-half" / f"{name}-{dumper}-{restorer}")
     _half_closed(wl)
     images = wl.rundir / "images"
     if dumper == "criu":
@@ -124,19 +129,22 @@ def _dump_and_restore(compat_tmp: Path, crit: Path, dumper: str, restorer: str) 
         _drop_lock(crit, images)
 
 
-def test_criu_dump_of_half_closed_connections_restores_under_spice(criu_bin: Path, crit_bin: Path,
+@pytest.mark.parametrize("name", NAMES)
+def test_criu_dump_of_half_closed_connections_restores_under_spice(name: str, criu_bin: Path, crit_bin: Path,
                                                                    compat_tmp: Path) -> None:
-    _dump_and_restore(compat_tmp, crit_bin, "criu", "spice")
+    _dump_and_restore(compat_tmp, crit_bin, name, "criu", "spice")
 
 
-def test_spice_dump_of_half_closed_connections_restores_under_criu(criu_bin: Path, crit_bin: Path,
+@pytest.mark.parametrize("name", NAMES)
+def test_spice_dump_of_half_closed_connections_restores_under_criu(name: str, criu_bin: Path, crit_bin: Path,
                                                                    compat_tmp: Path) -> None:
-    _dump_and_restore(compat_tmp, crit_bin, "spice", "criu")
+    _dump_and_restore(compat_tmp, crit_bin, name, "spice", "criu")
 
 
-def test_spice_dump_of_half_closed_connections_restores_under_spice(criu_bin: Path, crit_bin: Path,
+@pytest.mark.parametrize("name", NAMES)
+def test_spice_dump_of_half_closed_connections_restores_under_spice(name: str, criu_bin: Path, crit_bin: Path,
                                                                     compat_tmp: Path) -> None:
-    _dump_and_restore(compat_tmp, crit_bin, "spice", "spice")
+    _dump_and_restore(compat_tmp, crit_bin, name, "spice", "spice")
 
 
 def test_images_of_half_closed_connections_equal_criu_s(criu_bin: Path, crit_bin: Path, compat_tmp: Path) -> None:

@@ -2,7 +2,7 @@
 """tcphalf: half-closed loopback TCP connections, both ends held by one process, with data queued
 around the FINs. The workload of the half-closed --tcp-established tests.
 
-    python tcphalf.py OUTFILE
+    python tcphalf.py OUTFILE      (tcphalf6.py: over ::1; tcphalf4in6.py: over ::ffff:127.0.0.1)
 
 Three connections (clients with a 4 KiB receive buffer, so the servers' answers queue up):
 
@@ -43,6 +43,7 @@ import ticks
 REQ, ANS, STEP = 40, 48 * 1024, 1024
 CONNS = "abcd"
 D_READS = 20  # the tick from which D's server reads
+FAMILY, HOST = socket.AF_INET, "127.0.0.1"
 
 
 def blob(token: int, name: str, size: int) -> bytes:
@@ -62,15 +63,15 @@ class Half:
         self.out = out
         tok = out.token
         self.ans = {n: blob(tok, n, ANS if n != "a" else REQ * STEP) for n in CONNS}
-        lsn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        lsn.bind(("127.0.0.1", 0))
+        lsn = socket.socket(FAMILY, socket.SOCK_STREAM)
+        lsn.bind((HOST, 0))
         lsn.listen(4)
         self.lsn = lsn
         self.cli, self.srv = {}, {}
         for n in CONNS:
-            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            c = socket.socket(FAMILY, socket.SOCK_STREAM)
             c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            c.connect(lsn.getsockname())
+            c.connect(lsn.getsockname()[:2])
             s, _ = lsn.accept()
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 256 * 1024)
             s.setblocking(False)
