@@ -3,9 +3,10 @@
 directions: real `criu dump` -> `spice restore`, `spice dump` -> real `criu restore` / `spice
 restore`, and `spice dump` writing them as criu does (crit equal). On the ptypair workload: after a
 restore the pty has its index again, the child session has it as its controlling terminal and its
-foreground group, with its termios (ECHO off) and window size, and keeps answering the pings its
-parent writes to the master; the data queued in the second pair is there again; the third is
-still in packet mode. A pty index taken by someone else at restore is one error, no task left."""
+foreground group (and, restored by spice, so does the session's other member), with its termios
+(ECHO off) and window size, and keeps answering the pings its parent writes to the master; the
+data queued in the second pair is there again; the third is still in packet mode. A pty index
+taken by someone else at restore is one error, no task left."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ def _stat(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def check_restored(info: harness.DumpInfo, pid: int) -> None:
+def check_restored(info: harness.DumpInfo, pid: int, tool: str = "spice") -> None:
+    """The restored tree goes on as described above; restored by spice, the session's other member
+    has the terminal as its controlling terminal again too (criu gives it to the leader alone)."""
     assert pid == info.pid
     pongs = int(info.pre_dump["main"].fields["pongs"])
     assert_continues(info, list(info.pids), new_ticks=3)
@@ -43,6 +46,11 @@ def check_restored(info: harness.DumpInfo, pid: int) -> None:
     tty_nr = (136 + index // 256) << 8 | index % 256  # new_encode_dev of /dev/pts/<index>
     st = _stat(kid)
     assert (int(st[4]), int(st[5])) == (tty_nr, kid), st  # tty_nr, tpgid: its ctty, its own group in front
+    assert info.pre_dump["member"].fields["mctty"] == "1"
+    if tool == "spice":
+        member = info.pre_dump["member"].pid
+        assert int(_stat(member)[4]) == tty_nr, _stat(member)
+        assert fdkinds.last_field(info, "mctty", "member") == 1
 
 
 criu_dump, spice_dump = fdkinds.dump_fixtures("ptypair")
@@ -100,7 +108,7 @@ def test_spice_dump_writes_ptys_as_criu(crit_bin: Path, compat_tmp: Path) -> Non
 
 @pytest.mark.parametrize("tool", ["criu", "spice"])
 def test_spice_dump_restores(spice_dump: harness.DumpInfo, tool: str) -> None:
-    fdkinds.restore_and_check(spice_dump, tool, check_restored)
+    fdkinds.restore_and_check(spice_dump, tool, lambda info, pid: check_restored(info, pid, tool))
 
 
 def test_pty_index_taken_is_one_error_and_no_task_left(criu_dump: harness.DumpInfo) -> None:

@@ -29,7 +29,7 @@ new session) and are registered in ``harness.SPECS`` on import, so every harness
 * ``packets`` (Python): a packet socket bound to loopback, capturing the datagram it sends itself
   every tick.
 * ``ptypair`` (Python): pty pairs with both ends in the tree: a child session on the slave (its
-  controlling terminal) answering pings through it, a pair with data queued each way, one in
+  controlling terminal, also its member's) answering pings through it, a pair with data queued each way, one in
   packet mode.
 """
 
@@ -71,7 +71,7 @@ _SPECS = (
     harness.WorkloadSpec("rawicmp", str(HERE / "rawicmp.py"), constants=("token", "filter", "pong"), steps=("seq",)),
     harness.WorkloadSpec("rawicmp6", str(HERE / "rawicmp6.py"), constants=("token", "filter", "pong"), steps=("seq",)),
     harness.WorkloadSpec("packets", str(HERE / "packets.py"), constants=("token", "aux", "seen"), steps=("seq",)),
-    harness.WorkloadSpec("ptypair", str(HERE / "ptypair.py"), roles=("main", "child"),
+    harness.WorkloadSpec("ptypair", str(HERE / "ptypair.py"), roles=("main", "child", "member"),
                          constants=("token", "child", "pty", "qin", "qout", "pkt", "ctty", "fg", "echo", "size"),
                          steps=("seq",), monotonic=("pongs",)),
 )

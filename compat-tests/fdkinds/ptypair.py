@@ -6,14 +6,16 @@ expect and pexpect hold them.
 
 The process (role ``main``) pty.fork()s a child (role ``child``): a session leader whose
 controlling terminal is the pty slave on its stdio (so its process group is the terminal's
-foreground group), with ECHO turned off. The parent keeps the master, gives the terminal a
+foreground group), with ECHO turned off; the child forks a member of its session (role
+``member``), which has that controlling terminal too, inherited. The parent keeps the master, gives the terminal a
 window size, writes ``ping N`` to it every tick and counts the ``pong`` lines the child answers.
 It also holds a second pair from openpty() (both ends, raw mode, no session) with data queued
 each way that nobody reads, and a third whose master is in packet mode.
 
 Every ~100 ms: ``tick=N role=main pid=P token=T seq=N child=C pty=K pongs=M qin=A qout=B pkt=1``
 (pongs received so far; bytes waiting at the second pair's slave and master) and
-``tick=N role=child pid=C token=T seq=N ctty=1 fg=1 echo=0 size=RxC``.
+``tick=N role=child pid=C token=T seq=N ctty=1 fg=1 echo=0 size=RxC`` and
+``tick=N role=member pid=M token=T seq=N mctty=1`` (whether it can open /dev/tty).
 """
 
 from __future__ import annotations
@@ -38,7 +40,24 @@ def inq(fd: int) -> int:
     return struct.unpack("i", fcntl.ioctl(fd, TIOCINQ, b"\0" * 4))[0]
 
 
-def child(out: ticks.Out) -> None:
+def member(out: ticks.Out) -> None:
+    """Another task of the child's session: it has the terminal as its controlling terminal by
+    inheritance only (forked by the leader once the leader had it)."""
+
+    def step(tick: int) -> None:
+        try:
+            os.close(os.open("/dev/tty", os.O_RDWR))
+            ctty = 1
+        except OSError:
+            ctty = 0
+        out.line(tick, mctty=ctty)
+
+    ticks.run(step)
+
+
+def child(path: str, out: ticks.Out) -> None:
+    if os.fork() == 0:
+        member(ticks.Out(path, "member", out.token))
     attrs = termios.tcgetattr(0)
     attrs[3] &= ~termios.ECHO
     termios.tcsetattr(0, termios.TCSANOW, attrs)
@@ -70,7 +89,7 @@ def main() -> None:
     out = ticks.Out(sys.argv[1])
     pid, master = pty.fork()
     if pid == 0:
-        child(ticks.Out(sys.argv[1], "child", out.token))
+        child(sys.argv[1], ticks.Out(sys.argv[1], "child", out.token))
     fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("4H", ROWS, COLS, 0, 0))
     index = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
     m2, s2 = os.openpty()

@@ -62,6 +62,13 @@ class OpenContext:
     def complete(self) -> None:
         for fn in self.completion:
             fn()
+
+    def run_hooks(self, kind: str, task) -> None:
+        """The hooks file kinds registered in the planning state for a point of a task's restore:
+        "session_hooks" right after a session leader's setsid(), "task_hooks" after its fds."""
+        for hook in self.state.get(kind, ()):
+            hook(task, self)
+
     def kind_cache(self, name: str) -> dict:
         return self.cache.setdefault(name, {})
 
@@ -451,8 +458,7 @@ def install_fds(task, ctx: OpenContext) -> None:
     for p in plans:
         if p.file.needs_task_setup():
             p.file.setup_in_task(task, p.fd, ctx)
-    for hook in ctx.state.get("task_hooks", ()):  # kinds that finish a task's setup (its ctty...)
-        hook(task, ctx)
+    ctx.run_hooks("task_hooks", task)
 
 
 def pull_fd(task, ours_fd: int) -> int:

@@ -157,7 +157,7 @@ def restore_plan(plan: RestorePlan, o: Options, backend, cg_moves: list[cgroups.
     prctl.set_child_subreaper(True)
     try:
         t0 = time.monotonic()
-        create_tree(plan, o.restore_sibling, created)
+        create_tree(plan, o.restore_sibling, created, new_session=lambda ctl: ctx.run_hooks("session_hooks", ctl))
         log.info(f"tree of {len(created)} tasks created")
         fault_point("restore-tree")
         if cg_moves:

@@ -3,8 +3,9 @@
 
 The root is started by a vfork-style clone3(set_tid) as the stub (stub.py) and parks in pause()
 until seized; every other task is forked (clone3 with set_tid, injected) by its own parent, so
-parentage comes out right. Session leaders setsid() before forking their children, so those
-inherit the session; process groups are joined once every task exists.
+parentage comes out right. Session leaders setsid() (and get their controlling terminal back)
+before forking their children, so those inherit both; process groups are joined once every task
+exists.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from . import stub
 from .plan import RestorePlan, TaskPlan
 from .task import TRAMPOLINE_SIZE, TaskCtl, wait_first_stop
 from .threads import clone_args
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # SUSPEND_SECCOMP: restored seccomp filters must not filter the syscalls we still inject
 TRACE_OPTIONS = (ptrace.O_TRACESYSGOOD | ptrace.O_TRACEFORK | ptrace.O_TRACECLONE | ptrace.O_EXITKILL
@@ -78,9 +83,11 @@ def spawn_child(parent: TaskCtl, t: TaskPlan) -> TaskCtl:
     return child
 
 
-def create_tree(plan: RestorePlan, sibling: bool, created: list[TaskCtl]) -> dict[int, TaskCtl]:
+def create_tree(plan: RestorePlan, sibling: bool, created: list[TaskCtl],
+                new_session: Callable[[TaskCtl], None] | None = None) -> dict[int, TaskCtl]:
     """All tasks, stopped, with PIDs, sessions and groups. `created` collects them as they appear
-    (so a failure half-way can kill exactly what exists)."""
+    (so a failure half-way can kill exactly what exists). new_session(leader) runs right after a
+    session leader's setsid(), before its children exist (which inherit its controlling terminal)."""
     ctls: dict[int, TaskCtl] = {}
     targets = {t.pid: [(v.start, v.end) for v in t.mm.vmas] for t in plan.tasks}
     for t in plan.tasks:
@@ -94,6 +101,8 @@ def create_tree(plan: RestorePlan, sibling: bool, created: list[TaskCtl]) -> dic
             ctl.map_trampoline(targets[t.pid])
         if t.sid == t.pid:
             ctl.sys(NR.setsid, what="setsid")
+            if new_session is not None:
+                new_session(ctl)
         elif t.pgid == t.pid:
             ctl.sys(NR.setpgid, 0, 0, what="setpgid")
     for t in plan.tasks:

@@ -6,8 +6,10 @@
   CRIU does; an index taken by someone else is an error naming it), unlocked, given both ends'
   locked termios, termios, window size and packet mode; every slave file of it is opened then,
   the data queued in each end is written into the other, and the master is locked again if it
-  was. The session leader whose controlling terminal it was gets it back (TIOCSCTTY in that task,
-  then its foreground group), as CRIU restores it: in the leader.
+  was. The session leader whose controlling terminal it was gets it back (TIOCSCTTY in that task)
+  right after its setsid(), before its children are forked, so that the whole session has it
+  again (CRIU gives it back to the leader alone, later: the others lose it), then the terminal
+  gets its foreground group.
 * A pty slave whose master is not in the images is the job's terminal outside the dump (a shell
   job). With --shell-job it becomes the restorer's own terminal (its stdin, as CRIU's
   SELF_STDIN), given back the dumped locked termios, termios and window size, and the restored job's
@@ -177,9 +179,10 @@ def _plan_tty(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
     obj = PtyEnd(t.id, t.flags, info=info, path=path or _default_path(info), fown=t.fown)
     if _is_master(info) and info.sid:
         st["cttys"][info.sid] = (index, info.pgrp)
-        hooks = state.setdefault("task_hooks", [])
-        if _give_ctty not in hooks:
-            hooks.append(_give_ctty)
+        for kind, hook in (("session_hooks", _take_ctty), ("task_hooks", _give_foreground)):
+            hooks = state.setdefault(kind, [])
+            if hook not in hooks:
+                hooks.append(hook)
     return obj
 
 
@@ -302,40 +305,56 @@ def _requeue(fd: int, data: bytes, what: str) -> None:
         log.warn("tty", f"{what}: restored {n} of {len(data)} queued bytes ({why})")
 
 
-def _give_ctty(task, ctx: OpenContext) -> None:
-    """A per-task hook (after its fds): a session leader whose controlling terminal was a pty of
-    the dump gets it back, through a slave opened for that, and its foreground group."""
+def _take_ctty(task, ctx: OpenContext) -> None:
+    """A session hook (right after the leader's setsid(), before its children are forked, which
+    inherit it): a session leader whose controlling terminal was a pty of the dump gets it back.
+    CRIU gives it back later, to the leader alone: the session's other tasks lose it there."""
     from ..linux.syscalls import NR
 
-    st = ctx.state["tty"]
-    want = st["cttys"].get(task.pid)
+    want = ctx.state["tty"]["cttys"].get(task.pid)
     if want is None:
         return
-    index, pgrp = want
-    if task.plan.sid != task.pid:
-        raise SpiceError("tty", f"pty {index} is the controlling terminal of session {task.pid}, "
-                         f"whose leader is not in the dump")
+    slave, fd = _pull_slave(task, ctx, want[0])
+    b = task.batch()
+    b.add(NR.ioctl, fd, TIOCSCTTY, 1, what=f"ioctl(TIOCSCTTY, {slave})")
+    b.add(NR.close, fd, what="close")
+    b.run()
+    task.reset_scratch()
+    ctx.state["tty"]["ctty_done"].add(task.pid)
+    log.debug(f"task {task.pid}: controlling terminal {slave}")
+
+
+def _give_foreground(task, ctx: OpenContext) -> None:
+    """A task hook (after the leader's fds, when every process group exists): the terminal's
+    dumped foreground group."""
+    from ..linux.syscalls import NR
+
+    want = ctx.state["tty"]["cttys"].get(task.pid)
+    if want is None or not want[1] or want[1] == task.plan.pgid:  # TIOCSCTTY made the leader's group it
+        return
+    slave, fd = _pull_slave(task, ctx, want[0])
+    b = task.batch()
+    b.add(NR.ioctl, fd, TIOCSPGRP, task.put(struct.pack("i", want[1])), what=f"ioctl(TIOCSPGRP, {want[1]})")
+    b.add(NR.close, fd, what="close")
+    b.run()
+    task.reset_scratch()
+    log.debug(f"task {task.pid}: foreground group {want[1]} on {slave}")
+
+
+def _pull_slave(task, ctx: OpenContext, index: int) -> tuple[str, int]:
+    """(path, fd in the task) of a slave of pty `index` opened for the task (the pair made first)."""
     master = _master_of(ctx, index)
     ctx.fd_of(master.id)
     slave = _slave_path(master.path, index)
     try:
         ours = os.open(ctx.path(slave), os.O_RDONLY | O_NOCTTY | O_CLOEXEC)
     except OSError as e:
-        raise SpiceError("tty", f"task {task.pid}: can't open {slave} as its controlling terminal: "
+        raise SpiceError("tty", f"task {task.pid}: can't open {slave}, its controlling terminal: "
                          f"{e.strerror}") from None
     try:
-        fd = pull_fd(task, ours)
+        return slave, pull_fd(task, ours)
     finally:
         os.close(ours)
-    b = task.batch()
-    b.add(NR.ioctl, fd, TIOCSCTTY, 1, what=f"ioctl(TIOCSCTTY, {slave})")
-    if pgrp:
-        b.add(NR.ioctl, fd, TIOCSPGRP, task.put(struct.pack("i", pgrp)), what=f"ioctl(TIOCSPGRP, {pgrp})")
-    b.add(NR.close, fd, what="close")
-    b.run()
-    task.reset_scratch()
-    st["ctty_done"].add(task.pid)
-    log.debug(f"task {task.pid}: controlling terminal {slave}, foreground group {pgrp}")
 
 
 def _slave_path(master_path: str, index: int) -> str:
