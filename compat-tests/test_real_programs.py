@@ -17,10 +17,12 @@ same real criu images restore into running programs.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import fdkinds
@@ -64,47 +66,44 @@ def coreutils_tail() -> str:
     return tail
 
 
-@pytest.mark.parametrize("dumper", ["criu", "spice"])
-def test_tail_f_follows_after_restore(coreutils_tail: str, compat_tmp: Path, dumper: str) -> None:
-    run = compat_tmp / "real" / f"tail-{dumper}"
+@contextlib.contextmanager
+def _dumped_tail(tail: str, run: Path, dumper: str) -> Iterator[tuple[Path, Path, int]]:
+    """`tail -f watched.txt` (output to tail.out) run in `run` and dumped by `dumper`, which kills
+    it: (the followed file, tail's output, its pid)."""
     run.mkdir(parents=True)
     watched, out = run / "watched.txt", run / "tail.out"
     watched.write_text("before\n")
-    proc = _start([coreutils_tail, "-f", str(watched)], run, out)
+    proc = _start([tail, "-f", str(watched)], run, out)
     try:
         fdkinds.wait_for(lambda: out.read_text() == "before\n", 10, "tail to print the file")
         _dump(dumper, proc.pid, run / "images")
-        pid = spice_restore(run / "images")  # once: the followed file grows (a restore checks its size)
-        try:
-            assert pid == proc.pid
-            for n in range(3):
-                line = f"after restore {n} {time.monotonic_ns()}\n"
-                with open(watched, "a") as f:
-                    f.write(line)
-                fdkinds.wait_for(lambda line=line: out.read_text().endswith(line), 10,
-                                 f"tail -f to print what was appended (it printed {out.read_text()!r})")
-            assert "Interrupted system call" not in out.read_text()
-        finally:
-            harness.kill_pids([pid])
+        yield watched, out, proc.pid
     finally:
         harness.kill_pids([proc.pid])
+
+
+@pytest.mark.parametrize("dumper", ["criu", "spice"])
+def test_tail_f_follows_after_restore(coreutils_tail: str, compat_tmp: Path, dumper: str) -> None:
+    run = compat_tmp / "real" / f"tail-{dumper}"
+    with _dumped_tail(coreutils_tail, run, dumper) as (watched, out, dumped):
+        pid = spice_restore(run / "images")  # once: the followed file grows (a restore checks its size)
+        assert pid == dumped
+        for n in range(3):
+            line = f"after restore {n} {time.monotonic_ns()}\n"
+            with open(watched, "a") as f:
+                f.write(line)
+            fdkinds.wait_for(lambda line=line: out.read_text().endswith(line), 10,
+                             f"tail -f to print what was appended (it printed {out.read_text()!r})")
+        assert "Interrupted system call" not in out.read_text()
 
 
 def test_tail_f_dies_after_a_criu_restore(coreutils_tail: str, compat_tmp: Path) -> None:
     """Why the test above matters: the same dump, restored by criu, ends tail -f on EINTR."""
     run = compat_tmp / "real" / "tail-criu-only"
-    run.mkdir(parents=True)
-    watched, out = run / "watched.txt", run / "tail.out"
-    watched.write_text("before\n")
-    proc = _start([coreutils_tail, "-f", str(watched)], run, out)
-    try:
-        fdkinds.wait_for(lambda: out.read_text() == "before\n", 10, "tail to print the file")
-        _dump("criu", proc.pid, run / "images")
+    with _dumped_tail(coreutils_tail, run, "criu") as (_, out, _):
         pid = harness.criu_restore(run / "images")
         fdkinds.wait_for(lambda: "Interrupted system call" in out.read_text(), 10, "tail to fail on EINTR")
         harness.reap([pid])
-    finally:
-        harness.kill_pids([proc.pid])
 
 
 def _ticks(typescript: Path) -> list[int]:
