@@ -165,17 +165,18 @@ def _plan_tty(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
         raise ImageError(imgdir / "tty-info.img", f"no tty-info {t.tty_info_id} for tty file id {t.id}")
     reg = st["regs"].get(t.regf_id) if t.HasField("regf_id") else None
     path = reg.name if reg is not None else ""
+    outside = Tty(t.id, t.flags, info=info, path=path, fown=t.fown)  # a terminal whose pair is not in the dump
     if info.type == TTY_EXT:
-        return Tty(t.id, t.flags, info=info, path=path, fown=t.fown)
+        return outside
     if info.type != TTY_PTY or not info.HasField("pty"):
-        return refuse(Tty(t.id, t.flags, info=info, path=path, fown=t.fown), f"{TTY_TYPES.get(info.type)} terminals")
+        return refuse(outside, f"{TTY_TYPES.get(info.type)} terminals")
     major, index = _major(info.rdev), info.pty.index
     if not _is_master(info) and major not in UNIX98_PTY_SLAVE_MAJORS:
-        return refuse(Tty(t.id, t.flags, info=info, path=path, fown=t.fown), f"tty device {major}:{_minor(info.rdev)}")
+        return refuse(outside, f"tty device {major}:{_minor(info.rdev)}")
     if not info.HasField("termios"):  # its other end was closed before the dump
-        return refuse(Tty(t.id, t.flags, info=info, path=path, fown=t.fown), "hung-up terminals")
+        return refuse(outside, "hung-up terminals")
     if index not in st["masters"]:
-        return Tty(t.id, t.flags, info=info, path=path, fown=t.fown)  # the job's terminal (a shell job)
+        return outside  # the job's terminal (a shell job)
     obj = PtyEnd(t.id, t.flags, info=info, path=path or _default_path(info), fown=t.fown)
     if _is_master(info) and info.sid:
         st["cttys"][info.sid] = (index, info.pgrp)
