@@ -31,6 +31,8 @@ new session) and are registered in ``harness.SPECS`` on import, so every harness
 * ``ptypair`` (Python): pty pairs with both ends in the tree: a child session on the slave (its
   controlling terminal, also its member's) answering pings through it, a pair with data queued each way, one in
   packet mode.
+* ``memfds`` (Python): memfds whose size is not page-aligned: one sealed, one mapped shared and
+  written through the mapping, one created without sealing.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ _SPECS = (
     harness.WorkloadSpec("ptypair", str(HERE / "ptypair.py"), roles=("main", "child", "member"),
                          constants=("token", "child", "pty", "qin", "qout", "pkt", "ctty", "fg", "echo", "size"),
                          steps=("seq",), monotonic=("pongs",)),
+    harness.WorkloadSpec("memfds", str(HERE / "memfds.py"), constants=("token", "sealed", "seals", "sizes"),
+                         steps=("seq", "stored")),
 )
 for _s in _SPECS:
     harness.SPECS.setdefault(_s.name, _s)

@@ -16,6 +16,7 @@ from .mm import ShmemPlan
 
 F_ADD_SEALS = 1033
 _MFD_CLOEXEC, _MFD_ALLOW_SEALING = 0x1, 0x2
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def shmem_fd(ctx: OpenContext, sh: ShmemPlan) -> int:
@@ -30,12 +31,14 @@ def shmem_fd(ctx: OpenContext, sh: ShmemPlan) -> int:
     try:
         os.ftruncate(fd, sh.size)
         for r in sh.runs:
-            if r.end > sh.size:
+            # a memfd's size need not be page-aligned: its last page is dumped whole, and only
+            # the bytes up to its size are written back (as criu reads it, through a mapping)
+            if r.end > -(-sh.size // _PAGE) * _PAGE:
                 raise SpiceError("restore", f"shared memory {sh.shmid}: pages beyond its {sh.size} bytes")
             src = os.open(r.pages_file, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 os.lseek(fd, r.vaddr, os.SEEK_SET)
-                left, off = r.size, r.offset
+                left, off = min(r.size, sh.size - r.vaddr), r.offset
                 while left:
                     n = os.sendfile(fd, src, off, left)
                     if n <= 0:
