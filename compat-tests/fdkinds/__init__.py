@@ -33,6 +33,8 @@ new session) and are registered in ``harness.SPECS`` on import, so every harness
   packet mode.
 * ``memfds`` (Python): memfds whose size is not page-aligned: one sealed, one mapped shared and
   written through the mapping, one created without sealing.
+* ``clocks`` (Python): reads the monotonic and boot clocks every tick (a tree criu restored keeps
+  them going on in a time namespace of its own).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ _SPECS = (
                          steps=("seq",), monotonic=("pongs",)),
     harness.WorkloadSpec("memfds", str(HERE / "memfds.py"), constants=("token", "sealed", "seals", "sizes"),
                          steps=("seq", "stored")),
+    harness.WorkloadSpec("clocks", str(HERE / "clocks.py"), steps=("seq",), monotonic=("mono", "boot")),
 )
 for _s in _SPECS:
     harness.SPECS.setdefault(_s.name, _s)

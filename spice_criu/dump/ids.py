@@ -5,7 +5,11 @@ CRIU numbers each kind of object (mm, fd table, fs, sighand) in the order it mee
 process itself first (its ids are the inventory's root_ids), and tells shared objects apart with
 kcmp(2). Namespaces are numbered in one sequence by their /proc/PID/ns inode, in CRIU's order, again
 starting with the dumper's own. restore uses root_ids to decide which namespaces to recreate, so a
-task whose namespace differs from ours is refused here (spice does not dump namespaces).
+task whose namespace differs from ours is refused here (spice does not dump namespaces), but for
+one: a root task in its own time namespace, as every process criu restored is (criu restores each
+tree into a new one, to keep its monotonic and boot clocks going on from the dump). As criu does,
+the tree then takes that namespace in the images (timens-<id>.img holds the clocks as seen inside
+it); a task in a time namespace other than its root's is refused, as criu refuses a nested one.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class Ids:
         self._ns: dict[tuple[str, int], int] = {}
         self._ns_next = 1
         self.root_ids = self.task_ids(os.getpid(), dumper=True)
+        #: the tree's time namespace (its root's): (ns id, a pid in it), once the root was seen
+        self.time_ns: tuple[int, int] | None = None
 
     def _ns_id(self, ns: str, ino: int) -> int:
         key = (ns, ino)
@@ -76,7 +82,24 @@ class Ids:
             if ino is None:
                 continue
             nsid = self._ns_id(ns, ino)
-            if not dumper and nsid != getattr(self.root_ids, field):
+            if ns == "time" and not dumper:
+                self._check_time_ns(pid, nsid)
+            elif not dumper and nsid != getattr(self.root_ids, field):
                 raise SpiceError("dump", f"task {pid} lives in its own {ns} namespace: not supported")
             setattr(ids, field, nsid)
         return ids
+
+    def _check_time_ns(self, pid: int, nsid: int) -> None:
+        """The first task asked about is the root (tasks are dumped parents first): its time
+        namespace is the tree's; every other task must share it."""
+        if self.time_ns is None:
+            self.time_ns = (nsid, pid)
+        elif nsid != self.time_ns[0]:
+            raise SpiceError("dump", f"task {pid} lives in a time namespace other than its tree's: not supported")
+
+    @property
+    def own_time_ns(self) -> tuple[int, int] | None:
+        """(id, pid) of the tree's time namespace if it is not ours (None: the tree shares ours)."""
+        if self.time_ns is None or self.time_ns[0] == self.root_ids.time_ns_id:
+            return None
+        return self.time_ns

@@ -41,14 +41,26 @@ def inventory(root_ids: Message, network_lock: str, run_id: str | None = None, t
     return inv
 
 
-def timens() -> Message:
-    """timens-0.img: the monotonic and boot clocks at dump time (the tree shares our time namespace)."""
+def timens(pid: int | None = None) -> Message:
+    """timens-<id>.img: the monotonic and boot clocks at dump time, as the tree sees them: ours when
+    it shares our time namespace (timens-0.img), else ours plus the offsets of pid's namespace."""
+    offsets = timens_offsets(pid) if pid is not None else {}
     e = codec.pb("timens_entry", lite=True)()
     for field, clock in (("monotonic", time.CLOCK_MONOTONIC), ("boottime", time.CLOCK_BOOTTIME)):
-        ns = time.clock_gettime_ns(clock)
+        ns = time.clock_gettime_ns(clock) + offsets.get(field, 0)
         ts = getattr(e, field)
         ts.tv_sec, ts.tv_nsec = ns // 10**9, ns % 10**9
     return e
+
+
+def timens_offsets(pid: int) -> dict[str, int]:
+    """The clock offsets of pid's time namespace, in ns (/proc/PID/timens_offsets: "monotonic S N")."""
+    offsets = {}
+    with open(f"/proc/{pid}/timens_offsets") as f:
+        for line in f:
+            name, sec, nsec = line.split()
+            offsets[name] = int(sec) * 10**9 + int(nsec)
+    return offsets
 
 
 def new_run_id() -> str:

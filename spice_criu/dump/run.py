@@ -262,7 +262,10 @@ def _collect(ctx: DumpContext, frozen: seize.FrozenTree) -> Message:
         ctx.ttys.dump_queued(ctx.images)
     ctx.images.add_all("pstree.img", "PSTREE", tree.pstree_entries(tasks))
     ctx.images.add("seccomp.img", "SECCOMP", ctx.seccomp.entry)
-    ctx.images.add("timens-0.img", "TIMENS", inventory.timens())
+    if (own := ctx.ids.own_time_ns) is not None:  # a tree criu restored: its time namespace goes in the images
+        ctx.images.add(f"timens-{own[0]}.img", "TIMENS", inventory.timens(own[1]))
+    else:
+        ctx.images.add("timens-0.img", "TIMENS", inventory.timens())
     if (cg := ctx.cgroups.entry()) is not None:
         ctx.images.add("cgroup.img", "CGROUP", cg)
     fault("images")
