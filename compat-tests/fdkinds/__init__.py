@@ -35,6 +35,8 @@ new session) and are registered in ``harness.SPECS`` on import, so every harness
   written through the mapping, one created without sealing.
 * ``clocks`` (Python): reads the monotonic and boot clocks every tick (a tree criu restored keeps
   them going on in a time namespace of its own).
+* ``shmopen`` (Python): POSIX shared memory segments (shm_open: O_NOFOLLOW fds in /dev/shm), one
+  named and shared with a child, one unlinked and held by its fd and mapping alone.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ _SPECS = (
     harness.WorkloadSpec("memfds", str(HERE / "memfds.py"), constants=("token", "sealed", "seals", "sizes"),
                          steps=("seq", "stored")),
     harness.WorkloadSpec("clocks", str(HERE / "clocks.py"), steps=("seq",), monotonic=("mono", "boot")),
+    harness.WorkloadSpec("shmopen", str(HERE / "shmopen.py"), roles=("main", "child"),
+                         constants=("token", "seg", "gone"), steps=("seq",), monotonic=("echo",)),
 )
 for _s in _SPECS:
     harness.SPECS.setdefault(_s.name, _s)

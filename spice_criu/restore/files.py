@@ -209,9 +209,11 @@ class RegFile(FileObj):
         inherited = ctx.inherited(self.path.lstrip("/"), self.path)  # CRIU's key: no leading "/"
         if inherited is not None:
             return os.dup(inherited)
+        flags = (self.flags & ~_NOT_REPLAYED) | O_CLOEXEC
         if self.ghost is not None:  # an open file description of its own, on the shared inode
             path = f"/proc/self/fd/{self.ghost.inode(ctx, path)}"
-        flags = (self.flags & ~_NOT_REPLAYED) | O_CLOEXEC
+            # through a magic link, which O_NOFOLLOW refuses (ELOOP): shm_open()'s fds carry it
+            flags &= ~O_NOFOLLOW
         try:
             fd = os.open(path, flags)
         except OSError as e:
