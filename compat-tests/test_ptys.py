@@ -133,3 +133,35 @@ def test_pty_index_taken_is_one_error_and_no_task_left(criu_dump: harness.DumpIn
             with contextlib.suppress(OSError):
                 os.close(fd)
     fdkinds.restore_and_check(criu_dump, "spice", check_restored)  # and with the index free again, it works
+
+
+# ------------------------------------------------------------------------ a hung-up slave (ptyhung)
+
+hung_criu_dump, hung_spice_dump = fdkinds.dump_fixtures("ptyhung")
+
+
+def check_hung(info: harness.DumpInfo, pid: int) -> None:
+    """The restored process goes on with its slave hung up again, under the same /dev/pts name."""
+    assert pid == info.pid
+    assert_continues(info, pid, new_ticks=3)
+    assert info.pre_dump["main"].fields["hung"] == "1"
+
+
+def test_hung_up_slave_of_a_criu_dump_restores_under_spice(hung_criu_dump: harness.DumpInfo) -> None:
+    fdkinds.restore_and_check(hung_criu_dump, "spice", check_hung, times=2)
+
+
+@pytest.mark.parametrize("tool", ["criu", "spice"])
+def test_hung_up_slave_of_a_spice_dump_restores(hung_spice_dump: harness.DumpInfo, tool: str) -> None:
+    fdkinds.restore_and_check(hung_spice_dump, tool, check_hung)
+
+
+def test_spice_dump_writes_a_hung_up_slave_as_criu(crit_bin: Path, compat_tmp: Path) -> None:
+    """What is left of it: no settings, no session, and its REG entry names the gone devpts node
+    (no ghost file: the node is made again with its pty)."""
+    with fdkinds.dumped_by_both("ptyhung", compat_tmp / "ptyhung" / "both") as (_, theirs, ours):
+        infos = _crit(crit_bin, theirs, "tty-info.img")
+        assert _crit(crit_bin, ours, "tty-info.img") == infos
+        assert len(infos) == 1 and "termios" not in infos[0], infos
+        assert _tty_files(crit_bin, ours) == _tty_files(crit_bin, theirs)
+        assert not (ours / "remap-fpath.img").exists() and not (theirs / "remap-fpath.img").exists()

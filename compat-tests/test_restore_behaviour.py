@@ -184,25 +184,30 @@ def test_restore_sibling_makes_the_root_our_child(criu_dumps: dict[str, DumpInfo
 
 
 def test_unsupported_object_is_named_before_any_task_exists(compat_tmp: Path, criu_bin: Path) -> None:
-    """A real criu dump of a process holding a hung-up pty slave (it closed the master; criu
-    restores it behind a fake master, spice does not): one error line naming the fd, the object
-    and why, exit 1, and no task created."""
-    run = compat_tmp / "unsupported-pty"
+    """A real criu dump of a process holding a packet socket with a memory-mapped receive ring
+    (criu restores those, spice does not): one error line naming the task, the mapping and why,
+    exit 1, and no task created."""
+    run = compat_tmp / "unsupported-ring"
     run.mkdir(parents=True)
     harness.make_subreaper()
-    code = "import os, pty, time; m, s = pty.openpty(); os.close(m); open('ready', 'w').close(); time.sleep(600)"
+    code = ("import mmap, socket, struct, time\n"
+            "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))\n"
+            "s.setsockopt(263, 5, struct.pack('IIII', 4096, 4, 4096, 4))  # PACKET_RX_RING\n"
+            "ring = mmap.mmap(s.fileno(), 4 * 4096)\n"
+            "open('ready', 'w').close()\n"
+            "time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=run, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + harness.scaled(10)
         while not (run / "ready").exists():
-            assert time.monotonic() < deadline, "the process did not open its pty"
+            assert time.monotonic() < deadline and proc.poll() is None, "the process did not map its ring"
             time.sleep(0.01)
         harness.criu_dump(proc.pid, run / "images")
     finally:
         harness.kill_pids([proc.pid])
     line = assert_one_error(spice("restore", "-D", str(run / "images"), "-d", "-o", "restore.log", check=False),
                             "restore")
-    assert re.fullmatch(rf"Error \(spice/restore\): task {proc.pid}: fd \d+ is /dev/pts/\d+ tty\[\w+:\w+\] \(file "
-                        r"id \d+\): hung-up terminals: not supported", line), line
+    assert re.fullmatch(rf"Error \(spice/restore\): task {proc.pid}: VMA 0x[0-9a-f]+-0x[0-9a-f]+ is a packet "
+                        r"socket ring mapping: not supported", line), line
     assert harness.process_state(proc.pid) is None

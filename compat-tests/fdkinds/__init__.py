@@ -31,6 +31,7 @@ new session) and are registered in ``harness.SPECS`` on import, so every harness
 * ``ptypair`` (Python): pty pairs with both ends in the tree: a child session on the slave (its
   controlling terminal, also its member's) answering pings through it, a pair with data queued each way, one in
   packet mode.
+* ``ptyhung`` (Python): a pty slave whose master it closed (hung up).
 * ``memfds`` (Python): memfds whose size is not page-aligned: one sealed, one mapped shared and
   written through the mapping, one created without sealing.
 * ``clocks`` (Python): reads the monotonic and boot clocks every tick (a tree criu restored keeps
@@ -80,6 +81,7 @@ _SPECS = (
     harness.WorkloadSpec("ptypair", str(HERE / "ptypair.py"), roles=("main", "child", "member"),
                          constants=("token", "child", "pty", "qin", "qout", "pkt", "ctty", "fg", "echo", "size"),
                          steps=("seq",), monotonic=("pongs",)),
+    harness.WorkloadSpec("ptyhung", str(HERE / "ptyhung.py"), constants=("token", "hung", "pts"), steps=("seq",)),
     harness.WorkloadSpec("memfds", str(HERE / "memfds.py"), constants=("token", "sealed", "seals", "sizes"),
                          steps=("seq", "stored")),
     harness.WorkloadSpec("clocks", str(HERE / "clocks.py"), steps=("seq",), monotonic=("mono", "boot")),

@@ -398,16 +398,18 @@ def build_id(fd: int, size: int) -> list[int] | None:
 
 
 def reg_entry(ctx: DumpContext, fid: int, fd: int, link: str, st: os.stat_result, p: RegParams,
-              what: str) -> None:
+              what: str, ghost: bool = True) -> None:
     """A REG file_entry for an open file (fd: a descriptor of it in spice), with CRIU's checks: the
-    path must name this very file, a deleted one is carried along as a ghost file."""
+    path must name this very file, a deleted one is carried along as a ghost file (unless `ghost`
+    is False: a hung-up pty slave's node, gone from devpts, is made again with its pty)."""
     name = link
     if not name.startswith("/"):
         raise SpiceError("dump", f"{what}: the path [{link}] is not supported")
     if st.st_nlink == 0:
         if name.endswith(DELETED):
             name = name[: -len(DELETED)]
-        _ghost(ctx, fid, fd, name, st, what)
+        if ghost:
+            _ghost(ctx, fid, fd, name, st, what)
     else:
         _check_path(name, st, what)
     r = codec.pb("reg_file_entry", lite=True)(id=fid, flags=p.flags, pos=p.pos, name=name, mode=st.st_mode)

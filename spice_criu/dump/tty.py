@@ -175,7 +175,7 @@ def _dump_tty(of: OpenFd, fid: int) -> str:
     if info_id not in ends.ends:
         _dump_info(of, info_id, index, master)
     regf = ctx.files.new()
-    reg_entry(ctx, regf, of.lfd, of.link, of.st, RegParams(of.flags, 0, fown(of.lfd)), of.describe())
+    reg_entry(ctx, regf, of.lfd, of.link, of.st, RegParams(of.flags, 0, fown(of.lfd)), of.describe(), ghost=False)
     te = codec.pb("tty_file_entry", lite=True)(id=fid, tty_info_id=info_id, flags=of.flags, regf_id=regf)
     for k, v in fown(of.lfd).items():
         setattr(te.fown, k, v)

@@ -17,7 +17,8 @@
   delivered to a group of terminal"). Without --shell-job that is an error, as in CRIU.
 * `--inherit-fd fd[N]:tty[RDEV:DEV]` (hex, CRIU's key) hands any such terminal, or an external one
   (dumped with --external tty[...]), a descriptor of the caller's choosing instead.
-* Hung-up ptys, consoles, VTs and serial lines are refused up front.
+* A hung-up pty slave (its master was closed) is made again behind a master closed at once, as
+  CRIU does. Hung-up masters, consoles, VTs and serial lines are refused up front.
 """
 
 from __future__ import annotations
@@ -94,6 +95,10 @@ class Tty(FileObj):
 
     def describe(self) -> str:
         return f"{self.path or TTY_TYPES.get(self.info.type, '?')} {tty_key(self.info)} (file id {self.id})"
+
+    def _open_flags(self) -> int:
+        # never the restorer's controlling terminal: that is set up in the session leader only
+        return (self.flags & ~_NOT_REPLAYED) | O_NOCTTY | O_CLOEXEC
 
     def open(self, ctx: OpenContext) -> int:
         key = tty_key(self.info)
@@ -174,7 +179,9 @@ def _plan_tty(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
     if not _is_master(info) and major not in UNIX98_PTY_SLAVE_MAJORS:
         return refuse(outside, f"tty device {major}:{_minor(info.rdev)}")
     if not info.HasField("termios"):  # its other end was closed before the dump
-        return refuse(outside, "hung-up terminals")
+        if _is_master(info):
+            return refuse(outside, "hung-up pty masters")
+        return HungSlave(t.id, t.flags, info=info, path=path or _default_path(info), fown=t.fown)
     if index not in st["masters"]:
         return outside  # the job's terminal (a shell job)
     obj = PtyEnd(t.id, t.flags, info=info, path=path or _default_path(info), fown=t.fown)
@@ -252,9 +259,37 @@ class PtyEnd(Tty):
             raise
         return fd
 
-    def _open_flags(self) -> int:
-        # never the restorer's controlling terminal: that is set up in the session leader only
-        return (self.flags & ~_NOT_REPLAYED) | O_NOCTTY | O_CLOEXEC
+
+
+class HungSlave(Tty):
+    """A pty slave whose master was closed before the dump: made again, as CRIU does, behind a
+    master opened for the dumped index and closed at once (with every other file of that slave)."""
+
+    kind: ClassVar[str] = "hung-up pty"
+
+    def open(self, ctx: OpenContext) -> int:
+        index = self.info.pty.index
+        master = _open_ptmx(ctx.path(_master_path(self.path)), os.O_RDWR | O_NOCTTY | O_CLOEXEC, index,
+                            self.describe())
+        try:
+            fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+            for f in ctx.files.values():  # every slave file of it (ours last: its fd is returned)
+                if isinstance(f, HungSlave) and f.info.pty.index == index and f is not self:
+                    ctx.opened[f.id] = f._open_slave(ctx)
+            return self._open_slave(ctx)
+        finally:
+            os.close(master)  # which hangs the slaves up again
+
+    def _open_slave(self, ctx: OpenContext) -> int:
+        try:
+            return os.open(ctx.path(self.path), self._open_flags())
+        except OSError as e:
+            raise SpiceError("tty", f"can't open {self.describe()}: {e.strerror}") from None
+
+
+def _master_path(slave_path: str) -> str:
+    """The master next to a slave's path, as CRIU inverts it: /dev/pts/N -> /dev/pts/ptmx."""
+    return os.path.join(os.path.dirname(slave_path) or "/dev/pts", "ptmx")
 
 
 def _check_ctty(ctx: OpenContext, sid: int, index: int) -> None:
