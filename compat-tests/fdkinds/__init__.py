@@ -38,6 +38,8 @@ new session) and are registered in ``harness.SPECS`` on import, so every harness
   them going on in a time namespace of its own).
 * ``shmopen`` (Python): POSIX shared memory segments (shm_open: O_NOFOLLOW fds in /dev/shm), one
   named and shared with a child, one unlinked and held by its fd and mapping alone.
+* ``sigio`` (Python): signal-driven I/O: O_ASYNC fds owned by the process (a pipe with F_SETSIG, a
+  regular file) and by its process group (a unix socket), signalled every tick.
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ _SPECS = (
     harness.WorkloadSpec("clocks", str(HERE / "clocks.py"), steps=("seq",), monotonic=("mono", "boot")),
     harness.WorkloadSpec("shmopen", str(HERE / "shmopen.py"), roles=("main", "child"),
                          constants=("token", "seg", "gone"), steps=("seq",), monotonic=("echo",)),
+    harness.WorkloadSpec("sigio", str(HERE / "sigio.py"), constants=("token", "owners", "async_"), steps=("seq",),
+                         monotonic=("rt", "io")),
 )
 for _s in _SPECS:
     harness.SPECS.setdefault(_s.name, _s)

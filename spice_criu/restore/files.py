@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 O_ACCMODE = 0o3
 O_CREAT, O_EXCL, O_NOCTTY, O_TRUNC = 0o100, 0o200, 0o400, 0o1000
-O_APPEND, O_NONBLOCK = 0o2000, 0o4000
+O_APPEND, O_NONBLOCK, O_ASYNC = 0o2000, 0o4000, 0o20000
 O_DIRECTORY, O_NOFOLLOW, O_CLOEXEC = 0o200000, 0o400000, 0o2000000
 O_LARGEFILE = 0o100000
 FD_CLOEXEC = 1
@@ -199,6 +199,7 @@ class RegFile(FileObj):
     size: int | None = None
     mode: int | None = None
     ghost: Ghost | None = None  # a deleted-but-open (or -mapped) file
+    fown: Any = None  # F_SETOWN/F_SETSIG (the image's fown_entry)
     kind: ClassVar[str] = "regular file"
 
     def describe(self) -> str:
@@ -226,6 +227,10 @@ class RegFile(FileObj):
                 )
             if self.pos and not stat.S_ISCHR(st.st_mode):
                 os.lseek(fd, self.pos, os.SEEK_SET)
+            if self.flags & O_ASYNC or (self.fown is not None and (self.fown.pid or self.fown.signum)):
+                from .eventfds import restore_file_params  # open(2) ignores O_ASYNC: fcntl sets it
+
+                restore_file_params(fd, self.flags, self.fown, self.describe())
         except BaseException:
             os.close(fd)
             raise
@@ -277,6 +282,7 @@ def _plan_reg(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
         pos=r.pos,
         size=r.size if r.HasField("size") else None,
         mode=r.mode if r.HasField("mode") else None,
+        fown=r.fown,
     )
     remap = state["remaps"].get(r.id)
     if remap is not None:

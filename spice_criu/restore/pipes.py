@@ -13,6 +13,7 @@ import os
 from ..errors import SpiceError
 from ..images.imagedir import ImageDir
 from ..record import Factory, Record
+from .eventfds import restore_file_params
 from .files import _NOT_REPLAYED, O_ACCMODE, O_CLOEXEC, O_NONBLOCK, FileObj, OpenContext, planner
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
@@ -30,6 +31,7 @@ class PipeData(Record):
 class PipeEnd(FileObj):
     pipe_id: int = 0
     data: PipeData = Factory(PipeData)
+    fown: Any = None  # F_SETOWN/F_SETSIG: where O_ASYNC sends its SIGIO
     kind: ClassVar[str] = "pipe"
 
     def describe(self) -> str:
@@ -42,7 +44,7 @@ class PipeEnd(FileObj):
         r, w = _pipe_pair(ctx, self.pipe_id, self.data)
         end = w if (self.flags & O_ACCMODE) == os.O_WRONLY else r
         fd = os.dup(end)
-        _set_status_flags(fd, self.flags)
+        restore_file_params(fd, self.flags, self.fown, self.describe())
         return fd
 
 
@@ -69,17 +71,11 @@ def _fill(r: int, w: int, pdata: PipeData, what: str) -> None:
         raise SpiceError("pipes", f"{what}: restoring {len(pdata.data)} queued bytes: {e.strerror}") from None
 
 
-def _set_status_flags(fd: int, flags: int) -> None:
-    fl = fcntl.fcntl(fd, fcntl.F_GETFL)
-    want = (fl & ~O_NONBLOCK) | (flags & O_NONBLOCK)
-    if want != fl:
-        fcntl.fcntl(fd, fcntl.F_SETFL, want)
-
-
 class Fifo(FileObj):
     pipe_id: int = 0
     path: str = ""
     data: PipeData = Factory(PipeData)
+    fown: Any = None
     kind: ClassVar[str] = "fifo"
 
     def describe(self) -> str:
@@ -99,7 +95,7 @@ class Fifo(FileObj):
             fd = os.open(path, (self.flags & ~_NOT_REPLAYED) | O_NONBLOCK | O_CLOEXEC)
         except OSError as e:
             raise SpiceError("pipes", f"can't open fifo {path} (file id {self.id}): {e.strerror}") from None
-        _set_status_flags(fd, self.flags)
+        restore_file_params(fd, self.flags, self.fown, self.describe())
         return fd
 
 
@@ -118,7 +114,7 @@ def _data(imgdir: ImageDir, state: dict[str, Any], image: str) -> dict[int, Pipe
 def _plan_pipe(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
     p = e.pipe
     data = _data(imgdir, state, "pipes-data.img").get(p.pipe_id, PipeData())
-    return PipeEnd(p.id, p.flags, pipe_id=p.pipe_id, data=data)
+    return PipeEnd(p.id, p.flags, pipe_id=p.pipe_id, data=data, fown=p.fown)
 
 
 @planner("FIFO")
@@ -133,4 +129,4 @@ def _plan_fifo(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
     if reg is None:
         file_path({}, f.regf_id, f"fifo (file id {f.id})")
     data = _data(imgdir, state, "fifo-data.img").get(f.pipe_id, PipeData())
-    return Fifo(f.id, reg.reg.flags, pipe_id=f.pipe_id, path=reg.reg.name, data=data)
+    return Fifo(f.id, reg.reg.flags, pipe_id=f.pipe_id, path=reg.reg.name, data=data, fown=reg.reg.fown)

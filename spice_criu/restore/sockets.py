@@ -9,7 +9,6 @@ Established TCP connections (TCP_REPAIR, --tcp-established) are planned by tcp.p
 from __future__ import annotations
 
 import _socket as socket  # the C module: `socket` imports selectors, enum, array... (~5 ms of start-up)
-import fcntl
 import os
 import stat
 import struct
@@ -17,6 +16,7 @@ import struct
 from ..errors import SpiceError
 from ..images.imagedir import ImageDir
 from ..record import Factory
+from .eventfds import restore_file_params
 from .files import FileObj, OpenContext, planner, refuse
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
@@ -69,13 +69,6 @@ def _apply_opts(s: socket.socket, o, what: str) -> None:
                 s.setsockopt(socket.SOL_SOCKET, opt, struct.pack("qq", sec, usec))
     except OSError as e:
         raise SpiceError("sockets", f"{what}: restoring socket options: {e.strerror}") from None
-
-
-def _set_file_flags(fd: int, flags: int) -> None:
-    want = flags & (os.O_NONBLOCK | os.O_APPEND)
-    cur = fcntl.fcntl(fd, fcntl.F_GETFL)
-    if cur & (os.O_NONBLOCK | os.O_APPEND) != want:
-        fcntl.fcntl(fd, fcntl.F_SETFL, (cur & ~(os.O_NONBLOCK | os.O_APPEND)) | want)
 
 
 def _addr(family: int, words) -> str:
@@ -139,7 +132,7 @@ class InetSocket(FileObj):
         except OSError as err:
             s.close()
             raise SpiceError("sockets", f"{self.describe()}: {err.strerror}") from None
-        _set_file_flags(fd, self.flags)
+        restore_file_params(fd, self.flags, self.e.fown, self.describe())
         return fd
 
 
@@ -202,7 +195,7 @@ class UnixSocket(FileObj):
             fd = s.detach()
         except OSError as err:
             raise SpiceError("sockets", f"{self.describe()}: {err.strerror}") from None
-        _set_file_flags(fd, self.flags)
+        restore_file_params(fd, self.flags, self.e.fown, self.describe())
         return fd
 
     def _pair_end(self, ctx: OpenContext) -> socket.socket:
@@ -249,7 +242,7 @@ def _bind_file(s: socket.socket, e, ctx: OpenContext) -> None:
 
 def _made(obj: FileObj, family: int, typ: int, proto: int, setup) -> int:
     """A socket made in the restorer for obj (its dumped sk_opts applied, then setup(s)), handed
-    over as an fd with the dumped file flags; any OSError is one error naming obj."""
+    over as an fd with the dumped file flags and owner; any OSError is one error naming obj."""
     try:
         s = socket.socket(family, typ, proto)
         try:
@@ -260,7 +253,7 @@ def _made(obj: FileObj, family: int, typ: int, proto: int, setup) -> int:
             s.close()
     except OSError as err:
         raise SpiceError("sockets", f"{obj.describe()}: {err.strerror}") from None
-    _set_file_flags(fd, obj.flags)
+    restore_file_params(fd, obj.flags, obj.e.fown, obj.describe())
     return fd
 
 
