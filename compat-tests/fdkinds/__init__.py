@@ -40,6 +40,7 @@ new session) and are registered in ``harness.SPECS`` on import, so every harness
   named and shared with a child, one unlinked and held by its fd and mapping alone.
 * ``sigio`` (Python): signal-driven I/O: O_ASYNC fds owned by the process (a pipe with F_SETSIG, a
   regular file) and by its process group (a unix socket), signalled every tick.
+* ``tmpfiles`` (Python): an O_TMPFILE file (no name, written on every tick).
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ _SPECS = (
                          constants=("token", "seg", "gone"), steps=("seq",), monotonic=("echo",)),
     harness.WorkloadSpec("sigio", str(HERE / "sigio.py"), constants=("token", "owners", "async_"), steps=("seq",),
                          monotonic=("rt", "io")),
+    harness.WorkloadSpec("tmpfiles", str(HERE / "tmpfiles.py"), constants=("token", "head", "links"),
+                         steps=("seq", "pos")),
 )
 for _s in _SPECS:
     harness.SPECS.setdefault(_s.name, _s)

@@ -30,6 +30,7 @@ O_CREAT, O_EXCL, O_NOCTTY, O_TRUNC = 0o100, 0o200, 0o400, 0o1000
 O_APPEND, O_NONBLOCK, O_ASYNC = 0o2000, 0o4000, 0o20000
 O_DIRECTORY, O_NOFOLLOW, O_CLOEXEC = 0o200000, 0o400000, 0o2000000
 O_LARGEFILE = 0o100000
+_O_TMPFILE = 0o20000000  # O_TMPFILE is this | O_DIRECTORY
 FD_CLOEXEC = 1
 #: open(2) flags that must not be replayed (they would create/truncate/fail)
 _NOT_REPLAYED = O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_CLOEXEC
@@ -215,6 +216,8 @@ class RegFile(FileObj):
             path = f"/proc/self/fd/{self.ghost.inode(ctx, path)}"
             # through a magic link, which O_NOFOLLOW refuses (ELOOP): shm_open()'s fds carry it
             flags &= ~O_NOFOLLOW
+        if flags & _O_TMPFILE:  # an O_TMPFILE file (a ghost now): reopened, not made again
+            flags &= ~(_O_TMPFILE | O_DIRECTORY)
         try:
             fd = os.open(path, flags)
         except OSError as e:
