@@ -6,7 +6,9 @@ as seen inside it); so does `spice dump`: its ids and timens images equal criu's
 `criu restore` of them brings the clocks back where they were at the spice dump, whereas the
 tree's clocks run ahead of ours by the time it spent dumped.
 
-`spice restore` does not create time namespaces: it refuses these images by name."""
+`spice restore` makes the time namespace as criu does, for these images and for a tree dumped in
+ours alike: the restored clocks go on from their dumped values (the time spent dumped does not
+count)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import fdkinds  # noqa: F401  (registers the clocks workload)
 import harness
 import pytest
 from harness import assert_continues
-from spice import assert_one_error, spice, spice_dumper
+from spice import spice_dumper, spice_restore
 
 PAUSE = 3.0  # seconds the tree spends dumped before criu restores it: its clocks' offset
 
@@ -55,8 +57,7 @@ def restored(compat_tmp: Path) -> harness.Workload:
     pid = harness.criu_restore(wl.rundir / "first")
     assert os.stat(f"/proc/{pid}/ns/time").st_ino != os.stat("/proc/self/ns/time").st_ino
     assert all(v < -PAUSE + 0.5 for v in _offsets(pid).values()), _offsets(pid)
-    again = harness.Workload("clocks", wl.rundir, wl.out_file, wl.log_file, None, _Restored(pid),  # type: ignore[arg-type]
-                             wl.out_file.stat().st_size)
+    again = _workload(wl, pid)
     again.wait_ticks(3)
     yield again
     again.kill()
@@ -84,18 +85,51 @@ def test_spice_dump_writes_the_time_namespace_as_criu(restored: harness.Workload
     restored.wait_ticks(3)  # both dumps left it running
 
 
-def test_spice_dump_restores_under_criu_with_its_clocks(restored: harness.Workload) -> None:
-    info = harness.dump_workload(restored, restored.rundir / "spice-dump", dumper=spice_dumper)
-    mono = int(info.pre_dump["main"].fields["mono"])
-    err = assert_one_error(spice("restore", "-D", str(info.images_dir), "-d", check=False), "restore")
-    assert err.endswith("lives in its own time namespace: not supported"), err
+def _assert_clocks_go_on(info: harness.DumpInfo, pid: int) -> None:
+    """The restored tree continues, and its first clock readings are where they were at the dump:
+    the time it spent dumped (over a second here) does not count."""
+    cont = assert_continues(info, pid)
+    first = min((ln for ln in harness.read_lines(info.out_file, info.resume_offset)[0] if "mono" in ln.fields),
+                key=lambda ln: ln.tick)
+    for clock in ("mono", "boot"):
+        dumped = int(info.pre_dump["main"].fields[clock])
+        assert 0 <= int(first.fields[clock]) - dumped < 800, (clock, dumped, first.text, cont)
+    assert os.stat(f"/proc/{pid}/ns/time").st_ino != os.stat("/proc/self/ns/time").st_ino
+
+
+def test_spice_dump_restores_with_its_clocks_under_criu_then_spice(restored: harness.Workload) -> None:
+    """A chain of migrations: spice dumps the tree criu restored (in its own time namespace), criu
+    restores that a second later with its clocks; spice dumps it again, and spice restores it a
+    second later with its clocks too."""
+    info = harness.dump_workload(restored, restored.rundir / "spice-dump-1", dumper=spice_dumper)
     time.sleep(1.0)
     pid = harness.criu_restore(info.images_dir)
     try:
-        cont = assert_continues(info, pid)
-        first = min((ln for ln in harness.read_lines(info.out_file, info.resume_offset)[0] if "mono" in ln.fields),
-                    key=lambda ln: ln.tick)
-        # criu brings the clocks back where they were at spice's dump: the second spent dumped does not count
-        assert 0 <= int(first.fields["mono"]) - mono < 800, (mono, first.text, cont)
+        _assert_clocks_go_on(info, pid)
+        again = _workload(restored, pid)
+        again.wait_ticks(3)
+        info = harness.dump_workload(again, restored.rundir / "spice-dump-2", dumper=spice_dumper)
+        time.sleep(1.0)
+        pid = spice_restore(info.images_dir)
+        _assert_clocks_go_on(info, pid)
+    finally:
+        harness.kill_restored(info, pid)
+
+
+def _workload(wl: harness.Workload, pid: int) -> harness.Workload:
+    """wl's tree, as restored at pid (not our Popen)."""
+    return harness.Workload("clocks", wl.rundir, wl.out_file, wl.log_file, None, _Restored(pid),  # type: ignore[arg-type]
+                            wl.out_file.stat().st_size)
+
+
+def test_criu_dump_of_a_tree_in_our_namespace_restores_under_spice_with_its_clocks(compat_tmp: Path) -> None:
+    """A tree that shares our time namespace, dumped by criu (timens-0.img) and restored by spice a
+    second later, gets a namespace of its own whose clocks go on from the dump, as criu does it."""
+    wl = harness.start_workload("clocks", compat_tmp / "timens-host")
+    info = harness.dump_workload(wl, wl.rundir / "images")
+    time.sleep(1.0)
+    pid = spice_restore(info.images_dir)
+    try:
+        _assert_clocks_go_on(info, pid)
     finally:
         harness.kill_restored(info, pid)

@@ -58,9 +58,11 @@ def _exe_fd(script: bytes) -> int:
     return fd
 
 
-def test_spawn_exec_runs_the_program_with_the_chosen_pid(tmp_path):
+@pytest.mark.parametrize("share_vm", [True, False])
+def test_spawn_exec_runs_the_program_with_the_chosen_pid(tmp_path, share_vm: bool):
     """vfork-style clone3 + execveat: the child runs the program in the fd (here a shell script
-    writing its pid, argv and environment) with the PID asked for; our signal mask is untouched."""
+    writing its pid, argv and environment) with the PID asked for; our signal mask is untouched.
+    Without CLONE_VM (share_vm=False: a copy of our page tables) the same."""
     out = tmp_path / "out"
     fd = _exe_fd(b'#!/bin/sh\necho "$$ $1 env=$(env | grep -v ^PWD= | grep -c .)" > "$2"\n')
     mask = _sigmask()
@@ -68,7 +70,7 @@ def test_spawn_exec_runs_the_program_with_the_chosen_pid(tmp_path):
         for _ in range(20):
             want = free_pid()
             try:
-                pid = clone3.spawn_exec(fd, [b"sh", b"arg1", str(out).encode()], set_tid=[want])
+                pid = clone3.spawn_exec(fd, [b"sh", b"arg1", str(out).encode()], set_tid=[want], share_vm=share_vm)
             except FileExistsError:
                 continue
             break

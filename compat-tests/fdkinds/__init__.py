@@ -88,8 +88,10 @@ _SPECS = (
     harness.WorkloadSpec("memfds", str(HERE / "memfds.py"), constants=("token", "sealed", "seals", "sizes"),
                          steps=("seq", "stored")),
     harness.WorkloadSpec("clocks", str(HERE / "clocks.py"), steps=("seq",), monotonic=("mono", "boot")),
+    # (echo is read from the named segment, a live file neither tool restores: after a second restore
+    # of one dump it starts from what the first restored run left there; the tests check it grows)
     harness.WorkloadSpec("shmopen", str(HERE / "shmopen.py"), roles=("main", "child"),
-                         constants=("token", "seg", "gone"), steps=("seq",), monotonic=("echo",)),
+                         constants=("token", "seg", "gone"), steps=("seq",)),
     harness.WorkloadSpec("sigio", str(HERE / "sigio.py"), constants=("token", "owners", "async_"), steps=("seq",),
                          monotonic=("rt", "io")),
     harness.WorkloadSpec("tmpfiles", str(HERE / "tmpfiles.py"), constants=("token", "head", "links"),

@@ -136,16 +136,19 @@ _SIG_SETMASK = 2
 
 
 def spawn_exec(fd: int, argv: Sequence[bytes], set_tid: Sequence[int] = (), flags: int = 0,
-               exit_signal: int = SIGCHLD) -> int:
+               exit_signal: int = SIGCHLD, share_vm: bool = True) -> int:
     """Start a child that execs the program in `fd` (execveat AT_EMPTY_PATH, empty environment), as
     posix_spawn does: clone3(CLONE_VM | CLONE_VFORK), so nothing of this process is copied and the
     call returns once the child has exec'd (or died trying: it exits with 127). Unlike posix_spawn
     it takes set_tid, CLONE_PARENT... The child starts with every signal blocked (no handler of ours
-    may run in it before the exec) and keeps that mask through the exec. Returns the child's PID."""
+    may run in it before the exec) and keeps that mask through the exec. Returns the child's PID.
+
+    share_vm=False leaves CLONE_VM out (the child gets a copy of our page tables, still runs only
+    the spawn code): older kernels (6.1) refuse CLONE_VM into another time namespace (EINVAL)."""
     if flags & (CLONE_VM | CLONE_THREAD | CLONE_VFORK | CLONE_SETTLS | CLONE_SIGHAND):
         raise ValueError("spawn_exec() sets CLONE_VM | CLONE_VFORK itself and shares nothing else")
     tids = (ctypes.c_int32 * max(1, len(set_tid)))(*set_tid)
-    args = make_args(flags | CLONE_VM | CLONE_VFORK, exit_signal, set_tid,
+    args = make_args(flags | (CLONE_VM if share_vm else 0) | CLONE_VFORK, exit_signal, set_tid,
                      ctypes.addressof(tids) if set_tid else 0)
     arr = (ctypes.c_char_p * (len(argv) + 1))(*argv, None)
     envp = (ctypes.c_char_p * 1)(None)

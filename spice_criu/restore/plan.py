@@ -71,6 +71,8 @@ class RestorePlan(Record):
     files: dict[int, F.FileObj]
     shmems: dict[int, ShmemPlan]
     file_state: dict = Factory(dict)
+    #: the tree's time namespace in the images (timens-<id>.img): 0 when it shared the dumper's
+    timens_id: int = 0
 
     @property
     def root(self) -> TaskPlan:
@@ -95,11 +97,16 @@ def _check_inventory(imgdir: ImageDir) -> Message:
     return inv
 
 
-def _check_namespaces(pid: int, ids: Message, inv: Message) -> None:
+def _check_namespaces(pid: int, ids: Message, inv: Message, root_time: int | None) -> None:
+    """Only the time namespace may be the tree's own (restore/timens.py), shared by every task."""
     root = inv.root_ids
     for ns in _NS_NAMES:
         f = f"{ns}_ns_id"
-        if ids.HasField(f) and root.HasField(f) and getattr(ids, f) != getattr(root, f):
+        if ns == "time" and root_time is not None:
+            if ids.HasField(f) and getattr(ids, f) != root_time:
+                raise SpiceError("restore", f"task {pid} lives in another time namespace than the root task: "
+                                            "not supported")
+        elif ids.HasField(f) and root.HasField(f) and getattr(ids, f) != getattr(root, f):
             raise SpiceError("restore", f"task {pid} lives in its own {ns} namespace: not supported")
 
 
@@ -127,6 +134,7 @@ def build_plan(images_dir: str | os.PathLike, root: str = "/", inherit: dict[str
     files, file_state = F.plan_files(imgdir, shmems)
     tasks: dict[int, TaskPlan] = {}
     order: list[TaskPlan] = []
+    root_time: int | None = None  # the root task's time namespace
     for i, pe in enumerate(pstree):
         pid = pe.pid
         if pid in tasks or pid <= 0:
@@ -155,7 +163,9 @@ def build_plan(images_dir: str | os.PathLike, root: str = "/", inherit: dict[str
         for th in threads:
             _check_thread(pid, th.core, th.tid)
         ids = imgdir.one(f"ids-{pid}.img")
-        _check_namespaces(pid, ids, inv)
+        if not i:
+            root_time = ids.time_ns_id if ids.HasField("time_ns_id") else None
+        _check_namespaces(pid, ids, inv, root_time)
         for other in tasks.values():
             if other.zombie:
                 continue
@@ -187,7 +197,8 @@ def build_plan(images_dir: str | os.PathLike, root: str = "/", inherit: dict[str
         tasks[pid] = t
         order.append(t)
     _check_sessions(order)
-    plan = RestorePlan(imgdir, inv, order, files, shmems, file_state)
+    own_time = root_time is not None and root_time != inv.root_ids.time_ns_id
+    plan = RestorePlan(imgdir, inv, order, files, shmems, file_state, timens_id=root_time if own_time else 0)
     _check_pids_free(plan)
     return plan
 

@@ -10,6 +10,7 @@ exists.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from ..errors import SpiceError
@@ -35,11 +36,19 @@ def spawn_root(t: TaskPlan, sibling: bool) -> TaskCtl:
     under ptrace: a vfork-style clone3(set_tid) + exec, nothing of the restorer copied."""
     stub_fd = stub.program()
     try:
-        try:
+        def spawn(share_vm: bool = True) -> int:
             # with CLONE_PARENT the child inherits our exit signal: clone3 wants exit_signal 0 then
-            pid = clone3.spawn_exec(stub_fd, [stub.NAME.encode()], set_tid=[t.pid],
-                                    flags=clone3.CLONE_PARENT if sibling else 0,
-                                    exit_signal=0 if sibling else SIGCHLD)
+            return clone3.spawn_exec(stub_fd, [stub.NAME.encode()], set_tid=[t.pid],
+                                     flags=clone3.CLONE_PARENT if sibling else 0,
+                                     exit_signal=0 if sibling else SIGCHLD, share_vm=share_vm)
+
+        try:
+            try:
+                pid = spawn()
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                pid = spawn(share_vm=False)  # older kernels (6.1): no CLONE_VM into a new time namespace
         except OSError as e:
             if e.errno == 17:
                 raise SpiceError("restore", f"pid {t.pid} is already taken by another process") from None
