@@ -93,7 +93,7 @@ def _assert_clocks_go_on(info: harness.DumpInfo, pid: int) -> None:
                 key=lambda ln: ln.tick)
     for clock in ("mono", "boot"):
         dumped = int(info.pre_dump["main"].fields[clock])
-        assert 0 <= int(first.fields[clock]) - dumped < 800, (clock, dumped, first.text, cont)
+        assert 0 <= int(first.fields[clock]) - dumped < harness.scaled(0.8) * 1000, (clock, dumped, first.text, cont)
     assert os.stat(f"/proc/{pid}/ns/time").st_ino != os.stat("/proc/self/ns/time").st_ino
 
 

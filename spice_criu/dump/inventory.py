@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""The images that describe the dump as a whole: inventory.img (written last) and timens-0.img.
+"""The images that describe the dump as a whole: inventory.img (written last) and timens-<id>.img.
 
 inventory.img is what makes a directory restorable: img_version 2, fdinfo_per_id, the dumper's own
 object/namespace ids (root_ids: restore compares every task's ids with them to know which namespaces
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 
+from ..clocks import timens_offsets
 from ..images import codec
 from ..images.lite import Message
 
@@ -43,24 +44,15 @@ def inventory(root_ids: Message, network_lock: str, run_id: str | None = None, t
 
 def timens(pid: int | None = None) -> Message:
     """timens-<id>.img: the monotonic and boot clocks at dump time, as the tree sees them: ours when
-    it shares our time namespace (timens-0.img), else ours plus the offsets of pid's namespace."""
-    offsets = timens_offsets(pid) if pid is not None else {}
+    it shares our time namespace (timens-0.img), else the host's plus the offsets of pid's."""
+    ours = timens_offsets()
+    theirs = timens_offsets(pid) if pid is not None else ours
     e = codec.pb("timens_entry", lite=True)()
     for field, clock in (("monotonic", time.CLOCK_MONOTONIC), ("boottime", time.CLOCK_BOOTTIME)):
-        ns = time.clock_gettime_ns(clock) + offsets.get(field, 0)
+        ns = time.clock_gettime_ns(clock) - ours.get(field, 0) + theirs.get(field, 0)
         ts = getattr(e, field)
         ts.tv_sec, ts.tv_nsec = ns // 10**9, ns % 10**9
     return e
-
-
-def timens_offsets(pid: int) -> dict[str, int]:
-    """The clock offsets of pid's time namespace, in ns (/proc/PID/timens_offsets: "monotonic S N")."""
-    offsets = {}
-    with open(f"/proc/{pid}/timens_offsets") as f:
-        for line in f:
-            name, sec, nsec = line.split()
-            offsets[name] = int(sec) * 10**9 + int(nsec)
-    return offsets
 
 
 def new_run_id() -> str:

@@ -59,7 +59,7 @@ def _int_ioctl(fd: int, req: int) -> int:
         raise
 
 
-class PtyEnd:
+class PtyQueue:
     """One end of a pty met in this dump, kept (a duplicate of its description) until the end,
     when its queued data is read."""
 
@@ -74,13 +74,13 @@ class Ptys:
     """The pty ends of one dump, in the order CRIU meets them (first fd of each end)."""
 
     def __init__(self) -> None:
-        self.ends: dict[int, PtyEnd] = {}
-        self.pairs: list[tuple[PtyEnd, PtyEnd]] = []
+        self.ends: dict[int, PtyQueue] = {}
+        self.pairs: list[tuple[PtyQueue, PtyQueue]] = []
 
-    def add(self, end: PtyEnd) -> None:
+    def add(self, end: PtyQueue) -> None:
         self.ends[end.info_id] = end
 
-    def unpaired_slaves(self) -> list[PtyEnd]:
+    def unpaired_slaves(self) -> list[PtyQueue]:
         """Slaves (not hung up) whose master is not in the dump (or hung up)."""
         active = {e.info_id for e in self.ends.values() if not e.hung}
         return [e for e in self.ends.values() if not e.hung and not e.info_id & 1 and (e.info_id | 1) not in active]
@@ -106,15 +106,23 @@ class Ptys:
                                codec.pb("tty_data_entry", lite=True)(tty_id=end.info_id, data=end.data))
 
     def write_back(self) -> None:
-        """The tree runs on: give every pair back what the dump read from it."""
+        """The tree runs on: give every pair back what the dump read from it, and each end its
+        blocking mode (CRIU's tty_do_writeback_queued_data and tty_reblock)."""
         for a, b in self.pairs:
             for end, peer in ((a, b), (b, a)):
+                n, why = 0, "short write"
                 try:
                     if end.data:
-                        os.write(peer.lfd, end.data)
-                    fcntl.fcntl(peer.lfd, fcntl.F_SETFL, peer.flags)
+                        n = os.write(peer.lfd, end.data)
                 except OSError as e:
-                    log.warn("tty", f"pty {end.index}: can't give back {len(end.data)} queued bytes: {e.strerror}")
+                    why = e.strerror
+                finally:
+                    try:
+                        fcntl.fcntl(peer.lfd, fcntl.F_SETFL, peer.flags)
+                    except OSError as e:
+                        log.warn("tty", f"pty {peer.index}: can't set its file flags back: {e.strerror}")
+                if n != len(end.data):
+                    log.warn("tty", f"pty {end.index}: gave back {n} of {len(end.data)} queued bytes ({why})")
 
     def close(self) -> None:
         for e in self.ends.values():
@@ -122,17 +130,29 @@ class Ptys:
         self.ends.clear()
 
 
-def _drain(end: PtyEnd) -> bytes:
-    fcntl.fcntl(end.lfd, fcntl.F_SETFL, end.flags | os.O_NONBLOCK)
+def _drain(end: PtyQueue) -> bytes:
+    """What is queued at one end, read without blocking, up to CRIU's limit (the rest is left, as
+    CRIU leaves it, with the same error in the log)."""
+    try:
+        fcntl.fcntl(end.lfd, fcntl.F_SETFL, end.flags | os.O_NONBLOCK)
+    except OSError as e:
+        raise SpiceError("dump", f"pty {end.index}: can't read its queued data: {e.strerror}") from None
     out = b""
     while len(out) < QUEUE_MAX:
         try:
             chunk = os.read(end.lfd, QUEUE_MAX - len(out))
-        except (BlockingIOError, OSError):
+        except BlockingIOError:
             break
+        except OSError as e:
+            if e.errno == errno.EIO:  # nothing on the other side any more
+                break
+            raise SpiceError("dump", f"pty {end.index}: can't read its queued data: {e.strerror}") from None
         if not chunk:
             break
         out += chunk
+    if len(out) >= QUEUE_MAX:
+        log.warn("tty", f"pty {end.index}: queued data overflows the {QUEUE_MAX}-byte limit (as with criu, the rest "
+                         "stays queued)")
     return out
 
 
@@ -200,7 +220,7 @@ def _dump_info(of: OpenFd, info_id: int, index: int, master: bool) -> None:
         # hung up (its other end is gone): only what CRIU keeps of it, no settings
         ti.sid = ti.pgrp = 0
         ti.locked = ti.exclusive = ti.packet_mode = False
-        ptys(ctx).add(PtyEnd(info_id, index, os.dup(of.lfd), of.flags, hung=True))
+        ptys(ctx).add(PtyQueue(info_id, index, os.dup(of.lfd), of.flags, hung=True))
         ctx.images.add("tty-info.img", "TTY_INFO", ti)
         return
     if sid and not ctx.opts.shell_job and sid not in _tree_pids(of):
@@ -214,7 +234,7 @@ def _dump_info(of: OpenFd, info_id: int, index: int, master: bool) -> None:
     except OSError as e:
         raise SpiceError("dump", f"{of.describe()}: reading the terminal's settings: {e.strerror}") from None
     ti.winsize.ws_row, ti.winsize.ws_col, ti.winsize.ws_xpixel, ti.winsize.ws_ypixel = w
-    ptys(ctx).add(PtyEnd(info_id, index, os.dup(of.lfd), of.flags))
+    ptys(ctx).add(PtyQueue(info_id, index, os.dup(of.lfd), of.flags))
     ctx.images.add("tty-info.img", "TTY_INFO", ti)
 
 

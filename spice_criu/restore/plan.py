@@ -197,6 +197,10 @@ def build_plan(images_dir: str | os.PathLike, root: str = "/", inherit: dict[str
         tasks[pid] = t
         order.append(t)
     _check_sessions(order)
+    if "tty" in file_state:  # ptys of the dump that are controlling terminals need their sessions
+        from .tty import check_sessions
+
+        check_sessions(file_state, {t.pid for t in order if t.sid == t.pid and not t.zombie})
     own_time = root_time is not None and root_time != inv.root_ids.time_ns_id
     plan = RestorePlan(imgdir, inv, order, files, shmems, file_state, timens_id=root_time if own_time else 0)
     _check_pids_free(plan)

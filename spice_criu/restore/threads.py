@@ -51,6 +51,8 @@ def queue_thread_kernel_state(b, th: ThreadPlan) -> None:
 #: still their number). Programs that take EINTR for an error die of that after a criu restore
 #: (GNU `tail -f` and util-linux `script` in poll(), C loops around nanosleep()). spice re-executes
 #: them instead, with their own arguments (still in the registers): a relative timeout starts over.
+#: (A task already inside restart_syscall(2) when dumped, as after an earlier `-R` dump, has lost
+#: the original call's number: orig_ax is restart_syscall's, and it gets EINTR as under criu.)
 REEXECUTED = frozenset({NR.poll, NR.nanosleep, NR.futex, NR.clock_nanosleep})
 _EINTR = (-4) & ((1 << 64) - 1)
 

@@ -8,6 +8,11 @@ so go on from their dumped values: the time the tree spent dumped does not count
 another machine or after a reboot never sees them go back. CRIU restores every tree this way, so a
 tree it restored lives in a namespace of its own, which its next dump records (timens-<its id>.img)
 and which is made again here; all tasks must share the root's.
+
+The restorer itself stays in its namespace; only the processes it creates from then on enter the
+new one. Kernels before 6.8 or so (6.1 here) then refuse it any clone with CLONE_VM or
+CLONE_THREAD (EINVAL): the root is spawned without CLONE_VM there (restore/tree.py), and the
+restorer must not start threads after this point.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import errno
 import os
 import time
 
+from ..clocks import timens_offsets
 from ..errors import ImageError, SpiceError
 from ..linux.syscalls import NR, syscall
 from ..log import log
@@ -26,16 +32,6 @@ if TYPE_CHECKING:
 
 CLONE_NEWTIME = 0x80
 CLOCKS = (("monotonic", time.CLOCK_MONOTONIC), ("boottime", time.CLOCK_BOOTTIME))
-
-
-def _current_offsets() -> dict[str, int]:
-    """The offsets (ns) of the namespace our children get: a new one starts with its parent's."""
-    out = {}
-    with open("/proc/self/timens_offsets") as f:
-        for line in f:
-            name, sec, nsec = line.split()
-            out[name] = int(sec) * 10**9 + int(nsec)
-    return out
 
 
 def enter(plan: RestorePlan) -> None:
@@ -54,7 +50,7 @@ def enter(plan: RestorePlan) -> None:
             log.warn("timens", "no time namespaces here: the tree gets the host's clocks")
             return
         raise SpiceError("restore", f"can't create a time namespace: {e.strerror}") from None
-    prev = _current_offsets()
+    prev = timens_offsets()  # a new namespace starts with its parent's offsets
     lines = []
     for field, clock in CLOCKS:
         dumped = getattr(entry, field)

@@ -31,7 +31,7 @@ import struct
 from ..errors import ImageError, SpiceError
 from ..images.imagedir import ImageDir
 from ..log import log
-from .eventfds import restore_fown
+from .eventfds import restore_file_params, restore_fown
 from .files import _NOT_REPLAYED, O_CLOEXEC, O_NOCTTY, FileObj, OpenContext, planner, pull_fd, refuse
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
@@ -100,6 +100,12 @@ class Tty(FileObj):
         # never the restorer's controlling terminal: that is set up in the session leader only
         return (self.flags & ~_NOT_REPLAYED) | O_NOCTTY | O_CLOEXEC
 
+    def _file_params_later(self, ctx: OpenContext, fd: int) -> None:
+        """Owner (F_SETOWN may name any task) and status flags (O_ASYNC...), as CRIU's
+        rst_file_params, once every task exists: a pair may be made before (a session leader's
+        controlling terminal, right after its setsid())."""
+        ctx.when_complete(lambda: restore_file_params(fd, self.flags, self.fown, self.describe()))
+
     def open(self, ctx: OpenContext) -> int:
         key = tty_key(self.info)
         if key in ctx.inherit:
@@ -156,8 +162,7 @@ def _tty_state(imgdir: ImageDir, state: dict[str, Any]) -> dict[str, Any]:
                     masters.add(i.pty.index)
         regs = {x.id: x.reg for x in imgdir.entries("files.img") if x.HasField("reg")}
         data = {d.tty_id: bytes(d.data) for d in imgdir.entries("tty-data.img")}
-        st = state["tty"] = {"infos": infos, "masters": masters, "regs": regs, "data": data, "cttys": {},
-                           "ctty_done": set()}
+        st = state["tty"] = {"infos": infos, "masters": masters, "regs": regs, "data": data, "cttys": {}}
     return st
 
 
@@ -194,6 +199,15 @@ def _plan_tty(e, imgdir: ImageDir, state: dict[str, Any]) -> FileObj:
     return obj
 
 
+def check_sessions(state: dict[str, Any], leaders: set[int]) -> None:
+    """Up front (build_plan): every pty of the dump that is a session's controlling terminal has
+    that session's leader among the tasks (CRIU: "No task found with sid")."""
+    for sid, (index, _) in state["tty"]["cttys"].items():
+        if sid not in leaders:
+            raise SpiceError("tty", f"pty {index} is the controlling terminal of session {sid}: no task found "
+                             f"with sid {sid}")
+
+
 def _default_path(info: Any) -> str:
     """Where CRIU opens an end the image gives no REG entry for (images of old CRIUs)."""
     return "/dev/ptmx" if _is_master(info) else f"/dev/pts/{info.pty.index}"
@@ -223,8 +237,7 @@ class PtyEnd(Tty):
             restore_tty_params(fd, self.info, self.describe())
             if self.info.packet_mode:
                 fcntl.ioctl(fd, TIOCPKT, struct.pack("i", 1))
-            if self.fown is not None and self.fown.pid:
-                restore_fown(fd, self.fown)
+            self._file_params_later(ctx, fd)
             slaves = [f for f in ctx.files.values()
                       if isinstance(f, PtyEnd) and not f.master and f.info.pty.index == index]
             for sl in slaves:
@@ -235,8 +248,6 @@ class PtyEnd(Tty):
             _requeue(fd, data.get(self.info.id & ~1, b""), self.describe())  # and what the slave had
             if self.info.locked:
                 fcntl.ioctl(fd, TIOCSPTLCK, struct.pack("i", 1))
-            if self.info.sid:
-                ctx.when_complete(lambda: _check_ctty(ctx, self.info.sid, index))
         except OSError as e:
             os.close(fd)
             raise SpiceError("tty", f"{self.describe()}: setting the pty up: {e.strerror}") from None
@@ -252,11 +263,10 @@ class PtyEnd(Tty):
             raise SpiceError("tty", f"can't open {self.describe()}: {e.strerror}") from None
         try:
             restore_tty_params(fd, self.info, self.describe())
-            if self.fown is not None and self.fown.pid:
-                restore_fown(fd, self.fown)
         except BaseException:
             os.close(fd)
             raise
+        self._file_params_later(ctx, fd)
         return fd
 
 
@@ -282,20 +292,16 @@ class HungSlave(Tty):
 
     def _open_slave(self, ctx: OpenContext) -> int:
         try:
-            return os.open(ctx.path(self.path), self._open_flags())
+            fd = os.open(ctx.path(self.path), self._open_flags())
         except OSError as e:
             raise SpiceError("tty", f"can't open {self.describe()}: {e.strerror}") from None
+        self._file_params_later(ctx, fd)
+        return fd
 
 
 def _master_path(slave_path: str) -> str:
     """The master next to a slave's path, as CRIU inverts it: /dev/pts/N -> /dev/pts/ptmx."""
     return os.path.join(os.path.dirname(slave_path) or "/dev/pts", "ptmx")
-
-
-def _check_ctty(ctx: OpenContext, sid: int, index: int) -> None:
-    if sid not in ctx.state["tty"]["ctty_done"]:
-        raise SpiceError("tty", f"pty {index} is the controlling terminal of session {sid}: no task found "
-                         f"with sid {sid}")
 
 
 def _master_of(ctx: OpenContext, index: int) -> PtyEnd:
@@ -314,13 +320,18 @@ def _open_ptmx(path: str, flags: int, index: int, what: str) -> int:
                 fd = os.open(path, flags)
             except OSError as e:
                 raise SpiceError("tty", f"can't open {what}: {e.strerror}") from None
-            got = struct.unpack("I", fcntl.ioctl(fd, TIOCGPTN, bytes(4)))[0]
-            if got == index:
-                return fd
             spare.append(fd)
+            try:
+                got = struct.unpack("I", fcntl.ioctl(fd, TIOCGPTN, bytes(4)))[0]
+            except OSError as e:
+                raise SpiceError("tty", f"{what}: can't read the index of a new pty: {e.strerror}") from None
+            if got == index:
+                spare.pop()
+                return fd
             if got > index:
-                break
-        raise SpiceError("tty", f"{what}: can't get pty index {index} back (/dev/pts/{index} is taken)")
+                raise SpiceError("tty", f"{what}: can't get pty index {index} back (/dev/pts/{index} is taken)")
+        raise SpiceError("tty", f"{what}: can't get pty index {index} back ({PTMX_TRIES} lower indexes are free: "
+                                "criu gives up there too)")
     finally:
         for x in spare:
             os.close(x)
@@ -356,7 +367,6 @@ def _take_ctty(task, ctx: OpenContext) -> None:
     b.add(NR.close, fd, what="close")
     b.run()
     task.reset_scratch()
-    ctx.state["tty"]["ctty_done"].add(task.pid)
     log.debug(f"task {task.pid}: controlling terminal {slave}")
 
 
