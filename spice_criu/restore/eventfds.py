@@ -60,6 +60,16 @@ def restore_file_params(fd: int, flags: int, fown: Any, what: str) -> None:
         raise SpiceError("files", f"{what}: restoring file flags/owner: {e.strerror}") from None
 
 
+def with_file_params(fd: int, flags: int, fown: Any, what: str) -> int:
+    """restore_file_params on a freshly made fd, which is closed if that fails; returns the fd."""
+    try:
+        restore_file_params(fd, flags, fown, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def restore_fown(fd: int, fown: Any) -> None:
     if fown.signum:
         fcntl.fcntl(fd, F_SETSIG, fown.signum)

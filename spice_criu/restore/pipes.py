@@ -13,7 +13,7 @@ import os
 from ..errors import SpiceError
 from ..images.imagedir import ImageDir
 from ..record import Factory, Record
-from .eventfds import restore_file_params
+from .eventfds import with_file_params
 from .files import _NOT_REPLAYED, O_ACCMODE, O_CLOEXEC, O_NONBLOCK, FileObj, OpenContext, planner
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
@@ -43,9 +43,7 @@ class PipeEnd(FileObj):
             return os.dup(ctx.inherit[key])
         r, w = _pipe_pair(ctx, self.pipe_id, self.data)
         end = w if (self.flags & O_ACCMODE) == os.O_WRONLY else r
-        fd = os.dup(end)
-        restore_file_params(fd, self.flags, self.fown, self.describe())
-        return fd
+        return with_file_params(os.dup(end), self.flags, self.fown, self.describe())
 
 
 def _pipe_pair(ctx: OpenContext, pipe_id: int, pdata: PipeData) -> tuple[int, int]:
@@ -95,8 +93,7 @@ class Fifo(FileObj):
             fd = os.open(path, (self.flags & ~_NOT_REPLAYED) | O_NONBLOCK | O_CLOEXEC)
         except OSError as e:
             raise SpiceError("pipes", f"can't open fifo {path} (file id {self.id}): {e.strerror}") from None
-        restore_file_params(fd, self.flags, self.fown, self.describe())
-        return fd
+        return with_file_params(fd, self.flags, self.fown, self.describe())
 
 
 def _data(imgdir: ImageDir, state: dict[str, Any], image: str) -> dict[int, PipeData]:

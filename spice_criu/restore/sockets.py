@@ -16,7 +16,7 @@ import struct
 from ..errors import SpiceError
 from ..images.imagedir import ImageDir
 from ..record import Factory
-from .eventfds import restore_file_params
+from .eventfds import with_file_params
 from .files import FileObj, OpenContext, planner, refuse
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
@@ -132,8 +132,7 @@ class InetSocket(FileObj):
         except OSError as err:
             s.close()
             raise SpiceError("sockets", f"{self.describe()}: {err.strerror}") from None
-        restore_file_params(fd, self.flags, self.e.fown, self.describe())
-        return fd
+        return with_file_params(fd, self.flags, self.e.fown, self.describe())
 
 
 def _raw_opts(s: socket.socket, r) -> None:
@@ -195,8 +194,7 @@ class UnixSocket(FileObj):
             fd = s.detach()
         except OSError as err:
             raise SpiceError("sockets", f"{self.describe()}: {err.strerror}") from None
-        restore_file_params(fd, self.flags, self.e.fown, self.describe())
-        return fd
+        return with_file_params(fd, self.flags, self.e.fown, self.describe())
 
     def _pair_end(self, ctx: OpenContext) -> socket.socket:
         pairs: dict[int, socket.socket] = ctx.kind_cache("unix_pairs")
@@ -253,8 +251,7 @@ def _made(obj: FileObj, family: int, typ: int, proto: int, setup) -> int:
             s.close()
     except OSError as err:
         raise SpiceError("sockets", f"{obj.describe()}: {err.strerror}") from None
-    restore_file_params(fd, obj.flags, obj.e.fown, obj.describe())
-    return fd
+    return with_file_params(fd, obj.flags, obj.e.fown, obj.describe())
 
 
 class NetlinkSocket(FileObj):

@@ -53,7 +53,7 @@ from ..tcpstates import (
     LAST_ACK,
 )
 from ..tcpstates import name as state_name
-from .eventfds import restore_file_params
+from .eventfds import with_file_params
 from .files import FileObj, OpenContext, refuse
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
@@ -106,7 +106,7 @@ class TcpConn(FileObj):
         except OSError as err:
             s.close()
             raise SpiceError("sockets", f"{self.describe()}: {err.strerror or err}") from None
-        restore_file_params(fd, self.flags, e.fown, self.describe())
+        fd = with_file_params(fd, self.flags, e.fown, self.describe())
         if not closed:
             _finisher(ctx).add(fd, bool(e.opts.reuseaddr), self)
         else:
