@@ -17,7 +17,6 @@ restorer must not start threads after this point.
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 
@@ -46,10 +45,10 @@ def enter(plan: RestorePlan) -> None:
     try:
         syscall(NR.unshare, CLONE_NEWTIME)
     except OSError as e:
-        if e.errno == errno.EINVAL and not plan.timens_id:  # a kernel without time namespaces
-            log.warn("timens", "no time namespaces here: the tree gets the host's clocks")
-            return
-        raise SpiceError("restore", f"can't create a time namespace: {e.strerror}") from None
+        # a kernel without time namespaces (EINVAL), or no right to make one (EPERM): a tree that
+        # shared the dumper's gets the host's clocks, as spice restored it before this module
+        _fail_or_warn(plan, f"can't create a time namespace: {e.strerror}")
+        return
     prev = timens_offsets()  # a new namespace starts with its parent's offsets
     lines = []
     for field, clock in CLOCKS:
@@ -65,6 +64,14 @@ def enter(plan: RestorePlan) -> None:
         finally:
             os.close(fd)
     except OSError as e:
-        raise SpiceError("restore", f"can't set the time namespace's clock offsets ({''.join(lines).strip()}): "
-                                    f"{e.strerror}") from None
+        _fail_or_warn(plan, f"can't set the time namespace's clock offsets ({' / '.join(ln.strip() for ln in lines)}): "
+                            f"{e.strerror}")
+        return
     log.debug(f"time namespace: offsets {' / '.join(ln.strip() for ln in lines)}")
+
+
+def _fail_or_warn(plan: RestorePlan, why: str) -> None:
+    """A tree in its own time namespace needs it; one that shared the dumper's does without."""
+    if plan.timens_id:
+        raise SpiceError("restore", why)
+    log.warn("timens", f"{why}: the tree gets the host's clocks")
