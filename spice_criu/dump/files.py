@@ -22,6 +22,7 @@ from ..errors import SpiceError
 from ..images import codec, lite
 from ..images.lite import Message
 from ..linux import kcmp, pidfd
+from ..linux.syscalls import fs_type
 from ..log import log
 from . import proc
 
@@ -573,8 +574,15 @@ def _fiemap(fd: int, size: int) -> list[tuple[int, int]]:
 # ------------------------------------------------------------------------------------------ kinds here
 
 
+MQUEUE_MAGIC = 0x19800202
+
+
 @dumper("reg")
 def _dump_reg(of: OpenFd, fid: int) -> str:
+    if fs_type(of.lfd) == MQUEUE_MAGIC:
+        # criu 4.2 has no image for these either: it fails on the mqueue mount, not in mountinfo
+        raise SpiceError("dump", f"{of.describe()}: {of.link} is a POSIX message queue (mq_open); "
+                                 f"message queues are not supported (criu refuses them too)")
     reg_entry(of.ctx, fid, of.lfd, of.link, of.st, RegParams(of.flags, of.info.pos, fown(of.lfd)), of.describe())
     return "REG"
 

@@ -213,6 +213,16 @@ ERESTART_RESTARTBLOCK = 516
 RESTART_ERRNOS = frozenset((ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK))
 
 
+_fstatfs = fresh(libc, "fstatfs", ctypes.c_int, [ctypes.c_int, ctypes.c_void_p])
+
+
+def fs_type(fd: int) -> int:
+    """The f_type (filesystem magic) of the filesystem an fd is on, from fstatfs(2)."""
+    buf = ctypes.create_string_buffer(120)  # struct statfs; f_type is its first long
+    check(_fstatfs(fd, buf), "fstatfs")
+    return ctypes.c_long.from_buffer(buf).value
+
+
 def raise_errno(what: str = "", errnum: int | None = None) -> NoReturn:
     """Raise OSError for errno (default: ctypes' saved errno), like os.* functions do."""
     e = ctypes.get_errno() if errnum is None else errnum
