@@ -96,6 +96,8 @@ _SPECS = (
                          constants=("token", "seg", "gone"), steps=("seq",)),
     harness.WorkloadSpec("sigio", str(HERE / "sigio.py"), constants=("token", "owners", "async_"), steps=("seq",),
                          monotonic=("rt", "io")),
+    harness.WorkloadSpec("dgramlog", str(HERE / "dgramlog.py"), roles=("main", "child"), constants=("token",),
+                         steps=("seq",), monotonic=("sent", "got")),
     harness.WorkloadSpec("tmpfiles", str(HERE / "tmpfiles.py"), constants=("token", "head", "links"),
                          steps=("seq", "pos")),
 )

@@ -55,6 +55,12 @@ class ImageSet:
         img[1].append(msg)
         img[2].append(extra)
 
+    def move_last_before(self, name: str, index: int) -> None:
+        """Move the entry added last to image `name` to position `index` (before the entry there)."""
+        _, msgs, extras = self._images[name]
+        msgs.insert(index, msgs.pop())
+        extras.insert(index, extras.pop())
+
     def add_all(self, name: str, magic: str, msgs: Iterable[Message]) -> None:
         for m in msgs:
             self.add(name, magic, m)

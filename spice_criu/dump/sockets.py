@@ -216,7 +216,20 @@ def _unix(of: OpenFd, fid: int, s: socket.socket) -> str:
     if state != TCP_LISTEN:
         _queue(of, fid, s, typ)
     add_file(of.ctx, "UNIXSK", fid, "usk", e)
+    if name:
+        _before_one_way_clients(of, e)
     return "UNIXSK"
+
+
+def _before_one_way_clients(of: OpenFd, e) -> None:
+    """A bound socket goes into files.img before the sockets connected to it one way (datagram
+    clients of a server such as syslogd's /dev/log), as criu writes them: criu's restore resolves a
+    peer only among the sockets read before it ("Peer ... unresolved")."""
+    entries = of.ctx.images.entries("files.img")
+    for i, fe in enumerate(entries[:-1]):
+        if fe.HasField("usk") and fe.usk.peer == e.ino and fe.usk.ino != e.peer:
+            of.ctx.images.move_last_before("files.img", i)
+            return
 
 
 def _queue(of: OpenFd, fid: int, s: socket.socket, typ: int) -> None:

@@ -178,23 +178,61 @@ class UnixSocket(FileObj):
         if key in ctx.inherit:
             return os.dup(ctx.inherit[key])
         try:
-            if e.peer and e.state == TCP_ESTABLISHED:
+            named = ctx.kind_cache("unix_named")  # bound sockets made early, for a client to connect to
+            server = self._named_peer(ctx)
+            if e.ino in named:
+                s = named.pop(e.ino)
+            elif e.peer and e.state == TCP_ESTABLISHED and server is None:
                 s = self._pair_end(ctx)
             else:
-                s = socket.socket(socket.AF_UNIX, e.type)
-                _apply_opts(s, e.opts, self.describe())
-                if e.name and e.name[0] == 0:
-                    s.bind(e.name)  # abstract
-                elif e.name:
-                    _bind_file(s, e, ctx)
-                if e.state == TCP_LISTEN:
-                    s.listen(e.backlog)
+                s = self._fresh(ctx)
+                if server is not None:
+                    self._connect_to(ctx, s, server)
             if e.HasField("shutdown") and e.shutdown in SHUT_BITS:
                 s.shutdown(SHUT_BITS[e.shutdown])
             fd = s.detach()
         except OSError as err:
             raise SpiceError("sockets", f"{self.describe()}: {err.strerror}") from None
         return with_file_params(fd, self.flags, self.e.fown, self.describe())
+
+    def _fresh(self, ctx: OpenContext) -> socket.socket:
+        """A new socket with the dumped options, bound to its name and listening as dumped."""
+        e = self.e
+        s = socket.socket(socket.AF_UNIX, e.type)
+        _apply_opts(s, e.opts, self.describe())
+        if e.name and e.name[0] == 0:
+            s.bind(e.name)  # abstract
+        elif e.name:
+            _bind_file(s, e, ctx)
+        if e.state == TCP_LISTEN:
+            s.listen(e.backlog)
+        if e.name:
+            ctx.kind_cache("unix_bound")[e.ino] = True
+        return s
+
+    def _named_peer(self, ctx: OpenContext) -> UnixSocket | None:
+        """The bound socket this one is connected to one way (a datagram client of a server such as
+        syslogd's /dev/log: the server is not connected back), which criu reconnects by its name."""
+        e = self.e
+        if not e.peer or e.state != TCP_ESTABLISHED:
+            return None
+        peer = ctx.state.get("unix_by_ino", {}).get(e.peer)
+        if peer is None or peer.e.peer == e.ino or not peer.e.name:
+            return None
+        return peer
+
+    def _connect_to(self, ctx: OpenContext, s: socket.socket, server: UnixSocket) -> None:
+        """Connect to server's name, binding the server first if its own task has not yet."""
+        se = server.e
+        if se.deleted:
+            raise SpiceError("sockets", f"{self.describe()}: connected to {server.describe()}, "
+                                        "whose socket file was deleted: not supported")
+        if not ctx.kind_cache("unix_bound").get(se.ino):
+            ctx.kind_cache("unix_named")[se.ino] = server._fresh(ctx)
+        if se.name[0] == 0:
+            s.connect(se.name)
+        else:
+            s.connect(_bound_path(se, ctx))
 
     def _pair_end(self, ctx: OpenContext) -> socket.socket:
         pairs: dict[int, socket.socket] = ctx.kind_cache("unix_pairs")
@@ -216,15 +254,21 @@ class UnixSocket(FileObj):
         return me
 
 
-def _bind_file(s: socket.socket, e, ctx: OpenContext) -> None:
-    """Bind to a path as the dumped socket was: the dumped (dead) socket's file, left behind, is
-    unlinked first (as criu does; anything else there is left alone and bind fails); then the
-    file gets its dumped owner and mode, and is unlinked again if it was deleted when dumped."""
+def _bound_path(e, ctx: OpenContext) -> str:
+    """Where a unix socket's file name is (its name_dir for a relative name, under --root)."""
     path = e.name.split(b"\0", 1)[0].decode(errors="surrogateescape")  # names end in the kernel's NUL
     if e.HasField("name_dir") and not path.startswith("/"):
         path = os.path.join(e.name_dir, path)
     if path.startswith("/"):
         path = ctx.path(path)
+    return path
+
+
+def _bind_file(s: socket.socket, e, ctx: OpenContext) -> None:
+    """Bind to a path as the dumped socket was: the dumped (dead) socket's file, left behind, is
+    unlinked first (as criu does; anything else there is left alone and bind fails); then the
+    file gets its dumped owner and mode, and is unlinked again if it was deleted when dumped."""
+    path = _bound_path(e, ctx)
     try:
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)
