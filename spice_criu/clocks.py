@@ -5,6 +5,10 @@ namespace it makes) both read."""
 from __future__ import annotations
 
 import os
+import time
+
+#: the clocks a time namespace offsets: (timens_entry field and offsets-file name, clock id)
+CLOCKS = (("monotonic", time.CLOCK_MONOTONIC), ("boottime", time.CLOCK_BOOTTIME))
 
 
 def timens_offsets(pid: int | str = "self") -> dict[str, int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..clocks import timens_offsets
+from ..clocks import CLOCKS, timens_offsets
 from ..images import codec
 from ..images.lite import Message
 
@@ -48,7 +48,7 @@ def timens(pid: int | None = None) -> Message:
     ours = timens_offsets()
     theirs = timens_offsets(pid) if pid is not None else ours
     e = codec.pb("timens_entry", lite=True)()
-    for field, clock in (("monotonic", time.CLOCK_MONOTONIC), ("boottime", time.CLOCK_BOOTTIME)):
+    for field, clock in CLOCKS:
         ns = time.clock_gettime_ns(clock) - ours.get(field, 0) + theirs.get(field, 0)
         ts = getattr(e, field)
         ts.tv_sec, ts.tv_nsec = ns // 10**9, ns % 10**9

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..clocks import timens_offsets
+from ..clocks import CLOCKS, timens_offsets
 from ..errors import ImageError, SpiceError
 from ..linux.syscalls import NR, syscall
 from ..log import log
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from .plan import RestorePlan
 
 CLONE_NEWTIME = 0x80
-CLOCKS = (("monotonic", time.CLOCK_MONOTONIC), ("boottime", time.CLOCK_BOOTTIME))
 
 
 def enter(plan: RestorePlan) -> None:

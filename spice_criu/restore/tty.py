@@ -238,8 +238,7 @@ class PtyEnd(Tty):
             if self.info.packet_mode:
                 fcntl.ioctl(fd, TIOCPKT, struct.pack("i", 1))
             self._file_params_later(ctx, fd)
-            slaves = [f for f in ctx.files.values()
-                      if isinstance(f, PtyEnd) and not f.master and f.info.pty.index == index]
+            slaves = [f for f in _files_of(ctx, PtyEnd, index) if not f.master]
             for sl in slaves:
                 ctx.opened[sl.id] = sl._open_slave(ctx)
             data = ctx.state["tty"]["data"]
@@ -283,8 +282,8 @@ class HungSlave(Tty):
                             self.describe())
         try:
             fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
-            for f in ctx.files.values():  # every slave file of it (ours last: its fd is returned)
-                if isinstance(f, HungSlave) and f.info.pty.index == index and f is not self:
+            for f in _files_of(ctx, HungSlave, index):  # every slave file of it (ours last: its fd is returned)
+                if f is not self:
                     ctx.opened[f.id] = f._open_slave(ctx)
             return self._open_slave(ctx)
         finally:
@@ -304,9 +303,14 @@ def _master_path(slave_path: str) -> str:
     return os.path.join(os.path.dirname(slave_path) or "/dev/pts", "ptmx")
 
 
+def _files_of(ctx: OpenContext, kind: type[Tty], index: int) -> list:
+    """The file objects of one kind (PtyEnd, HungSlave) of pty `index`."""
+    return [f for f in ctx.files.values() if isinstance(f, kind) and f.info.pty.index == index]
+
+
 def _master_of(ctx: OpenContext, index: int) -> PtyEnd:
-    for f in ctx.files.values():
-        if isinstance(f, PtyEnd) and f.master and f.info.pty.index == index:
+    for f in _files_of(ctx, PtyEnd, index):
+        if f.master:
             return f
     raise SpiceError("tty", f"pty {index}: its master is not in the images")
 
@@ -356,39 +360,28 @@ def _take_ctty(task, ctx: OpenContext) -> None:
     """A session hook (right after the leader's setsid(), before its children are forked, which
     inherit it): a session leader whose controlling terminal was a pty of the dump gets it back.
     CRIU gives it back later, to the leader alone: the session's other tasks lose it there."""
-    from ..linux.syscalls import NR
-
     want = ctx.state["tty"]["cttys"].get(task.pid)
     if want is None:
         return
-    slave, fd = _pull_slave(task, ctx, want[0])
-    b = task.batch()
-    b.add(NR.ioctl, fd, TIOCSCTTY, 1, what=f"ioctl(TIOCSCTTY, {slave})")
-    b.add(NR.close, fd, what="close")
-    b.run()
-    task.reset_scratch()
+    slave = _slave_ioctl(task, ctx, want[0], TIOCSCTTY, 1)
     log.debug(f"task {task.pid}: controlling terminal {slave}")
 
 
 def _give_foreground(task, ctx: OpenContext) -> None:
     """A task hook (after the leader's fds, when every process group exists): the terminal's
     dumped foreground group."""
-    from ..linux.syscalls import NR
-
     want = ctx.state["tty"]["cttys"].get(task.pid)
     if want is None or not want[1] or want[1] == task.plan.pgid:  # TIOCSCTTY made the leader's group it
         return
-    slave, fd = _pull_slave(task, ctx, want[0])
-    b = task.batch()
-    b.add(NR.ioctl, fd, TIOCSPGRP, task.put(struct.pack("i", want[1])), what=f"ioctl(TIOCSPGRP, {want[1]})")
-    b.add(NR.close, fd, what="close")
-    b.run()
-    task.reset_scratch()
+    slave = _slave_ioctl(task, ctx, want[0], TIOCSPGRP, struct.pack("i", want[1]))
     log.debug(f"task {task.pid}: foreground group {want[1]} on {slave}")
 
 
-def _pull_slave(task, ctx: OpenContext, index: int) -> tuple[str, int]:
-    """(path, fd in the task) of a slave of pty `index` opened for the task (the pair made first)."""
+def _slave_ioctl(task, ctx: OpenContext, index: int, req: int, arg: int | bytes) -> str:
+    """ioctl(req, arg) in the task on a slave of pty `index` opened for it (the pair made first),
+    then closed; bytes are passed by address. Returns the slave's path."""
+    from ..linux.syscalls import NR
+
     master = _master_of(ctx, index)
     ctx.fd_of(master.id)
     slave = _slave_path(master.path, index)
@@ -398,9 +391,15 @@ def _pull_slave(task, ctx: OpenContext, index: int) -> tuple[str, int]:
         raise SpiceError("tty", f"task {task.pid}: can't open {slave}, its controlling terminal: "
                          f"{e.strerror}") from None
     try:
-        return slave, pull_fd(task, ours)
+        fd = pull_fd(task, ours)
     finally:
         os.close(ours)
+    b = task.batch()
+    b.add(NR.ioctl, fd, req, task.put(arg) if isinstance(arg, bytes) else arg, what=f"ioctl({req:#x}, {slave})")
+    b.add(NR.close, fd, what="close")
+    b.run()
+    task.reset_scratch()
+    return slave
 
 
 def _slave_path(master_path: str, index: int) -> str:
