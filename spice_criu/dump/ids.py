@@ -4,12 +4,12 @@
 CRIU numbers each kind of object (mm, fd table, fs, sighand) in the order it meets them, the dumping
 process itself first (its ids are the inventory's root_ids), and tells shared objects apart with
 kcmp(2). Namespaces are numbered in one sequence by their /proc/PID/ns inode, in CRIU's order, again
-starting with the dumper's own. restore uses root_ids to decide which namespaces to recreate, so a
-task whose namespace differs from ours is refused here (spice does not dump namespaces), but for
-one: a root task in its own time namespace, as every process criu restored is (criu restores each
-tree into a new one, to keep its monotonic and boot clocks going on from the dump). As criu does,
-the tree then takes that namespace in the images (timens-<id>.img holds the clocks as seen inside
-it); a task in a time namespace other than its root's is refused, as criu refuses a nested one.
+starting with the dumper's own. restore uses root_ids to decide which namespaces to recreate: a
+namespace of the root task's that differs from ours is the tree's own, and goes in the images
+(dump/namespaces.py) if spice can dump that kind, else the dump is refused naming it. Every other
+task must share the root's namespaces (criu refuses nested ones too). The time namespace is one
+such kind: every process criu restored lives in one of its own (criu restores each tree into a new
+one, to keep its monotonic and boot clocks going on from the dump).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ..errors import SpiceError
 from ..images import codec
 from ..images.lite import Message
 from ..linux import kcmp
+from . import namespaces
 
 #: CRIU's namespace order (the order of its "Add <ns> ns" lines), with the ids field of each
 NAMESPACES = (("pid", "pid_ns_id"), ("net", "net_ns_id"), ("ipc", "ipc_ns_id"), ("uts", "uts_ns_id"),
@@ -45,8 +46,8 @@ class Ids:
         self._ns: dict[tuple[str, int], int] = {}
         self._ns_next = 1
         self.root_ids = self.task_ids(os.getpid(), dumper=True)
-        #: the tree's time namespace (its root's): (ns id, a pid in it), once the root was seen
-        self.time_ns: tuple[int, int] | None = None
+        #: the root's namespaces, by kind: (ns id, the root's pid), once the root was seen
+        self.tree_ns: dict[str, tuple[int, int]] = {}
 
     def _ns_id(self, ns: str, ino: int) -> int:
         key = (ns, ino)
@@ -82,24 +83,27 @@ class Ids:
             if ino is None:
                 continue
             nsid = self._ns_id(ns, ino)
-            if ns == "time" and not dumper:
-                self._check_time_ns(pid, nsid)
-            elif not dumper and nsid != getattr(self.root_ids, field):
-                raise SpiceError("dump", f"task {pid} lives in its own {ns} namespace: not supported")
+            if not dumper:
+                self._check_ns(pid, ns, nsid)
             setattr(ids, field, nsid)
         return ids
 
-    def _check_time_ns(self, pid: int, nsid: int) -> None:
-        """The first task asked about is the root (tasks are dumped parents first): its time
-        namespace is the tree's; every other task must share it."""
-        if self.time_ns is None:
-            self.time_ns = (nsid, pid)
-        elif nsid != self.time_ns[0]:
-            raise SpiceError("dump", f"task {pid} lives in a time namespace other than its tree's: not supported")
+    def _check_ns(self, pid: int, ns: str, nsid: int) -> None:
+        """The first task asked about is the root (tasks are dumped parents first): its namespaces
+        are the tree's; every other task must share them, and those not ours must be dumpable."""
+        tree = self.tree_ns.setdefault(ns, (nsid, pid))
+        if nsid != tree[0]:
+            raise SpiceError("dump", f"task {pid} lives in its own {ns} namespace: not supported")
+        if tree[1] == pid and nsid != getattr(self.root_ids, dict(NAMESPACES)[ns]) and ns not in namespaces.DUMPED:
+            raise SpiceError("dump", f"task {pid} lives in its own {ns} namespace: not supported")
+
+    def own_ns(self, ns: str) -> tuple[int, int] | None:
+        """(id, root pid) of the tree's namespace of that kind if it is not ours (None: shares ours)."""
+        tree = self.tree_ns.get(ns)
+        if tree is None or tree[0] == getattr(self.root_ids, dict(NAMESPACES)[ns]):
+            return None
+        return tree
 
     @property
     def own_time_ns(self) -> tuple[int, int] | None:
-        """(id, pid) of the tree's time namespace if it is not ours (None: the tree shares ours)."""
-        if self.time_ns is None or self.time_ns[0] == self.root_ids.time_ns_id:
-            return None
-        return self.time_ns
+        return self.own_ns("time")

@@ -24,6 +24,7 @@ from ..linux import ptrace as pt
 from ..linux.signals import SIGKILL
 from ..log import log
 from . import creds, files, ids, inventory, mm, pages, proc, seccomp, seize, shmem, signals, threads, timers, tree
+from . import namespaces as nsdump
 from .cgroups import Cgroups
 from .imgset import ImageSet
 from .intask import SCRATCH_SIZE, Batch
@@ -262,6 +263,7 @@ def _collect(ctx: DumpContext, frozen: seize.FrozenTree) -> Message:
         ctx.ttys.dump_queued(ctx.images)
     ctx.images.add_all("pstree.img", "PSTREE", tree.pstree_entries(tasks))
     ctx.images.add("seccomp.img", "SECCOMP", ctx.seccomp.entry)
+    nsdump.dump(ctx)
     if (own := ctx.ids.own_time_ns) is not None:  # a tree criu restored: its time namespace goes in the images
         ctx.images.add(f"timens-{own[0]}.img", "TIMENS", inventory.timens(own[1]))
     else:

@@ -14,7 +14,7 @@ from ..errors import ImageError, SpiceError
 from ..images.imagedir import ImageDir
 from ..record import Factory, Record
 from . import files as F
-from . import seccomp
+from . import namespaces, seccomp
 from .mm import MmPlan, ShmemPlan, plan_mm
 
 TYPE_CHECKING = False
@@ -73,6 +73,8 @@ class RestorePlan(Record):
     file_state: dict = Factory(dict)
     #: the tree's time namespace in the images (timens-<id>.img): 0 when it shared the dumper's
     timens_id: int = 0
+    #: the tree's other namespaces of its own, made again with the root (restore/namespaces.py): kind -> id
+    own_ns: dict[str, int] = Factory(dict)
 
     @property
     def root(self) -> TaskPlan:
@@ -97,17 +99,20 @@ def _check_inventory(imgdir: ImageDir) -> Message:
     return inv
 
 
-def _check_namespaces(pid: int, ids: Message, inv: Message, root_time: int | None) -> None:
-    """Only the time namespace may be the tree's own (restore/timens.py), shared by every task."""
-    root = inv.root_ids
-    for ns in _NS_NAMES:
-        f = f"{ns}_ns_id"
-        if ns == "time" and root_time is not None:
-            if ids.HasField(f) and getattr(ids, f) != root_time:
-                raise SpiceError("restore", f"task {pid} lives in another time namespace than the root task: "
-                                            "not supported")
-        elif ids.HasField(f) and root.HasField(f) and getattr(ids, f) != getattr(root, f):
-            raise SpiceError("restore", f"task {pid} lives in its own {ns} namespace: not supported")
+def _check_namespaces(pid: int, ids: Message, inv: Message, tree: dict[str, int] | None,
+                      root_time: int | None) -> None:
+    """Every task shares the root's namespaces (tree: the root's own, restore/namespaces.py); the
+    time namespace may be the tree's own too (restore/timens.py). Kinds spice cannot make are refused."""
+    if tree is None:  # the root
+        for ns in namespaces.own(ids, inv):
+            if ns not in namespaces.MADE:
+                raise SpiceError("restore", f"task {pid} lives in its own {ns} namespace: not supported")
+        return
+    if ids.HasField("time_ns_id") and root_time is not None and ids.time_ns_id != root_time:
+        raise SpiceError("restore", f"task {pid} lives in another time namespace than the root task: not supported")
+    if namespaces.own(ids, inv) != tree:
+        ns = next(n for n in _NS_NAMES if n != "time" and namespaces.own(ids, inv).get(n) != tree.get(n))
+        raise SpiceError("restore", f"task {pid} lives in its own {ns} namespace: not supported")
 
 
 def _check_thread(pid: int, core: Message, tid: int) -> None:
@@ -135,6 +140,7 @@ def build_plan(images_dir: str | os.PathLike, root: str = "/", inherit: dict[str
     tasks: dict[int, TaskPlan] = {}
     order: list[TaskPlan] = []
     root_time: int | None = None  # the root task's time namespace
+    own_ns: dict[str, int] | None = None  # the root's other namespaces that are not the dumper's
     for i, pe in enumerate(pstree):
         pid = pe.pid
         if pid in tasks or pid <= 0:
@@ -165,7 +171,9 @@ def build_plan(images_dir: str | os.PathLike, root: str = "/", inherit: dict[str
         ids = imgdir.one(f"ids-{pid}.img")
         if not i:
             root_time = ids.time_ns_id if ids.HasField("time_ns_id") else None
-        _check_namespaces(pid, ids, inv, root_time)
+        _check_namespaces(pid, ids, inv, own_ns, root_time)
+        if not i:
+            own_ns = namespaces.own(ids, inv)
         for other in tasks.values():
             if other.zombie:
                 continue
@@ -202,7 +210,8 @@ def build_plan(images_dir: str | os.PathLike, root: str = "/", inherit: dict[str
 
         check_sessions(file_state, {t.pid for t in order if t.sid == t.pid and not t.zombie})
     own_time = root_time is not None and root_time != inv.root_ids.time_ns_id
-    plan = RestorePlan(imgdir, inv, order, files, shmems, file_state, timens_id=root_time if own_time else 0)
+    plan = RestorePlan(imgdir, inv, order, files, shmems, file_state, timens_id=root_time if own_time else 0,
+                       own_ns=own_ns or {})
     _check_pids_free(plan)
     return plan
 

@@ -21,7 +21,7 @@ from ..images import codec, stats
 from ..linux import prctl, ptrace
 from ..linux.signals import SIGKILL, SIGSTOP
 from ..log import log
-from . import cgroups, creds, signals, threads, timens, timers
+from . import cgroups, creds, namespaces, signals, threads, timens, timers
 from .backends import DEVICE, module_loaded
 from .backends import ptrace as ptrace_backend
 from .files import OpenContext, install_fds, install_fs
@@ -158,7 +158,8 @@ def restore_plan(plan: RestorePlan, o: Options, backend, cg_moves: list[cgroups.
     try:
         t0 = time.monotonic()
         timens.enter(plan)  # every task is created in it
-        create_tree(plan, o.restore_sibling, created, new_session=lambda ctl: ctx.run_hooks("session_hooks", ctl))
+        create_tree(plan, o.restore_sibling, created, new_session=lambda ctl: ctx.run_hooks("session_hooks", ctl),
+                    on_root=lambda ctl: namespaces.setup(plan, ctl, ctx))
         log.info(f"tree of {len(created)} tasks created")
         fault_point("restore-tree")
         if cg_moves:

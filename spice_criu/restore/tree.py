@@ -17,7 +17,7 @@ from ..errors import SpiceError
 from ..linux import clone3, ptrace
 from ..linux.signals import SIGCHLD, SIGKILL
 from ..linux.syscalls import NR
-from . import stub
+from . import namespaces, stub
 from .plan import RestorePlan, TaskPlan
 from .task import TRAMPOLINE_SIZE, TaskCtl, wait_first_stop
 from .threads import clone_args
@@ -31,15 +31,16 @@ TRACE_OPTIONS = (ptrace.O_TRACESYSGOOD | ptrace.O_TRACEFORK | ptrace.O_TRACECLON
                  | ptrace.O_SUSPEND_SECCOMP)
 
 
-def spawn_root(t: TaskPlan, sibling: bool) -> TaskCtl:
+def spawn_root(t: TaskPlan, sibling: bool, ns_flags: int = 0) -> TaskCtl:
     """Start the root with its PID as the stub (stub.py), parked in pause() until we hold it
-    under ptrace: a vfork-style clone3(set_tid) + exec, nothing of the restorer copied."""
+    under ptrace: a vfork-style clone3(set_tid) + exec, nothing of the restorer copied. ns_flags:
+    the tree's own namespaces (CLONE_NEW*) it is cloned into."""
     stub_fd = stub.program()
     try:
         def spawn(share_vm: bool = True) -> int:
             # with CLONE_PARENT the child inherits our exit signal: clone3 wants exit_signal 0 then
             return clone3.spawn_exec(stub_fd, [stub.NAME.encode()], set_tid=[t.pid],
-                                     flags=clone3.CLONE_PARENT if sibling else 0,
+                                     flags=ns_flags | (clone3.CLONE_PARENT if sibling else 0),
                                      exit_signal=0 if sibling else SIGCHLD, share_vm=share_vm)
 
         try:
@@ -93,21 +94,25 @@ def spawn_child(parent: TaskCtl, t: TaskPlan) -> TaskCtl:
 
 
 def create_tree(plan: RestorePlan, sibling: bool, created: list[TaskCtl],
-                new_session: Callable[[TaskCtl], None] | None = None) -> dict[int, TaskCtl]:
+                new_session: Callable[[TaskCtl], None] | None = None,
+                on_root: Callable[[TaskCtl], None] | None = None) -> dict[int, TaskCtl]:
     """All tasks, stopped, with PIDs, sessions and groups. `created` collects them as they appear
     (so a failure half-way can kill exactly what exists). new_session(leader) runs right after a
-    session leader's setsid(), before its children exist (which inherit its controlling terminal)."""
+    session leader's setsid(), before its children exist (which inherit its controlling terminal);
+    on_root(root) right after the root exists, in the tree's own namespaces (restore/namespaces.py)."""
     ctls: dict[int, TaskCtl] = {}
     targets = {t.pid: [(v.start, v.end) for v in t.mm.vmas] for t in plan.tasks}
     for t in plan.tasks:
         if t is plan.root:
-            ctl = spawn_root(t, sibling)
+            ctl = spawn_root(t, sibling, namespaces.clone_flags(plan))
         else:
             ctl = spawn_child(ctls[t.ppid], t)
         created.append(ctl)
         ctls[t.pid] = ctl
         if not ctl.tramp or any(lo < ctl.tramp + TRAMPOLINE_SIZE and hi > ctl.tramp for lo, hi in targets[t.pid]):
             ctl.map_trampoline(targets[t.pid])
+        if t is plan.root and on_root is not None:
+            on_root(ctl)
         if t.sid == t.pid:
             ctl.sys(NR.setsid, what="setsid")
             if new_session is not None:
