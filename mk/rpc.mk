@@ -27,10 +27,12 @@ bench-rpc: setup compat-setup
 	$(VPY) compat-tests/test_rpc_bench.py
 
 # what compat-tests/test_rpc_runc.py needs: runc (Debian's 1.1.x, which execs `criu swrk 3` from $PATH)
-# and a static busybox for the container's rootfs
+# and a static busybox for the container's rootfs; iptables: criu locks a dumped network namespace
+# with iptables-restore (without it, criu cannot dump a container with its own network namespace)
 RPC_APT := DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=900
+RPC_PKGS := runc busybox-static iptables
 rpc-deps:
-	@command -v runc >/dev/null && dpkg -s busybox-static >/dev/null 2>&1 || { \
-		$(RPC_APT) install -y --no-install-recommends runc busybox-static >/dev/null 2>&1 || \
-		{ $(RPC_APT) update >/dev/null && $(RPC_APT) install -y --no-install-recommends runc busybox-static >/dev/null; }; }
-	@command -v runc >/dev/null && dpkg -s busybox-static >/dev/null 2>&1
+	@dpkg -s $(RPC_PKGS) >/dev/null 2>&1 || { \
+		$(RPC_APT) install -y --no-install-recommends $(RPC_PKGS) >/dev/null 2>&1 || \
+		{ $(RPC_APT) update >/dev/null && $(RPC_APT) install -y --no-install-recommends $(RPC_PKGS) >/dev/null; }; }
+	@dpkg -s $(RPC_PKGS) >/dev/null 2>&1
