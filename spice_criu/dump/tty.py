@@ -25,18 +25,27 @@ import struct
 
 from ..errors import SpiceError
 from ..images import codec
+from ..linux.tty import (
+    KERNEL_NCCS,
+    PTMX_MINOR,
+    TCGETS,
+    TIOCGEXCL,
+    TIOCGLCKTRMIOS,
+    TIOCGPGRP,
+    TIOCGPKT,
+    TIOCGPTLCK,
+    TIOCGPTN,
+    TIOCGSID,
+    TIOCGWINSZ,
+    TTYAUX_MAJOR,
+    UNIX98_PTY_MASTER_MAJORS,
+    UNIX98_PTY_SLAVE_MAJORS,
+)
 from ..log import log
 from . import proc
 from .files import OpenFd, RegParams, add_file, dumper, fown, reg_entry
 
-TCGETS, TIOCGWINSZ, TIOCGLCKTRMIOS = 0x5401, 0x5413, 0x5456
-TIOCGSID, TIOCGPGRP, TIOCGPTN, TIOCGPKT, TIOCGPTLCK, TIOCGEXCL = (
-    0x5429, 0x540F, 0x80045430, 0x80045438, 0x80045439, 0x80045440)
-TTYAUX_MAJOR, PTMX_MINOR = 5, 2
-UNIX98_PTY_MASTER_MAJORS = range(128, 136)
-UNIX98_PTY_SLAVE_MAJORS = range(136, 144)
 TTY_PTY = 1
-KERNEL_NCCS = 19
 QUEUE_MAX = 16384  # CRIU's limit on the data read from one end
 
 

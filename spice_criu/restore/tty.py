@@ -30,6 +30,21 @@ import struct
 
 from ..errors import ImageError, SpiceError
 from ..images.imagedir import ImageDir
+from ..linux.tty import (
+    KERNEL_NCCS,
+    PTMX_MINOR,
+    TCSETS,
+    TIOCGPTN,
+    TIOCPKT,
+    TIOCSCTTY,
+    TIOCSLCKTRMIOS,
+    TIOCSPGRP,
+    TIOCSPTLCK,
+    TIOCSWINSZ,
+    TTYAUX_MAJOR,
+    UNIX98_PTY_MASTER_MAJORS,
+    UNIX98_PTY_SLAVE_MAJORS,
+)
 from ..log import log
 from .eventfds import restore_file_params, restore_fown
 from .files import _NOT_REPLAYED, O_CLOEXEC, O_NOCTTY, FileObj, OpenContext, planner, pull_fd, refuse
@@ -38,15 +53,9 @@ TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are string
 if TYPE_CHECKING:
     from typing import Any, ClassVar
 
-TCSETS, TIOCSWINSZ, TIOCSPGRP, TIOCSLCKTRMIOS = 0x5402, 0x5414, 0x5410, 0x5457
-TIOCSCTTY, TIOCPKT, TIOCGPTN, TIOCSPTLCK = 0x540E, 0x5420, 0x80045430, 0x40045431
-TTYAUX_MAJOR, PTMX_MINOR = 5, 2
-UNIX98_PTY_MASTER_MAJORS = range(128, 136)
-UNIX98_PTY_SLAVE_MAJORS = range(136, 144)
 PTMX_TRIES = 32  # CRIU's: opens of /dev/ptmx to reach the dumped index
 TTY_PTY, TTY_EXT = 1, 5
 TTY_TYPES = {0: "UNKNOWN", 1: "PTY", 2: "CONSOLE", 3: "VT", 4: "CTTY", 5: "EXT_TTY", 6: "SERIAL"}
-KERNEL_NCCS = 19  # struct termios of the TCGETS/TCSETS ioctls (asm-generic), as CRIU's TERMIOS_NCC
 
 
 def _major(dev: int) -> int:
