@@ -286,18 +286,19 @@ def test_object_ids_against_kcmp() -> None:
 
 
 def test_task_in_another_namespace_is_refused() -> None:
+    """A namespace kind spice cannot dump (user: neither can it restore one) is refused by name."""
     unshare = shutil.which("unshare")
     if unshare is None:
         pytest.fail("unshare (util-linux) is needed")
-    child = subprocess.Popen([unshare, "-u", "sleep", "30"])
+    child = subprocess.Popen([unshare, "-U", "sleep", "30"])
     try:
         import time
 
         deadline = time.monotonic() + 5
-        while os.readlink(f"/proc/{child.pid}/ns/uts") == os.readlink("/proc/self/ns/uts"):
+        while os.readlink(f"/proc/{child.pid}/ns/user") == os.readlink("/proc/self/ns/user"):
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        with pytest.raises(SpiceError, match=f"task {child.pid} lives in its own uts namespace"):
+        with pytest.raises(SpiceError, match=f"task {child.pid} lives in its own user namespace"):
             ids.Ids().task_ids(child.pid)
     finally:
         child.kill()

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 #: the kinds spice dumps when they are the tree's own, in CRIU's order, each with its module (or None)
 DUMPED: dict[str, str | None] = {
     "time": None,
+    "uts": "utsns",
+    "ipc": "ipcns",
 }
 
 
