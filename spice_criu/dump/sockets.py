@@ -32,6 +32,7 @@ from ..tcpstates import CONNECTED as TCP_CONNECTED
 from ..tcpstates import LISTEN as TCP_LISTEN
 from ..tcpstates import name as tcp_state_name
 from .files import OpenFd, add_file, dumper, fown, socket_details
+from .netns import net_ns_id, socket_in
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:
@@ -67,11 +68,11 @@ def _split(body: bytes, head: int) -> tuple[bytes, dict[int, bytes]]:
     return body[:head], attrs
 
 
-def unix_diag(ino: int) -> tuple[tuple[int, ...], dict[int, bytes]]:
+def unix_diag(ctx: Any, ino: int) -> tuple[tuple[int, ...], dict[int, bytes]]:
     show = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN
     req = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, ino, show, 0xFFFFFFFF, 0xFFFFFFFF)
     msg = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0) + req
-    for body in _diag_raw(msg):
+    for body in _diag_raw(ctx, msg):
         head, attrs = _split(body, 16)
         fam, typ, state, _pad, dino = struct.unpack_from("=BBBBI", head)
         if dino == ino:
@@ -79,10 +80,10 @@ def unix_diag(ino: int) -> tuple[tuple[int, ...], dict[int, bytes]]:
     raise OSError(2, "no such unix socket")
 
 
-def inet_diag(family: int, proto: int, ino: int) -> tuple[dict[str, Any], dict[int, bytes]]:
+def inet_diag(ctx: Any, family: int, proto: int, ino: int) -> tuple[dict[str, Any], dict[int, bytes]]:
     req = struct.pack("=BBBBI", family, proto, 0, 0, 0xFFFFFFFF) + bytes(48)
     msg = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req
-    for body in _diag_raw(msg):
+    for body in _diag_raw(ctx, msg):
         head, attrs = _split(body, 72)
         fam, state = struct.unpack_from("=BB", head)
         sport, dport = struct.unpack_from("!HH", head, 4)
@@ -95,12 +96,12 @@ def inet_diag(family: int, proto: int, ino: int) -> tuple[dict[str, Any], dict[i
     raise OSError(2, "no such inet socket")
 
 
-def netlink_diag(ino: int) -> tuple[tuple[int, int, int, int], dict[int, bytes]] | None:
+def netlink_diag(ctx: Any, ino: int) -> tuple[tuple[int, int, int, int], dict[int, bytes]] | None:
     """(state, portid, dst_portid, dst_group) and attributes of a netlink socket; None when sock_diag
     does not list it (never bound: it is in no netlink table yet)."""
     req = struct.pack("=BBHII2I", socket.AF_NETLINK, NDIAG_PROTO_ALL, 0, 0, NDIAG_SHOW_GROUPS, 0, 0)
     msg = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req
-    for body in _diag_raw(msg):
+    for body in _diag_raw(ctx, msg):
         head, attrs = _split(body, 28)
         _fam, _typ, _proto, state, portid, dst_portid, dst_group, dino = struct.unpack_from("=BBBBIIII", head)
         if dino == ino:
@@ -108,12 +109,12 @@ def netlink_diag(ino: int) -> tuple[tuple[int, int, int, int], dict[int, bytes]]
     return None
 
 
-def packet_diag(ino: int) -> tuple[tuple[int, int], dict[int, bytes]] | None:
+def packet_diag(ctx: Any, ino: int) -> tuple[tuple[int, int], dict[int, bytes]] | None:
     """(type, protocol in host order) and attributes of a packet socket."""
     show = PACKET_SHOW_INFO | PACKET_SHOW_MCLIST | PACKET_SHOW_RING_CFG | PACKET_SHOW_FANOUT
     req = struct.pack("=BBHII2I", socket.AF_PACKET, 0, 0, 0, show, 0, 0)
     msg = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req
-    for body in _diag_raw(msg):
+    for body in _diag_raw(ctx, msg):
         head, attrs = _split(body, 16)
         _fam, typ, num, dino = struct.unpack_from("=BBHI", head)
         if dino == ino:
@@ -121,8 +122,9 @@ def packet_diag(ino: int) -> tuple[tuple[int, int], dict[int, bytes]] | None:
     return None
 
 
-def _diag_raw(msg: bytes) -> list[bytes]:
-    nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+def _diag_raw(ctx: Any, msg: bytes) -> list[bytes]:
+    """sock_diag's answer, asked in the tree's net namespace (it lists that namespace's sockets)."""
+    nl = socket_in(ctx, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
     try:
         nl.settimeout(5)
         return netlink.request(nl, msg)
@@ -192,7 +194,7 @@ def _dump_socket(of: OpenFd, fid: int) -> str:
 def _unix(of: OpenFd, fid: int, s: socket.socket) -> str:
     ino = of.st.st_ino
     try:
-        (typ, state), attrs = unix_diag(ino)
+        (typ, state), attrs = unix_diag(of.ctx, ino)
     except OSError as e:
         raise SpiceError("dump", f"{of.describe()}: sock_diag: {e.strerror}") from None
     name = attrs.get(UNIX_DIAG_NAME, b"")
@@ -212,7 +214,7 @@ def _unix(of: OpenFd, fid: int, s: socket.socket) -> str:
     for k, v in fown(of.lfd).items():
         setattr(e.fown, k, v)
     sk_opts(s, False, e.opts)
-    e.ns_id = of.ctx.ids.root_ids.net_ns_id if of.ctx.ids.root_ids.HasField("net_ns_id") else 0
+    e.ns_id = net_ns_id(of.ctx)
     if state != TCP_LISTEN:
         _queue(of, fid, s, typ)
     add_file(of.ctx, "UNIXSK", fid, "usk", e)
@@ -277,7 +279,7 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
         d, attrs, listed = _unconnected(s, proto, what), {}, False
     else:
         try:
-            (d, attrs), listed = inet_diag(s.family, proto, of.st.st_ino), True
+            (d, attrs), listed = inet_diag(of.ctx, s.family, proto, of.st.st_ino), True
         except OSError as e:
             if e.errno != errno.ENOENT:
                 raise SpiceError("dump", f"{what}: sock_diag: {e.strerror}") from None
@@ -324,7 +326,7 @@ def _inet(of: OpenFd, fid: int, s: socket.socket) -> str:
     # criu finds sockets in one sock_diag dump, which lists no closed TCP socket: those (like the ones
     # sock_diag does not know at all) it makes up from getsockname(), without a netns id
     if listed and not (proto == socket.IPPROTO_TCP and state == TCP_CLOSE):
-        e.ns_id = of.ctx.ids.root_ids.net_ns_id if of.ctx.ids.root_ids.HasField("net_ns_id") else 0
+        e.ns_id = net_ns_id(of.ctx)
     if proto == socket.IPPROTO_TCP:
         if s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK):
             e.tcp_opts.cork = True
@@ -348,7 +350,7 @@ def _netlink(of: OpenFd, fid: int, s: socket.socket) -> str:
     no address, no netns id. Messages queued to it are not saved (nor by criu)."""
     e = codec.pb("netlink_sk_entry", lite=True)(id=fid, ino=of.st.st_ino, protocol=s.proto, state=0,
                                                 flags=of.flags, portid=0, dst_portid=0, dst_group=0)
-    found = netlink_diag(of.st.st_ino)
+    found = netlink_diag(of.ctx, of.st.st_ino)
     if found is not None:
         (e.state, e.portid, e.dst_portid, e.dst_group), attrs = found
         raw = attrs.get(NETLINK_DIAG_GROUPS, b"")
@@ -356,7 +358,7 @@ def _netlink(of: OpenFd, fid: int, s: socket.socket) -> str:
         if any(groups[1:]):  # criu writes and restores the first 32 only
             raise SpiceError("dump", f"{of.describe()}: netlink socket in more than 32 groups: not supported")
         e.groups.extend(groups[:1])
-        e.ns_id = of.ctx.ids.root_ids.net_ns_id if of.ctx.ids.root_ids.HasField("net_ns_id") else 0
+        e.ns_id = net_ns_id(of.ctx)
     for k, v in fown(of.lfd).items():
         setattr(e.fown, k, v)
     sk_opts(s, False, e.opts)
@@ -369,7 +371,7 @@ def _packet(of: OpenFd, fid: int, s: socket.socket) -> str:
     protocol, its options (version, reserve, auxdata, origdev, vnet header, loss, timestamps, copy
     threshold), its multicast list and fanout group. Memory-mapped rings are refused; packets
     queued to it are not saved (nor by criu)."""
-    found = packet_diag(of.st.st_ino)
+    found = packet_diag(of.ctx, of.st.st_ino)
     if found is None:
         raise SpiceError("dump", f"{of.describe()}: packet sock_diag does not list it")
     (typ, num), attrs = found  # the image keeps the protocol in network order, as socket() takes it
@@ -392,7 +394,7 @@ def _packet(of: OpenFd, fid: int, s: socket.socket) -> str:
     for k, v in fown(of.lfd).items():
         setattr(e.fown, k, v)
     sk_opts(s, True, e.opts)
-    e.ns_id = of.ctx.ids.root_ids.net_ns_id if of.ctx.ids.root_ids.HasField("net_ns_id") else 0
+    e.ns_id = net_ns_id(of.ctx)
     add_file(of.ctx, "PACKETSK", fid, "psk", e)
     return "PACKETSK"
 

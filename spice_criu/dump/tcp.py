@@ -74,6 +74,20 @@ class TcpDump:
         self.lock = lock
         self.repaired: list[Repaired] = []
         self.guard: _Guard | None = None
+        self.netns: Any = None  # the lock of the tree's own net namespace (netns.NetnsLock), once taken
+
+    def netns_lock(self, pid: int) -> None:
+        """Lock the tree's own net namespace (entered through pid) as criu does, once: every packet
+        not marked 0xC114 dropped there. Its connections need no rule of their own then."""
+        if self.netns is not None or self.lock.method == "skip":
+            return
+        from .netns import NetnsLock
+
+        self.netns = NetnsLock(pid)
+        if self.guard is None:
+            self.guard = _Guard(self.lock)
+        self.guard.send({"netns": True}, self.netns.fd)  # before the lock: the guard removes it if we die
+        self.netns.lock()
 
     def dump(self, ctx: Any, lfd: int, e: Any, what: str) -> None:
         """Lock connection e (an inet_sk_entry already filled, options included), take its state
@@ -88,10 +102,14 @@ class TcpDump:
 
         args = (e.family, list(e.src_addr), e.src_port, list(e.dst_addr), e.dst_port)
         conn = Conn(*args)
+        own_ns = ctx.ids.own_ns("net")
+        if own_ns is not None:  # inside the tree's net namespace: the whole namespace is locked
+            self.netns_lock(own_ns[1])
         if self.guard is None:
             self.guard = _Guard(self.lock)
-        self.guard.send({"conn": args})  # before the lock, so the guard removes it whatever happens
-        self.lock.lock(conn)
+        if own_ns is None:
+            self.guard.send({"conn": args})  # before the lock, so the guard removes it whatever happens
+            self.lock.lock(conn)
         r = Repaired(os.dup(lfd), bool(e.opts.reuseaddr), what)
         self.repaired.append(r)
         self.guard.send({"sk": r.reuseaddr}, r.fd)
@@ -123,6 +141,11 @@ class TcpDump:
         self.repaired.clear()
         if unlock:
             self.lock.unlock()
+        if self.netns is not None:
+            if unlock:
+                self.netns.unlock()
+            self.netns.close()
+            self.netns = None
         if self.guard is not None:
             self.guard.done()
             self.guard = None
@@ -226,6 +249,7 @@ def _guard_main(sock: socket.socket, method: str, table: str) -> None:
     lock = NetworkLock(method, "")
     lock.table = table
     fds: list[tuple[int, bool]] = []
+    netns_fd = -1  # the tree's own net namespace, locked whole
     while True:
         data, fdlist, _flags, _addr = socket.recv_fds(sock, 4096, 4)
         if not data:
@@ -237,7 +261,9 @@ def _guard_main(sock: socket.socket, method: str, table: str) -> None:
             if method == "iptables":
                 lock.locked.append(Conn(*msg["conn"]))
             lock.table_made = method == "nftables"
-        if fdlist:
+        if fdlist and msg.get("netns"):
+            netns_fd = fdlist[0]
+        elif fdlist:
             fds.append((fdlist[0], bool(msg.get("sk"))))
     log.warn("dump", "spice died with TCP connections locked: the guard unlocks them")
     for fd, reuse in fds:
@@ -247,3 +273,10 @@ def _guard_main(sock: socket.socket, method: str, table: str) -> None:
         except OSError:
             pass
     lock.unlock()
+    if netns_fd >= 0:
+        from .netns import UNLOCK_SCRIPT, iptables_restore
+
+        try:
+            iptables_restore(netns_fd, UNLOCK_SCRIPT, "unlock")
+        except Exception:  # noqa: BLE001 - the guard must end quietly
+            pass

@@ -342,9 +342,18 @@ def network_unlock(imgdir: ImageDir, conns: list[TcpConn]) -> None:
             nft_delete_table(NFPROTO_INET, table)
         except OSError as err:
             log.warn("sockets", f"can't remove the dump's nftables lock (table inet {table}): {err.strerror}")
-    elif method == 0:
+    elif method == 0 and not _own_netns(imgdir, inv):  # in the tree's namespace: it was locked whole (netns.py)
         for c in conns:
             _iptables_unlock(c)
+
+
+def _own_netns(imgdir: ImageDir, inv: Any) -> bool:
+    """Whether the tree lives in a net namespace of its own (its root's ids differ from the dumper's)."""
+    from .namespaces import own
+
+    root = imgdir.entries("pstree.img")[:1]
+    ids = imgdir.one(f"ids-{root[0].pid}.img", optional=True) if root else None
+    return ids is not None and "net" in own(ids, inv)
 
 
 def _iptables_unlock(c: TcpConn) -> None:

@@ -1,0 +1,250 @@
+# SPDX-License-Identifier: MIT
+"""A tree in a network namespace of its own (`unshare -n`, a container without a CNI: loopback
+only), both directions: real `criu dump` -> `spice restore`, `spice dump` -> real `criu restore` and
+`spice restore`, and spice writing the namespace's images as criu does (crit equal, the raw `ip`
+and table dumps equal in what they say). The workload (workloads/netns.py) is a server and its
+client talking over one TCP connection through the namespace's loopback (so --tcp-established, and
+the namespace's network lock), and over a unix socketpair. After a restore both go on counting in a
+new net namespace with lo up, and the listener accepts new connections made inside it. A veth in the
+namespace is refused by name, the tree left running."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import fdkinds
+import harness
+import pytest
+from harness import assert_continues
+
+SPEC = harness.WorkloadSpec("netns", str(harness.WORKLOAD_DIR / "netns.py"), roles=("server", "client"),
+                            constants=("token", "port"), steps=("seq",),
+                            monotonic=("pongs", "unix", "accepted", "fresh"))
+harness.SPECS.setdefault(SPEC.name, SPEC)
+TCP = ("--tcp-established",)
+
+
+def _ns(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/ns/net")
+
+
+def _ask_token(pid: int, port: int) -> str:
+    """Connect to 127.0.0.1:port inside pid's net namespace (a new connection to its listener)."""
+    code = (f"import socket; s = socket.create_connection(('127.0.0.1', {port}), timeout=10); "
+            "s.sendall(b'token\\n'); print(s.makefile().readline().strip())")
+    r = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, "-c", code], capture_output=True,
+                       text=True, timeout=harness.scaled(20))
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def check_restored(info: harness.DumpInfo, pid: int) -> None:
+    """Both roles go on (pongs over the restored connection, datagrams over the pair) in one new net
+    namespace with lo up; the listener answers a connection from the test and one from the client."""
+    assert pid == info.pid
+    pids = list(info.pids)
+    assert_continues(info, pids, new_ticks=5)
+    assert _ns(pids[0]) == _ns(pids[1]) != _ns(os.getpid())
+    assert fdkinds.last_field(info, "lo", "server") == 1 and fdkinds.last_field(info, "lo", "client") == 1
+    token = info.pre_dump["server"].fields["token"]
+    port = int(info.pre_dump["server"].fields["port"])
+    accepted = fdkinds.last_field(info, "accepted", "server")
+    assert _ask_token(pid, port) == token
+    os.kill(info.roles["client"], signal.SIGUSR1)
+    fdkinds.wait_for(lambda: fdkinds.last_field(info, "fresh", "client") >= 1, 10, "the client's fresh connection")
+    fdkinds.wait_for(lambda: fdkinds.last_field(info, "accepted", "server") >= accepted + 2, 10,
+                     "the server to count both new connections")
+    assert_continues(info, pids, new_ticks=2)
+
+
+def _start(rundir: Path) -> harness.Workload:
+    wl = harness.start_workload("netns", rundir)
+    assert _ns(wl.pid) != _ns(os.getpid())
+    return wl
+
+
+@pytest.fixture(scope="module")
+def criu_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
+    wl = _start(compat_tmp / "netns" / "criu")
+    return harness.dump_workload(wl, wl.rundir / "images", extra_args=TCP)
+
+
+@pytest.fixture(scope="module")
+def spice_dump(criu_bin: Path, compat_tmp: Path) -> harness.DumpInfo:
+    from spice import spice
+
+    def dumper(pid: int, images: Path, leave_running: bool):
+        images.mkdir(parents=True, exist_ok=True)
+        return spice("dump", "-t", str(pid), "-D", str(images), "-v4", "-o", "dump.log", *TCP,
+                     log=images / "dump.log")
+
+    wl = _start(compat_tmp / "netns" / "spice")
+    return harness.dump_workload(wl, wl.rundir / "images", dumper=dumper)
+
+
+def _restore(info: harness.DumpInfo, tool: str) -> int:
+    from spice import spice_restore
+
+    if tool == "criu":
+        return harness.criu_restore(info.images_dir, extra_args=TCP)
+    return spice_restore(info.images_dir, *TCP)
+
+
+def test_criu_dump_restores_under_spice(criu_dump: harness.DumpInfo) -> None:
+    for _ in range(2):
+        pid = _restore(criu_dump, "spice")
+        check_restored(criu_dump, pid)
+        harness.kill_restored(criu_dump, pid)
+
+
+@pytest.mark.parametrize("tool", ["criu", "spice"])
+def test_spice_dump_restores(spice_dump: harness.DumpInfo, tool: str) -> None:
+    pid = _restore(spice_dump, tool)
+    check_restored(spice_dump, pid)
+    harness.kill_restored(spice_dump, pid)
+
+
+# ------------------------------------------------------------------------------ the images
+
+
+def _crit(crit: Path, path: Path) -> dict:
+    from spice import spice
+
+    out = json.loads(subprocess.run([str(crit), "show", str(path)], capture_output=True, text=True,
+                                    check=True).stdout)
+    assert json.loads(spice("crit", "show", str(path)).stdout) == out
+    return out
+
+
+def _ip_show(kind: str, path: Path) -> str:
+    """What `ip <kind> showdump` reads from a raw `ip <kind> save` image (the raw bytes differ in
+    the netlink sequence numbers ip puts in)."""
+    with open(path, "rb") as f:
+        r = subprocess.run(["ip", kind, "showdump"], stdin=f, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def _nlmsgs(path: Path) -> list[bytes]:
+    """The netlink messages of a raw `ip ... save` image (after its 4-byte magic), their sequence
+    number and port id (ip's own, different in every run) zeroed."""
+    import struct
+
+    data, out, off = path.read_bytes(), [], 4
+    while off + 16 <= len(data):
+        length = struct.unpack_from("=I", data, off)[0]
+        out.append(data[off: off + 8] + bytes(8) + data[off + 16: off + length])
+        off += max((length + 3) & ~3, 16)
+    return out
+
+
+def _nft(path: Path) -> dict[str, dict[str, list[str]]]:
+    """An `nft list ruleset` text as table -> chain -> rules (chains come in creation order, which
+    depends on what ran in the namespace before; counters without their counts: spice takes its
+    sockets out of repair mode once read, and the lock drops what they send then)."""
+    tables: dict[str, dict[str, list[str]]] = {}
+    table = chain = None
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if m := re.fullmatch(r"table (\S+ \S+) \{", line):
+            table = tables.setdefault(m[1], {})
+        elif m := re.fullmatch(r"chain (\S+) \{", line):
+            chain = table.setdefault(m[1], [])
+        elif line and line != "}":
+            chain.append(re.sub(r"counter packets \d+ bytes \d+", "counter", line))
+    return tables
+
+
+def test_spice_dump_writes_netns_as_criu(crit_bin: Path, compat_tmp: Path) -> None:
+    from spice import spice
+
+    wl = _start(compat_tmp / "netns" / "both")
+    try:
+        theirs, ours = wl.rundir / "criu-images", wl.rundir / "spice-images"
+        ours.mkdir()
+        harness.criu_dump(wl.pid, theirs, leave_running=True, extra_args=TCP)
+        spice("dump", "-t", str(wl.pid), "-D", str(ours), "-v4", "-o", "dump.log", "--leave-running", *TCP,
+              log=ours / "dump.log")
+        harness.assert_continues(wl, wl.pids, new_ticks=3)
+        names = {p.name for p in theirs.glob("*-*.img") if re.match(r"(net|if|route|rule|ip|nft)", p.name)}
+        assert names == {p.name for p in ours.glob("*-*.img") if re.match(r"(net|if|route|rule|ip|nft)", p.name)}
+        ns_id = _crit(crit_bin, theirs / f"ids-{wl.pid}.img")["entries"][0]["net_ns_id"]
+        assert ns_id == _crit(crit_bin, ours / f"ids-{wl.pid}.img")["entries"][0]["net_ns_id"]
+        assert {f"netns-{ns_id}.img", f"netdev-{ns_id}.img", f"ifaddr-{ns_id}.img", f"route-{ns_id}.img",
+                f"route6-{ns_id}.img", f"rule-{ns_id}.img", f"nftables-{ns_id}.img"} <= names
+        for img in (f"netns-{ns_id}.img", f"netdev-{ns_id}.img"):
+            assert _crit(crit_bin, ours / img) == _crit(crit_bin, theirs / img), img
+        lo = _crit(crit_bin, ours / f"netdev-{ns_id}.img")["entries"]
+        assert [(d["type"], d["name"], int(d["flags"], 16) & 1) for d in lo] == [("LOOPBACK", "lo", 1)]
+        for kind, img in (("addr", "ifaddr"), ("route", "route"), ("route", "route6")):
+            assert _ip_show(kind, ours / f"{img}-{ns_id}.img") == _ip_show(kind, theirs / f"{img}-{ns_id}.img"), img
+        for img in ("ifaddr", "route", "route6", "rule"):
+            assert _nlmsgs(ours / f"{img}-{ns_id}.img") == _nlmsgs(theirs / f"{img}-{ns_id}.img"), img
+        assert len(_nlmsgs(ours / f"rule-{ns_id}.img")) == 3  # the kernel's default rules
+        assert "127.0.0.1/8" in _ip_show("addr", ours / f"ifaddr-{ns_id}.img")
+        for img in ("iptables", "ip6tables"):
+            if (theirs / f"{img}-{ns_id}.img").exists():
+                assert (ours / f"{img}-{ns_id}.img").read_bytes() == (theirs / f"{img}-{ns_id}.img").read_bytes()
+        nft = _nft(ours / f"nftables-{ns_id}.img")
+        assert nft == _nft(theirs / f"nftables-{ns_id}.img")
+        assert "meta mark 0x0000c114 counter accept" in nft["ip filter"]["CRIU"]  # the lock
+        for tool_dir in (theirs, ours):  # every socket of the tree is in its namespace
+            files = _crit(crit_bin, tool_dir / "files.img")["entries"]
+            socks = [e.get("isk") or e.get("usk") for e in files if e["type"] in ("INETSK", "UNIXSK")]
+            assert len(socks) >= 5 and {s["ns_id"] for s in socks} == {ns_id}, (tool_dir, socks)
+        assert not [ln for ln in subprocess.run(["nsenter", f"--net=/proc/{wl.pid}/ns/net", "nft", "list", "ruleset"],
+                                                capture_output=True, text=True).stdout.splitlines() if "CRIU" in ln]
+    finally:
+        wl.kill()
+
+
+def test_veth_refused_tree_left_running(compat_tmp: Path) -> None:
+    from spice import assert_one_error, spice
+
+    wl = _start(compat_tmp / "netns" / "veth")
+    try:
+        r = subprocess.run(["nsenter", f"--net=/proc/{wl.pid}/ns/net", "ip", "link", "add", "spv0", "type", "veth",
+                            "peer", "name", "spv1"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        images = wl.rundir / "images"
+        images.mkdir()
+        err = assert_one_error(spice("dump", "-t", str(wl.pid), "-D", str(images), "-o", "dump.log", *TCP,
+                                     check=False), "dump")
+        assert re.fullmatch(r"Error \(spice/dump\): network device spv[01] \(index \d+, kind veth\) in the tree's "
+                            r"net namespace: not supported \(only loopback\)", err), err
+        harness.assert_continues(wl, wl.pids, new_ticks=3)
+        out = subprocess.run(["nsenter", f"--net=/proc/{wl.pid}/ns/net", "nft", "list", "ruleset"],
+                             capture_output=True, text=True).stdout
+        assert "CRIU" not in out
+    finally:
+        wl.kill()
+
+
+@pytest.mark.parametrize("fault", ["tcp-locked", "tcp-locked:kill"])
+def test_failed_dump_unlocks_the_namespace(compat_tmp: Path, fault: str) -> None:
+    """A dump failing (or spice SIGKILLed: its guard process) with the namespace locked and a
+    connection read: the lock is removed, the connection and the tree go on."""
+    wl = _start(compat_tmp / "netns" / fault.replace(":", "-"))
+    try:
+        images = wl.rundir / "images"
+        images.mkdir()
+        env = {k: v for k, v in os.environ.items() if k != "SPICE_DUMP_FAULT"}
+        env["SPICE_DUMP_FAULT"] = fault
+        p = subprocess.run([sys.executable, "-m", "spice_criu", "dump", "-t", str(wl.pid), "-D", str(images), "-v4",
+                            "-o", "dump.log", *TCP], capture_output=True, text=True, cwd=harness.REPO, env=env,
+                           timeout=harness.scaled(120), stdin=subprocess.DEVNULL)
+        assert p.returncode == (-signal.SIGKILL if fault.endswith(":kill") else 1), p.stderr
+        assert "net: Lock network" in (images / "dump.log").read_text()
+        fdkinds.wait_for(lambda: "CRIU" not in subprocess.run(
+            ["nsenter", f"--net=/proc/{wl.pid}/ns/net", "nft", "list", "ruleset"], capture_output=True,
+            text=True).stdout, 10, "the namespace's lock to go")
+        wl.wait_ticks(5)  # pongs flow again over the connection that was read in repair mode
+        assert_continues(wl, wl.pids, new_ticks=3)
+    finally:
+        wl.kill()
