@@ -2,19 +2,21 @@
 """Trees in uts and ipc namespaces of their own (`unshare -u -i`, every runc container), both ways.
 
 The utsipc workload (workloads/utsipc.py) names its uts namespace and changes SysV/mqueue limits of
-its ipc namespace, then reads them back every tick from a root and a child. criu dumps such a tree
-with utsns-<id>.img (host and domain name) and ipcns-var-<id>.img (the ipc sysctls), and restores
-it into new namespaces holding them again; so does spice: its images equal criu's (real crit), and
-each tool restores the other's dump (and spice its own) with the names and limits as dumped, in
-namespaces that are not the host's, shared by the whole tree. A namespace holding SysV objects is
-refused by name, by `spice dump` (the tree runs on) and by `spice restore` of criu's images (which
-then hold ipcns-msg/shm/sem images; no task is left behind).
+its ipc namespace, and talks through SysV message queues and semaphores in it, from a root and a
+child. criu dumps such a tree with utsns-<id>.img (host and domain name), ipcns-var-<id>.img (the
+ipc sysctls), ipcns-msg-<id>.img (queues and their messages) and ipcns-sem-<id>.img (semaphore
+sets and values), and restores it into new namespaces holding them again; so does spice: its
+images equal criu's (real crit, and byte for byte), and each tool restores the other's dump (and
+spice its own) with the names, limits and objects as dumped, in namespaces that are not the
+host's, shared by the whole tree. A namespace holding SysV shared memory is refused by name, by
+`spice dump` (the tree runs on) and by `spice restore` of criu's images (no task left behind).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -26,7 +28,8 @@ from spice import assert_one_error, spice, spice_dumper, spice_restore
 
 harness.SPECS.setdefault("utsipc", harness.WorkloadSpec(
     "utsipc", "utsipc.py", roles=("main", "child"),
-    constants=("token", "host", "dom", "msgmax", "sem", "shmmni", "mqmax", "msgnext", "shared")))
+    constants=("token", "host", "dom", "msgmax", "sem", "shmmni", "mqmax", "queued", "semv", "shared"),
+    monotonic=("semc", "got")))
 
 KINDS = ("uts", "ipc")
 
@@ -57,10 +60,15 @@ def _check_restored(info: harness.DumpInfo, pid: int) -> None:
     assert _inside(pid, "hostname") == before["host"]
     assert _inside(pid, "domainname") == before["dom"]
     assert _inside(pid, "sysctl", "-n", "kernel.msgmax") == before["msgmax"]
-    assert _inside(pid, "sysctl", "-n", "kernel.msg_next_id") == before["msgnext"]
     assert _inside(pid, "sysctl", "-n", "fs.mqueue.msg_max") == before["mqmax"]
     assert ",".join(_inside(pid, "sysctl", "-n", "kernel.sem").split()) == before["sem"]
     assert before["host"] != _inside(os.getpid(), "hostname")
+    # the semaphore the root raises once a tick went on from its dumped value (the workload
+    # checks the queued and in-flight messages itself: `queued`, and `got` counting in order)
+    dumped = int(before["semc"]) - int(before["tick"])
+    lines = [ln for ln in harness.read_lines(info.out_file, info.resume_offset)[0] if ln.role == "main"]
+    assert lines and all(int(ln.fields["semc"]) - (ln.tick or 0) == dumped for ln in lines), (dumped, lines[:2])
+    assert int(lines[-1].fields["got"]) > int(before["got"])
 
 
 def _dump(compat_tmp: Path, name: str, dumper=None) -> harness.DumpInfo:
@@ -106,10 +114,15 @@ def test_spice_dump_restores_under_spice(spice_dumped: harness.DumpInfo) -> None
 
 
 def test_spice_dump_writes_the_namespaces_as_criu(criu_bin: Path, crit_bin: Path, compat_tmp: Path) -> None:
-    """Both tools dump one running tree (--leave-running): the same ids, the same namespace images,
-    each equal under real crit and byte for byte; they hold the names and limits the tree set."""
+    """Both tools dump one tree (--leave-running; stopped meanwhile, so that its queues and
+    semaphores hold still): the same ids, the same namespace images, each equal under real crit and
+    byte for byte; they hold the names, limits and objects the tree set."""
     wl = harness.start_workload("utsipc", compat_tmp / "utsipc" / "both")
     try:
+        for p in wl.pids:
+            os.kill(p, signal.SIGSTOP)
+        for p in wl.pids:
+            _wait(lambda p=p: harness.process_state(p) == "T", f"{p} stopped")
         theirs, ours = wl.rundir / "criu-images", wl.rundir / "spice-images"
         harness.criu_dump(wl.pid, theirs, leave_running=True)
         spice_dumper(wl.pid, ours, leave_running=True)
@@ -119,8 +132,8 @@ def test_spice_dump_writes_the_namespaces_as_criu(criu_bin: Path, crit_bin: Path
         root = _crit(crit_bin, theirs / "inventory.img")["entries"][0]["root_ids"]
         assert _crit(crit_bin, ours / "inventory.img")["entries"][0]["root_ids"] == root
         assert ids["uts_ns_id"] != root["uts_ns_id"] and ids["ipc_ns_id"] != root["ipc_ns_id"]
-        names = [f"utsns-{ids['uts_ns_id']}.img", f"ipcns-var-{ids['ipc_ns_id']}.img"]
-        for d in (theirs, ours):  # no ipcns-shm/msg/sem images for a namespace without SysV objects
+        names = [f"utsns-{ids['uts_ns_id']}.img"] + [f"ipcns-{k}-{ids['ipc_ns_id']}.img" for k in ("var", "msg", "sem")]
+        for d in (theirs, ours):  # (no ipcns-shm image: the namespace holds no shared memory)
             assert sorted(p.name for p in d.glob("*ns-*.img") if not p.name.startswith("timens")) == sorted(names)
         for name in names:
             assert _crit(crit_bin, ours / name) == _crit(crit_bin, theirs / name), name
@@ -131,36 +144,44 @@ def test_spice_dump_writes_the_namespaces_as_criu(criu_bin: Path, crit_bin: Path
         assert (uts["nodename"], uts["domainname"]) == (line["host"], line["dom"])
         var = _crit(crit_bin, ours / names[1])["entries"][0]
         assert ",".join(map(str, var["sem_ctls"])) == line["sem"]
-        assert (var["msg_ctlmax"], var["shm_ctlmni"], var["mq_msg_max"], var["msg_next_id"]) == \
-            (int(line["msgmax"]), int(line["shmmni"]), int(line["mqmax"]), int(line["msgnext"]))
-        assert "sem_next_id" not in var and "shm_next_id" not in var  # never set: not written
+        assert (var["msg_ctlmax"], var["shm_ctlmni"], var["mq_msg_max"]) == \
+            (int(line["msgmax"]), int(line["shmmni"]), int(line["mqmax"]))
+        assert not {"msg_next_id", "sem_next_id", "shm_next_id"} & set(var)  # -1 (consumed): not written
+        queues = _crit(crit_bin, ours / names[2])["entries"]
+        fixed = [q for q in queues if q["desc"]["key"]]  # (the other one is IPC_PRIVATE: key 0)
+        assert len(queues) == 2 and len(fixed) == 1 and fixed[0]["qnum"] == 3, queues
+        assert fixed[0]["desc"]["id"] != 0  # (its id came from the msg_next_id it set)
+        assert [m["msize"] for m in fixed[0]["extra"][::2]] == [5, 0, len(line["queued"].split("/")[2]) - 2]
+        sems = _crit(crit_bin, ours / names[3])["entries"]
+        assert len(sems) == 1 and sems[0]["nsems"] == 2 and sems[0]["extra"][0] == int(line["semv"])
+        assert sems[0]["extra"][1] == int(line["semc"])
+        for p in wl.pids:
+            os.kill(p, signal.SIGCONT)
         harness.assert_continues(wl, wl.pids, new_ticks=2)
     finally:
         wl.kill()
 
 
-SYSV = (("-M", "4096", "SysV shared memory", "ipcns-shm"), ("-Q", "", "SysV message queues", "ipcns-msg"),
-        ("-S", "2", "SysV semaphore sets", "ipcns-sem"))
+def _wait(cond, what: str) -> None:
+    deadline = time.monotonic() + harness.scaled(10)
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
-@pytest.mark.parametrize("flag,arg,what,image", SYSV, ids=[s[3] for s in SYSV])
-def test_sysv_objects_are_refused_by_name(flag: str, arg: str, what: str, image: str, criu_bin: Path,
-                                          crit_bin: Path, compat_tmp: Path) -> None:
-    """spice dump refuses a tree whose ipc namespace holds a SysV object, naming its kind, and the
-    tree runs on; criu dumps it (ipcns-<kind> image), and spice restore refuses those images by
+def test_sysv_shared_memory_is_refused_by_name(criu_bin: Path, crit_bin: Path, compat_tmp: Path) -> None:
+    """spice dump refuses a tree whose ipc namespace holds a SysV shared memory segment, naming it,
+    and the tree runs on; criu dumps it (ipcns-shm image), and spice restore refuses that image by
     name, leaving no task behind."""
-    rundir = compat_tmp / "utsipc" / f"sysv{flag}"
+    rundir = compat_tmp / "utsipc" / "sysv-shm"
     rundir.mkdir(parents=True, exist_ok=True)
     harness.make_subreaper()
-    mk = f"ipcmk {flag} {arg}".strip()
-    proc = subprocess.Popen(["unshare", "-u", "-i", "sh", "-c", f"{mk} >/dev/null && exec sleep 600"], cwd=rundir,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(["unshare", "-u", "-i", "sh", "-c", "ipcmk -M 4096 >/dev/null && exec sleep 600"],
+                            cwd=rundir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + harness.scaled(10)
-        while not (harness.is_running(proc.pid) and os.readlink(f"/proc/{proc.pid}/exe").endswith("sleep")):
-            assert time.monotonic() < deadline and proc.poll() is None, "the ipcmk tree did not start"
-            time.sleep(0.02)
+        _wait(lambda: proc.poll() is None and os.readlink(f"/proc/{proc.pid}/exe").endswith("sleep"),
+              "the ipcmk tree")
         images = rundir / "spice-images"
         images.mkdir()
         refused = assert_one_error(spice("dump", "-t", str(proc.pid), "-D", str(images), "-o", "dump.log",
@@ -170,14 +191,13 @@ def test_sysv_objects_are_refused_by_name(flag: str, arg: str, what: str, image:
         harness.criu_dump(proc.pid, rundir / "criu-images")
         harness.reap([proc.pid])
         ipc_id = _crit(crit_bin, rundir / "criu-images" / f"ids-{proc.pid}.img")["entries"][0]["ipc_ns_id"]
-        assert refused.endswith(f"ipc namespace {ipc_id} holds {what}: not supported"), refused
-        imgname = f"{image}-{ipc_id}.img"
+        assert refused.endswith(f"ipc namespace {ipc_id} holds SysV shared memory: not supported"), refused
+        imgname = f"ipcns-shm-{ipc_id}.img"
         assert (rundir / "criu-images" / imgname).exists()
         err = assert_one_error(spice("restore", "-D", str(rundir / "criu-images"), "-d", check=False), "restore")
-        assert err.endswith(f"ipc namespace {ipc_id} holds {what} ({imgname}): not supported"), err
+        assert err.endswith(f"ipc namespace {ipc_id} holds SysV shared memory ({imgname}): not supported"), err
         assert not harness.is_running(proc.pid)
     finally:
         if harness.is_running(proc.pid):
             harness.kill_pids([proc.pid])
         harness.reap_zombie_children()
-
