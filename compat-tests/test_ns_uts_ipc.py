@@ -201,3 +201,27 @@ def test_sysv_shared_memory_is_refused_by_name(criu_bin: Path, crit_bin: Path, c
         if harness.is_running(proc.pid):
             harness.kill_pids([proc.pid])
         harness.reap_zombie_children()
+
+
+@pytest.mark.parametrize("image,field,value,why", [
+    ("ipcns-var", "mq_msg_max", 0, "fs/mqueue/msg_max = 0: Invalid argument"),
+    ("utsns", "nodename", "n" * 65, "nodename is longer than 64 bytes"),
+], ids=["bad-sysctl", "long-hostname"])
+def test_a_namespace_that_cannot_be_made_fails_the_restore_cleanly(
+        criu_dumped: harness.DumpInfo, tmp_path: Path, image: str, field: str, value: object, why: str) -> None:
+    """An image value the kernel (or the format) refuses: one error line naming it, exit 1, and no
+    task of the tree left behind."""
+    import shutil
+
+    from spice_criu.images import codec
+
+    images = tmp_path / "images"
+    shutil.copytree(criu_dumped.images_dir, images, ignore=shutil.ignore_patterns("*.log", "*.pid"))
+    path = next(images.glob(f"{image}-*.img"))
+    img = codec.load(path)
+    setattr(img.entries[0].msg, field, value)
+    path.write_bytes(codec.dumps(img))
+    err = assert_one_error(spice("restore", "-D", str(images), "-d", check=False), "")
+    assert why in err, err
+    for pid in criu_dumped.pids:
+        assert not harness.is_running(pid), pid
