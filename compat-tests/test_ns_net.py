@@ -226,18 +226,20 @@ def test_veth_refused_tree_left_running(compat_tmp: Path) -> None:
         wl.kill()
 
 
-@pytest.mark.parametrize("fault", ["tcp-locked", "tcp-locked:kill"])
-def test_failed_dump_unlocks_the_namespace(compat_tmp: Path, fault: str) -> None:
+@pytest.mark.parametrize(("fault", "lock"), [("tcp-locked", "iptables"), ("tcp-locked:kill", "iptables"),
+                                            ("tcp-locked:kill", "nftables")])
+def test_failed_dump_unlocks_the_namespace(compat_tmp: Path, fault: str, lock: str) -> None:
     """A dump failing (or spice SIGKILLed: its guard process) with the namespace locked and a
     connection read: the lock is removed, the connection and the tree go on."""
-    wl = _start(compat_tmp / "netns" / fault.replace(":", "-"))
+    wl = _start(compat_tmp / "netns" / f"{fault.replace(':', '-')}-{lock}")
     try:
         images = wl.rundir / "images"
         images.mkdir()
         env = {k: v for k, v in os.environ.items() if k != "SPICE_DUMP_FAULT"}
         env["SPICE_DUMP_FAULT"] = fault
         p = subprocess.run([sys.executable, "-m", "spice_criu", "dump", "-t", str(wl.pid), "-D", str(images), "-v4",
-                            "-o", "dump.log", *TCP], capture_output=True, text=True, cwd=harness.REPO, env=env,
+                            "-o", "dump.log", *TCP, "--network-lock", lock], capture_output=True, text=True,
+                           cwd=harness.REPO, env=env,
                            timeout=harness.scaled(120), stdin=subprocess.DEVNULL)
         assert p.returncode == (-signal.SIGKILL if fault.endswith(":kill") else 1), p.stderr
         assert "net: Lock network" in (images / "dump.log").read_text()
@@ -248,3 +250,48 @@ def test_failed_dump_unlocks_the_namespace(compat_tmp: Path, fault: str) -> None
         assert_continues(wl, wl.pids, new_ticks=3)
     finally:
         wl.kill()
+
+
+def _ruleset(pid: int) -> str:
+    return subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "nft", "list", "ruleset"], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_nftables_lock_both_ways(crit_bin: Path, compat_tmp: Path) -> None:
+    """--network-lock nftables: the namespace is locked by a table inet CRIU-<run id> whose chains
+    drop everything unmarked (in the images, as criu writes it); each tool's restore removes it,
+    and spice leaves no table of its own on the host."""
+    from spice import spice, spice_restore
+
+    nft = (*TCP, "--network-lock", "nftables")
+    theirs = harness.dump_workload(_start(compat_tmp / "netns" / "nft-criu"), compat_tmp / "netns" / "nft-criu" / "i",
+                                   extra_args=nft)
+
+    def dumper(pid: int, images: Path, leave_running: bool):
+        images.mkdir(parents=True, exist_ok=True)
+        return spice("dump", "-t", str(pid), "-D", str(images), "-v4", "-o", "dump.log", *nft, log=images / "dump.log")
+
+    ours = harness.dump_workload(_start(compat_tmp / "netns" / "nft-spice"), compat_tmp / "netns" / "nft-spice" / "i",
+                                 dumper=dumper)
+
+    def lock_of(info: harness.DumpInfo) -> tuple[str, dict]:
+        inv = _crit(crit_bin, info.images_dir / "inventory.img")["entries"][0]
+        assert inv["network_lock_method"] == 1
+        ns_id = _crit(crit_bin, info.images_dir / f"ids-{info.pid}.img")["entries"][0]["net_ns_id"]
+        rules = _nft(info.images_dir / f"nftables-{ns_id}.img")
+        table = "inet " + ("inet CRIU-" + inv["dump_criu_run_id"])[:31].removeprefix("inet ")
+        return table, rules.pop(table)
+
+    assert lock_of(ours)[1] == lock_of(theirs)[1] == {
+        "output": ["type filter hook output priority filter; policy drop;", "meta mark 0x0000c114 accept"],
+        "input": ["type filter hook input priority filter; policy drop;", "meta mark 0x0000c114 accept"]}
+    host = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
+    assert lock_of(ours)[0] not in host
+    for info, restore in ((theirs, lambda: spice_restore(theirs.images_dir, *TCP)),
+                          (ours, lambda: harness.criu_restore(ours.images_dir, extra_args=TCP))):
+        pid = restore()
+        try:
+            check_restored(info, pid)
+            assert "CRIU" not in _ruleset(pid)
+        finally:
+            harness.kill_restored(info, pid)

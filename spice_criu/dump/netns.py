@@ -10,7 +10,8 @@ then the raw outputs of `ip addr save` (ifaddr-), `ip route save` (route-), `ip 
 ip6tables-; the plain tools when iptables is not the nf_tables one) and `nft list ruleset`
 (nftables-). Before these, unless --network-lock skip, the namespace is locked as criu locks it:
 iptables-restore of a CRIU chain dropping every packet not marked 0xC114, hooked into INPUT and
-OUTPUT (so the images hold the lock, as criu's do, and criu's restore or ours removes it). A TCP
+OUTPUT (--network-lock nftables: a table inet CRIU-<run id> whose input and output chains drop
+them), so the images hold the lock, as criu's do, and criu's restore or ours removes it. A TCP
 connection inside the namespace is kept quiet by this lock instead of a rule of its own.
 """
 
@@ -164,22 +165,55 @@ def iptables_restore(ns_fd: int, script: str, what: str) -> None:
                                              f"{r.stderr.decode(errors='replace').strip() or f'exit {r.returncode}'}")
 
 
-class NetnsLock:
-    """criu's network_lock_internal() for a dumped namespace: every packet not marked dropped."""
+def nft_lock_script(table: str) -> str:
+    """criu's nftables lock of a dumped namespace: table inet CRIU-<run id>, whose input and output
+    chains drop every packet not marked 0xC114."""
+    out = f"add table inet {table}\n"
+    for chain in ("output", "input"):
+        out += (f"add chain inet {table} {chain} {{ type filter hook {chain} priority 0; policy drop; }}\n"
+                f"add rule inet {table} {chain} meta mark 0xC114 accept\n")
+    return out
 
-    def __init__(self, pid: int) -> None:
+
+def nft_run(ns_fd: int, script: str, what: str) -> None:
+    path = shutil.which("nft")
+    if path is None:
+        raise SpiceError("network-lock", f"nft not found: cannot {what} the tree's net namespace")
+    r = _run_in(ns_fd, [path, "-f", "-"], stdin=script)
+    if r.returncode:
+        raise SpiceError("network-lock", f"nft ({what} the tree's net namespace): "
+                                         f"{r.stderr.decode(errors='replace').strip() or f'exit {r.returncode}'}")
+
+
+def ns_unlock(ns_fd: int, method: str, table: str) -> None:
+    """Remove the lock of a namespace (method iptables: criu's CRIU chain; nftables: the table)."""
+    if method == "nftables":
+        nft_run(ns_fd, f"delete table inet {table}\n", "unlock")
+    else:
+        iptables_restore(ns_fd, UNLOCK_SCRIPT, "unlock")
+
+
+class NetnsLock:
+    """criu's network_lock_internal() for a dumped namespace: every packet not marked dropped
+    (method iptables or nftables; table: the nftables lock table's name)."""
+
+    def __init__(self, pid: int, method: str, table: str) -> None:
         self.fd = open_ns(pid)
+        self.method, self.table = method, table
         self.locked = False
 
     def lock(self) -> None:
-        iptables_restore(self.fd, LOCK_SCRIPT, "lock")
+        if self.method == "nftables":
+            nft_run(self.fd, nft_lock_script(self.table), "lock")
+        else:
+            iptables_restore(self.fd, LOCK_SCRIPT, "lock")
         self.locked = True
-        log.info("net: Lock network (the tree's net namespace)")
+        log.info(f"net: Lock network (the tree's net namespace, {self.method})")
 
     def unlock(self) -> None:
         if self.locked:
             try:
-                iptables_restore(self.fd, UNLOCK_SCRIPT, "unlock")
+                ns_unlock(self.fd, self.method, self.table)
             except SpiceError as e:
                 log.warn("network-lock", e.message)
             self.locked = False
@@ -324,10 +358,12 @@ def dump(ctx: DumpContext, ns_id: int, pid: int) -> None:
     if getattr(ctx.opts, "empty_ns", 0) & CLONE_NEWNET:
         log.info("net: the tree's net namespace is left empty (--empty-ns net): no image of it")
         return
+    ino = os.stat(f"/proc/{pid}/ns/net").st_ino
+    for ext in ctx.opts.external:
+        if ext.startswith(f"net[{ino}]"):
+            raise SpiceError("dump", f"the tree's net namespace is external ({ext}): not supported "
+                                     "(spice cannot restore a tree into a namespace it is given)")
     method = ctx.opts.network_lock
-    if method == "nftables":
-        raise SpiceError("dump", "--network-lock nftables with the tree's own net namespace: not supported "
-                                 "(use iptables or skip)")
     log.info(f"Dump NET namespace info {ns_id} via {pid}")
     check_links(pid)
     if method != "skip":

@@ -83,11 +83,13 @@ class TcpDump:
             return
         from .netns import NetnsLock
 
-        self.netns = NetnsLock(pid)
+        self.netns = NetnsLock(pid, self.lock.method, self.lock.table)
         if self.guard is None:
             self.guard = _Guard(self.lock)
-        self.guard.send({"netns": True}, self.netns.fd)  # before the lock: the guard removes it if we die
+        self.guard.send({"netns": self.lock.method}, self.netns.fd)  # before the lock: the guard removes it
         self.netns.lock()
+        if self.lock.table_made:  # the host's table (made at the freeze) keeps nothing of this tree's
+            self.lock.unlock()
 
     def dump(self, ctx: Any, lfd: int, e: Any, what: str) -> None:
         """Lock connection e (an inet_sk_entry already filled, options included), take its state
@@ -249,7 +251,7 @@ def _guard_main(sock: socket.socket, method: str, table: str) -> None:
     lock = NetworkLock(method, "")
     lock.table = table
     fds: list[tuple[int, bool]] = []
-    netns_fd = -1  # the tree's own net namespace, locked whole
+    netns_fd, netns_method = -1, ""  # the tree's own net namespace, locked whole
     while True:
         data, fdlist, _flags, _addr = socket.recv_fds(sock, 4096, 4)
         if not data:
@@ -262,7 +264,7 @@ def _guard_main(sock: socket.socket, method: str, table: str) -> None:
                 lock.locked.append(Conn(*msg["conn"]))
             lock.table_made = method == "nftables"
         if fdlist and msg.get("netns"):
-            netns_fd = fdlist[0]
+            netns_fd, netns_method = fdlist[0], msg["netns"]
         elif fdlist:
             fds.append((fdlist[0], bool(msg.get("sk"))))
     log.warn("dump", "spice died with TCP connections locked: the guard unlocks them")
@@ -274,9 +276,9 @@ def _guard_main(sock: socket.socket, method: str, table: str) -> None:
             pass
     lock.unlock()
     if netns_fd >= 0:
-        from .netns import UNLOCK_SCRIPT, iptables_restore
+        from .netns import ns_unlock
 
         try:
-            iptables_restore(netns_fd, UNLOCK_SCRIPT, "unlock")
+            ns_unlock(netns_fd, netns_method, table)
         except Exception:  # noqa: BLE001 - the guard must end quietly
             pass

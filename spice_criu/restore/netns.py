@@ -15,7 +15,6 @@ Without netns-<id>.img (a dump made with --empty-ns net, as runc asks) the names
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import shutil
@@ -23,9 +22,10 @@ import socket
 import struct
 import subprocess
 
-from ..dump.netns import DEVCONFS4, DEVCONFS6, UNLOCK_SCRIPT, iptables_restore, ipv6, setns
+from ..dump.netns import CLONE_NEWNET, DEVCONFS4, DEVCONFS6, ipv6, ns_unlock, setns
 from ..errors import SpiceError
 from ..log import log
+from ..netfilter import nft_lock_table
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -64,6 +64,9 @@ def setup(plan: RestorePlan, root: TaskCtl, ctx: OpenContext) -> None:
     if not imgdir.exists(name):
         log.info(f"No {name} image: the tree's net namespace stays empty")
         return
+    if getattr(ctx.options, "empty_ns", 0) & CLONE_NEWNET:  # criu's --empty-ns net
+        log.info("net: the tree's net namespace is left empty (--empty-ns net)")
+        return
     log.info(f"net: restoring net namespace {ns_id} in task {root.pid}")
     netns = imgdir.one(name)
     for nde in imgdir.entries(f"netdev-{ns_id}.img"):
@@ -78,7 +81,10 @@ def setup(plan: RestorePlan, root: TaskCtl, ctx: OpenContext) -> None:
         _ip_restore(plan, "rule", rule)
     _tables(plan, ns_id)
     if _locked(plan, ns_id):
-        ctx.when_complete(lambda: _unlock(target))
+        inv = plan.inventory
+        method = "nftables" if inv.HasField("network_lock_method") and inv.network_lock_method == 1 else "iptables"
+        table = nft_lock_table(inv.dump_criu_run_id) if inv.dump_criu_run_id else ""
+        ctx.when_complete(lambda: _unlock(target, method, table))
 
 
 # ------------------------------------------------------------------------------ links and settings
@@ -208,10 +214,12 @@ def _locked(plan: RestorePlan, ns_id: int) -> bool:
     return False
 
 
-def _unlock(ns_fd: int) -> None:
-    """criu's network_unlock for a restored namespace: the CRIU chain and its jumps removed."""
-    with contextlib.suppress(SpiceError):
-        iptables_restore(ns_fd, UNLOCK_SCRIPT, "unlock")
-        log.info("net: Unlock network (the tree's net namespace)")
+def _unlock(ns_fd: int, method: str, table: str) -> None:
+    """criu's network_unlock for a restored namespace: the CRIU chain and its jumps removed (the
+    lock table, for a dump made with --network-lock nftables)."""
+    try:
+        ns_unlock(ns_fd, method, table)
+    except SpiceError as e:
+        log.warn("network-lock", f"could not remove the dump's lock of the tree's net namespace: {e.message}")
         return
-    log.warn("network-lock", "could not remove the dump's lock (CRIU chain) of the tree's net namespace")
+    log.info("net: Unlock network (the tree's net namespace)")

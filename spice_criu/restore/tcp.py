@@ -333,6 +333,8 @@ def network_unlock(imgdir: ImageDir, conns: list[TcpConn]) -> None:
     """Remove what `criu dump --tcp-established` left to keep the connections' packets away."""
     inv = imgdir.one("inventory.img")
     method = inv.network_lock_method if inv.HasField("network_lock_method") else 0
+    if _own_netns(imgdir, inv):
+        return  # the tree's own namespace was locked whole: restore/netns.py removes that lock
     if method == 1:
         if not inv.dump_criu_run_id:
             log.warn("sockets", "nftables network lock without a dump run id: nothing to unlock")
@@ -342,7 +344,7 @@ def network_unlock(imgdir: ImageDir, conns: list[TcpConn]) -> None:
             nft_delete_table(NFPROTO_INET, table)
         except OSError as err:
             log.warn("sockets", f"can't remove the dump's nftables lock (table inet {table}): {err.strerror}")
-    elif method == 0 and not _own_netns(imgdir, inv):  # in the tree's namespace: it was locked whole (netns.py)
+    elif method == 0:
         for c in conns:
             _iptables_unlock(c)
 
