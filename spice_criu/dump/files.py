@@ -235,6 +235,8 @@ def fown(lfd: int) -> dict[str, int]:
 def add_file(ctx: DumpContext, type_name: str, fid: int, sub: str, msg: Message) -> None:
     """Append a file_entry {type, id, <sub>: msg} to files.img."""
     fe = codec.pb("file_entry", lite=True)(type=_fd_type(type_name), id=fid)
+    if "fown" in type(msg)._by_name and msg.fown.pid:  # fown() reads our pid: the image holds the tree's
+        msg.fown.pid = ctx.vpid(msg.fown.pid)
     getattr(fe, sub).CopyFrom(msg)
     ctx.images.add("files.img", "FILES", fe)
     ctx.files.kinds[fid] = type_name
@@ -320,7 +322,7 @@ def file_lock(ctx: DumpContext, pid: int, fd: int, line: str) -> None:
     start, end = int(parts[6]), parts[7]
     length = 0 if end.startswith("EOF") else int(end) + 1 - start
     ctx.images.add("filelocks.img", "FILE_LOCKS", codec.pb("file_lock_entry", lite=True)(
-        flag=kind, type=ltype, pid=pid, fd=fd, start=start, len=length))
+        flag=kind, type=ltype, pid=ctx.vpid(pid), fd=fd, start=start, len=length))
 
 
 # ------------------------------------------------------------------------------------------ regular files
@@ -620,4 +622,5 @@ def dump_fs(ctx: DumpContext, pid: int, umask: int) -> None:
     """fs-<pid>.img: cwd and root (as REG entries) and the umask."""
     cwd = fs_file(ctx, pid, "cwd")
     root = fs_file(ctx, pid, "root")
-    ctx.images.add(f"fs-{pid}.img", "FS", codec.pb("fs_entry", lite=True)(cwd_id=cwd, root_id=root, umask=umask))
+    fs = codec.pb("fs_entry", lite=True)(cwd_id=cwd, root_id=root, umask=umask)
+    ctx.images.add(f"fs-{ctx.vpid(pid)}.img", "FS", fs)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 #: the kinds spice dumps when they are the tree's own, in CRIU's order, each with its module (or None)
 DUMPED: dict[str, str | None] = {
+    "pid": None,  # nothing to write: the images hold the pids inside it (dump/tree.py PidMap)
     "net": "netns",
     "time": None,
     "uts": "utsns",

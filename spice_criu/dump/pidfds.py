@@ -21,7 +21,7 @@ def _dump_pidfd(of: OpenFd, fid: int) -> str:
     if not ns:
         raise SpiceError("dump", f"{of.describe()}: no NSpid in its fdinfo")
     nspid = int(ns[-1])
-    if nspid != -1 and nspid not in of.ctx.pids:
+    if nspid != -1 and nspid not in {of.ctx.vpid(p) for p in of.ctx.pids}:  # (NSpid's last: the tree's)
         raise SpiceError("dump", f"{of.describe()}: pidfd pid {nspid} is not a part of process tree")
     e = codec.pb("pidfd_entry", lite=True)(id=fid, ino=of.st.st_ino & 0xFFFFFFFF, flags=of.flags & os.O_NONBLOCK,
                                            nspid=nspid)

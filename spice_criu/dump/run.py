@@ -31,6 +31,7 @@ from .intask import SCRATCH_SIZE, Batch
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from .tcp import TcpDump
@@ -60,7 +61,9 @@ class DumpContext:
         self.seccomp = seccomp.Seccomp()
         self.cgroups = Cgroups(opts.manage_cgroups)
         self.pipe_data_done: set[tuple[str, int]] = set()
-        self.pids: set[int] = set()  # every pid and tid of the dumped tree
+        self.pids: set[int] = set()  # every pid and tid of the dumped tree (ours, as spice reads them)
+        #: our pid of a task -> the one the images hold (the tree's pid namespace's: dump/tree.py)
+        self.vpid: Callable[[int], int] = lambda pid: pid
         self.ttys: Any = None  # the pty ends met (dump/tty.py), whose queued data is read last
         #: the dump run's id (inventory.img), which also names the nftables lock table
         self.run_id = inventory.new_run_id()
@@ -126,7 +129,7 @@ class TaskInTask:
         self.untouched = untouched
 
 
-def _in_task(t: tree.Task, core: Message) -> TaskInTask:
+def _in_task(t: tree.Task, core: Message, vpid: Callable[[int], int]) -> TaskInTask:
     """Everything only the task can tell, from syscalls injected into each of its threads (one
     batch per thread)."""
     per_thread: dict[int, threads.ThreadInTask] = {}
@@ -139,7 +142,7 @@ def _in_task(t: tree.Task, core: Message) -> TaskInTask:
             b = Batch(r)
             thread = threads.ask_in_task(b)
             if tid == t.pid:
-                answers = (signals.ask_sigactions(b, core.tc), timers.ask(b, t.pid, core.tc),
+                answers = (signals.ask_sigactions(b, core.tc), timers.ask(b, t.pid, core.tc, vpid),
                            creds.ask_task_in_task(b, core.tc))
                 mm_answer = mm.ask_in_task(b)
             b.run()
@@ -172,10 +175,11 @@ def dump_task(ctx: DumpContext, t: tree.Task) -> None:
     leader = codec.pb("core_entry", lite=True)(mtype=X86_64)
     leader.tc.SetInParent()
     clock = _Clock(pid)
-    it = _in_task(t, leader)
+    it = _in_task(t, leader, ctx.vpid)
     clock.lap("syscalls in the task")
     t.ids = ctx.ids.task_ids(pid)
-    ctx.images.add(f"ids-{pid}.img", "IDS", t.ids)
+    vpid = ctx.vpid(pid)  # the pid that names its images
+    ctx.images.add(f"ids-{vpid}.img", "IDS", t.ids)
     vmas = mm.collect_vmas(ctx, pid)
     log.debug(f"task {pid}: {len(t.tids)} threads, {len(vmas)} VMAs")
     clock.lap("mappings and their files")
@@ -203,7 +207,7 @@ def dump_task(ctx: DumpContext, t: tree.Task) -> None:
     t0 = time.perf_counter()
     runs = pages.drop_scratch_pages(pid, pages.collect_runs(pid, vmas, sps, ctx.page_stats), it.untouched)
     ctx.page_stats.dump_s += time.perf_counter() - t0
-    img = pages.PagesImage(ctx.images, f"pagemap-{pid}.img", ctx.next_pages_id(), ctx.page_stats)
+    img = pages.PagesImage(ctx.images, f"pagemap-{vpid}.img", ctx.next_pages_id(), ctx.page_stats)
     try:
         pages.write_runs(pid, runs, img)
     finally:
@@ -212,9 +216,9 @@ def dump_task(ctx: DumpContext, t: tree.Task) -> None:
     clock.lap("memory")
     fault("pages")
     for tid in t.tids:
-        ctx.images.add(f"core-{tid}.img", "CORE", cores[tid])
+        ctx.images.add(f"core-{ctx.vpid(tid)}.img", "CORE", cores[tid])
     fault("cores")
-    ctx.images.add(f"mm-{pid}.img", "MM", mm.mm_entry(ctx, pid, t.stat, vmas, it.mm))
+    ctx.images.add(f"mm-{vpid}.img", "MM", mm.mm_entry(ctx, pid, t.stat, vmas, it.mm))
     files.dump_fs(ctx, pid, int(proc.status(pid)["Umask"], 8))
 
 
@@ -247,13 +251,14 @@ def _release(ctx: DumpContext, frozen: seize.FrozenTree, o: Options) -> None:
 def _collect(ctx: DumpContext, frozen: seize.FrozenTree) -> Message:
     o = ctx.opts
     tasks = tree.collect(frozen)
+    ctx.vpid = tree.PidMap(tasks)
     _check_root(o, tasks[0])
     ctx.pids = {p for t in tasks for p in (t.pid, *t.tids)}
     ctx.seccomp.collect(tasks)
     fault("frozen")
     for t in tasks:
         if t.state == tree.TASK_DEAD:
-            ctx.images.add(f"core-{t.pid}.img", "CORE", tree.zombie_core(t))
+            ctx.images.add(f"core-{ctx.vpid(t.pid)}.img", "CORE", tree.zombie_core(t))
         else:
             dump_task(ctx, t)
     if ctx.ttys is not None:
@@ -261,7 +266,7 @@ def _collect(ctx: DumpContext, frozen: seize.FrozenTree) -> Message:
 
         check_pairs(ctx)
         ctx.ttys.dump_queued(ctx.images)
-    ctx.images.add_all("pstree.img", "PSTREE", tree.pstree_entries(tasks))
+    ctx.images.add_all("pstree.img", "PSTREE", tree.pstree_entries(tasks, ctx.vpid))
     ctx.images.add("seccomp.img", "SECCOMP", ctx.seccomp.entry)
     nsdump.dump(ctx)
     if (own := ctx.ids.own_time_ns) is not None:  # a tree criu restored: its time namespace goes in the images

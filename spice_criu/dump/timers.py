@@ -49,9 +49,9 @@ def parse_posix_timers(text: str) -> list[dict[str, int]]:
     return out
 
 
-def ask(b: Batch, pid: int, tc: Message) -> Callable[[], None]:
+def ask(b: Batch, pid: int, tc: Message, vpid: Callable[[int], int] = lambda p: p) -> Callable[[], None]:
     """tc.timers: the three itimers (getitimer) and every POSIX timer (timer_gettime,
-    timer_getoverrun), as CRIU's parasite reads them."""
+    timer_getoverrun), as CRIU's parasite reads them. vpid: our tid (/proc) -> the image's."""
     itimers = []
     for which in (ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF):
         buf = b.buffer(32)
@@ -78,6 +78,6 @@ def ask(b: Batch, pid: int, tc: Message) -> Callable[[], None]:
                                  sival_ptr=t.get("sival_ptr", 0), overrun=overrun,
                                  isec=isec, insec=insec, vsec=vsec, vnsec=vnsec)
             if "notify_thread_id" in t:
-                p.notify_thread_id = t["notify_thread_id"]
+                p.notify_thread_id = vpid(t["notify_thread_id"])
 
     return answer

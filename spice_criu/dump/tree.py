@@ -4,9 +4,15 @@
 Mirror of restore/tree.py. The tree is frozen by dump.seize; this module turns it into the task list
 every other collector walks, and checks what spice can dump (no zombies, sessions and process groups
 that the restore side can rebuild).
+
+spice reads and seizes every task by its pid in our pid namespace (Task.pid, .tids: "host" pids);
+the images hold the pids the tree sees (PidMap): in a tree with a pid namespace of its own (a
+container, `unshare -p -f`), the ones of that namespace, whose init the root must be, as in CRIU.
 """
 
 from __future__ import annotations
+
+import os
 
 from ..errors import SpiceError
 from ..images import codec
@@ -68,14 +74,50 @@ def collect(frozen: FrozenTree) -> list[Task]:
                 walk(kid)
 
     walk(frozen.root)
-    _check_sessions(order)
     return order
 
 
-def _check_sessions(tasks: list[Task]) -> None:
-    for t in tasks:
-        if t.sid == 0:
-            raise SpiceError("dump", f"A session leader of {t.pid} is outside of its pid namespace")
+def _ns_ids(pid: int, tid: int | None = None) -> dict[str, int]:
+    """The innermost of each NS* line of /proc/PID[/task/TID]/status (pid, tgid, pgid, sid)."""
+    st = proc.status(pid, tid)
+    return {k: int(st[k].split()[-1]) for k in ("NSpid", "NStgid", "NSpgid", "NSsid") if st.get(k)}
+
+
+class PidMap:
+    """Our pid of a task or thread (and of its group or session) -> the one the images hold: the
+    same, unless the tree has a pid namespace of its own; then the one in that namespace, 0 for a
+    process outside it (as the kernel shows those inside)."""
+
+    def __init__(self, tasks: list[Task]) -> None:
+        root = tasks[0]
+        self.ns_ino = os.stat(f"/proc/{root.pid}/ns/pid").st_ino
+        self.own = self.ns_ino != os.stat("/proc/self/ns/pid").st_ino
+        self._map: dict[int, int] = {}
+        if self.own:
+            for t in tasks:
+                self._map[t.pid] = _ns_ids(t.pid)["NSpid"]
+                for tid in t.tids:
+                    if tid != t.pid:
+                        self._map[tid] = _ns_ids(t.pid, tid)["NSpid"]
+            if self._map[root.pid] != 1:
+                raise SpiceError("dump", "Can't dump a pid namespace without the process init "
+                                         f"(the root {root.pid} is pid {self._map[root.pid]} in its pid namespace)")
+        for t in tasks:
+            if self(t.sid) == 0:
+                raise SpiceError("dump", f"A session leader of {t.pid} is outside of its pid namespace")
+
+    def __call__(self, pid: int) -> int:
+        if not self.own or pid <= 0:
+            return pid
+        got = self._map.get(pid)
+        if got is None:  # not a task of the tree: its pid in the tree's namespace, if it is in it
+            try:
+                inside = os.stat(f"/proc/{pid}/ns/pid").st_ino == self.ns_ino
+                got = _ns_ids(pid)["NSpid"] if inside else 0
+            except (OSError, SpiceError, KeyError):
+                got = 0
+            self._map[pid] = got
+        return got
 
 
 def zombie_core(t: Task) -> Message:
@@ -87,6 +129,7 @@ def zombie_core(t: Task) -> Message:
     return core
 
 
-def pstree_entries(tasks: list[Task]) -> list[Message]:
+def pstree_entries(tasks: list[Task], vpid: PidMap) -> list[Message]:
     cls = codec.pb("pstree_entry", lite=True)
-    return [cls(pid=t.pid, ppid=t.ppid, pgid=t.pgid, sid=t.sid, threads=t.tids) for t in tasks]
+    return [cls(pid=vpid(t.pid), ppid=vpid(t.ppid), pgid=vpid(t.pgid), sid=vpid(t.sid),
+                threads=[vpid(tid) for tid in t.tids]) for t in tasks]

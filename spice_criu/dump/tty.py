@@ -235,7 +235,7 @@ def _dump_info(of: OpenFd, info_id: int, index: int, master: bool) -> None:
     if sid and not ctx.opts.shell_job and sid not in _tree_pids(of):
         raise SpiceError("dump", f"{of.describe()}: found dangling tty with sid {sid}: the task is attached to "
                          "a shell terminal. Consider using --shell-job option")
-    ti.sid, ti.pgrp = sid, pgrp
+    ti.sid, ti.pgrp = ctx.vpid(sid), ctx.vpid(pgrp)  # ours (ioctl, /proc): the image holds the tree's
     try:
         _termios(of.lfd, TCGETS, ti.termios)
         _termios(of.lfd, TIOCGLCKTRMIOS, ti.termios_locked)

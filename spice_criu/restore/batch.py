@@ -76,7 +76,7 @@ class Batch:
             return
         self._table = b"".join(ENTRY.pack(nr, *(list(a) + [0] * (6 - len(a))), 0) for nr, a, _ in self._running)
         self._base = task.put(self._table)
-        self._tid = tid = task.pid if tid is None else tid
+        self._tid = tid = task.pid if tid is None else task.host_tid(tid)  # (tid: the images')
         regs = ptrace.getregs(tid)
         self._saved = regs.copy()
         regs.ip = task.tramp + CODE_OFFSET

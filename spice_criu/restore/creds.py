@@ -160,11 +160,12 @@ def install_thread_knobs(task: TaskCtl, b, tid: int, core) -> None:
     """Per-thread name and parent-death signal (queued on the thread's batch `b`), scheduling
     (policy, priority, nice: set from outside)."""
     tcore = core.thread_core
+    host = task.host_tid(tid)  # (set from outside: our tid of it)
     try:
-        if tcore.HasField("sched_policy") and tcore.sched_policy not in (0, os.sched_getscheduler(tid)):
-            os.sched_setscheduler(tid, tcore.sched_policy, os.sched_param(tcore.sched_prio))
-        if tcore.HasField("sched_nice") and os.getpriority(os.PRIO_PROCESS, tid) != tcore.sched_nice:
-            os.setpriority(os.PRIO_PROCESS, tid, tcore.sched_nice)
+        if tcore.HasField("sched_policy") and tcore.sched_policy not in (0, os.sched_getscheduler(host)):
+            os.sched_setscheduler(host, tcore.sched_policy, os.sched_param(tcore.sched_prio))
+        if tcore.HasField("sched_nice") and os.getpriority(os.PRIO_PROCESS, host) != tcore.sched_nice:
+            os.setpriority(os.PRIO_PROCESS, host, tcore.sched_nice)
     except OSError as e:
         raise SpiceError("restore", f"thread {tid}: scheduling policy/nice: {e.strerror}") from None
     comm = tcore.comm if tcore.HasField("comm") else (core.tc.comm if core.HasField("tc") else "")

@@ -75,7 +75,9 @@ def restore_fown(fd: int, fown: Any) -> None:
         fcntl.fcntl(fd, F_SETSIG, fown.signum)
     if not fown.pid:
         return
-    owner = struct.pack("ii", fown.pid_type, fown.pid)
+    from .task import PIDS  # the image's owner pid (the tree's) -> ours: F_SETOWN_EX reads it in our namespace
+
+    owner = struct.pack("ii", fown.pid_type, PIDS.host(fown.pid))
     euid = os.geteuid()
     if fown.euid != euid:
         os.setresuid(-1, fown.euid, -1)  # the owner's credentials decide who may be signalled

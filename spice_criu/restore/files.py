@@ -437,22 +437,27 @@ def install_fds(task, ctx: OpenContext) -> None:
     Two batches. The kernel hands out the lowest free fd number, and nothing else opens fds in the
     task meanwhile, so the numbers pidfd_getfd() will return are known in advance."""
     from ..linux.syscalls import NR
+    from .task import PIDS, restorer_pidfd_call
 
     plans = task.plan.fds
     ours = [ctx.fd_of(p.file_id) for p in plans]
     b = task.batch()
-    b.add(NR.close_range, 0, 0xFFFFFFFF, 0, what="close inherited fds")
-    b.add(NR.pidfd_open, os.getpid(), 0, what="pidfd_open(restorer)")
-    pidfd = b.run()[1]
+    keep = PIDS.restorer_fd  # (a pidfd of the restorer kept until finish_task: restore/task.py)
+    b.add(NR.close_range, 0, keep - 1 if keep > 0 else 0xFFFFFFFF, 0, what="close inherited fds")
+    if keep > 0:
+        b.add(NR.close_range, keep + 1, 0xFFFFFFFF, 0, what="close inherited fds")
+    b.add(*restorer_pidfd_call(), what="pidfd of the restorer")
+    pidfd = b.run()[-1]
     task.reset_scratch()
     wanted = {p.fd for p in plans}
-    used = {pidfd}
+    held = {keep} if keep > 0 else set()
+    used = {pidfd} | held
     b = task.batch()
     if pidfd in wanted:
-        spare = max(wanted) + 1
+        spare = max(wanted | held) + 1
         b.add(NR.dup3, pidfd, spare, O_CLOEXEC, what="move pidfd")
         b.add(NR.close, pidfd, what="close")
-        used = {spare}
+        used = {spare} | held
         pidfd = spare
     for p, ours_fd in zip(plans, ours, strict=True):
         got = min(set(range(len(used) + 1)) - used)  # the lowest free number
@@ -475,8 +480,9 @@ def install_fds(task, ctx: OpenContext) -> None:
 def pull_fd(task, ours_fd: int) -> int:
     """A temporary copy of one of the restorer's fds inside the task (closed by the caller)."""
     from ..linux.syscalls import NR
+    from .task import restorer_pidfd_call
 
-    pidfd = task.sys(NR.pidfd_open, os.getpid(), 0, what="pidfd_open(restorer)")
+    pidfd = task.sys(*restorer_pidfd_call(), what="pidfd of the restorer")
     try:
         return task.sys(NR.pidfd_getfd, pidfd, ours_fd, 0, what="pidfd_getfd")
     finally:

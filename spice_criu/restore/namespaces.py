@@ -26,6 +26,7 @@ CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 
 #: the kinds spice makes again, in setup order, each with (clone flag, module or None)
 MADE: dict[str, tuple[int, str | None]] = {
+    "pid": (CLONE_NEWPID, None),  # the root is its init; the others are forked in it (restore/tree.py)
     "net": (CLONE_NEWNET, "netns"),
     "uts": (CLONE_NEWUTS, "utsns"),
     "ipc": (CLONE_NEWIPC, "ipcns"),

@@ -236,6 +236,13 @@ def _check_sessions(tasks: list[TaskPlan]) -> None:
 
 
 def _check_pids_free(plan: RestorePlan) -> None:
+    """The tree's pids are free here; in a pid namespace of the tree's own (made new by the restore)
+    they are free by definition, and its root must be the namespace's init, as CRIU requires."""
+    if "pid" in plan.own_ns:
+        if plan.root.pid != 1:
+            raise SpiceError("restore", f"the root task {plan.root.pid} lives in a pid namespace of its own "
+                                        "but is not its init (pid 1)")
+        return
     for tid in plan.all_ids():
         if os.path.exists(f"/proc/{tid}"):
             raise SpiceError("restore", f"pid {tid} is already taken by another process (the original still running?)")

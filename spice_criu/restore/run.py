@@ -20,13 +20,14 @@ from ..faults import fault_point
 from ..images import codec, stats
 from ..linux import prctl, ptrace
 from ..linux.signals import SIGKILL, SIGSTOP
+from ..linux.syscalls import NR
 from ..log import log
 from . import cgroups, creds, namespaces, signals, threads, timens, timers
 from .backends import DEVICE, module_loaded
 from .backends import ptrace as ptrace_backend
 from .files import OpenContext, install_fds, install_fs
 from .plan import TASK_STOPPED, RestorePlan, build_plan
-from .task import TaskCtl
+from .task import PIDS, TaskCtl
 from .tree import create_tree, exit_as_zombie
 
 
@@ -99,11 +100,13 @@ def finish_task(ctl: TaskCtl, backend) -> None:
     the dumped signal masks: only now, when no syscall will be injected any more, may the signals
     that piled up meanwhile be delivered (after resume, into the restored context)."""
     t = ctl.plan
+    if PIDS.restorer_fd >= 0:  # (the task's pidfd of us, in a pid namespace of the tree's own)
+        ctl.sys(NR.close, PIDS.restorer_fd, what="close the restorer's pidfd")
     for th in t.threads[1:]:
-        threads.set_cpu_state(th)
+        threads.set_cpu_state(th, ctl.host_tid(th.tid))
     backend.finish_leader(ctl)
     for th in t.threads:
-        signals.set_blocked(th.tid, th.core)
+        signals.set_blocked(ctl.host_tid(th.tid), th.core)
 
 
 def kill_all(ctls: list[TaskCtl]) -> None:
@@ -129,7 +132,7 @@ def resume(ctls: list[TaskCtl]) -> None:
             continue
         stop = SIGSTOP if c.plan.state == TASK_STOPPED else 0
         for tid in c.threads:
-            ptrace.detach(tid, stop)
+            ptrace.detach(c.host_tid(tid), stop)
 
 
 def write_pidfile(path: str, workdir: str, pid: int) -> None:
@@ -163,7 +166,8 @@ def restore_plan(plan: RestorePlan, o: Options, backend, cg_moves: list[cgroups.
         log.info(f"tree of {len(created)} tasks created")
         fault_point("restore-tree")
         if cg_moves:
-            cgroups.apply(cg_moves, cg_dirs)
+            cgroups.apply([cgroups.Move(PIDS.host(m.pid), m.hierarchy, m.mount, m.path, m.dumped) for m in cg_moves],
+                          cg_dirs)  # (the images' pids -> ours: cgroup.procs reads them in our namespace)
             fault_point("restore-cgroups")
         forking = time.monotonic() - t0
         pages = 0
@@ -216,12 +220,13 @@ def restore(o: Options) -> int:
     o.run_script("pre-restore")
     cg_dirs: list[str] = []
     ctls, pages, forking = restore_plan(plan, o, backend, cg_moves, cg_dirs)
+    root_pid = ctls[0].pid  # ours, as criu reports it (the root is pid 1 in a pid namespace of its own)
     restore_time = time.monotonic() - t0
     try:
         fault_point("restore-resume")
-        o.run_script("post-restore", plan.root.pid)
+        o.run_script("post-restore", root_pid)
         if o.pidfile:
-            write_pidfile(o.pidfile, o.work_dir or o.images_dir, plan.root.pid)
+            write_pidfile(o.pidfile, o.work_dir or o.images_dir, root_pid)
         stats.write(
             o.work_dir or o.images_dir, "restore",
             pages_compared=0, pages_skipped_cow=0, forking_time=int(forking * 1e6),
@@ -240,7 +245,7 @@ def restore(o: Options) -> int:
     if o.display_stats:
         print(stats.display("restore", stats.read(os.path.join(o.work_dir or o.images_dir, "stats-restore"))), end="")
     if not o.restore_detached:
-        _wait_tree(plan.root.pid)
+        _wait_tree(root_pid)
     return 0
 
 

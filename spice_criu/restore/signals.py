@@ -76,7 +76,7 @@ def queue_thread_signals(task: TaskCtl, b, tid: int, core) -> None:
         for si in tcore.signals_p.signals:
             raw = bytes(si.siginfo).ljust(128, b"\0")
             signo = struct.unpack_from("<i", raw)[0]
-            b.add(NR.rt_tgsigqueueinfo, task.pid, tid, signo, task.put(raw), what="queue signal")
+            b.add(NR.rt_tgsigqueueinfo, task.plan.pid, tid, signo, task.put(raw), what="queue signal")
 
 
 def install_shared_pending(task: TaskCtl) -> None:
@@ -85,7 +85,7 @@ def install_shared_pending(task: TaskCtl) -> None:
         for si in tc.signals_s.signals:
             raw = bytes(si.siginfo).ljust(128, b"\0")
             signo = struct.unpack_from("<i", raw)[0]
-            task.sys(NR.rt_sigqueueinfo, task.pid, signo, task.put(raw), what="queue shared signal")
+            task.sys(NR.rt_sigqueueinfo, task.plan.pid, signo, task.put(raw), what="queue shared signal")
     task.reset_scratch()
 
 

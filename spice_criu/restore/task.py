@@ -6,6 +6,11 @@ Every restored task starts as the stub (stub.py), ptrace-stopped. The trampoline
 holding `syscall; int3` plus scratch pages) is mapped where the task's dumped address space has a
 hole, so it survives while the old address space is torn down and the new one is built; it is
 the last mapping removed before the task resumes.
+
+Pids: the plan keeps the pids of the images (TaskPlan.pid, ThreadPlan.tid: the tree's own pid
+namespace's when it has one); what the task itself is asked to do (syscalls injected into it) uses
+those. The restorer reaches tasks by their pids in its own namespace: TaskCtl.pid, host_tid(tid),
+and PIDS (image pid -> ours, for whatever the restorer does itself: F_SETOWN, cgroup.procs, pidfile).
 """
 
 from __future__ import annotations
@@ -69,19 +74,69 @@ def _remote(tid: int, site: int, scratch: tuple[int, int] | None) -> Remote:
     return Remote(tid, site=site, scratch=scratch, scratch_size=0, restore_regs=False, rseq_fixup=False)
 
 
+class PidMap:
+    """The tree being restored: its pids as the images hold them -> ours. Without a pid namespace
+    of the tree's own they are the same; with one, a pid outside the tree is none of ours (0)."""
+
+    def __init__(self) -> None:
+        self.own = False
+        self._host: dict[int, int] = {}
+        #: in a pid namespace of the tree's own, no task can name us (pidfd_open): the root inherits
+        #: a pidfd of the restorer at this fd (above every fd of the images), closed in finish_task
+        self.restorer_fd = -1
+
+    def reset(self, own: bool) -> None:
+        self.own = own
+        self._host.clear()
+        self.restorer_fd = -1
+
+    def add(self, pid: int, host: int) -> None:
+        self._host[pid] = host
+
+    def host(self, pid: int) -> int:
+        if not self.own or pid <= 0:
+            return pid
+        return self._host.get(pid, 0)
+
+
+#: the tree restored now (one restore at a time per process: restore/tree.py create_tree resets it)
+PIDS = PidMap()
+F_DUPFD_CLOEXEC = 1030
+
+
+def restorer_pidfd_call() -> tuple[int, ...]:
+    """The syscall (nr, args) that gives a task a new pidfd of the restorer (for pidfd_getfd)."""
+    if PIDS.restorer_fd < 0:
+        return NR.pidfd_open, os.getpid(), 0
+    return NR.fcntl, PIDS.restorer_fd, F_DUPFD_CLOEXEC, 0
+
+
 class TaskCtl:
+    """plan: the task as the images have it; pid: the task's pid in our namespace (ptrace, /proc);
+    threads: keyed by the images' tids, each reached through its tid in our namespace."""
+
     def __init__(self, plan: TaskPlan, pid: int) -> None:
         self.plan = plan
         self.pid = pid
         self.remote = _remote(pid, stub.SYSCALL_SITE, None)  # the leader, still the stub
-        self.threads: dict[int, Remote] = {pid: self.remote}
+        self.threads: dict[int, Remote] = {plan.pid: self.remote}
+        self._host: dict[int, int] = {plan.pid: pid}  # the images' tid -> ours
+        PIDS.add(plan.pid, pid)
         self.tramp = 0
         self._scratch_used = 0
 
-    def adopt_thread(self, tid: int) -> None:
-        """A thread just created inside the task (stopped, auto-attached): inject through it too."""
-        wait_first_stop(tid)
-        self.threads[tid] = _remote(tid, self.tramp, (self.scratch, SCRATCH_PAGES * PAGE_SIZE))
+    def host_tid(self, tid: int) -> int:
+        """Our tid of one of its threads, named by the images' tid."""
+        return self._host[tid]
+
+    def adopt_thread(self, tid: int, host: int | None = None) -> None:
+        """A thread just created inside the task (stopped, auto-attached), tid as the task sees it,
+        host: ours (the same without a pid namespace of the tree's): inject through it too."""
+        host = tid if host is None else host
+        wait_first_stop(host)
+        self._host[tid] = host
+        PIDS.add(tid, host)
+        self.threads[tid] = _remote(host, self.tramp, (self.scratch, SCRATCH_PAGES * PAGE_SIZE))
 
     # ------------------------------------------------------------------ syscalls in the task
 
@@ -115,8 +170,8 @@ class TaskCtl:
     def use_trampoline(self, addr: int) -> None:
         self.tramp = addr
         for tid in self.threads:
-            self.threads[tid] = _remote(tid, addr, (self.scratch, SCRATCH_PAGES * PAGE_SIZE))
-        self.remote = self.threads[self.pid]
+            self.threads[tid] = _remote(self._host[tid], addr, (self.scratch, SCRATCH_PAGES * PAGE_SIZE))
+        self.remote = self.threads[self.plan.pid]
 
     @property
     def scratch(self) -> int:

@@ -23,15 +23,26 @@ def clone_args(flags: int, set_tid_ptr: int, exit_signal: int = 0) -> bytes:
     return struct.pack("<11Q", flags, 0, 0, 0, exit_signal, 0, 0, 0, set_tid_ptr, 1, 0)
 
 
+def cloned_host_pid(remote, got: int) -> int:
+    """Our pid of the task or thread a clone injected through `remote` just made (`got`: its pid as
+    the cloning task sees it): the event message of the fork/clone stop we saw as its tracer."""
+    for event, msg in reversed(remote.events):
+        if event in (ptrace.EVENT_FORK, ptrace.EVENT_VFORK, ptrace.EVENT_CLONE):
+            return msg
+    return got  # (no event: traced without those options; then it shares our pid namespace)
+
+
 def create_thread(task: TaskCtl, tid: int) -> None:
-    """clone3() a thread with TID `tid` inside the task; it starts stopped, traced by us."""
+    """clone3() a thread with TID `tid` (as the task sees it) inside the task; it starts stopped,
+    traced by us."""
     tids = task.put(struct.pack("<i", tid))
     args = task.put(clone_args(THREAD_FLAGS, tids))
+    task.remote.events.clear()
     got = task.sys(NR.clone3, args, 88, what=f"clone3 thread {tid}")
     task.reset_scratch()
     if got != tid:
         raise RuntimeError(f"clone3 gave tid {got}, wanted {tid}")
-    task.adopt_thread(tid)
+    task.adopt_thread(tid, cloned_host_pid(task.remote, got))
 
 
 def queue_thread_kernel_state(b, th: ThreadPlan) -> None:
@@ -69,17 +80,19 @@ def final_regs(th: ThreadPlan) -> ptrace.UserRegs:
     return regs
 
 
-def set_fpu(th: ThreadPlan) -> None:
+def set_fpu(th: ThreadPlan, host: int | None = None) -> None:
     """The dumped FPU state: as an xsave area, or as the 512-byte fxsave image on CPUs without
-    XSAVE (e.g. qemu's TCG default CPU), where only the legacy x87/SSE part can be restored."""
+    XSAVE (e.g. qemu's TCG default CPU), where only the legacy x87/SSE part can be restored.
+    host: the thread's tid in our pid namespace (default: the image's)."""
     fpregs = th.core.thread_info.fpregs
-    if ptrace.has_xstate(th.tid):
-        ptrace.set_xstate(th.tid, x86.xsave_from_image(fpregs, ptrace.get_xstate(th.tid)))
+    tid = th.tid if host is None else host
+    if ptrace.has_xstate(tid):
+        ptrace.set_xstate(tid, x86.xsave_from_image(fpregs, ptrace.get_xstate(tid)))
     else:
-        ptrace.set_fpregs_raw(th.tid, x86.xsave_from_image(fpregs, bytes(ptrace.get_fpregs(th.tid))))
+        ptrace.set_fpregs_raw(tid, x86.xsave_from_image(fpregs, bytes(ptrace.get_fpregs(tid))))
 
 
-def set_cpu_state(th: ThreadPlan) -> None:
-    """FPU state, then the general registers, of a stopped thread."""
-    set_fpu(th)
-    ptrace.setregs(th.tid, final_regs(th))
+def set_cpu_state(th: ThreadPlan, host: int | None = None) -> None:
+    """FPU state, then the general registers, of a stopped thread (host: its tid in our namespace)."""
+    set_fpu(th, host)
+    ptrace.setregs(th.tid if host is None else host, final_regs(th))

@@ -6,11 +6,17 @@ until seized; every other task is forked (clone3 with set_tid, injected) by its 
 parentage comes out right. Session leaders setsid() (and get their controlling terminal back)
 before forking their children, so those inherit both; process groups are joined once every task
 exists.
+
+A tree with a pid namespace of its own (a container, `unshare -p -f`): the root is cloned into a new
+one (CLONE_NEWPID) whose init it becomes (pid 1, as dumped), and every other task is forked inside
+it with set_tid = its pid there. The plan keeps those pids; the restorer reaches each task by its
+pid in our namespace (TaskCtl.pid, from the fork event we see as its tracer; see restore/task.py).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 
 from ..errors import SpiceError
@@ -19,8 +25,8 @@ from ..linux.signals import SIGCHLD, SIGKILL
 from ..linux.syscalls import NR
 from . import namespaces, stub
 from .plan import RestorePlan, TaskPlan
-from .task import TRAMPOLINE_SIZE, TaskCtl, wait_first_stop
-from .threads import clone_args
+from .task import PIDS, TRAMPOLINE_SIZE, TaskCtl, wait_first_stop
+from .threads import clone_args, cloned_host_pid
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,15 +37,26 @@ TRACE_OPTIONS = (ptrace.O_TRACESYSGOOD | ptrace.O_TRACEFORK | ptrace.O_TRACECLON
                  | ptrace.O_SUSPEND_SECCOMP)
 
 
-def spawn_root(t: TaskPlan, sibling: bool, ns_flags: int = 0) -> TaskCtl:
+def _top_fd(plan: RestorePlan) -> int:
+    """An fd number above every fd of the images' tasks."""
+    return max((p.fd for t in plan.tasks for p in t.fds), default=2) + 1
+
+
+def spawn_root(t: TaskPlan, sibling: bool, ns_flags: int = 0, top_fd: int = 3) -> TaskCtl:
     """Start the root with its PID as the stub (stub.py), parked in pause() until we hold it
     under ptrace: a vfork-style clone3(set_tid) + exec, nothing of the restorer copied. ns_flags:
-    the tree's own namespaces (CLONE_NEW*) it is cloned into."""
+    the tree's own namespaces (CLONE_NEW*) it is cloned into; in a new pid namespace it is its
+    init, pid 1 there (the plan checked that is its pid) and whatever pid here."""
     stub_fd = stub.program()
+    set_tid = [] if ns_flags & namespaces.CLONE_NEWPID else [t.pid]
+    if not set_tid:  # it could not name us for pidfd_open: it inherits a pidfd of us (PIDS.restorer_fd)
+        ours = os.pidfd_open(os.getpid())
+        PIDS.restorer_fd = fcntl.fcntl(ours, fcntl.F_DUPFD, top_fd)  # (not close-on-exec)
+        os.close(ours)
     try:
         def spawn(share_vm: bool = True) -> int:
             # with CLONE_PARENT the child inherits our exit signal: clone3 wants exit_signal 0 then
-            return clone3.spawn_exec(stub_fd, [stub.NAME.encode()], set_tid=[t.pid],
+            return clone3.spawn_exec(stub_fd, [stub.NAME.encode()], set_tid=set_tid,
                                      flags=ns_flags | (clone3.CLONE_PARENT if sibling else 0),
                                      exit_signal=0 if sibling else SIGCHLD, share_vm=share_vm)
 
@@ -65,6 +82,8 @@ def spawn_root(t: TaskPlan, sibling: bool, ns_flags: int = 0) -> TaskCtl:
             raise
     finally:
         os.close(stub_fd)
+        if PIDS.restorer_fd >= 0:
+            os.close(PIDS.restorer_fd)
     return TaskCtl(t, pid)
 
 
@@ -78,17 +97,20 @@ def _is_stub(pid: int, stub_fd: int) -> bool:
 
 
 def spawn_child(parent: TaskCtl, t: TaskPlan) -> TaskCtl:
-    """clone3(set_tid=[pid]) inside the parent stub: the child comes up traced and stopped."""
+    """clone3(set_tid=[pid]) inside the parent stub (pid as the parent sees it: in the tree's pid
+    namespace): the child comes up traced and stopped."""
     tids = parent.put(clone3.pack_set_tid([t.pid]))
     args = parent.put(clone_args(0, tids, SIGCHLD))
+    parent.remote.events.clear()
     got = parent.remote.syscall(NR.clone3, args, 88)
     parent.reset_scratch()
     if got == -17:
         raise SpiceError("restore", f"pid {t.pid} is already taken by another process")
     if got != t.pid:
         raise SpiceError("restore", f"can't fork for {t.pid}: {os.strerror(-got) if got < 0 else got}")
-    wait_first_stop(t.pid)
-    child = TaskCtl(t, t.pid)
+    host = cloned_host_pid(parent.remote, got)
+    wait_first_stop(host)
+    child = TaskCtl(t, host)
     child.use_trampoline(parent.tramp)
     return child
 
@@ -100,11 +122,12 @@ def create_tree(plan: RestorePlan, sibling: bool, created: list[TaskCtl],
     (so a failure half-way can kill exactly what exists). new_session(leader) runs right after a
     session leader's setsid(), before its children exist (which inherit its controlling terminal);
     on_root(root) right after the root exists, in the tree's own namespaces (restore/namespaces.py)."""
-    ctls: dict[int, TaskCtl] = {}
+    ctls: dict[int, TaskCtl] = {}  # by the images' pids
+    PIDS.reset("pid" in plan.own_ns)
     targets = {t.pid: [(v.start, v.end) for v in t.mm.vmas] for t in plan.tasks}
     for t in plan.tasks:
         if t is plan.root:
-            ctl = spawn_root(t, sibling, namespaces.clone_flags(plan))
+            ctl = spawn_root(t, sibling, namespaces.clone_flags(plan), _top_fd(plan))
         else:
             ctl = spawn_child(ctls[t.ppid], t)
         created.append(ctl)
@@ -120,7 +143,7 @@ def create_tree(plan: RestorePlan, sibling: bool, created: list[TaskCtl],
         elif t.pgid == t.pid:
             ctl.sys(NR.setpgid, 0, 0, what="setpgid")
     for t in plan.tasks:
-        if t.pgid != t.pid and os.getpgid(t.pid) != t.pgid:
+        if t.pgid != t.pid and os.getpgid(ctls[t.pid].pid) != PIDS.host(t.pgid):
             ctls[t.pid].sys(NR.setpgid, 0, t.pgid, what=f"setpgid({t.pgid})")
     return ctls
 
@@ -139,7 +162,7 @@ def exit_as_zombie(ctl: TaskCtl) -> None:
         ctl.sys(NR.rt_sigaction, sig, ctl.put(bytes(32)), 0, 8, what=f"zombie: SIG_DFL for {sig}")
         ctl.sys(NR.prlimit64, 0, RLIMIT_CORE, ctl.put(bytes(16)), 0, what="zombie: no core file")
         ptrace.setsigmask(ctl.pid, 0)
-        nr, args = NR.kill, (ctl.pid, sig)
+        nr, args = NR.kill, (ctl.plan.pid, sig)  # (the task's own pid, as it sees it)
     else:
         nr, args = NR.exit_group, ((status >> 8) & 0xFF, 0)
     regs = ptrace.getregs(ctl.pid)

@@ -140,7 +140,9 @@ def scan(t: TaskPlan) -> list[Range]:
     mm = t.mm
     copy = copy_vmas(mm)
     out: list[Range] = []
-    fd = os.open(f"/proc/{t.pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    from .task import PIDS  # (the images' pid -> ours)
+
+    fd = os.open(f"/proc/{PIDS.host(t.pid)}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     try:
         for v in request_vmas(mm):
             if not v.prot:
@@ -171,7 +173,9 @@ def scan(t: TaskPlan) -> list[Range]:
 
 def record(plan: RestorePlan, timeout: float) -> dict[int, list[Range]]:
     """Wait (see wait_for_stop), then record every task's working set into FILE_NAME."""
-    pids = [t.pid for t in plan.tasks]
+    from .task import PIDS
+
+    pids = [PIDS.host(t.pid) for t in plan.tasks]
     why = wait_for_stop(pids, timeout)
     sets: dict[int, list[Range]] = {}
     for t in plan.tasks:

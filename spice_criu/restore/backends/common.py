@@ -9,14 +9,12 @@ pidfd_getfd in a second one.
 
 from __future__ import annotations
 
-import os
-
 from ...errors import SpiceError
 from ...linux.syscalls import NR
 from ...record import Factory, Record
 from ..files import OpenContext
 from ..mm import FILE_PRIVATE, FILE_SHARED, MEMFD_PRIVATE, SHMEM, VDSO, VSYSCALL, VVAR, MmPlan, VmaPlan
-from ..task import TRAMPOLINE_SIZE, TaskCtl, find_hole
+from ..task import TRAMPOLINE_SIZE, TaskCtl, find_hole, restorer_pidfd_call
 
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 O_RDONLY, O_RDWR, O_CLOEXEC = 0, 2, 0o2000000
@@ -121,7 +119,7 @@ def open_mm_files(task: TaskCtl, mm: MmPlan, ctx: OpenContext, extra: tuple[tupl
     for path, mode in extra:
         want(path, mode)
     shms = {v.shmem.shmid: v.shmem for v in mm.vmas if v.kind in (SHMEM, MEMFD_PRIVATE) and v.shmem}
-    pidfd_slot = b.add(NR.pidfd_open, os.getpid(), 0, what="pidfd_open(restorer)") if shms else None
+    pidfd_slot = b.add(*restorer_pidfd_call(), what="pidfd of the restorer") if shms else None
     res = b.run()
     task.reset_scratch()
     fds = {key: res[i] for key, i in slots.items()}

@@ -181,7 +181,7 @@ def finish_leader(task: TaskCtl) -> None:
     leader = task.plan.leader
     task.sys(NR.munmap, task.tramp, TRAMPOLINE_SIZE, what="unmap trampoline")
     ptrace.setregs(task.pid, final_regs(leader))  # at the munmap's syscall-exit stop
-    set_fpu(leader)
+    set_fpu(leader, task.pid)
 
 
 def available() -> bool:

@@ -1,0 +1,96 @@
+# SPDX-License-Identifier: MIT
+"""pidns: a process tree in a pid namespace of its own, as `unshare -p -f` and container runtimes
+(runc's default) make it: the root is the namespace's init (pid 1 inside).
+
+    python3 pidns.py OUTFILE
+
+Re-executes itself under `unshare -p -f` (no new mount namespace: /proc stays the host's), becomes
+a session leader, forks and reaps a few short-lived children (so the tree's pids inside are not
+2, 3: a restore must set them), then forks a child which forks a grandchild. The root sends a
+counter through a pipe to the child, which passes it on through a second pipe to the grandchild;
+each checks it gets every number once, in order. The child also runs a thread that counts.
+Every ~100 ms each appends
+``tick=N role=main|child|grandchild pid=P token=T ppid=Q nspid=I seq=S thr=C tid=D`` (pid and ppid
+as seen inside the namespace, nspid: the namespace's inode, seq: the last counter value passed on or
+read, thr: the child's thread's count so far, tid: that thread's tid inside; 0 in the others).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+from wlproto import Output
+
+BURNED = 3  # children forked and reaped before the tree's own: the child is pid 2 + BURNED inside
+
+
+def _nsid() -> int:
+    return os.stat("/proc/self/ns/pid").st_ino
+
+
+_counted = [0, 0]  # the child's thread: its count, its tid
+
+
+def _count() -> None:
+    _counted[1] = threading.get_native_id()
+    while True:
+        _counted[0] += 1
+        time.sleep(0.01)
+
+
+def _relay(out: Output, src: int | None, dst: int | None) -> None:
+    seq = 0
+    tick = 0
+    while True:
+        tick += 1
+        if src is None:
+            seq += 1
+        else:
+            got = os.read(src, 8)
+            if len(got) != 8:
+                out.fail(f"tick {tick}: pipe gave {got!r}")
+            n = int.from_bytes(got, "little")
+            if n != seq + 1:
+                out.fail(f"tick {tick}: got {n} after {seq}")
+            seq = n
+        if dst is not None:
+            os.write(dst, seq.to_bytes(8, "little"))
+        out.line(tick, ppid=os.getppid(), nspid=_nsid(), seq=seq, thr=_counted[0], tid=_counted[1])
+        if src is None:
+            time.sleep(0.1)
+
+
+def main() -> None:
+    if len(sys.argv) == 2:  # not yet in a pid namespace of its own
+        os.execvp("unshare", ["unshare", "-p", "-f", sys.executable, "-B", "-E", "-s", os.path.abspath(__file__),
+                              sys.argv[1], "inner"])
+    if os.getpid() != 1:
+        raise SystemExit(f"pidns: pid {os.getpid()}, not the namespace's init")
+    os.setsid()
+    out = Output(sys.argv[1])
+    for _ in range(BURNED):
+        p = os.fork()
+        if p == 0:
+            os._exit(0)
+        os.waitpid(p, 0)
+    r1, w1 = os.pipe()
+    if os.fork() == 0:
+        os.close(w1)
+        r2, w2 = os.pipe()
+        if os.fork() == 0:
+            os.close(w2)
+            out.role = "grandchild"
+            _relay(out, r2, None)
+        os.close(r2)
+        out.role = "child"
+        threading.Thread(target=_count, daemon=True).start()
+        _relay(out, r1, w2)
+    os.close(r1)
+    _relay(out, None, w1)
+
+
+if __name__ == "__main__":
+    main()
