@@ -3,7 +3,8 @@
 
 The pidns workload (workloads/pidns.py) is the init of its pid namespace (pid 1 inside) with a child
 (pid 5 inside: it forked and reaped three before) with a counting thread (tid 7) and a grandchild
-(6), a counter going from one to the next through two pipes. criu dumps such a tree with the pids
+(6), a counter going from one to the next through two pipes; the child owns its pipe (F_SETOWN 5)
+and has a SIGUSR2 from the grandchild pending (si_pid 6). criu dumps such a tree with the pids
 as seen inside the namespace (pstree, core-/ids-/mm-/fs-<pid>.img names) and no image of the
 namespace itself, and restores it into a new pid namespace with those pids; so does spice: its
 images equal criu's (real crit), each tool restores the other's dump (and spice its own) with pid
@@ -105,7 +106,9 @@ def _check_restored(tree: Tree, root: int, dumped: tuple[int, int], since: int, 
         seqs = [int(ln.fields["seq"]) for ln in got]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (role, seqs)
         assert dumped[0] - 2 <= seqs[0] <= dumped[1] + 1, (role, seqs[0], dumped)
-    thread = [(int(ln.fields["tid"]), int(ln.fields["thr"])) for ln in mine if ln.role == "child"]
+    child = [ln for ln in mine if ln.role == "child"]
+    assert {(ln.fields["owner"], ln.fields["pend"]) for ln in child} == {("5", "1")}, child[0].text
+    thread = [(int(ln.fields["tid"]), int(ln.fields["thr"])) for ln in child]
     assert {tid for tid, _ in thread} == {CHILD_THREAD}, thread
     assert all(a[1] < b[1] for a, b in zip(thread, thread[1:], strict=False)), thread  # the thread runs on
     main = [int(ln.fields["seq"]) for ln in mine if ln.role == "main"]
@@ -146,6 +149,13 @@ def test_dump_restores_in_a_new_pid_namespace(criu_bin: Path, compat_tmp: Path, 
             root = _restore(restorer, images)
             try:
                 _check_restored(tree, root, dumped, since)
+                again = tree.rundir / f"again-{since}"  # criu tells what the restored tree holds
+                harness.criu_dump(root, again, leave_running=True)
+                assert _crit(again / "pstree.img") == _crit(images / "pstree.img")
+                assert _crit(again / "core-5.img")[0]["tc"]["signals_s"] == \
+                    _crit(images / "core-5.img")[0]["tc"]["signals_s"]  # the same siginfo (si_pid 6)
+                assert [e["pipe"]["fown"] for e in _crit(again / "files.img") if "pipe" in e] == \
+                    [e["pipe"]["fown"] for e in _crit(images / "files.img") if "pipe" in e]
             finally:
                 _kill_restored(root)
     finally:
@@ -192,6 +202,13 @@ def test_spice_dump_writes_the_pids_as_criu(criu_bin: Path, compat_tmp: Path) ->
             assert _crit(ours / f"fs-{pid}.img") == _crit(theirs / f"fs-{pid}.img")
             comm = _crit(theirs / f"core-{pid}.img")[0]["tc"]["comm"]
             assert _crit(ours / f"core-{pid}.img")[0]["tc"]["comm"] == comm
+        signals = _crit(theirs / "core-5.img")[0]["tc"]["signals_s"]  # SIGUSR2 from the grandchild
+        assert _crit(ours / "core-5.img")[0]["tc"]["signals_s"] == signals and signals["signals"]
+        owners = sorted((e["pipe"]["fown"]["pid"], e["pipe"]["fown"]["pid_type"]) for e in _crit(theirs / "files.img")
+                        if "pipe" in e)
+        assert (5, 1) in owners  # F_SETOWN(5): F_OWNER_PID
+        assert sorted((e["pipe"]["fown"]["pid"], e["pipe"]["fown"]["pid_type"]) for e in _crit(ours / "files.img")
+                      if "pipe" in e) == owners
         ids = _crit(theirs / "ids-1.img")[0]
         assert ids["pid_ns_id"] != _crit(theirs / "inventory.img")[0]["root_ids"]["pid_ns_id"]
         assert _crit(ours / "inventory.img")[0]["root_ids"] == _crit(theirs / "inventory.img")[0]["root_ids"]

@@ -8,16 +8,21 @@ Re-executes itself under `unshare -p -f` (no new mount namespace: /proc stays th
 a session leader, forks and reaps a few short-lived children (so the tree's pids inside are not
 2, 3: a restore must set them), then forks a child which forks a grandchild. The root sends a
 counter through a pipe to the child, which passes it on through a second pipe to the grandchild;
-each checks it gets every number once, in order. The child also runs a thread that counts.
+each checks it gets every number once, in order. The child also runs a thread that counts, owns
+its pipe's read end (F_SETOWN itself: the image holds its pid inside) and keeps a SIGUSR2 from the
+grandchild pending (blocked: the image's siginfo holds the sender's pid inside).
 Every ~100 ms each appends
-``tick=N role=main|child|grandchild pid=P token=T ppid=Q nspid=I seq=S thr=C tid=D`` (pid and ppid
-as seen inside the namespace, nspid: the namespace's inode, seq: the last counter value passed on or
-read, thr: the child's thread's count so far, tid: that thread's tid inside; 0 in the others).
+``tick=N role=main|child|grandchild pid=P token=T ppid=Q nspid=I seq=S thr=C tid=D owner=O pend=X``
+(pid and ppid as seen inside the namespace, nspid: the namespace's inode, seq: the last counter
+value passed on or read, thr: the child's thread's count so far, tid: that thread's tid inside,
+owner: its pipe's F_GETOWN, pend: 1 if SIGUSR2 is pending; 0 in the others).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import signal
 import sys
 import threading
 import time
@@ -41,7 +46,7 @@ def _count() -> None:
         time.sleep(0.01)
 
 
-def _relay(out: Output, src: int | None, dst: int | None) -> None:
+def _relay(out: Output, src: int | None, dst: int | None, child: bool = False) -> None:
     seq = 0
     tick = 0
     while True:
@@ -58,7 +63,10 @@ def _relay(out: Output, src: int | None, dst: int | None) -> None:
             seq = n
         if dst is not None:
             os.write(dst, seq.to_bytes(8, "little"))
-        out.line(tick, ppid=os.getppid(), nspid=_nsid(), seq=seq, thr=_counted[0], tid=_counted[1])
+        owner = fcntl.fcntl(src, fcntl.F_GETOWN) if child else 0
+        pend = int(signal.SIGUSR2 in signal.sigpending()) if child else 0
+        out.line(tick, ppid=os.getppid(), nspid=_nsid(), seq=seq, thr=_counted[0], tid=_counted[1], owner=owner,
+                 pend=pend)
         if src is None:
             time.sleep(0.1)
 
@@ -79,15 +87,18 @@ def main() -> None:
     r1, w1 = os.pipe()
     if os.fork() == 0:
         os.close(w1)
+        fcntl.fcntl(r1, fcntl.F_SETOWN, os.getpid())
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
         r2, w2 = os.pipe()
         if os.fork() == 0:
             os.close(w2)
             out.role = "grandchild"
+            os.kill(os.getppid(), signal.SIGUSR2)
             _relay(out, r2, None)
         os.close(r2)
         out.role = "child"
         threading.Thread(target=_count, daemon=True).start()
-        _relay(out, r1, w2)
+        _relay(out, r1, w2, child=True)
     os.close(r1)
     _relay(out, None, w1)
 
