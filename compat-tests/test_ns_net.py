@@ -295,3 +295,44 @@ def test_nftables_lock_both_ways(crit_bin: Path, compat_tmp: Path) -> None:
             assert "CRIU" not in _ruleset(pid)
         finally:
             harness.kill_restored(info, pid)
+
+
+def _refused_restore(images: Path, ids: tuple[int, ...], *needles: str) -> str:
+    """spice restore of images fails with one error line holding needles, and leaves no task."""
+    from spice import assert_one_error, spice
+
+    err = assert_one_error(spice("restore", "-D", str(images), "-d", "-v4", "-o", "restore.log", *TCP, check=False),
+                           "restore", *needles)
+    for p in ids:
+        fdkinds.wait_for(lambda p=p: not harness.is_running(p), 10, f"pid {p} to be gone")
+    return err
+
+
+def test_bad_namespace_images_fail_the_restore_cleanly(criu_dump: harness.DumpInfo, crit_bin: Path,
+                                                       tmp_path: Path) -> None:
+    """A corrupt ifaddr image, or a link spice does not make (a veth), fails the restore with one
+    line naming it, before the tree runs, and nothing of it is left; the good images still restore."""
+    import shutil
+
+    ns_id = _crit(crit_bin, criu_dump.images_dir / f"ids-{criu_dump.pid}.img")["entries"][0]["net_ns_id"]
+    bad = tmp_path / "bad-ifaddr"
+    shutil.copytree(criu_dump.images_dir, bad)
+    (bad / f"ifaddr-{ns_id}.img").write_bytes(b"garbage!")
+    _refused_restore(bad, criu_dump.pids, f"ip addr restore < ifaddr-{ns_id}.img in the tree's net namespace")
+    veth = tmp_path / "veth"
+    shutil.copytree(criu_dump.images_dir, veth)
+    from spice_criu.images import codec
+
+    img = codec.loads((veth / f"netdev-{ns_id}.img").read_bytes())
+    lo = img.entries[0].msg
+    other = type(lo)()
+    other.CopyFrom(lo)
+    other.type, other.name, other.ifindex = 2, "spv0", 7
+    img.entries.append(type(img.entries[0])(other, None))
+    (veth / f"netdev-{ns_id}.img").write_bytes(codec.dumps(img))
+    assert [d["name"] for d in _crit(crit_bin, veth / f"netdev-{ns_id}.img")["entries"]] == ["lo", "spv0"]
+    _refused_restore(veth, criu_dump.pids, "network device spv0 (index 7, VETH) in the tree's net namespace: "
+                     "not supported (only loopback)")
+    pid = _restore(criu_dump, "spice")
+    check_restored(criu_dump, pid)
+    harness.kill_restored(criu_dump, pid)

@@ -26,7 +26,8 @@ import struct
 from ..errors import SpiceError
 from ..images import codec
 from ..linux import netlink
-from ..linux.syscalls import NR, syscall
+from ..linux.setns import CLONE_NEWNET
+from ..linux.setns import setns as linux_setns
 from ..log import log
 
 TYPE_CHECKING = False
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
     from .run import DumpContext
 
-CLONE_NEWNET = 0x40000000
 ARPHRD_LOOPBACK = 772
 RTM_GETLINK = 18
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_LINKINFO, IFLA_LINK_NETNSID = 1, 3, 4, 5, 18, 37
@@ -78,7 +78,8 @@ UNLOCK_SCRIPT = "*filter\n:CRIU - [0:0]\n-D INPUT -j CRIU\n-D OUTPUT -j CRIU\n-X
 
 
 def setns(fd: int) -> None:
-    syscall(NR.setns, fd, CLONE_NEWNET)
+    """The calling thread into net namespace fd (only its thread: fine for a threaded process)."""
+    linux_setns(fd, CLONE_NEWNET)
 
 
 @contextlib.contextmanager

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from .task import TaskCtl
 
 LOOPBACK = 1
+#: netdev.proto's nd_type names
+ND_TYPES = {1: "LOOPBACK", 2: "VETH", 3: "TUN", 4: "EXTLINK", 5: "VENET", 6: "BRIDGE", 7: "MACVLAN", 8: "SIT"}
 SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCSIFMTU = 0x8913, 0x8914, 0x8922
 IFF_UP = 0x1
 
@@ -92,8 +94,9 @@ def setup(plan: RestorePlan, root: TaskCtl, ctx: OpenContext) -> None:
 
 def _link(nde: Any, netns: Any) -> None:
     if nde.type != LOOPBACK:
-        raise SpiceError("restore", f"network device {nde.name} (index {nde.ifindex}, netdev type {nde.type}) in "
-                                    "the tree's net namespace: not supported (only loopback)")
+        kind = ND_TYPES.get(nde.type, str(nde.type))
+        raise SpiceError("restore", f"network device {nde.name} (index {nde.ifindex}, {kind}) in the tree's net "
+                                    "namespace: not supported (only loopback)")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         name = nde.name.encode()[:15]
         try:
