@@ -356,19 +356,20 @@ def check_links(pid: int) -> None:
 
 def dump(ctx: DumpContext, ns_id: int, pid: int) -> None:
     """Write the images of the tree's net namespace (ns_id), entered through the root task pid."""
-    if getattr(ctx.opts, "empty_ns", 0) & CLONE_NEWNET:
-        log.info("net: the tree's net namespace is left empty (--empty-ns net): no image of it")
-        return
     ino = os.stat(f"/proc/{pid}/ns/net").st_ino
     for ext in ctx.opts.external:
         if ext.startswith(f"net[{ino}]"):
             raise SpiceError("dump", f"the tree's net namespace is external ({ext}): not supported "
                                      "(spice cannot restore a tree into a namespace it is given)")
-    method = ctx.opts.network_lock
+    empty = getattr(ctx.opts, "empty_ns", 0) & CLONE_NEWNET  # criu's --empty-ns net (runc always asks it)
     log.info(f"Dump NET namespace info {ns_id} via {pid}")
-    check_links(pid)
-    if method != "skip":
+    if not empty:
+        check_links(pid)
+    if ctx.opts.network_lock != "skip":
         ctx.tcp.netns_lock(pid)  # before the tables are saved: they hold the lock, as criu's do
+    if empty:  # locked all the same (criu too), but nothing of it in the images
+        log.info("net: the tree's net namespace is left empty (--empty-ns net): no image of it")
+        return
     fd = open_ns(pid)
     try:
         with inside(fd):
