@@ -4,13 +4,13 @@
 The pidns workload (workloads/pidns.py) is the init of its pid namespace (pid 1 inside) with a child
 (pid 5 inside: it forked and reaped three before) with a counting thread (tid 7) and a grandchild
 (6), a counter going from one to the next through two pipes; the child owns its pipe (F_SETOWN 5)
-and has a SIGUSR2 from the grandchild pending (si_pid 6). criu dumps such a tree with the pids
-as seen inside the namespace (pstree, core-/ids-/mm-/fs-<pid>.img names) and no image of the
-namespace itself, and restores it into a new pid namespace with those pids; so does spice: its
-images equal criu's (real crit), each tool restores the other's dump (and spice its own) with pid
-1, 5, 6 and tid 7 inside a new namespace, the counter going on from the dump, also while the
-original still runs (its pids are free in a new namespace). A root that is not the namespace's
-init is refused by name, as criu does.
+and has a SIGUSR2 from the grandchild pending (si_pid 6); the init holds a pidfd of the child.
+criu dumps such a tree with the pids as seen inside the namespace (pstree, core-/ids-/mm-/fs-<pid>
+.img names, owners, siginfo) and no image of the namespace itself, and restores it into a new pid
+namespace with those pids; so does spice: its images equal criu's (real crit), each tool restores
+the other's dump (and spice its own) with pid 1, 5, 6 and tid 7 inside a new namespace, the counter
+going on from the dump, also while the original still runs (its pids are free in a new namespace).
+A root that is not the namespace's init is refused by name, as criu does.
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ def _check_restored(tree: Tree, root: int, dumped: tuple[int, int], since: int, 
         seqs = [int(ln.fields["seq"]) for ln in got]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (role, seqs)
         assert dumped[0] - 2 <= seqs[0] <= dumped[1] + 1, (role, seqs[0], dumped)
+    assert {ln.fields["pidfd"] for ln in mine if ln.role == "main"} == {"5"}  # its pidfd of the child
     child = [ln for ln in mine if ln.role == "child"]
     assert {(ln.fields["owner"], ln.fields["pend"]) for ln in child} == {("5", "1")}, child[0].text
     thread = [(int(ln.fields["tid"]), int(ln.fields["thr"])) for ln in child]

@@ -15,7 +15,8 @@ Every ~100 ms each appends
 ``tick=N role=main|child|grandchild pid=P token=T ppid=Q nspid=I seq=S thr=C tid=D owner=O pend=X``
 (pid and ppid as seen inside the namespace, nspid: the namespace's inode, seq: the last counter
 value passed on or read, thr: the child's thread's count so far, tid: that thread's tid inside,
-owner: its pipe's F_GETOWN, pend: 1 if SIGUSR2 is pending; 0 in the others).
+owner: its pipe's F_GETOWN, pend: 1 if SIGUSR2 is pending; 0 in the others; pidfd: in the main,
+the pid (inside) its pidfd of the child names, from its fdinfo, -1 if not a child of its own).
 """
 
 from __future__ import annotations
@@ -46,7 +47,17 @@ def _count() -> None:
         time.sleep(0.01)
 
 
-def _relay(out: Output, src: int | None, dst: int | None, child: bool = False) -> None:
+def _pidfd_target(fd: int) -> int:
+    """The pid inside of the process the pidfd names, -1 if it is not a child of ours."""
+    try:
+        os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+    except ChildProcessError:
+        return -1
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        return int(next(line.split()[-1] for line in f if line.startswith("NSpid:")))
+
+
+def _relay(out: Output, src: int | None, dst: int | None, child: bool = False, pidfd: int = -1) -> None:
     seq = 0
     tick = 0
     while True:
@@ -66,7 +77,7 @@ def _relay(out: Output, src: int | None, dst: int | None, child: bool = False) -
         owner = fcntl.fcntl(src, fcntl.F_GETOWN) if child else 0
         pend = int(signal.SIGUSR2 in signal.sigpending()) if child else 0
         out.line(tick, ppid=os.getppid(), nspid=_nsid(), seq=seq, thr=_counted[0], tid=_counted[1], owner=owner,
-                 pend=pend)
+                 pend=pend, pidfd=_pidfd_target(pidfd) if pidfd >= 0 else 0)
         if src is None:
             time.sleep(0.1)
 
@@ -85,7 +96,8 @@ def main() -> None:
             os._exit(0)
         os.waitpid(p, 0)
     r1, w1 = os.pipe()
-    if os.fork() == 0:
+    child = os.fork()
+    if child == 0:
         os.close(w1)
         fcntl.fcntl(r1, fcntl.F_SETOWN, os.getpid())
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
@@ -100,7 +112,7 @@ def main() -> None:
         threading.Thread(target=_count, daemon=True).start()
         _relay(out, r1, w2, child=True)
     os.close(r1)
-    _relay(out, None, w1)
+    _relay(out, None, w1, pidfd=os.pidfd_open(child))
 
 
 if __name__ == "__main__":

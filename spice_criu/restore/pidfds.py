@@ -32,7 +32,9 @@ class PidFd(FileObj):
     def open(self, ctx: OpenContext) -> int:
         try:
             if self.nspid != -1:
-                fd = os.pidfd_open(self.nspid)
+                from .task import PIDS  # (the image's pid, the tree's -> ours)
+
+                fd = os.pidfd_open(PIDS.host(self.nspid))
             else:
                 pid = os.fork()
                 if pid == 0:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import resource
 
 from ..errors import SpiceError
 from ..linux import clone3, ptrace
@@ -50,9 +51,18 @@ def spawn_root(t: TaskPlan, sibling: bool, ns_flags: int = 0, top_fd: int = 3) -
     stub_fd = stub.program()
     set_tid = [] if ns_flags & namespaces.CLONE_NEWPID else [t.pid]
     if not set_tid:  # it could not name us for pidfd_open: it inherits a pidfd of us (PIDS.restorer_fd)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft <= top_fd < hard:  # (criu raises its own limit too)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (top_fd + 1, hard))
         ours = os.pidfd_open(os.getpid())
-        PIDS.restorer_fd = fcntl.fcntl(ours, fcntl.F_DUPFD, top_fd)  # (not close-on-exec)
-        os.close(ours)
+        try:
+            PIDS.restorer_fd = fcntl.fcntl(ours, fcntl.F_DUPFD, top_fd)  # (not close-on-exec)
+        except OSError as e:
+            os.close(stub_fd)
+            raise SpiceError("restore", f"can't keep a pidfd for task {t.pid} at fd {top_fd} or above "
+                                        f"(above its fds): {e.strerror}") from None
+        finally:
+            os.close(ours)
     try:
         def spawn(share_vm: bool = True) -> int:
             # with CLONE_PARENT the child inherits our exit signal: clone3 wants exit_signal 0 then
