@@ -234,3 +234,28 @@ def test_dump_of_a_task_not_the_namespace_init_is_refused(criu_bin: Path, compat
         assert _last_seq(tree, tree.ns) > before
     finally:
         tree.kill()
+
+
+@pytest.mark.parametrize("binary", ["criu", "spice"])
+def test_rpc_sibling_restore_answers_our_pid_of_the_root(criu_bin: Path, compat_tmp: Path, binary: str) -> None:
+    """pycriu (CRIU 4.2.1's client) dumps the tree and restores it with rst_sibling (as runc does),
+    criu itself or spice as `criu`: the answer's pid is the root's pid here (pid 1 inside), our child."""
+    from test_rpc_pycriu import install_criu_shim, load_pycriu, pycriu_dump, pycriu_restore
+
+    pycriu = load_pycriu()
+    tool = criu_bin if binary == "criu" else install_criu_shim(compat_tmp / "criu-shim-pidns")
+    tree = Tree(compat_tmp / "pidns" / f"rpc-{binary}")
+    try:
+        images = tree.rundir / "images"
+        before = _last_seq(tree, tree.ns)
+        pycriu_dump(pycriu, tool, tree.init, images)
+        tree.proc.wait(timeout=harness.scaled(10))
+        since = tree.out.stat().st_size
+        root = pycriu_restore(pycriu, tool, images)
+        try:
+            assert harness.parent_of(root) == os.getpid()
+            _check_restored(tree, root, (before, _last_seq(tree, tree.ns)), since)
+        finally:
+            _kill_restored(root)
+    finally:
+        tree.kill()
