@@ -74,9 +74,13 @@ def _ns(pid: int) -> int:
     return os.stat(f"/proc/{pid}/ns/pid").st_ino
 
 
-def _crit(img: Path) -> list[dict]:
+def _crit_doc(img: Path) -> dict:
     out = subprocess.run([str(harness.CRIT_BIN), "show", str(img)], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)["entries"]
+    return json.loads(out.stdout)
+
+
+def _crit(img: Path) -> list[dict]:
+    return _crit_doc(img)["entries"]
 
 
 def _last_seq(tree: Tree, ns: int) -> int:
@@ -259,3 +263,28 @@ def test_rpc_sibling_restore_answers_our_pid_of_the_root(criu_bin: Path, compat_
             _kill_restored(root)
     finally:
         tree.kill()
+
+
+def test_restore_refuses_images_whose_root_is_not_the_namespace_init(criu_bin: Path, compat_tmp: Path) -> None:
+    """criu's images of the tree with its root renumbered 9 (crit): a pid namespace of its own
+    whose init would not be the root cannot be made; spice refuses by name, nothing is left behind."""
+    tree = Tree(compat_tmp / "pidns" / "renumbered")
+    try:
+        images = tree.rundir / "images"
+        harness.criu_dump(tree.init, images, leave_running=True)
+    finally:
+        tree.kill()
+    for name in ("pstree.img", "core-1.img", "ids-1.img", "mm-1.img", "fs-1.img", "pagemap-1.img"):
+        doc = _crit_doc(images / name)
+        if name == "pstree.img":
+            for e in doc["entries"]:
+                for k in ("pid", "ppid", "pgid", "sid"):
+                    e[k] = 9 if e[k] == 1 else e[k]
+                e["threads"] = [9 if t == 1 else t for t in e["threads"]]
+        (images / name).unlink()
+        subprocess.run([str(harness.CRIT_BIN), "encode", "-o", str(images / name.replace("-1.", "-9."))],
+                       input=json.dumps(doc), text=True, check=True)
+    before = set(harness.descendants(os.getpid()))
+    p = spice("restore", "-D", str(images), "-d", check=False)
+    assert_one_error(p, "restore", "the root task 9", "not its init (pid 1)")
+    assert set(harness.descendants(os.getpid())) <= before
