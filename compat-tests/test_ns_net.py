@@ -336,3 +336,53 @@ def test_bad_namespace_images_fail_the_restore_cleanly(criu_dump: harness.DumpIn
     pid = _restore(criu_dump, "spice")
     check_restored(criu_dump, pid)
     harness.kill_restored(criu_dump, pid)
+
+
+CONFIG = ("sysctl -qw net.unix.max_dgram_qlen=77 net.ipv4.ping_group_range='0 1000' net.ipv4.conf.all.forwarding=1 "
+          "net.ipv4.conf.lo.rp_filter=2 net.ipv6.conf.lo.hop_limit=33 net.ipv4.conf.default.arp_announce=1; "
+          "ip addr add 10.77.0.1/32 dev lo; ip route add 10.78.0.0/24 dev lo; ip -6 route add fd00:78::/64 dev lo; "
+          "ip rule add from 10.77.0.1 lookup 100 prio 1000; nft add table inet mine; nft add chain inet mine c; "
+          "nft add rule inet mine c tcp dport 9 counter accept")
+SHOW = ("sysctl -n net.unix.max_dgram_qlen net.ipv4.ping_group_range net.ipv4.conf.all.forwarding "
+        "net.ipv4.conf.lo.rp_filter net.ipv6.conf.lo.hop_limit net.ipv4.conf.default.arp_announce; "
+        "ip -br addr show lo; ip route; ip -6 route show dev lo; ip rule; nft list table inet mine")
+
+
+def _in_ns(pid: int, script: str) -> str:
+    r = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "sh", "-ec", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return re.sub(r"counter packets \d+ bytes \d+", "counter", r.stdout)
+
+
+def test_configured_namespace_round_trips(crit_bin: Path, compat_tmp: Path) -> None:
+    """A namespace set up beyond its defaults (sysctls of the namespace and of lo, ping_group_range,
+    an address, IPv4/IPv6 routes, a rule, an nftables table of its own): both tools write it alike,
+    and each restores the other's images to the same configuration."""
+    from spice import spice
+
+    wl = _start(compat_tmp / "netns" / "config")
+    _in_ns(wl.pid, CONFIG)
+    before = _in_ns(wl.pid, SHOW)
+    assert "10.77.0.1/32" in before and "0\t1000" in before and "dport 9" in before, before
+
+    def both(pid: int, images: Path, leave_running: bool):
+        harness.criu_dump(pid, images / "criu", leave_running=True, extra_args=TCP)
+        (images / "spice").mkdir(parents=True)
+        spice("dump", "-t", str(pid), "-D", str(images / "spice"), "-v4", "-o", "dump.log", "--leave-running",
+              *TCP, log=images / "spice" / "dump.log")
+
+    info = harness.dump_workload(wl, wl.rundir / "images", leave_running=True, dumper=both)
+    ns_id = _crit(crit_bin, info.images_dir / "criu" / f"ids-{info.pid}.img")["entries"][0]["net_ns_id"]
+    for img in (f"netns-{ns_id}.img", f"netdev-{ns_id}.img"):
+        assert _crit(crit_bin, info.images_dir / "spice" / img) == _crit(crit_bin, info.images_dir / "criu" / img)
+    import dataclasses
+
+    for tool, dumped_by in (("spice", "criu"), ("criu", "spice")):
+        sub = dataclasses.replace(info, images_dir=info.images_dir / dumped_by)
+        pid = _restore(sub, tool)
+        try:
+            assert _in_ns(pid, SHOW) == before, (tool, dumped_by)
+            check_restored(sub, pid)
+        finally:
+            harness.kill_restored(sub, pid)
+            info.resume_offset = sub.resume_offset

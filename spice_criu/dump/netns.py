@@ -231,11 +231,11 @@ def _sysctl(path: str, string: bool) -> object:
     e = codec.pb("sysctl_entry", lite=True)(type=CTL_STR if string else CTL_32)
     try:
         with open(f"/proc/sys/net/{path}") as f:
-            text = f.read().rstrip("\n")
+            text = f.read()
     except OSError:
         return e  # missing (or stable_secret never set: EIO): type only, as criu writes it
     if string:
-        e.sarg = text
+        e.sarg = text  # as read, its newline included (criu's sysctl_op)
     else:
         try:
             e.iarg = int(text.split()[0])
@@ -260,7 +260,7 @@ def _netns_entry() -> object:
     if any(u.HasField("iarg") for u in unix):
         e.unix_conf.extend(unix)
     ping = _sysctl("ipv4/ping_group_range", True)
-    if ping.HasField("sarg") and ping.sarg.replace(" ", "\t") == PING_GROUP_RANGE_DEFAULT:
+    if ping.HasField("sarg") and ping.sarg.split() == PING_GROUP_RANGE_DEFAULT.split():
         ping.ClearField("sarg")  # criu: "The ping_group_range is set to default, skipping it."
     e.ipv4_sysctl.append(ping)
     return e
