@@ -4,7 +4,8 @@
 The pidns workload (workloads/pidns.py) is the init of its pid namespace (pid 1 inside) with a child
 (pid 5 inside: it forked and reaped three before) with a counting thread (tid 7) and a grandchild
 (6), a counter going from one to the next through two pipes; the child owns its pipe (F_SETOWN 5)
-and has a SIGUSR2 from the grandchild pending (si_pid 6); the init holds a pidfd of the child.
+and has a SIGUSR2 from the grandchild pending (si_pid 6), a timer signalling its thread (tid 7);
+the init holds a pidfd of the child.
 criu dumps such a tree with the pids as seen inside the namespace (pstree, core-/ids-/mm-/fs-<pid>
 .img names, owners, siginfo) and no image of the namespace itself, and restores it into a new pid
 namespace with those pids; so does spice: its images equal criu's (real crit), each tool restores
@@ -159,6 +160,8 @@ def test_dump_restores_in_a_new_pid_namespace(criu_bin: Path, compat_tmp: Path, 
                 assert _crit(again / "pstree.img") == _crit(images / "pstree.img")
                 assert _crit(again / "core-5.img")[0]["tc"]["signals_s"] == \
                     _crit(images / "core-5.img")[0]["tc"]["signals_s"]  # the same siginfo (si_pid 6)
+                assert [t["notify_thread_id"] for t in _crit(again / "core-5.img")[0]["tc"]["timers"]["posix"]] == \
+                    [CHILD_THREAD]
                 assert [e["pipe"]["fown"] for e in _crit(again / "files.img") if "pipe" in e] == \
                     [e["pipe"]["fown"] for e in _crit(images / "files.img") if "pipe" in e]
             finally:
@@ -207,6 +210,9 @@ def test_spice_dump_writes_the_pids_as_criu(criu_bin: Path, compat_tmp: Path) ->
             assert _crit(ours / f"fs-{pid}.img") == _crit(theirs / f"fs-{pid}.img")
             comm = _crit(theirs / f"core-{pid}.img")[0]["tc"]["comm"]
             assert _crit(ours / f"core-{pid}.img")[0]["tc"]["comm"] == comm
+        timers = _crit(theirs / "core-5.img")[0]["tc"]["timers"]["posix"]  # the thread's SIGEV_THREAD_ID timer
+        assert [t["notify_thread_id"] for t in timers] == [CHILD_THREAD]
+        assert _crit(ours / "core-5.img")[0]["tc"]["timers"]["posix"] == timers
         signals = _crit(theirs / "core-5.img")[0]["tc"]["signals_s"]  # SIGUSR2 from the grandchild
         assert _crit(ours / "core-5.img")[0]["tc"]["signals_s"] == signals and signals["signals"]
         owners = sorted((e["pipe"]["fown"]["pid"], e["pipe"]["fown"]["pid_type"]) for e in _crit(theirs / "files.img")

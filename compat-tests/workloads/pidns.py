@@ -10,7 +10,8 @@ a session leader, forks and reaps a few short-lived children (so the tree's pids
 counter through a pipe to the child, which passes it on through a second pipe to the grandchild;
 each checks it gets every number once, in order. The child also runs a thread that counts, owns
 its pipe's read end (F_SETOWN itself: the image holds its pid inside) and keeps a SIGUSR2 from the
-grandchild pending (blocked: the image's siginfo holds the sender's pid inside).
+grandchild pending (blocked: the image's siginfo holds the sender's pid inside); the thread made a
+POSIX timer (disarmed) that would signal it alone (SIGEV_THREAD_ID: the image holds its tid inside).
 Every ~100 ms each appends
 ``tick=N role=main|child|grandchild pid=P token=T ppid=Q nspid=I seq=S thr=C tid=D owner=O pend=X``
 (pid and ppid as seen inside the namespace, nspid: the namespace's inode, seq: the last counter
@@ -21,9 +22,11 @@ the pid (inside) its pidfd of the child names, from its fdinfo, -1 if not a chil
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import signal
+import struct
 import sys
 import threading
 import time
@@ -42,6 +45,11 @@ _counted = [0, 0]  # the child's thread: its count, its tid
 
 def _count() -> None:
     _counted[1] = threading.get_native_id()
+    ev = ctypes.create_string_buffer(64)  # struct sigevent: value, signo, notify, thread id
+    struct.pack_into("<QiiI", ev, 0, 0, signal.SIGUSR2, 4, _counted[1])  # SIGEV_THREAD_ID
+    timer = ctypes.c_int()
+    if ctypes.CDLL(None, use_errno=True).timer_create(time.CLOCK_MONOTONIC, ev, ctypes.byref(timer)):
+        raise OSError(ctypes.get_errno(), "timer_create")
     while True:
         _counted[0] += 1
         time.sleep(0.01)
