@@ -32,19 +32,21 @@ CHILD_THREAD = 7  # the child's thread's tid inside
 
 
 class Tree:
-    """A running pidns workload: its unshare (our child) and its init's pid here."""
+    """A running pidns workload (or another under `unshare -p -f setsid`: argv): its unshare (our
+    child) and its init's pid here."""
 
-    def __init__(self, rundir: Path) -> None:
+    def __init__(self, rundir: Path, argv: list[str] | None = None, roles: tuple[str, ...] = tuple(ROLES)) -> None:
         harness.make_subreaper()
         rundir.mkdir(parents=True, exist_ok=True)
         self.rundir, self.out = rundir, rundir / "pidns.out"
+        argv = argv or [sys.executable, "-B", "-E", "-s", str(harness.WORKLOAD_DIR / "pidns.py")]
         with open(rundir / "pidns.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-B", "-E", "-s", str(harness.WORKLOAD_DIR / "pidns.py"), str(self.out)],
-                cwd=rundir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True)
+                [*argv, str(self.out)], cwd=rundir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True,
+                env={**os.environ, "PYTHONPATH": str(harness.HERE / "fdkinds")})
         deadline = time.monotonic() + harness.scaled(20)
-        while len({ln.role for ln in self.lines()}) < len(ROLES):
+        while len({ln.role for ln in self.lines()}) < len(roles):
             assert time.monotonic() < deadline and self.proc.poll() is None, harness.tail_text(rundir / "pidns.log")
             time.sleep(0.05)
         with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
@@ -294,3 +296,36 @@ def test_restore_refuses_images_whose_root_is_not_the_namespace_init(criu_bin: P
     p = spice("restore", "-D", str(images), "-d", check=False)
     assert_one_error(p, "restore", "the root task 9", "not its init (pid 1)")
     assert set(harness.descendants(os.getpid())) <= before
+
+
+def test_ptys_of_a_tree_in_its_pid_namespace(criu_bin: Path, compat_tmp: Path) -> None:
+    """The ptypair workload (fdkinds/ptypair.py: a pty whose slave is the controlling terminal of a
+    session inside the namespace) dumped by criu, restored by spice: the session (pid inside) gets
+    its controlling terminal and foreground group back, its member the terminal too."""
+    argv = ["unshare", "-p", "-f", "setsid", sys.executable, "-B", "-E", "-s",
+            str(harness.HERE / "fdkinds" / "ptypair.py")]
+    tree = Tree(compat_tmp / "pidns" / "ptys", argv, ("main", "child", "member"))
+    try:
+        pids = {ln.role: ln.pid for ln in tree.lines()}
+        assert pids["main"] == 1
+        images = tree.rundir / "images"
+        harness.criu_dump(tree.init, images)
+        tree.proc.wait(timeout=harness.scaled(10))
+        since = tree.out.stat().st_size
+        root = spice_restore(images)
+        try:
+            deadline = time.monotonic() + harness.scaled(20)
+            while not all(sum(ln.role == r for ln in tree.lines(since)) >= 3 for r in pids):
+                assert time.monotonic() < deadline, harness.tail_text(tree.out)
+                time.sleep(0.05)
+            mine = tree.lines(since)
+            assert {ln.role: ln.pid for ln in mine} == pids
+            assert {(ln.fields["ctty"], ln.fields["fg"]) for ln in mine if ln.role == "child"} == {("1", "1")}
+            assert {ln.fields["mctty"] for ln in mine if ln.role == "member"} == {"1"}
+            pongs = [int(ln.fields["pongs"]) for ln in mine if ln.role == "main"]
+            assert pongs[-1] > pongs[0], pongs
+            assert _ns(root) != _ns(os.getpid())
+        finally:
+            _kill_restored(root)
+    finally:
+        tree.kill()

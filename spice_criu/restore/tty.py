@@ -369,7 +369,7 @@ def _take_ctty(task, ctx: OpenContext) -> None:
     """A session hook (right after the leader's setsid(), before its children are forked, which
     inherit it): a session leader whose controlling terminal was a pty of the dump gets it back.
     CRIU gives it back later, to the leader alone: the session's other tasks lose it there."""
-    want = ctx.state["tty"]["cttys"].get(task.pid)
+    want = ctx.state["tty"]["cttys"].get(task.plan.pid)  # (by the images' pid: the session's)
     if want is None:
         return
     slave = _slave_ioctl(task, ctx, want[0], TIOCSCTTY, 1)
@@ -379,7 +379,7 @@ def _take_ctty(task, ctx: OpenContext) -> None:
 def _give_foreground(task, ctx: OpenContext) -> None:
     """A task hook (after the leader's fds, when every process group exists): the terminal's
     dumped foreground group."""
-    want = ctx.state["tty"]["cttys"].get(task.pid)
+    want = ctx.state["tty"]["cttys"].get(task.plan.pid)  # (by the images' pid: the session's)
     if want is None or not want[1] or want[1] == task.plan.pgid:  # TIOCSCTTY made the leader's group it
         return
     slave = _slave_ioctl(task, ctx, want[0], TIOCSPGRP, struct.pack("i", want[1]))
