@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: MIT
-"""/proc/PID/mountinfo, read the same way wherever spice needs the host's mounts."""
+"""/proc/PID/mountinfo, read the same way wherever spice needs the mounts of a task."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 
 def unescape(s: str) -> str:
@@ -19,4 +21,38 @@ def mount_points(mountinfo: str, major: int, minor: int) -> list[str]:
         f = line.split()
         if len(f) > 4 and f[2] == dev:
             out.append(unescape(f[4]))
+    return out
+
+
+@dataclass
+class Mount:
+    """One line of mountinfo (proc(5)): ids, device, the mounted part of its filesystem, where."""
+
+    mnt_id: int
+    parent_id: int
+    major: int
+    minor: int
+    root: str
+    mountpoint: str
+    mnt_opts: list[str]
+    optional: dict[str, int] = field(default_factory=dict)  # shared:N, master:N, propagate_from:N
+    fstype: str = ""
+    source: str = ""
+    sb_opts: list[str] = field(default_factory=list)
+
+
+def parse(text: str) -> list[Mount]:
+    """Every mount of a mountinfo text, in its order."""
+    out = []
+    for line in text.splitlines():
+        f = line.split(" ")
+        sep = f.index("-")
+        opt = {}
+        for o in f[6:sep]:
+            k, _, v = o.partition(":")
+            if v.isdigit():
+                opt[k] = int(v)
+        major, minor = f[2].split(":")
+        out.append(Mount(int(f[0]), int(f[1]), int(major), int(minor), unescape(f[3]), unescape(f[4]),
+                         f[5].split(","), opt, f[sep + 1], unescape(f[sep + 2]), f[sep + 3].split(",")))
     return out

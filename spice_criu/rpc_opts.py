@@ -123,16 +123,13 @@ def note_harmless(ro: Any, kind: str) -> None:
     """Options that change nothing for host-namespace trees: logged (once the request's log is open) so
     the log tells what was asked."""
     notes = []
-    if len(ro.ext_mnt) or ro.auto_ext_mnt or ro.ext_sharing or ro.ext_masters or len(ro.skip_mnt) \
-            or len(ro.enable_fs) or ro.mntns_compat_mode:
-        notes.append("mount options (ext_mnt, skip_mnt, enable_fs...): no mount namespace is dumped or restored")
+    if ro.auto_ext_mnt or ro.ext_sharing or ro.ext_masters or len(ro.skip_mnt) or len(ro.enable_fs) \
+            or ro.mntns_compat_mode:
+        notes.append("mount options (auto_ext_mnt, skip_mnt, enable_fs...): not used by spice")
     if ro.HasField("cgroup_props") or ro.HasField("cgroup_props_file") or len(ro.cgroup_dump_controller) \
             or ro.HasField("cgroup_yard"):
         notes.append("cgroup_props, cgroup_dump_controller, cgroup_yard: spice dumps criu's default properties "
                      "and uses the host's cgroup mounts")
-    if ro.HasField("root") and ro.root not in ("", "/"):
-        notes.append(f"root {ro.root}: the images hold no mount namespace, so paths are used as dumped "
-                     "(criu ignores root then too; runc/crun send the container's rootfs)")
     if ro.HasField("freeze_cgroup"):
         notes.append(f"freeze_cgroup {ro.freeze_cgroup}: the tree is frozen with ptrace instead")
     if ro.HasField("empty_ns"):
@@ -214,7 +211,9 @@ def options_from_req(kind: str, ro: Any, peer: int, swrk: bool,
         o.ghost_limit = ro.ghost_limit
     if ro.HasField("network_lock"):
         o.network_lock = NETWORK_LOCK.get(ro.network_lock, "iptables")
-    o.external = list(ro.external)
+    o.external = list(ro.external) + [f"mnt[{m.key}]:{m.val}" for m in ro.ext_mnt]  # criu's ext_mnt: mnt[K]:V
+    if ro.HasField("root") and ro.root not in ("", "/"):
+        o.root = ro.root  # the tree's mount namespace is built on it (restore/mntns.py); unused without one
     o.inherit_fd = [f"fd[{i.fd}]:{i.key}" for i in ro.inherit_fd]
     if kind == "restore":
         o.restore_detached = True  # criu forces it for RPC: the reply carries the pid

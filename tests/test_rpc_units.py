@@ -138,8 +138,8 @@ def test_container_options_map_or_are_harmless(dirs) -> None:
             o.link_remap) == (42, True, True, True, True, True, True)
     assert (o.network_lock, o.timeout, o.ghost_limit, o.log_file) == ("nftables", 7, 4096, "dump.log")
     assert o.skip_in_flight  # runc --tcp-skip-in-flight
-    assert o.root is None  # no mount namespace in spice's images: criu ignores root then
-    assert o.external == common["external"] and Path(o.work_dir) == work_dir
+    assert o.root == "/run/runc/ctr/criu-root"  # used only for a tree with its own mount namespace
+    assert o.external == [*common["external"], "mnt[/etc/hosts]:/etc/hosts"] and Path(o.work_dir) == work_dir
     r = options_from_req("restore", opts(**common, log_file="restore.log", rst_sibling=True, evasive_devices=True,
                                          cg_root=[rpc.cgroup_root(path="/x")],
                                          inherit_fd=[rpc.inherit_fd(key="pipe:[77]", fd=5)],

@@ -408,14 +408,17 @@ def reg_entry(ctx: DumpContext, fid: int, fd: int, link: str, st: os.stat_result
     name = link
     if not name.startswith("/"):
         raise SpiceError("dump", f"{what}: the path [{link}] is not supported")
+    mnt_id = _tree_mount(ctx, fd, what, link)
     if st.st_nlink == 0:
         if name.endswith(DELETED):
             name = name[: -len(DELETED)]
         if ghost:
             _ghost(ctx, fid, fd, name, st, what)
     else:
-        _check_path(name, st, what)
+        _check_path(mnt_path(ctx, name), st, what)
     r = codec.pb("reg_file_entry", lite=True)(id=fid, flags=p.flags, pos=p.pos, name=name, mode=st.st_mode)
+    if mnt_id is not None:
+        r.mnt_id = mnt_id
     for k, v in p.fown.items():
         setattr(r.fown, k, v)
     if stat.S_ISREG(st.st_mode) and should_check_size(p.flags):
@@ -439,6 +442,29 @@ def _build_id_of(fd: int, st: os.stat_result) -> list[int] | None:
         return None
     finally:
         os.close(rfd)
+
+
+def _tree_mount(ctx: DumpContext, fd: int, what: str, link: str) -> int | None:
+    """With a mount namespace of the tree's own: the mount (mountpoints-<id>.img) the file was opened
+    through, as criu records it; a file of a mount outside that namespace is refused, as criu does."""
+    own = ctx.ids.own_ns("mnt")
+    if own is None:
+        return None
+    from .mntns import mount_ids
+
+    mnt_id = proc.fdinfo(os.getpid(), fd).mnt_id
+    if mnt_id not in mount_ids(ctx, own[1]):
+        raise SpiceError("dump", f"{what}: {link} is on mount {mnt_id}, which is not in the tree's mount "
+                                 f"namespace: not supported")
+    return mnt_id
+
+
+def mnt_path(ctx: DumpContext, name: str) -> str:
+    """Where spice reaches a path of the tree's: the paths the kernel gives (/proc/PID/fd links, maps)
+    are seen from the tree's root, which is /proc/<root>/root when the tree has its own mount
+    namespace (dump/mntns.py)."""
+    own = ctx.ids.own_ns("mnt")
+    return name if own is None else f"/proc/{own[1]}/root{name}"
 
 
 def _check_path(name: str, st: os.stat_result, what: str) -> None:

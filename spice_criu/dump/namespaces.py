@@ -22,6 +22,7 @@ DUMPED: dict[str, str | None] = {
     "time": None,
     "uts": "utsns",
     "ipc": "ipcns",
+    "mnt": "mntns",
 }
 
 

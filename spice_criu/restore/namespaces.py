@@ -30,6 +30,7 @@ MADE: dict[str, tuple[int, str | None]] = {
     "net": (CLONE_NEWNET, "netns"),
     "uts": (CLONE_NEWUTS, "utsns"),
     "ipc": (CLONE_NEWIPC, "ipcns"),
+    "mnt": (CLONE_NEWNS, "mntns"),
 }
 
 

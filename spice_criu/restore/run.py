@@ -152,7 +152,10 @@ def restore_plan(plan: RestorePlan, o: Options, backend, cg_moves: list[cgroups.
     Returns (tasks, pages restored, seconds spent forking). On failure every task is killed and the
     cgroups made for them are removed (cg_dirs collects those, for the caller to undo a later
     failure too)."""
-    ctx = OpenContext(plan.imgdir, root=o.root or "/", inherit=parse_inherit(o.inherit_fd))
+    # --root is where the tree's own mount namespace is built (restore/mntns.py then sets ctx.root);
+    # without one criu does not use it either
+    ctx = OpenContext(plan.imgdir, root=o.root or "/" if "mnt" in plan.own_ns else "/",
+                      inherit=parse_inherit(o.inherit_fd))
     ctx.files = plan.files
     ctx.state = plan.file_state
     ctx.options = o

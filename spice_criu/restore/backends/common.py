@@ -103,10 +103,16 @@ def open_mm_files(task: TaskCtl, mm: MmPlan, ctx: OpenContext, extra: tuple[tupl
     there is shared memory); batch 2: the memfds, pulled from the restorer with pidfd_getfd."""
     b = b if b is not None else task.batch()
     slots: dict[tuple[str, int], int] = {}
+    dirfd, host_root = -100, ctx.cache.get("mntns", {}).get("host_root")  # AT_FDCWD
+    if host_root is not None:  # the task is in the tree's own mount namespace: it opens our paths from our root
+        from ..files import pull_fd
+
+        dirfd = pull_fd(task, host_root)
 
     def want(path: str, mode: int) -> None:
         if (path, mode) not in slots:
-            slots[(path, mode)] = b.add(NR.openat, -100, task.put_str(path), mode | O_CLOEXEC, 0, what=f"open {path}")
+            name = task.put_str(path if dirfd == -100 else path.lstrip("/") or ".")
+            slots[(path, mode)] = b.add(NR.openat, dirfd, name, mode | O_CLOEXEC, 0, what=f"open {path}")
 
     mapped = {v.start: (ctx.source_path(v.file_id, v.path or ""), file_mode(v))
               for v in mm.vmas if v.kind in (FILE_PRIVATE, FILE_SHARED)}
@@ -124,7 +130,7 @@ def open_mm_files(task: TaskCtl, mm: MmPlan, ctx: OpenContext, extra: tuple[tupl
     task.reset_scratch()
     fds = {key: res[i] for key, i in slots.items()}
     out = MmFiles(fds, {start: fds[key] for start, key in mapped.items()}, {}, exe_path, fds[(exe_path, O_RDONLY)],
-                  list(fds.values()))
+                  list(fds.values()) + ([dirfd] if dirfd != -100 else []))
     if shms:
         from ..shmem import shmem_fd  # (and fcntl): only for shared memory
 
