@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -73,7 +74,7 @@ def drive(case: str, base: Path, shim_dir: Path, criu_dir: Path) -> dict:
         res["pid"] = pid
         _wait_ticks(out, -1)
         res["mounts_before"] = _mounts(pid)
-        if dumper == "spice":  # criu's images of the same container, to hold spice's against
+        if case == "spice-criu":  # criu's images of the same container, to hold spice's against
             p = subprocess.run([*runc_, "checkpoint", "--leave-running", "--image-path", str(base / "criu-images"),
                                 "--work-path", str(base / "criu-work"), ctr], env=envs["criu"], capture_output=True,
                                text=True, timeout=120)
@@ -91,6 +92,14 @@ def drive(case: str, base: Path, shim_dir: Path, criu_dir: Path) -> dict:
         cat.wait(timeout=20)  # every writer is gone: the dumped container holds no end of the pipe
         last = _ticks(out)[-1]
         res["last"] = last
+        if restorer == "refuse":  # spice's CLI, lacking what runc gives: the root, then the externals
+            shim = shim_dir / "criu"
+            for name, extra in (("no_root", []), ("no_external", ["--root", str(bundle / "rootfs")])):
+                p = subprocess.run([str(shim), "restore", "-D", str(images), "-d", *extra], capture_output=True,
+                                   text=True, timeout=120)
+                res[name] = (p.returncode, [ln for ln in p.stderr.splitlines() if "Error (" in ln])
+            res["left"] = [p for p in os.listdir("/proc") if p.isdigit() and MARK in _cmdline(p)]
+            return res
         w, cat = _start_reader(out)
         readers.append(cat)
         p = subprocess.run([*runc_, "restore", "-d", "--image-path", str(images), "--work-path", str(work), ctr],
@@ -117,6 +126,13 @@ def drive(case: str, base: Path, shim_dir: Path, criu_dir: Path) -> dict:
         for c in readers:
             c.kill()
             c.wait()
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
 
 
 def _mounts(pid: int) -> list[list[str]]:
@@ -190,6 +206,21 @@ def test_criu_checkpoint_spice_restore(criu_bin: Path, tmp_path: Path, compat_tm
     assert "(spice-criu" not in res["dump_log"], res["dump_log"]
     _assert_continues(res)
     assert "(spice-criu" in res["restore_log"]
+
+
+@pytest.mark.usefixtures("runc")
+def test_restore_without_root_or_externals_is_refused(criu_bin: Path, tmp_path: Path, compat_tmp: Path) -> None:
+    """spice's images restored by hand without --root, then without the externals runc declared: one
+    error line each naming what is missing, exit 1, and no task of the container left."""
+    res = _run_case("spice-refuse", tmp_path, install_criu_shim(compat_tmp / "shim-mnt").parent, criu_bin.parent)
+    assert res["checkpoint"][0] == 0, res
+    code, errors = res["no_root"]
+    assert code == 1 and len(errors) == 1 and "give its root with --root" in errors[0], res
+    code, errors = res["no_external"]
+    assert code == 1 and len(errors) == 1, res
+    assert re.search(r"mount \d+ at /\S+ is external \(/\S+\): give it with --external mnt\[/\S+\]:PATH",
+                     errors[0]), res
+    assert res["left"] == [], "a task of the failed restores is left"
 
 
 if __name__ == "__main__":

@@ -198,11 +198,11 @@ def setup(plan: RestorePlan, root: TaskCtl, ctx: OpenContext) -> None:
     ns_id = plan.own_ns["mnt"]
     name = f"mountpoints-{ns_id}.img"
     entries = list(plan.imgdir.entries(name, optional=False))
-    ext = externals(list(getattr(ctx.options, "external", None) or []))
-    check(plan, entries, ext, name)
     new_root = os.path.abspath(getattr(ctx.options, "root", None) or "/")
     if new_root == "/":
         raise SpiceError("restore", f"the tree has its own mount namespace ({name}): give its root with --root")
+    ext = externals(list(getattr(ctx.options, "external", None) or []))
+    check(plan, entries, ext, name)
     kinds = tuple(k for k in ("net", "ipc", "uts", "pid") if k in plan.own_ns) + ("mnt",)
     imgdir = os.path.abspath(plan.imgdir.path)
 
