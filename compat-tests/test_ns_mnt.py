@@ -7,7 +7,8 @@ bind mount external (RPC ext_mnt) and hands the rootfs over as the RPC root on r
 container writes a mark into its /dev/shm (a tmpfs whose content goes into the images as
 tmpfs-dev-<dev>.tar.gz.img) and then ticks into a pipe drained by a `cat` outside (a file outside
 the container's mount namespace could not be named in the images). Each restore must go on from
-the tick after the dump, and the mark must be back in /dev/shm.
+the tick after the dump, the mark must be back in /dev/shm, and the same mount points must be there,
+read-only where they were; each way runs with a read-write and a read-only rootfs.
 
 Each case runs as a driver process (this file as a script) under `unshare -m -i` (an ipc namespace of
 its own: the container's mqueue mount shows the driver's queues, none), a child subreaper
@@ -47,14 +48,16 @@ def _state(runc_: list[str], ctr: str) -> dict:
 
 
 def drive(case: str, base: Path, shim_dir: Path, criu_dir: Path) -> dict:
-    """case: '<dumper>-<restorer>', each 'spice' or 'criu'. Returns what happened, as JSON."""
+    """case: '<dumper>-<restorer>[-ro]', each 'spice' or 'criu' (-ro: a read-only rootfs). Returns what
+    happened, as JSON."""
     if ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) != 0:
         raise OSError("PR_SET_CHILD_SUBREAPER")
-    dumper, restorer = case.split("-")
+    dumper, restorer, *ro = case.split("-")
     bundle = _bundle(base, namespaces=True)
     cfg = json.loads((bundle / "config.json").read_text())
     cfg["process"]["args"] = ["sh", "-c", CMD]
     cfg["linux"]["namespaces"] = [{"type": "mount"}]
+    cfg["root"]["readonly"] = ro == ["ro"]  # runc's default: its rootfs mounted read-only
     cfg.pop("hostname", None)  # no uts namespace of its own
     (bundle / "config.json").write_text(json.dumps(cfg, indent=1))
     subprocess.run(["mount", "--make-rprivate", "/"], check=True)
@@ -74,7 +77,7 @@ def drive(case: str, base: Path, shim_dir: Path, criu_dir: Path) -> dict:
         res["pid"] = pid
         _wait_ticks(out, -1)
         res["mounts_before"] = _mounts(pid)
-        if case == "spice-criu":  # criu's images of the same container, to hold spice's against
+        if (dumper, restorer) == ("spice", "criu"):  # criu's images of the same container, to hold spice's against
             p = subprocess.run([*runc_, "checkpoint", "--leave-running", "--image-path", str(base / "criu-images"),
                                 "--work-path", str(base / "criu-work"), ctr], env=envs["criu"], capture_output=True,
                                text=True, timeout=120)
@@ -152,6 +155,11 @@ def _run_case(case: str, tmp_path: Path, shim_dir: Path, criu_dir: Path) -> dict
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def _case(case: str, rootfs: str, tmp_path: Path, compat_tmp: Path, criu_bin: Path) -> dict:
+    shim_dir = install_criu_shim(compat_tmp / "shim-mnt").parent
+    return _run_case(case + ("-ro" if rootfs == "ro" else ""), tmp_path, shim_dir, criu_bin.parent)
+
+
 def _assert_continues(res: dict) -> None:
     assert res["checkpoint"][0] == 0, res
     assert res["restore"] == 0, res["restore_log"]
@@ -160,11 +168,13 @@ def _assert_continues(res: dict) -> None:
     assert res["mark"] == MARK, "the tmpfs content of /dev/shm is back"
     # the same mount points, read-only where they were (criu mounts them in an order of its own)
     assert sorted(res["mounts_after"]) == sorted(res["mounts_before"]), res
+    assert res["mounts_before"][0] == ["/", "ro" if res["case"].endswith("-ro") else "rw"], res
 
 
 @pytest.mark.usefixtures("runc")
-def test_spice_checkpoint_spice_restore(criu_bin: Path, tmp_path: Path, compat_tmp: Path) -> None:
-    res = _run_case("spice-spice", tmp_path, install_criu_shim(compat_tmp / "shim-mnt").parent, criu_bin.parent)
+@pytest.mark.parametrize("rootfs", ["rw", "ro"])
+def test_spice_checkpoint_spice_restore(rootfs: str, criu_bin: Path, tmp_path: Path, compat_tmp: Path) -> None:
+    res = _case("spice-spice", rootfs, tmp_path, compat_tmp, criu_bin)
     assert "(spice-criu" in res["dump_log"], res["dump_log"]
     _assert_continues(res)
     assert "(spice-criu" in res["restore_log"]
@@ -180,10 +190,12 @@ def _tar_list(img: Path) -> list[str]:
 
 
 @pytest.mark.usefixtures("runc")
-def test_spice_checkpoint_criu_restore(criu_bin: Path, crit_bin: Path, tmp_path: Path, compat_tmp: Path) -> None:
+@pytest.mark.parametrize("rootfs", ["rw", "ro"])
+def test_spice_checkpoint_criu_restore(rootfs: str, criu_bin: Path, crit_bin: Path, tmp_path: Path,
+                                       compat_tmp: Path) -> None:
     """Also: criu's images of the same container (runc checkpoint --leave-running just before) hold
     the same mountpoints image, tmpfs archives and files' mounts as spice's."""
-    res = _run_case("spice-criu", tmp_path, install_criu_shim(compat_tmp / "shim-mnt").parent, criu_bin.parent)
+    res = _case("spice-criu", rootfs, tmp_path, compat_tmp, criu_bin)
     assert "(spice-criu" in res["dump_log"], res["dump_log"]
     assert res["criu_checkpoint"][0] == 0, res["criu_checkpoint"]
     _assert_continues(res)
@@ -201,8 +213,9 @@ def test_spice_checkpoint_criu_restore(criu_bin: Path, crit_bin: Path, tmp_path:
 
 
 @pytest.mark.usefixtures("runc")
-def test_criu_checkpoint_spice_restore(criu_bin: Path, tmp_path: Path, compat_tmp: Path) -> None:
-    res = _run_case("criu-spice", tmp_path, install_criu_shim(compat_tmp / "shim-mnt").parent, criu_bin.parent)
+@pytest.mark.parametrize("rootfs", ["rw", "ro"])
+def test_criu_checkpoint_spice_restore(rootfs: str, criu_bin: Path, tmp_path: Path, compat_tmp: Path) -> None:
+    res = _case("criu-spice", rootfs, tmp_path, compat_tmp, criu_bin)
     assert "(spice-criu" not in res["dump_log"], res["dump_log"]
     _assert_continues(res)
     assert "(spice-criu" in res["restore_log"]
