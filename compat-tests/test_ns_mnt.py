@@ -5,14 +5,16 @@ runc's default mounts stay (proc, a tmpfs /dev with devpts, shm and mqueue, sysf
 masked paths (tmpfs dirs, /dev/null bound over files) and read-only remounts; runc declares every
 bind mount external (RPC ext_mnt) and hands the rootfs over as the RPC root on restore. The
 container writes a mark into its /dev/shm (a tmpfs whose content goes into the images as
-tmpfs-dev-<dev>.tar.gz.img) and then ticks into a pipe drained by a `cat` outside (a file outside
-the container's mount namespace could not be named in the images). Each restore must go on from
-the tick after the dump, the mark must be back in /dev/shm, and the same mount points must be there,
-read-only where they were; each way runs with a read-write and a read-only rootfs.
+tmpfs-dev-<dev>.tar.gz.img), starts busybox syslogd (a unix socket bound to its /dev/log) and
+ticks into a pipe drained by a `cat` outside (a file outside the container's mount namespace
+could not be named in the images). Each restore must go on from the tick after the dump, the mark
+must be back in /dev/shm, `runc exec logger` must reach syslogd through the socket's own name, and
+the same mount points must be there, read-only where they were; each way runs with a read-write
+and a read-only rootfs.
 
-Each case runs as a driver process (this file as a script) under `unshare -m -i` (an ipc namespace of
-its own: the container's mqueue mount shows the driver's queues, none), a child subreaper
-that reaps the container's init as containerd-shim would.
+Each case runs as a driver process (this file as a script) under `unshare -m -i` (an ipc namespace
+of its own: the container's mqueue mount shows the driver's queues, none), a child subreaper that
+reaps the container's init as containerd-shim would.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from test_rpc_runc import TICK, _bundle, _reap_all, _ticks, _wait_ticks, runc  #
 
 HERE = Path(__file__).resolve().parent
 MARK = "spice-was-here"
-CMD = f"echo {MARK} > /dev/shm/mark; {TICK}"
+CMD = f"echo {MARK} > /dev/shm/mark; syslogd -n -O /dev/shm/log & {TICK}"
 
 
 def _start_reader(out: Path) -> tuple[int, subprocess.Popen]:
@@ -54,6 +56,8 @@ def drive(case: str, base: Path, shim_dir: Path, criu_dir: Path) -> dict:
         raise OSError("PR_SET_CHILD_SUBREAPER")
     dumper, restorer, *ro = case.split("-")
     bundle = _bundle(base, namespaces=True)
+    for tool in ("syslogd", "logger"):
+        (bundle / "rootfs" / "bin" / tool).symlink_to("busybox")
     cfg = json.loads((bundle / "config.json").read_text())
     cfg["process"]["args"] = ["sh", "-c", CMD]
     cfg["linux"]["namespaces"] = [{"type": "mount"}]
@@ -76,6 +80,10 @@ def drive(case: str, base: Path, shim_dir: Path, criu_dir: Path) -> dict:
         pid = _state(runc_, ctr)["pid"]
         res["pid"] = pid
         _wait_ticks(out, -1)
+        log = Path(f"/proc/{pid}/root/dev/shm/log")
+        deadline = time.monotonic() + 10  # syslogd has written its first line: /dev/shm stays as it is
+        while not (log.exists() and "syslogd started" in log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.02)
         res["mounts_before"] = _mounts(pid)
         if (dumper, restorer) == ("spice", "criu"):  # criu's images of the same container, to hold spice's against
             p = subprocess.run([*runc_, "checkpoint", "--leave-running", "--image-path", str(base / "criu-images"),
@@ -118,6 +126,16 @@ def drive(case: str, base: Path, shim_dir: Path, criu_dir: Path) -> dict:
             res["mnt_new"] = os.readlink(f"/proc/{st['pid']}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
             res["mounts_after"] = _mounts(st["pid"])
             res["mark"] = Path(f"/proc/{st['pid']}/root/dev/shm/mark").read_text().strip()
+            # syslogd's socket is bound to /dev/log of the container, by that name
+            res["unix_names"] = sorted(ln.split()[-1] for ln in Path(f"/proc/{st['pid']}/net/unix").read_text()
+                                       .splitlines()[1:] if ln.split()[-1].endswith("/log"))
+            ex = subprocess.run([*runc_, "exec", ctr, "logger", "after-restore"], capture_output=True, text=True,
+                                timeout=60)
+            deadline = time.monotonic() + 10
+            log = Path(f"/proc/{st['pid']}/root/dev/shm/log")
+            while "after-restore" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            res["logged"] = (ex.returncode, "after-restore" in log.read_text())
         return res
     finally:
         subprocess.run([*runc_, "kill", ctr, "KILL"], capture_output=True)
@@ -166,6 +184,7 @@ def _assert_continues(res: dict) -> None:
     assert res["after"] == [res["last"] + 1, res["last"] + 2, res["last"] + 3], res
     assert res["restored_status"] == "running" and res["mnt_new"], res
     assert res["mark"] == MARK, "the tmpfs content of /dev/shm is back"
+    assert res["unix_names"] == ["/dev/log"] and res["logged"] == [0, True], res
     # the same mount points, read-only where they were (criu mounts them in an order of its own)
     assert sorted(res["mounts_after"]) == sorted(res["mounts_before"]), res
     assert res["mounts_before"][0] == ["/", "ro" if res["case"].endswith("-ro") else "rw"], res

@@ -216,5 +216,5 @@ def setup(plan: RestorePlan, root: TaskCtl, ctx: OpenContext) -> None:
     ctx.root = f"/proc/{root.pid}/root"
     # the tasks open the images and files by our paths (backends/common.py open_mm_files): from our root
     host_root = os.open("/", os.O_PATH | os.O_CLOEXEC)
-    ctx.cache["mntns"] = {"host_root": host_root}
+    ctx.cache["mntns"] = {"host_root": host_root, "pid": root.pid}  # (restore/sockets.py binds in there)
     ctx.cleanup.append(lambda: os.close(host_root))

@@ -254,12 +254,13 @@ class UnixSocket(FileObj):
         return me
 
 
-def _bound_path(e, ctx: OpenContext) -> str:
-    """Where a unix socket's file name is (its name_dir for a relative name, under --root)."""
+def _bound_path(e, ctx: OpenContext | None) -> str:
+    """Where a unix socket's file name is (its name_dir for a relative name, under --root; as the
+    tree names it without ctx)."""
     path = e.name.split(b"\0", 1)[0].decode(errors="surrogateescape")  # names end in the kernel's NUL
     if e.HasField("name_dir") and not path.startswith("/"):
         path = os.path.join(e.name_dir, path)
-    if path.startswith("/"):
+    if path.startswith("/") and ctx is not None:
         path = ctx.path(path)
     return path
 
@@ -267,8 +268,22 @@ def _bound_path(e, ctx: OpenContext) -> str:
 def _bind_file(s: socket.socket, e, ctx: OpenContext) -> None:
     """Bind to a path as the dumped socket was: the dumped (dead) socket's file, left behind, is
     unlinked first (as criu does; anything else there is left alone and bind fails); then the
-    file gets its dumped owner and mode, and is unlinked again if it was deleted when dumped."""
-    path = _bound_path(e, ctx)
+    file gets its dumped owner and mode, and is unlinked again if it was deleted when dumped.
+    In the tree's own mount namespace (restore/mntns.py) a child joined to it binds the socket by
+    the tree's path: the name the socket keeps is the one it had, not ours of its file."""
+    mnt = ctx.cache.get("mntns")
+    if mnt is not None:
+        from ..linux.setns import NsCallError, call_in
+
+        try:
+            call_in(mnt["pid"], ("mnt",), lambda: _bind_at(s, e, _bound_path(e, None)))
+        except NsCallError as err:
+            raise OSError(0, str(err)) from None
+        return
+    _bind_at(s, e, _bound_path(e, ctx))
+
+
+def _bind_at(s: socket.socket, e, path: str) -> None:
     try:
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)
