@@ -467,8 +467,11 @@ def test_iptables_lock_needs_iptables(criu_bin: Path, crit_bin: Path, compat_tmp
             assert "Traceback" not in p.stderr
             _assert_untouched(wl)
             return
-        info = harness.dump_workload(wl, wl.rundir / "images", dumper=lambda pid, d, lr: spice(
-            "dump", "-t", str(pid), "-D", str(d), "-v4", "-o", "dump.log", "--tcp-established"))
+        def dumper(pid: int, d: Path, lr: bool) -> subprocess.CompletedProcess[str]:
+            d.mkdir(parents=True, exist_ok=True)
+            return spice("dump", "-t", str(pid), "-D", str(d), "-v4", "-o", "dump.log", "--tcp-established")
+
+        info = harness.dump_workload(wl, wl.rundir / "images", dumper=dumper)
         assert _crit(crit_bin, info.images_dir / "inventory.img")["entries"][0].get("network_lock_method", 0) == 0
         try:
             assert criu_restore(info.images_dir, extra_args=("--tcp-established",)) == info.pid
