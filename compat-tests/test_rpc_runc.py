@@ -3,13 +3,11 @@
 
 runc (Debian's 1.1.x, `make rpc-deps`) runs a busybox container, then `runc checkpoint` talks to spice
 over swrk: VERSION, DUMP with runc's whole option set (work dir, notify scripts, cgroups, externals,
-ext_mnt for every mount, orphan_pts_master, root...). spice dumps host-namespace trees only, so:
-
-* a container with no namespaces of its own (runc chroots into the rootfs, run inside a private mount
-  namespace of the test where /proc is bound into the rootfs) is checkpointed by spice, and real CRIU
-  `runc restore`s it: the container continues from the tick after the dump;
-* a default container (own pid/mount/ipc/uts/net namespaces) is refused by spice with one error
-  naming the pid namespace; the container keeps running and runc reports criu's failure.
+ext_mnt for every mount, orphan_pts_master, root...). Here, a container with no namespaces of its own
+(runc chroots into the rootfs, run inside a private mount namespace of the test where /proc is bound
+into the rootfs) is checkpointed by spice, and real CRIU or spice `runc restore`s it: the container
+continues from the tick after the dump. Default containers, with all their namespaces, are in
+test_runc_containers.py and test_ns_mnt.py.
 
 Each case runs as a driver process (this file as a script) under `unshare -m`, a child subreaper
 that reaps the container's init the way containerd-shim would.
@@ -21,7 +19,6 @@ import contextlib
 import ctypes
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -87,7 +84,7 @@ def drive(case: str, base: Path, shim_dir: Path, criu_dir: Path) -> dict:
     """Run in a private mount namespace as a subreaper; returns what happened, as JSON for the test."""
     if ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) != 0:
         raise OSError("PR_SET_CHILD_SUBREAPER")
-    bundle = _bundle(base, namespaces=case == "refused")
+    bundle = _bundle(base, namespaces=False)
     subprocess.run(["mount", "--make-rprivate", "/"], check=True)
     subprocess.run(["mount", "--bind", "/proc", str(bundle / "rootfs" / "proc")], check=True)
     state, images, work, out = base / "runc-state", base / "checkpoint", base / "work", base / "ctr.out"
@@ -109,12 +106,6 @@ def drive(case: str, base: Path, shim_dir: Path, criu_dir: Path) -> dict:
                            env=spice_env, capture_output=True, text=True, timeout=120)
         res["checkpoint"] = (p.returncode, p.stderr[-500:])
         res["dump_log"] = (work / "dump.log").read_text() if (work / "dump.log").exists() else ""
-        if case == "refused":
-            last = _ticks(out)[-1]
-            res["continues"] = _wait_ticks(out, last)[:1] == [last + 1]
-            res["state"] = json.loads(subprocess.run([*runc, "state", ctr], capture_output=True, text=True,
-                                                     check=True).stdout)["status"]
-            return res
         deadline = time.monotonic() + 20
         while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
             _reap_all()  # the dumped init was ours (re-parented): its pid must be free for the restore
@@ -200,18 +191,6 @@ def test_runc_checkpoint_and_restore_by_spice(runc: str, shim_dir: Path, criu_bi
     assert res["after"] == [res["last"] + 1, res["last"] + 2, res["last"] + 3], res
     assert res["restored_pid"] == res["pid"] and res["restored_status"] == "running"
     assert res["restored_cgroups"] == res["cgroups"], "the container is back in its cgroups"
-
-
-def test_runc_checkpoint_of_a_namespaced_container_is_refused(runc: str, shim_dir: Path, criu_bin: Path,
-                                                              tmp_path: Path) -> None:
-    res = _run_case("refused", tmp_path, shim_dir, criu_bin.parent)
-    code, err = res["checkpoint"]
-    assert code != 0 and "criu failed" in err, res
-    errors = [ln for ln in res["dump_log"].splitlines() if "Error (" in ln]
-    assert errors and re.search(r"lives in its own (pid|net|ipc|uts|mnt) namespace: not supported|"
-                                r"ctr.out is on mount \d+, which is not in the tree's mount namespace", errors[0]), \
-        res["dump_log"][-2000:]
-    assert res["continues"] and res["state"] == "running", res
 
 
 if __name__ == "__main__":
