@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: MIT
-"""The tree's own mount namespace, runc-style: a container with only runc's "mount" namespace.
+"""The tree's own mount namespace, runc-style: a container with only runc's "mount" namespace, and
+runc's default container (`runc spec` untouched: its own pid, net, ipc, uts and mount namespaces).
 
 runc's default mounts stay (proc, a tmpfs /dev with devpts, shm and mqueue, sysfs, cgroup), its
 masked paths (tmpfs dirs, /dev/null bound over files) and read-only remounts; runc declares every
@@ -10,7 +11,8 @@ ticks into a pipe drained by a `cat` outside (a file outside the container's mou
 could not be named in the images). Each restore must go on from the tick after the dump, the mark
 must be back in /dev/shm, `runc exec logger` must reach syslogd through the socket's own name, and
 the same mount points must be there, read-only where they were; each way runs with a read-write
-and a read-only rootfs.
+and a read-only rootfs, and as runc's default container (then also: new namespaces of every kind,
+and `runc exec` finds the hostname runc gave it).
 
 Each case runs as a driver process (this file as a script) under `unshare -m -i` (an ipc namespace
 of its own: the container's mqueue mount shows the driver's queues, none), a child subreaper that
@@ -50,19 +52,20 @@ def _state(runc_: list[str], ctr: str) -> dict:
 
 
 def drive(case: str, base: Path, shim_dir: Path, criu_dir: Path) -> dict:
-    """case: '<dumper>-<restorer>[-ro]', each 'spice' or 'criu' (-ro: a read-only rootfs). Returns what
-    happened, as JSON."""
+    """case: '<dumper>-<restorer>[-ro|-all]', each 'spice' or 'criu' (-ro: a read-only rootfs; -all:
+    runc's default container, every namespace). Returns what happened, as JSON."""
     if ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) != 0:
         raise OSError("PR_SET_CHILD_SUBREAPER")
-    dumper, restorer, *ro = case.split("-")
+    dumper, restorer, *variant = case.split("-")
     bundle = _bundle(base, namespaces=True)
     for tool in ("syslogd", "logger"):
         (bundle / "rootfs" / "bin" / tool).symlink_to("busybox")
     cfg = json.loads((bundle / "config.json").read_text())
     cfg["process"]["args"] = ["sh", "-c", CMD]
-    cfg["linux"]["namespaces"] = [{"type": "mount"}]
-    cfg["root"]["readonly"] = ro == ["ro"]  # runc's default: its rootfs mounted read-only
-    cfg.pop("hostname", None)  # no uts namespace of its own
+    cfg["root"]["readonly"] = variant in (["ro"], ["all"])  # runc's default: its rootfs mounted read-only
+    if variant != ["all"]:
+        cfg["linux"]["namespaces"] = [{"type": "mount"}]
+        cfg.pop("hostname", None)  # no uts namespace of its own
     (bundle / "config.json").write_text(json.dumps(cfg, indent=1))
     subprocess.run(["mount", "--make-rprivate", "/"], check=True)
     state, images, work, out = base / "runc-state", base / "checkpoint", base / "work", base / "ctr.out"
@@ -123,7 +126,10 @@ def drive(case: str, base: Path, shim_dir: Path, criu_dir: Path) -> dict:
             res["after"] = _wait_ticks(out, last)[:3]
             st = _state(runc_, ctr)
             res["restored_status"] = st["status"]
-            res["mnt_new"] = os.readlink(f"/proc/{st['pid']}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+            res["ns_new"] = sorted(ns for ns in ("pid", "net", "ipc", "uts", "mnt")
+                                   if os.readlink(f"/proc/{st['pid']}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"))
+            res["hostname"] = subprocess.run([*runc_, "exec", ctr, "sh", "-c", "hostname"], capture_output=True,
+                                             text=True, timeout=60).stdout.strip()
             res["mounts_after"] = _mounts(st["pid"])
             res["mark"] = Path(f"/proc/{st['pid']}/root/dev/shm/mark").read_text().strip()
             # syslogd's socket is bound to /dev/log of the container, by that name
@@ -175,23 +181,27 @@ def _run_case(case: str, tmp_path: Path, shim_dir: Path, criu_dir: Path) -> dict
 
 def _case(case: str, rootfs: str, tmp_path: Path, compat_tmp: Path, criu_bin: Path) -> dict:
     shim_dir = install_criu_shim(compat_tmp / "shim-mnt").parent
-    return _run_case(case + ("-ro" if rootfs == "ro" else ""), tmp_path, shim_dir, criu_bin.parent)
+    return _run_case(case + ("" if rootfs == "rw" else f"-{rootfs}"), tmp_path, shim_dir, criu_bin.parent)
 
 
 def _assert_continues(res: dict) -> None:
     assert res["checkpoint"][0] == 0, res
     assert res["restore"] == 0, res["restore_log"]
     assert res["after"] == [res["last"] + 1, res["last"] + 2, res["last"] + 3], res
-    assert res["restored_status"] == "running" and res["mnt_new"], res
+    assert res["restored_status"] == "running", res
+    if res["case"].endswith("-all"):  # runc's default container: every namespace new, its hostname
+        assert res["ns_new"] == ["ipc", "mnt", "net", "pid", "uts"] and res["hostname"] == "runc", res
+    else:
+        assert res["ns_new"] == ["mnt"], res
     assert res["mark"] == MARK, "the tmpfs content of /dev/shm is back"
     assert res["unix_names"] == ["/dev/log"] and res["logged"] == [0, True], res
     # the same mount points, read-only where they were (criu mounts them in an order of its own)
     assert sorted(res["mounts_after"]) == sorted(res["mounts_before"]), res
-    assert res["mounts_before"][0] == ["/", "ro" if res["case"].endswith("-ro") else "rw"], res
+    assert res["mounts_before"][0] == ["/", "rw" if res["case"].count("-") == 1 else "ro"], res
 
 
 @pytest.mark.usefixtures("runc")
-@pytest.mark.parametrize("rootfs", ["rw", "ro"])
+@pytest.mark.parametrize("rootfs", ["rw", "ro", "all"])
 def test_spice_checkpoint_spice_restore(rootfs: str, criu_bin: Path, tmp_path: Path, compat_tmp: Path) -> None:
     res = _case("spice-spice", rootfs, tmp_path, compat_tmp, criu_bin)
     assert "(spice-criu" in res["dump_log"], res["dump_log"]
@@ -209,7 +219,7 @@ def _tar_list(img: Path) -> list[str]:
 
 
 @pytest.mark.usefixtures("runc")
-@pytest.mark.parametrize("rootfs", ["rw", "ro"])
+@pytest.mark.parametrize("rootfs", ["rw", "ro", "all"])
 def test_spice_checkpoint_criu_restore(rootfs: str, criu_bin: Path, crit_bin: Path, tmp_path: Path,
                                        compat_tmp: Path) -> None:
     """Also: criu's images of the same container (runc checkpoint --leave-running just before) hold
@@ -232,7 +242,7 @@ def test_spice_checkpoint_criu_restore(rootfs: str, criu_bin: Path, crit_bin: Pa
 
 
 @pytest.mark.usefixtures("runc")
-@pytest.mark.parametrize("rootfs", ["rw", "ro"])
+@pytest.mark.parametrize("rootfs", ["rw", "ro", "all"])
 def test_criu_checkpoint_spice_restore(rootfs: str, criu_bin: Path, tmp_path: Path, compat_tmp: Path) -> None:
     res = _case("criu-spice", rootfs, tmp_path, compat_tmp, criu_bin)
     assert "(spice-criu" not in res["dump_log"], res["dump_log"]
