@@ -7,7 +7,7 @@ ext_mnt for every mount, orphan_pts_master, root...). Here, a container with no 
 (runc chroots into the rootfs, run inside a private mount namespace of the test where /proc is bound
 into the rootfs) is checkpointed by spice, and real CRIU or spice `runc restore`s it: the container
 continues from the tick after the dump. Default containers, with all their namespaces, are in
-test_runc_containers.py and test_ns_mnt.py.
+test_ns_mnt.py.
 
 Each case runs as a driver process (this file as a script) under `unshare -m`, a child subreaper
 that reaps the container's init the way containerd-shim would.
