@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from .record import Factory, Record
 
 
 def unescape(s: str) -> str:
@@ -24,8 +24,7 @@ def mount_points(mountinfo: str, major: int, minor: int) -> list[str]:
     return out
 
 
-@dataclass
-class Mount:
+class Mount(Record):
     """One line of mountinfo (proc(5)): ids, device, the mounted part of its filesystem, where."""
 
     mnt_id: int
@@ -35,10 +34,10 @@ class Mount:
     root: str
     mountpoint: str
     mnt_opts: list[str]
-    optional: dict[str, int] = field(default_factory=dict)  # shared:N, master:N, propagate_from:N
+    optional: dict[str, int] = Factory(dict)  # shared:N, master:N, propagate_from:N
     fstype: str = ""
     source: str = ""
-    sb_opts: list[str] = field(default_factory=list)
+    sb_opts: list[str] = Factory(list)
 
 
 def parse(text: str) -> list[Mount]:

@@ -9,8 +9,6 @@ is written for every tree (dump/run.py), so it has no module here.
 
 from __future__ import annotations
 
-import importlib
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .run import DumpContext
@@ -31,4 +29,4 @@ def dump(ctx: DumpContext) -> None:
     for ns, module in DUMPED.items():
         own = ctx.ids.own_ns(ns)
         if own is not None and module is not None:
-            importlib.import_module(f".{module}", __package__).dump(ctx, *own)
+            __import__(f"{__package__}.{module}", fromlist=["dump"]).dump(ctx, *own)

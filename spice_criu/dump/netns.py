@@ -118,15 +118,6 @@ def tree_ns(ctx: DumpContext) -> tuple[int, int] | None:
     return ctx.ids.own_ns("net")
 
 
-def net_ns_id(ctx: DumpContext) -> int:
-    """The ns_id of the tree's sockets: its own namespace's id, or ours."""
-    own = tree_ns(ctx)
-    if own is not None:
-        return own[0]
-    root = ctx.ids.root_ids
-    return root.net_ns_id if root.HasField("net_ns_id") else 0
-
-
 def socket_in(ctx: DumpContext, family: int, typ: int, proto: int) -> socket.socket:
     """A socket made in the tree's net namespace (sock_diag lists the sockets of the namespace its
     netlink socket lives in)."""

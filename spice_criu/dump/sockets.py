@@ -32,7 +32,6 @@ from ..tcpstates import CONNECTED as TCP_CONNECTED
 from ..tcpstates import LISTEN as TCP_LISTEN
 from ..tcpstates import name as tcp_state_name
 from .files import OpenFd, add_file, dumper, fown, socket_details
-from .netns import net_ns_id, socket_in
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are strings
 if TYPE_CHECKING:
@@ -120,6 +119,24 @@ def packet_diag(ctx: Any, ino: int) -> tuple[tuple[int, int], dict[int, bytes]] 
         if dino == ino:
             return (typ, num), attrs
     return None
+
+
+def net_ns_id(ctx: Any) -> int:
+    """The ns_id of the tree's sockets: its own net namespace's id, or ours."""
+    own = ctx.ids.own_ns("net")
+    if own is not None:
+        return own[0]
+    root = ctx.ids.root_ids
+    return root.net_ns_id if root.HasField("net_ns_id") else 0
+
+
+def socket_in(ctx: Any, family: int, typ: int, proto: int) -> socket.socket:
+    """A socket in the tree's net namespace (dump/netns.py, loaded only for a tree with its own)."""
+    if ctx.ids.own_ns("net") is None:
+        return socket.socket(family, typ, proto)
+    from .netns import socket_in as in_tree_ns
+
+    return in_tree_ns(ctx, family, typ, proto)
 
 
 def _diag_raw(ctx: Any, msg: bytes) -> list[bytes]:

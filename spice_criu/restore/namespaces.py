@@ -12,8 +12,6 @@ plan, naming them.
 
 from __future__ import annotations
 
-import importlib
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..images.lite import Message
@@ -57,4 +55,4 @@ def setup(plan: RestorePlan, root: TaskCtl, ctx: OpenContext) -> None:
     """Fill the root's new namespaces from the images, before any other task is forked."""
     for ns, (_, module) in MADE.items():
         if ns in plan.own_ns and module is not None:
-            importlib.import_module(f".{module}", __package__).setup(plan, root, ctx)
+            __import__(f"{__package__}.{module}", fromlist=["setup"]).setup(plan, root, ctx)
