@@ -55,3 +55,14 @@ def parse(text: str) -> list[Mount]:
         out.append(Mount(int(f[0]), int(f[1]), int(major), int(minor), unescape(f[3]), unescape(f[4]),
                          f[5].split(","), opt, f[sep + 1], unescape(f[sep + 2]), f[sep + 3].split(",")))
     return out
+
+
+def mnt_externals(external: list[str]) -> dict[str, str]:
+    """The `mnt[A]:B` entries of --external (RPC ext_mnt becomes them too), A -> B: on dump a mount
+    point and the key it is written with, on restore a key and the path bound in its place."""
+    out = {}
+    for e in external:
+        if e.startswith("mnt[") and "]:" in e:
+            a, _, b = e[4:].partition("]:")
+            out[a] = b
+    return out

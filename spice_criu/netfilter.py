@@ -76,14 +76,9 @@ def nft_tables(family: int = NFPROTO_UNSPEC) -> list[str]:
         nl.settimeout(5)
         req = msg(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE, NLM_F_REQUEST | NLM_F_DUMP, 1, family)
         for body in netlink.request(nl, req, 65536):
-            off = 4  # nfgenmsg
-            while off + 4 <= len(body):
-                alen, atype = struct.unpack_from("=HH", body, off)
-                if alen < 4:
-                    break
-                if atype & 0x3FFF == NFTA_TABLE_NAME:
-                    out.append(body[off + 4 : off + alen].rstrip(b"\0").decode())
-                off += (alen + 3) & ~3
+            name = netlink.attributes(body, 4).get(NFTA_TABLE_NAME)  # (after the nfgenmsg)
+            if name is not None:
+                out.append(name.rstrip(b"\0").decode())
     return out
 
 

@@ -48,16 +48,6 @@ TAR = ["tar", "--create", "--gzip", "--no-unquote", "--no-wildcards", "--one-fil
        "--preserve-permissions", "--sparse", "--numeric-owner"]
 
 
-def external_keys(external: list[str]) -> dict[str, str]:
-    """`mnt[MOUNTPOINT]:KEY` externals (CLI --external, RPC ext_mnt): mount point -> key."""
-    out = {}
-    for e in external:
-        if e.startswith("mnt[") and "]:" in e:
-            mp, _, key = e[4:].partition("]:")
-            out[mp] = key
-    return out
-
-
 def mnt_flags(opts: list[str]) -> int:
     flags = 0
     for o in opts:
@@ -165,7 +155,7 @@ def dump(ctx: DumpContext, ns_id: int, pid: int) -> None:
     root = next((m for m in mounts if m.mountpoint == "/"), None)
     if root is None:
         raise SpiceError("dump", f"mount namespace {ns_id} (of task {pid}): no root mount")
-    ext = external_keys(ctx.opts.external)
+    ext = mountinfo.mnt_externals(ctx.opts.external)  # mount point -> key
     entries = [_entry(m, root.mnt_id, ext) for m in mounts]
     ctx.images.add_all(f"mountpoints-{ns_id}.img", "MNTS", reversed(entries))
     done: set[int] = set()

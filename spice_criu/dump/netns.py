@@ -257,17 +257,6 @@ def _netns_entry() -> object:
     return e
 
 
-def _attrs(body: bytes, off: int) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    while off + 4 <= len(body):
-        alen, atype = struct.unpack_from("=HH", body, off)
-        if alen < 4:
-            break
-        out[atype & 0x3FFF] = body[off + 4: off + alen]
-        off += (alen + 3) & ~3
-    return out
-
-
 def links() -> list[tuple[int, int, int, dict[int, bytes]]]:
     """(ifindex, ARPHRD type, flags, attributes) of every link of the current namespace."""
     req = struct.pack("=IHHIIB3x", 20, RTM_GETLINK, netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP, 1, 0,
@@ -277,12 +266,12 @@ def links() -> list[tuple[int, int, int, dict[int, bytes]]]:
         out = []
         for body in netlink.request(nl, req):
             _fam, typ, index, flags = struct.unpack_from("=BxHiI", body)
-            out.append((index, typ, flags, _attrs(body, 16)))
+            out.append((index, typ, flags, netlink.attributes(body, 16)))
     return out
 
 
 def _kind(attrs: dict[int, bytes]) -> str:
-    info = _attrs(attrs.get(IFLA_LINKINFO, b""), 0)
+    info = netlink.attributes(attrs.get(IFLA_LINKINFO, b""), 0)
     return info.get(IFLA_INFO_KIND, b"?").rstrip(b"\0").decode(errors="replace")
 
 

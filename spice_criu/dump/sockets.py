@@ -56,15 +56,7 @@ SIOCINQ = 0x541B
 
 
 def _split(body: bytes, head: int) -> tuple[bytes, dict[int, bytes]]:
-    attrs: dict[int, bytes] = {}
-    off = head
-    while off + 4 <= len(body):
-        alen, atype = struct.unpack_from("=HH", body, off)
-        if alen < 4:
-            break
-        attrs[atype & 0x3FFF] = body[off + 4 : off + alen]
-        off += (alen + 3) & ~3
-    return body[:head], attrs
+    return body[:head], netlink.attributes(body, head)
 
 
 def unix_diag(ctx: Any, ino: int) -> tuple[tuple[int, ...], dict[int, bytes]]:

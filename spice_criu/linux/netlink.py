@@ -27,6 +27,19 @@ def messages(buf: bytes) -> Iterator[tuple[int, int, int, bytes]]:
         off += (length + 3) & ~3
 
 
+def attributes(body: bytes, off: int) -> dict[int, bytes]:
+    """The attributes (struct nlattr, type -> payload) that follow a message's fixed header at off;
+    stops at a malformed one."""
+    out: dict[int, bytes] = {}
+    while off + 4 <= len(body):
+        alen, atype = struct.unpack_from("=HH", body, off)
+        if alen < 4:
+            break
+        out[atype & 0x3FFF] = body[off + 4 : off + alen]  # (NLA_F_NESTED / NLA_F_NET_BYTEORDER off)
+        off += (alen + 3) & ~3
+    return out
+
+
 def error_of(body: bytes) -> int:
     """The errno an NLMSG_ERROR carries (0: an acknowledgement)."""
     return -struct.unpack_from("=i", body)[0]

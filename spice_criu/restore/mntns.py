@@ -23,6 +23,7 @@ import subprocess
 
 from ..errors import ImageError, SpiceError
 from ..linux.setns import NsCallError, call_in
+from ..mountinfo import mnt_externals
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -96,16 +97,6 @@ def order(entries: list[Message]) -> list[Message]:
         e = todo.pop(0)
         out.append(e)
         todo[0:0] = kids.get(e.mnt_id, [])
-    return out
-
-
-def externals(external: list[str]) -> dict[str, str]:
-    """The restore's `mnt[KEY]:PATH` externals: key -> what to bind."""
-    out = {}
-    for e in external:
-        if e.startswith("mnt[") and "]:" in e:
-            key, _, val = e[4:].partition("]:")
-            out[key] = val
     return out
 
 
@@ -201,7 +192,7 @@ def setup(plan: RestorePlan, root: TaskCtl, ctx: OpenContext) -> None:
     new_root = os.path.abspath(getattr(ctx.options, "root", None) or "/")
     if new_root == "/":
         raise SpiceError("restore", f"the tree has its own mount namespace ({name}): give its root with --root")
-    ext = externals(list(getattr(ctx.options, "external", None) or []))
+    ext = mnt_externals(list(getattr(ctx.options, "external", None) or []))  # key -> path
     check(plan, entries, ext, name)
     kinds = tuple(k for k in ("net", "ipc", "uts", "pid") if k in plan.own_ns) + ("mnt",)
     imgdir = os.path.abspath(plan.imgdir.path)
