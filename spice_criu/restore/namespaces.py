@@ -12,6 +12,8 @@ plan, naming them.
 
 from __future__ import annotations
 
+from ..linux.clone3 import CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..images.lite import Message
@@ -19,8 +21,6 @@ if TYPE_CHECKING:
     from .plan import RestorePlan
     from .task import TaskCtl
 
-CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
-CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 
 #: the kinds spice makes again, in setup order, each with (clone flag, module or None)
 MADE: dict[str, tuple[int, str | None]] = {
